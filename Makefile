@@ -1,0 +1,51 @@
+# Mosaic: the README's commands. Every target builds .venv from uv.lock when it is missing or stale,
+# so a fresh machine needs nothing but python3 (uv itself is bootstrapped into .tools/).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+STAMP := $(VENV)/.synced
+PY := $(VENV)/bin/python
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help run test test-fast lint format typecheck bench down status clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+# Re-sync whenever the lock file or any package manifest is newer than the last sync.
+$(STAMP): uv.lock pyproject.toml libs/kit/pyproject.toml services/*/pyproject.toml devstack/pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-packages
+	@touch $(STAMP)
+
+run: $(STAMP) ## start the whole system (embedded PostgreSQL + NATS, migrations, seed, replicas)
+	$(VENV)/bin/mosaic up $(ARGS)
+
+down: $(STAMP) ## stop a system started by `make run` in the background
+	$(VENV)/bin/mosaic down
+
+status: $(STAMP) ## show what `make run` started
+	$(VENV)/bin/mosaic status
+
+test: $(STAMP) ## run the whole test suite (starts its own PostgreSQL and NATS)
+	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP) ## run the benchmarks, print tables, write bench/results/*.json
+	$(PY) bench/run.py $(ARGS)
+
+clean: ## remove the environment and local data
+	rm -rf $(VENV) .tools .mosaic .pytest_cache .mypy_cache .ruff_cache
