@@ -1,0 +1,70 @@
+"""Pytest fixtures that give every test suite real PostgreSQL and NATS servers.
+
+By default the session starts its own embedded servers on free ports (so the suite passes whether
+or not the machine runs PostgreSQL on 5432 or NATS on 4222, and never touches their data).
+`MOSAIC_TEST_DATABASE_URL` / `MOSAIC_TEST_NATS_URL` point the suite at existing servers instead.
+Tests isolate themselves by schema (`fresh_schema`) and by subject/stream names, not by server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def embedded_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mosaic-servers")
+
+
+@pytest.fixture(scope="session")
+def pg_url(embedded_root: Path) -> Iterator[str]:
+    """SQLAlchemy (asyncpg) URL of a PostgreSQL server for the whole test session."""
+    external = os.environ.get("MOSAIC_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(embedded_root / "pg", durable=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(embedded_root: Path) -> Iterator[str]:
+    """URL of a NATS server (JetStream on) for the whole test session."""
+    external = os.environ.get("MOSAIC_TEST_NATS_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedNats(embedded_root / "nats")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A NATS server private to one test, which the test may stop and restart."""
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_schema() -> str:
+    """A schema name no other test uses."""
+    return f"t_{uuid.uuid4().hex[:12]}"

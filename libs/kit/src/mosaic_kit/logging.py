@@ -1,0 +1,96 @@
+"""Structured logging: JSON lines in production, a readable console on a TTY.
+
+Every record carries the service and instance; request-scoped values (`request_id`, `trace_id`)
+are bound in context variables by the HTTP middleware and NATS handlers, so plain
+`log.info("...")` calls pick them up. The standard library's loggers (uvicorn, alembic, asyncio)
+are routed through the same renderer so a process writes one format only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+
+Logger = structlog.stdlib.BoundLogger
+
+
+def _add_trace_context(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid and "trace_id" not in event:
+        event["trace_id"] = format(span_context.trace_id, "032x")
+        event["span_id"] = format(span_context.span_id, "016x")
+    return event
+
+
+def configure_logging(
+    service: str, instance: str, level: str = "INFO", fmt: str = "auto"
+) -> None:
+    """Set up structlog and the standard library logging once per process."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    static = {"service": service, "instance": instance}
+
+    def add_static(
+        _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in static.items():
+            event.setdefault(key, value)
+        return event
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_static,
+        _add_trace_context,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if use_json else _noop,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's own access log duplicates ours (which carries request ids); keep its errors.
+    logging.getLogger("uvicorn.access").disabled = True
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def _noop(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    return event
+
+
+def get_logger(name: str | None = None) -> Logger:
+    """A structlog logger; bound context (request id, trace id) is added on each call."""
+    logger: Logger = structlog.stdlib.get_logger(name)
+    return logger
+
+
+bind_context = structlog.contextvars.bind_contextvars
+clear_context = structlog.contextvars.clear_contextvars

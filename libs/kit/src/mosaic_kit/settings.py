@@ -1,0 +1,71 @@
+"""12-factor settings shared by every service.
+
+Values come, highest priority first, from CLI flags (passed as init kwargs by `mosaic_kit.cli`),
+environment variables, a `.env` file, and a secrets directory holding one file per secret (the way
+Kubernetes mounts them; its path is taken from `SECRETS_DIR`). Field names map to upper-case
+environment variables without a prefix, so infrastructure settings read the conventional names
+(`DATABASE_URL`, `NATS_URL`, `REDIS_URL`); service-specific fields carry the service name in the
+field itself (`auth_access_token_ttl` -> `AUTH_ACCESS_TOKEN_TTL`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Literal, Self
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Subclass it and add the service's own fields."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+
+    service_name: str = Field("service", description="Name used in logs, metrics, traces, NATS.")
+    instance_id: str = Field(
+        default_factory=_default_instance_id,
+        description="This replica's id in logs, metrics and discovery (default: host-pid).",
+    )
+    environment: Literal["dev", "test", "prod"] = Field("dev", description="Deployment kind.")
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    log_level: str = Field("INFO", description="Minimum log level.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto = console on a TTY, JSON otherwise."
+    )
+    database_url: SecretStr = Field(
+        SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"),
+        description="SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
+    )
+    db_schema: str = Field("public", description="PostgreSQL schema this service owns.")
+    db_pool_size: int = Field(10, ge=1, description="Connections kept in the pool.")
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections allowed under load.")
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
+    nats_request_timeout: float = Field(2.0, gt=0, description="Seconds an internal request waits.")
+    redis_url: SecretStr | None = Field(None, description="Redis URL for shared caches, if any.")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP endpoint; tracing is off (no cost) when unset."
+    )
+    shutdown_grace: float = Field(10.0, ge=0, description="Seconds to drain in-flight work on stop.")
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Build settings from the environment, `.env`, `SECRETS_DIR` and explicit overrides."""
+        secrets_dir = os.environ.get("SECRETS_DIR")
+        if secrets_dir:
+            return cls(_secrets_dir=secrets_dir, **overrides)
+        return cls(**overrides)
+
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the asyncpg driver, whatever scheme the operator gave."""
+        url = self.database_url.get_secret_value()
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        return url
