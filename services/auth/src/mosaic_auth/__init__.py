@@ -1,0 +1,3 @@
+"""Mosaic auth/IAM service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,213 @@
+"""HTTP routes of the auth service (transport only: parse, call the service, shape the answer)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from mosaic_auth.service import AuthService, ClientInfo
+from mosaic_kit.auth import Principal, current_principal, require_roles
+from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+PicUrl = Annotated[AnyHttpUrl, Field(max_length=2000)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class SignupBody(Body):
+    email: EmailStr = Field(max_length=320)
+    password: Password
+    name: Name
+    profile_pic_url: PicUrl | None = None
+
+
+class SigninBody(Body):
+    email: Annotated[str, StringConstraints(min_length=1, max_length=320)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class RefreshBody(Body):
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ProfilePatch(Body):
+    name: Name | None = None
+    profile_pic_url: PicUrl | None = None
+
+
+class PasswordChange(Body):
+    current_password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    new_password: Password
+
+
+class RolesBody(Body):
+    roles: Annotated[list[Annotated[str, StringConstraints(max_length=32)]], Field(max_length=16)]
+
+
+class ApiKeyBody(Body):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+def service(request: Request) -> AuthService:
+    svc: AuthService = request.app.state.auth_service
+    return svc
+
+
+Service = Annotated[AuthService, Depends(service)]
+
+
+def client_info(request: Request) -> ClientInfo:
+    address = request.client.host if request.client else None
+    if request.app.state.settings.auth_trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            # The nearest proxy appends the address it saw; that is the one a client can't forge.
+            address = forwarded.split(",")[-1].strip() or address
+    return ClientInfo(address=address, user_agent=request.headers.get("user-agent"))
+
+
+async def active_principal(
+    svc: Service, principal: Annotated[Principal, Depends(current_principal)]
+) -> Principal:
+    await svc.ensure_active_session(principal)
+    return principal
+
+
+async def active_admin(
+    svc: Service, principal: Annotated[Principal, Depends(require_roles("ADMIN"))]
+) -> Principal:
+    await svc.ensure_active_session(principal)
+    return principal
+
+
+Me = Annotated[Principal, Depends(active_principal)]
+Admin = Annotated[Principal, Depends(active_admin)]
+Client = Annotated[ClientInfo, Depends(client_info)]
+
+router = APIRouter(prefix="/v1")
+
+
+@router.post("/auth/signup", status_code=201, tags=["auth"], summary="Create an account")
+async def signup(body: SignupBody, svc: Service, client: Client) -> dict[str, Any]:
+    pic = str(body.profile_pic_url) if body.profile_pic_url else None
+    user, tokens = await svc.signup(body.email, body.password, body.name, pic, client)
+    return {"user": user.private_view(), "tokens": tokens.to_json()}
+
+
+@router.post("/auth/signin", tags=["auth"], summary="Sign in with e-mail and password")
+async def signin(body: SigninBody, svc: Service, client: Client) -> dict[str, Any]:
+    user, tokens = await svc.signin(body.email, body.password, client)
+    return {"user": user.private_view(), "tokens": tokens.to_json()}
+
+
+@router.post("/auth/refresh", tags=["auth"], summary="Trade a refresh token for new tokens")
+async def refresh(body: RefreshBody, svc: Service) -> dict[str, Any]:
+    tokens = await svc.refresh(body.refresh_token)
+    return {"tokens": tokens.to_json()}
+
+
+@router.post("/auth/signout", status_code=204, tags=["auth"], summary="End this session")
+async def signout(svc: Service, me: Me) -> Response:
+    await svc.signout(me)
+    return Response(status_code=204)
+
+
+@router.get("/auth/jwks.json", tags=["auth"], summary="Public keys that verify access tokens")
+async def jwks(svc: Service, response: Response) -> dict[str, Any]:
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return await svc.jwks()
+
+
+@router.get("/users/me", tags=["users"], summary="My private profile")
+async def get_me(svc: Service, me: Me) -> dict[str, object]:
+    return (await svc.me(me)).private_view()
+
+
+@router.patch("/users/me", tags=["users"], summary="Change my name or picture")
+async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object]:
+    changes: dict[str, Any] = {}
+    if "name" in body.model_fields_set and body.name is not None:
+        changes["name"] = body.name
+    if "profile_pic_url" in body.model_fields_set:
+        changes["profile_pic_url"] = str(body.profile_pic_url) if body.profile_pic_url else None
+    return (await svc.update_me(me, changes)).private_view()
+
+
+@router.put("/users/me/password", status_code=204, tags=["users"],
+            summary="Change my password (signs out my other sessions)")
+async def change_password(body: PasswordChange, svc: Service, me: Me) -> Response:
+    await svc.change_password(me, body.current_password, body.new_password)
+    return Response(status_code=204)
+
+
+@router.get("/users", tags=["admin"], summary="List users (ADMIN)")
+async def list_users(
+    svc: Service,
+    _admin: Admin,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    users, next_cursor = await svc.list_users(q, limit, cursor)
+    return {"items": [u.admin_view() for u in users], "nextCursor": next_cursor}
+
+
+@router.get("/users/{user_id}", tags=["users"], summary="A user's public profile")
+async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
+    return (await svc.public_profile(user_id)).public_view()
+
+
+@router.put("/users/{user_id}/roles", tags=["admin"], summary="Set a user's roles (ADMIN)")
+async def put_roles(
+    user_id: uuid.UUID, body: RolesBody, svc: Service, _admin: Admin
+) -> dict[str, object]:
+    return (await svc.set_roles(user_id, body.roles)).admin_view()
+
+
+@router.post("/users/{user_id}/disable", status_code=204, tags=["admin"],
+             summary="Disable a user and end their sessions (ADMIN)")
+async def disable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
+    await svc.set_disabled(user_id, True)
+    return Response(status_code=204)
+
+
+@router.post("/users/{user_id}/enable", status_code=204, tags=["admin"],
+             summary="Enable a disabled user (ADMIN)")
+async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
+    await svc.set_disabled(user_id, False)
+    return Response(status_code=204)
+
+
+@router.post("/api-keys", status_code=201, tags=["api-keys"],
+             summary="Create an API key (ADMIN); the key is shown only here")
+async def create_api_key(body: ApiKeyBody, svc: Service, _admin: Admin) -> dict[str, object]:
+    record, key = await svc.create_api_key(body.name, body.comment)
+    return {**record.view(), "key": key}
+
+
+@router.get("/api-keys", tags=["api-keys"], summary="List active API keys (ADMIN)")
+async def list_api_keys(
+    svc: Service,
+    _admin: Admin,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    keys, next_cursor = await svc.list_api_keys(limit, cursor)
+    return {"items": [k.view() for k in keys], "nextCursor": next_cursor}
+
+
+@router.delete("/api-keys/{key_id}", status_code=204, tags=["api-keys"],
+               summary="Revoke an API key (ADMIN)")
+async def revoke_api_key(key_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
+    await svc.revoke_api_key(key_id)
+    return Response(status_code=204)

@@ -1,0 +1,55 @@
+"""`mosaic-auth`: serve, migrate, version, openapi (from the kit) plus seed and rotate-keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import orjson
+
+from mosaic_auth.app import build_service, create_auth_app
+from mosaic_auth.settings import AuthSettings
+from mosaic_kit.cli import ServiceCLI
+from mosaic_kit.db import Database
+from mosaic_kit.revocation import RevocationSet
+
+cli = ServiceCLI("mosaic-auth", AuthSettings, create_auth_app, package="mosaic_auth")
+
+
+async def _seed(settings: AuthSettings) -> dict[str, object]:
+    db = Database.from_settings(settings)
+    try:
+        return await build_service(settings, db, RevocationSet()).seed()
+    finally:
+        await db.dispose()
+
+
+async def _rotate(settings: AuthSettings) -> str:
+    db = Database.from_settings(settings)
+    try:
+        return await build_service(settings, db, RevocationSet()).rotate_keys()
+    finally:
+        await db.dispose()
+
+
+@cli.command("seed", help="Create the admin user and demo API key if missing; print them as JSON")
+def seed(settings: AuthSettings, _args: argparse.Namespace) -> int:
+    # The generated secrets go to stdout once, for the operator (or `mosaic up`) to keep.
+    sys.stdout.write(orjson.dumps(asyncio.run(_seed(settings))).decode() + "\n")
+    return 0
+
+
+@cli.command("rotate-keys", help="Start signing with a new key; old tokens stay valid")
+def rotate_keys(settings: AuthSettings, _args: argparse.Namespace) -> int:
+    kid = asyncio.run(_rotate(settings))
+    sys.stdout.write(orjson.dumps({"kid": kid}).decode() + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

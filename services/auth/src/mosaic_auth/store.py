@@ -1,0 +1,393 @@
+"""Every SQL statement of the auth service. Functions take the caller's connection, so the
+service layer decides what runs in one transaction (state change + outbox event)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mosaic_auth.models import ApiKey, Session, Throttle, User
+from mosaic_auth.tables import api_keys, refresh_tokens, sessions, signin_throttle, signing_keys
+from mosaic_auth.tables import roles, user_roles, users
+
+_roles_agg = (
+    select(func.coalesce(func.array_agg(user_roles.c.role), []))
+    .where(user_roles.c.user_id == users.c.id)
+    .scalar_subquery()
+)
+_user_columns = [*users.c, _roles_agg.label("roles")]
+
+
+def _user(row: Row[Any]) -> User:
+    m = row._mapping
+    return User(
+        id=m["id"],
+        email=m["email"],
+        name=m["name"],
+        profile_pic_url=m["profile_pic_url"],
+        roles=frozenset(m["roles"] or ()),
+        created_at=m["created_at"],
+        disabled_at=m["disabled_at"],
+        tokens_valid_after=m["tokens_valid_after"],
+        password_hash=m["password_hash"],
+    )
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+async def insert_user(
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    email: str,
+    name: str,
+    profile_pic_url: str | None,
+    password_hash: str,
+    roles: Iterable[str],
+) -> User:
+    await conn.execute(
+        users.insert().values(
+            id=user_id,
+            email=email,
+            name=name,
+            profile_pic_url=profile_pic_url,
+            password_hash=password_hash,
+        )
+    )
+    await conn.execute(user_roles.insert(), [{"user_id": user_id, "role": r} for r in roles])
+    user = await get_user(conn, user_id)
+    assert user is not None
+    return user
+
+
+async def get_user(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
+    row = (await conn.execute(select(*_user_columns).where(users.c.id == user_id))).first()
+    return _user(row) if row else None
+
+
+async def get_user_by_email(conn: AsyncConnection, email: str) -> User | None:
+    row = (await conn.execute(select(*_user_columns).where(users.c.email == email))).first()
+    return _user(row) if row else None
+
+
+async def get_users(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> list[User]:
+    rows = await conn.execute(select(*_user_columns).where(users.c.id.in_(ids)))
+    return [_user(r) for r in rows]
+
+
+async def list_users(
+    conn: AsyncConnection, q: str | None, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[User]:
+    """Newest first, `limit + 1` rows so the caller can tell whether a next page exists."""
+    stmt = select(*_user_columns)
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(or_(users.c.email.ilike(pattern), users.c.name.ilike(pattern)))
+    if after:
+        stmt = stmt.where(tuple_(users.c.created_at, users.c.id) < tuple_(*after))
+    stmt = stmt.order_by(users.c.created_at.desc(), users.c.id.desc()).limit(limit + 1)
+    return [_user(r) for r in await conn.execute(stmt)]
+
+
+async def update_profile(conn: AsyncConnection, user_id: uuid.UUID, values: dict[str, Any]) -> None:
+    await conn.execute(
+        update(users).where(users.c.id == user_id).values(**values, updated_at=func.now())
+    )
+
+
+async def set_password(conn: AsyncConnection, user_id: uuid.UUID, password_hash: str) -> None:
+    await update_profile(conn, user_id, {"password_hash": password_hash})
+
+
+async def set_roles(conn: AsyncConnection, user_id: uuid.UUID, roles: Iterable[str]) -> None:
+    await conn.execute(delete(user_roles).where(user_roles.c.user_id == user_id))
+    await conn.execute(user_roles.insert(), [{"user_id": user_id, "role": r} for r in roles])
+
+
+async def known_roles(conn: AsyncConnection) -> set[str]:
+    return set((await conn.execute(select(roles.c.code))).scalars())
+
+
+async def set_tokens_valid_after(conn: AsyncConnection, user_id: uuid.UUID, epoch: int) -> None:
+    await conn.execute(
+        update(users)
+        .where(users.c.id == user_id)
+        .values(tokens_valid_after=func.greatest(users.c.tokens_valid_after, epoch))
+    )
+
+
+async def set_disabled(conn: AsyncConnection, user_id: uuid.UUID, disabled: bool) -> bool:
+    """Returns True when the state changed."""
+    cond = users.c.disabled_at.is_(None) if disabled else users.c.disabled_at.is_not(None)
+    result = await conn.execute(
+        update(users)
+        .where(users.c.id == user_id, cond)
+        .values(disabled_at=func.now() if disabled else None, updated_at=func.now())
+    )
+    return result.rowcount > 0
+
+
+async def admin_exists(conn: AsyncConnection) -> bool:
+    row = (await conn.execute(select(user_roles.c.user_id).where(user_roles.c.role == "ADMIN")))
+    return row.first() is not None
+
+
+# --- sessions and refresh tokens --------------------------------------------------------------
+
+
+async def create_session(
+    conn: AsyncConnection,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    expires_at: datetime,
+    user_agent: str | None,
+    client_address: str | None,
+) -> None:
+    await conn.execute(
+        sessions.insert().values(
+            id=session_id,
+            user_id=user_id,
+            expires_at=expires_at,
+            user_agent=(user_agent or "")[:500] or None,
+            client_address=client_address,
+        )
+    )
+
+
+async def get_session(conn: AsyncConnection, session_id: uuid.UUID) -> Session | None:
+    row = (await conn.execute(select(sessions).where(sessions.c.id == session_id))).first()
+    if row is None:
+        return None
+    m = row._mapping
+    return Session(m["id"], m["user_id"], m["expires_at"], m["revoked_at"])
+
+
+async def session_is_active(conn: AsyncConnection, session_id: uuid.UUID, issued_at: int) -> bool:
+    """The authoritative check behind the auth service's own routes: not revoked, not expired,
+    user enabled and the token not older than the user's tokens_valid_after."""
+    stmt = (
+        select(sessions.c.id)
+        .join(users, users.c.id == sessions.c.user_id)
+        .where(
+            sessions.c.id == session_id,
+            sessions.c.revoked_at.is_(None),
+            sessions.c.expires_at > func.now(),
+            users.c.disabled_at.is_(None),
+            users.c.tokens_valid_after <= issued_at,
+        )
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def insert_refresh_token(
+    conn: AsyncConnection, token_hash: bytes, session_id: uuid.UUID
+) -> None:
+    await conn.execute(refresh_tokens.insert().values(token_hash=token_hash, session_id=session_id))
+
+
+async def spend_refresh_token(conn: AsyncConnection, token_hash: bytes) -> uuid.UUID | None:
+    """Atomically mark an unspent token spent; its session id, or None if none was unspent."""
+    result = await conn.execute(
+        update(refresh_tokens)
+        .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.spent_at.is_(None))
+        .values(spent_at=func.now())
+        .returning(refresh_tokens.c.session_id)
+    )
+    row = result.first()
+    return row[0] if row else None
+
+
+async def refresh_token_session(conn: AsyncConnection, token_hash: bytes) -> uuid.UUID | None:
+    row = (
+        await conn.execute(
+            select(refresh_tokens.c.session_id).where(refresh_tokens.c.token_hash == token_hash)
+        )
+    ).first()
+    return row[0] if row else None
+
+
+async def touch_session(conn: AsyncConnection, session_id: uuid.UUID) -> None:
+    await conn.execute(
+        update(sessions).where(sessions.c.id == session_id).values(last_used_at=func.now())
+    )
+
+
+async def revoke_sessions(
+    conn: AsyncConnection,
+    *,
+    reason: str,
+    session_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+    keep: uuid.UUID | None = None,
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Revoke live sessions matching the filters; the (session id, user id) pairs revoked."""
+    conds = [sessions.c.revoked_at.is_(None), sessions.c.expires_at > func.now()]
+    if session_id is not None:
+        conds.append(sessions.c.id == session_id)
+    if user_id is not None:
+        conds.append(sessions.c.user_id == user_id)
+    if keep is not None:
+        conds.append(sessions.c.id != keep)
+    result = await conn.execute(
+        update(sessions)
+        .where(and_(*conds))
+        .values(revoked_at=func.now(), revoked_reason=reason)
+        .returning(sessions.c.id, sessions.c.user_id)
+    )
+    return [(r[0], r[1]) for r in result]
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def _api_key(row: Row[Any]) -> ApiKey:
+    m = row._mapping
+    return ApiKey(m["id"], m["name"], m["comment"], m["key_prefix"], m["created_at"],
+                  m["revoked_at"])
+
+
+async def insert_api_key(
+    conn: AsyncConnection,
+    key_id: uuid.UUID,
+    name: str,
+    comment: str | None,
+    key_hash: bytes,
+    key_prefix: str,
+) -> ApiKey:
+    row = (
+        await conn.execute(
+            api_keys.insert()
+            .values(id=key_id, name=name, comment=comment, key_hash=key_hash, key_prefix=key_prefix)
+            .returning(*api_keys.c)
+        )
+    ).one()
+    return _api_key(row)
+
+
+async def list_api_keys(
+    conn: AsyncConnection, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[ApiKey]:
+    stmt = select(api_keys).where(api_keys.c.revoked_at.is_(None))
+    if after:
+        stmt = stmt.where(tuple_(api_keys.c.created_at, api_keys.c.id) < tuple_(*after))
+    stmt = stmt.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(limit + 1)
+    return [_api_key(r) for r in await conn.execute(stmt)]
+
+
+async def find_api_key_by_name(conn: AsyncConnection, name: str) -> ApiKey | None:
+    row = (
+        await conn.execute(
+            select(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+        )
+    ).first()
+    return _api_key(row) if row else None
+
+
+async def revoke_api_key(conn: AsyncConnection, key_id: uuid.UUID) -> bool:
+    result = await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    )
+    return result.rowcount > 0
+
+
+async def api_key_by_hash(conn: AsyncConnection, key_hash: bytes) -> ApiKey | None:
+    row = (
+        await conn.execute(
+            select(api_keys).where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+        )
+    ).first()
+    return _api_key(row) if row else None
+
+
+# --- signing keys -----------------------------------------------------------------------------
+
+
+async def insert_signing_key(
+    conn: AsyncConnection, kid: str, algorithm: str, private_pem: bytes, public_jwk: str
+) -> None:
+    await conn.execute(
+        signing_keys.insert().values(
+            kid=kid, algorithm=algorithm, private_pem=private_pem, public_jwk=public_jwk
+        )
+    )
+
+
+async def active_signing_key(conn: AsyncConnection) -> tuple[str, bytes] | None:
+    row = (
+        await conn.execute(
+            select(signing_keys.c.kid, signing_keys.c.private_pem)
+            .where(signing_keys.c.retired_at.is_(None))
+            .order_by(signing_keys.c.created_at.desc())
+            .limit(1)
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def retire_signing_keys(conn: AsyncConnection, keep: str, publish_until: datetime) -> None:
+    await conn.execute(
+        update(signing_keys)
+        .where(signing_keys.c.retired_at.is_(None), signing_keys.c.kid != keep)
+        .values(retired_at=func.now(), publish_until=publish_until)
+    )
+
+
+async def published_jwks(conn: AsyncConnection) -> list[str]:
+    rows = await conn.execute(
+        select(signing_keys.c.public_jwk)
+        .where(
+            or_(signing_keys.c.publish_until.is_(None), signing_keys.c.publish_until > func.now())
+        )
+        .order_by(signing_keys.c.created_at.desc())
+    )
+    return list(rows.scalars())
+
+
+async def lock(conn: AsyncConnection, name: str) -> None:
+    """A transaction-scoped advisory lock (e.g. so that two replicas don't both create a key)."""
+    await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
+
+
+# --- sign-in throttling -----------------------------------------------------------------------
+
+
+async def get_throttles(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, Throttle]:
+    rows = await conn.execute(select(signin_throttle).where(signin_throttle.c.key.in_(keys)))
+    return {
+        r._mapping["key"]: Throttle(
+            r._mapping["failures"], r._mapping["window_started_at"], r._mapping["locked_until"]
+        )
+        for r in rows
+    }
+
+
+async def put_throttle(conn: AsyncConnection, key: str, throttle: Throttle) -> None:
+    stmt = insert(signin_throttle).values(
+        key=key,
+        failures=throttle.failures,
+        window_started_at=throttle.window_started_at,
+        locked_until=throttle.locked_until,
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[signin_throttle.c.key],
+            set_={
+                "failures": stmt.excluded.failures,
+                "window_started_at": stmt.excluded.window_started_at,
+                "locked_until": stmt.excluded.locked_until,
+            },
+        )
+    )
+
+
+async def clear_throttle(conn: AsyncConnection, key: str) -> None:
+    await conn.execute(delete(signin_throttle).where(signin_throttle.c.key == key))
