@@ -104,14 +104,16 @@ async def test_state_changes_are_published_as_events(
         updated = await _next_event(sub, "auth.user.updated", {"id": user_id})
         assert updated["data"]["name"] == "Renamed"
 
-        await client.put(f"/v1/users/{user_id}/roles", json={"roles": ["AUTHOR"]}, headers=admin)
-        changed = await _next_event(sub, "auth.user.roles_changed", {"userId": user_id})
-        assert changed["data"]["removedRoles"] == ["LEARNER"]
-
-        await client.post("/v1/auth/signout", headers=hdr)
+        assert (await client.post("/v1/auth/signout", headers=hdr)).status_code == 204
         revoked = await _next_event(sub, "auth.session.revoked", {"userId": user_id})
         assert revoked["data"]["reason"] == "signout"
         assert revoked["data"]["expiresAt"] > 0
+
+        await client.put(f"/v1/users/{user_id}/roles", json={"roles": ["AUTHOR"]}, headers=admin)
+        changed = await _next_event(sub, "auth.user.roles_changed", {"userId": user_id})
+        assert changed["data"]["roles"] == ["AUTHOR"]
+        assert changed["data"]["removedRoles"] == ["LEARNER"]
+        assert changed["data"]["tokensValidAfter"] > 0
 
         await client.post(f"/v1/users/{user_id}/disable", headers=admin)
         await _next_event(sub, "auth.user.disabled", {"userId": user_id})

@@ -42,6 +42,13 @@ async def upgrade_async(settings: ServiceSettings, package: str, revision: str =
     await asyncio.to_thread(upgrade, settings, package, revision)
 
 
+def _not_version_table(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    # Autogenerate must not propose dropping Alembic's own bookkeeping table.
+    return not (type_ == "table" and name == VERSION_TABLE)
+
+
 def run_env(target_metadata: MetaData) -> None:
     """The body of every service's `migrations/env.py` (online mode only)."""
     cfg = context.config
@@ -58,6 +65,7 @@ def run_env(target_metadata: MetaData) -> None:
             version_table=VERSION_TABLE,
             version_table_schema=schema,
             include_schemas=False,
+            include_object=_not_version_table,
             transaction_per_migration=False,
         )
         with context.begin_transaction():

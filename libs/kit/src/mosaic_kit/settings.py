@@ -46,13 +46,25 @@ class ServiceSettings(BaseSettings):
     db_schema: str = Field("public", description="PostgreSQL schema this service owns.")
     db_pool_size: int = Field(10, ge=1, description="Connections kept in the pool.")
     db_max_overflow: int = Field(10, ge=0, description="Extra connections allowed under load.")
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated."
+    )
     nats_request_timeout: float = Field(2.0, gt=0, description="Seconds an internal request waits.")
     redis_url: SecretStr | None = Field(None, description="Redis URL for shared caches, if any.")
     otel_exporter_otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP endpoint; tracing is off (no cost) when unset."
     )
-    shutdown_grace: float = Field(10.0, ge=0, description="Seconds to drain in-flight work on stop.")
+    shutdown_grace: float = Field(
+        10.0, ge=0, description="Seconds to drain in-flight work on stop."
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=0,
+        description="Largest HTTP request body accepted (413 above it); 0 = no limit.",
+    )
+    readiness_timeout: float = Field(
+        2.0, gt=0, description="Seconds each /readyz check may take before it counts as failed."
+    )
 
     @classmethod
     def load(cls, **overrides: Any) -> Self:

@@ -348,7 +348,7 @@ class AuthService:
             valid_after = user.tokens_valid_after
             if removed:
                 # Tokens that still carry a removed role must stop working now, everywhere.
-                valid_after = math.ceil(time.time())
+                valid_after = _next_cutoff(user)
                 await store.set_tokens_valid_after(conn, user_id, valid_after)
             await outbox.add(
                 conn,
@@ -368,12 +368,13 @@ class AuthService:
 
     async def set_disabled(self, user_id: uuid.UUID, disabled: bool) -> None:
         async with self.db.transaction() as conn:
-            if await store.get_user(conn, user_id) is None:
+            user = await store.get_user(conn, user_id)
+            if user is None:
                 raise not_found("auth.user_not_found", "No such user")
             if not await store.set_disabled(conn, user_id, disabled):
                 return  # already in that state: nothing changes, nothing is announced
             if disabled:
-                valid_after = math.ceil(time.time())
+                valid_after = _next_cutoff(user)
                 await store.set_tokens_valid_after(conn, user_id, valid_after)
                 await self._revoke_sessions(reason="user_disabled", user_id=user_id, conn=conn)
                 event = new_event(
@@ -499,6 +500,16 @@ class AuthService:
             )
             await outbox.add(conn, new_event("auth.user.created", _user_event(user)))
         return user
+
+
+def _next_cutoff(user: User) -> int:
+    """A `tokens_valid_after` later than the `iat` of every token issued so far.
+
+    Tokens are minted with `iat = max(now, tokens_valid_after)`, so one second past the larger of
+    the two rejects them all, even those minted within the current second; tokens minted from now
+    on carry an `iat` at or after the new cut-off and pass.
+    """
+    return max(int(time.time()), user.tokens_valid_after) + 1
 
 
 def _user_event(user: User) -> dict[str, Any]:

@@ -1,0 +1,297 @@
+"""Every service is a command line program: `<service> serve|migrate|version|openapi|...`.
+
+Each subcommand takes one flag per settings field, generated from the pydantic model
+(`database_url` -> `--database-url`, booleans as `--x/--no-x`, `Literal`s as choices, help from
+the field's description). A flag given on the command line wins over the environment, `.env` and
+the secrets directory; anything not given keeps coming from those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import inspect
+import json
+import math
+import signal
+import sys
+import threading
+import types
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+
+from mosaic_kit.logging import configure_logging, get_logger
+from mosaic_kit.settings import ServiceSettings
+from mosaic_kit.tracing import configure_tracing, shutdown_tracing
+from mosaic_kit.version import build_info
+
+__all__ = ["CommandFn", "ServiceCLI", "settings_arguments"]
+
+S = TypeVar("S", bound=ServiceSettings)
+CommandFn = Callable[[S, argparse.Namespace], "int | Awaitable[int]"]
+ArgumentsFn = Callable[[argparse.ArgumentParser], None]
+
+# Settings flags land in the namespace under this prefix, apart from the command's own arguments.
+_DEST = "setting__"
+_log = get_logger("mosaic_kit.cli")
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _argument_options(field: FieldInfo) -> dict[str, Any]:
+    annotation = _unwrap_optional(field.annotation)
+    origin = get_origin(annotation)
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        choices = get_args(annotation)
+        return {"choices": choices, "type": type(choices[0])}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        values = [member.value for member in annotation]
+        return {"choices": values, "type": type(values[0])}
+    if annotation in (int, float, str):
+        return {"type": annotation}
+    if origin in (list, tuple, set, frozenset, dict) or annotation in (list, dict):
+        return {"type": _json_value, "metavar": "JSON"}
+    # SecretStr, durations, URLs...: pydantic converts the string itself.
+    return {"type": str}
+
+
+def settings_arguments(settings_cls: type[ServiceSettings]) -> argparse.ArgumentParser:
+    """A parent parser with one optional flag per settings field (absent unless given)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group(
+        "settings", "each flag overrides its environment variable, .env entry or secret file"
+    )
+    prefix = str(settings_cls.model_config.get("env_prefix", ""))
+    for name, field in settings_cls.model_fields.items():
+        env = (prefix + name).upper()
+        help_text = (field.description or name).replace("%", "%%") + f" [env: {env}]"
+        if _unwrap_optional(field.annotation) is SecretStr:
+            help_text += " (prefer the env var or a secret file: flags show in `ps`)"
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(
+            flag,
+            dest=_DEST + name,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            **_argument_options(field),
+        )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[len(_DEST) :]: v for k, v in vars(args).items() if k.startswith(_DEST)}
+
+
+@dataclass(frozen=True)
+class _Command(Generic[S]):
+    run: CommandFn[S]
+    help: str
+    arguments: ArgumentsFn | None
+    logging: bool = True
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            # With `--port 0` this line is the only place the chosen port shows up.
+            ports = [sock.getsockname()[1] for server in self.servers for sock in server.sockets]
+            _log.info("http_listening", host=self.config.host, ports=ports)
+
+
+class ServiceCLI(Generic[S]):
+    """The command line of one service.
+
+    `app_factory(settings)` builds the FastAPI app without doing I/O (that happens in its
+    lifespan), so `openapi` can build it offline. `package` is the importable package holding
+    `migrations/` and the build stamp, e.g. `mosaic_auth`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings_cls: type[S],
+        app_factory: Callable[[S], FastAPI],
+        package: str,
+    ) -> None:
+        self.name = name
+        self.settings_cls = settings_cls
+        self.app_factory = app_factory
+        self.package = package
+        self._commands: dict[str, _Command[S]] = {
+            "serve": _Command(self._serve, "run the HTTP server", None),
+            "migrate": _Command(self._migrate, "apply database migrations", _migrate_arguments),
+            "version": _Command(
+                self._version, "print version and commit", _version_arguments, logging=False
+            ),
+            "openapi": _Command(
+                self._openapi, "print the OpenAPI document", _openapi_arguments, logging=False
+            ),
+        }
+
+    def command(
+        self, name: str, help: str, *, arguments: ArgumentsFn | None = None
+    ) -> Callable[[CommandFn[S]], CommandFn[S]]:
+        """Register `fn(settings, args) -> int` (or an async one) as subcommand `name`.
+
+        `arguments(parser)` may add the subcommand's own arguments.
+        """
+
+        def register(fn: CommandFn[S]) -> CommandFn[S]:
+            self._commands[name] = _Command(fn, help, arguments)
+            return fn
+
+        return register
+
+    def build_parser(self) -> argparse.ArgumentParser:
+        settings_parent = settings_arguments(self.settings_cls)
+        parser = argparse.ArgumentParser(prog=self.name)
+        sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        for name, command in self._commands.items():
+            sub_parser = sub.add_parser(
+                name, help=command.help, description=command.help, parents=[settings_parent]
+            )
+            if command.arguments is not None:
+                command.arguments(sub_parser)
+        return parser
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        """Parse `argv` (default: `sys.argv[1:]`), run the subcommand, return its exit code."""
+        args = self.build_parser().parse_args(argv)
+        command = self._commands[args.command]
+        try:
+            settings = self.settings_cls.load(**_overrides(args))
+        except ValidationError as exc:
+            # Without the inputs: a rejected value may be a secret.
+            for error in exc.errors(include_input=False, include_url=False):
+                where = ".".join(str(part) for part in error["loc"])
+                print(f"{self.name}: invalid setting {where}: {error['msg']}", file=sys.stderr)
+            return 2
+        if command.logging:
+            configure_logging(
+                settings.service_name,
+                settings.instance_id,
+                settings.log_level,
+                settings.log_format,
+            )
+        result = command.run(settings, args)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        return int(result)
+
+    def _serve(self, settings: S, _args: argparse.Namespace) -> int:
+        configure_tracing(
+            settings.service_name, settings.instance_id, settings.otel_exporter_otlp_endpoint
+        )
+        app = self.app_factory(settings)
+        # The installed package's stamp is the authority on what is running, whatever the
+        # factory passed to create_app.
+        app.state.build = build_info(self.package)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        )
+        server = _Server(config)
+        try:
+            with _stop_signals_end_cleanly():
+                server.run()
+        except SystemExit as exc:
+            # uvicorn exits this way when the lifespan startup or the bind fails.
+            return exc.code if isinstance(exc.code, int) else 1
+        finally:
+            shutdown_tracing()
+        return 0 if server.started else 3
+
+    def _migrate(self, settings: S, args: argparse.Namespace) -> int:
+        from mosaic_kit.migrations import upgrade
+
+        upgrade(settings, self.package, args.revision)
+        _log.info("migrated", schema=settings.db_schema, revision=args.revision)
+        return 0
+
+    def _version(self, settings: S, args: argparse.Namespace) -> int:
+        info = build_info(self.package)
+        if args.json:
+            print(json.dumps({"name": self.name, "version": info.version, "commit": info.commit}))
+        else:
+            print(f"{self.name} {info.version} ({info.commit})")
+        return 0
+
+    def _openapi(self, settings: S, args: argparse.Namespace) -> int:
+        document = json.dumps(self.app_factory(settings).openapi(), indent=2, ensure_ascii=False)
+        if args.output is None:
+            print(document)
+        else:
+            args.output.write_text(document + "\n")
+        return 0
+
+
+@contextlib.contextmanager
+def _stop_signals_end_cleanly() -> Iterator[None]:
+    """Make a drained stop on SIGTERM/SIGINT exit 0.
+
+    After its graceful shutdown uvicorn re-raises the stop signal against the handler that was in
+    place before it started, which by default kills the process (exit -15). With a no-op handler
+    there the process returns normally, and orchestrators see a clean exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _ignore_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_signal(_sig: int, _frame: types.FrameType | None) -> None:
+    return None
+
+
+async def _await(result: Awaitable[int]) -> int:
+    return await result
+
+
+def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", default="head", help="target revision (default: head)")
+
+
+def _version_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _openapi_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", type=Path, help="write to this file instead of stdout")

@@ -1,0 +1,172 @@
+"""The process's NATS connection: bounded retries on start, then reconnection forever.
+
+A service that starts before NATS (compose, Kubernetes, `mosaic up`) should wait a little rather
+than crash, but not hang forever on a wrong URL: the first connection is retried with exponential
+backoff and jitter for at most `max_wait` seconds. Once connected, the client reconnects for as
+long as the process lives; subscriptions are restored by the client and publishes made meanwhile
+are buffered. Server URLs are logged without their credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats.errors
+from nats.aio.client import Client
+
+from mosaic_kit.logging import get_logger
+
+__all__ = ["Client", "connect", "redact_url"]
+
+_log = get_logger("mosaic_kit.nats")
+
+# Backoff of the first connection: 0.1 s, 0.2 s, ... capped, each scaled by a random factor so
+# that replicas restarted together do not hit the server in lockstep.
+_FIRST_DELAY = 0.1
+_MAX_DELAY = 5.0
+
+
+def redact_url(url: str) -> str:
+    """`url` (one server or a comma-separated list) with user names and passwords removed."""
+    safe = []
+    for part in url.split(","):
+        server = part.strip()
+        if not server:
+            continue
+        parsed = urlsplit(server if "://" in server else f"nats://{server}")
+        host = parsed.hostname or ""
+        port = f":{parsed.port}" if parsed.port else ""
+        safe.append(f"{parsed.scheme}://{host}{port}")
+    return ",".join(safe)
+
+
+def _servers(url: str) -> list[str]:
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("no NATS server URL given")
+    return servers
+
+
+async def connect(
+    url: str,
+    name: str,
+    *,
+    connect_timeout: float = 2.0,
+    max_wait: float = 30.0,
+    reconnect_wait: float = 2.0,
+) -> Client:
+    """Connect to the NATS server(s) in `url` as client `name`.
+
+    Raises the last connection error when no server answered within `max_wait` seconds.
+    `reconnect_wait` is the pause between reconnection attempts after a connection was lost.
+    """
+    servers = _servers(url)
+    where = redact_url(url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait
+    delay = _FIRST_DELAY
+    attempt = 0
+    while True:
+        attempt += 1
+        client = Client()
+        causes: list[BaseException] = []
+        try:
+            await _connect_once(
+                client,
+                servers=servers,
+                name=name,
+                connect_timeout=connect_timeout,
+                where=where,
+                causes=causes,
+            )
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await client.close()
+            # The client reports "no servers available"; the reason is the error before it.
+            error = _describe(causes[-1] if causes else exc)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                _log.error("nats_connect_failed", server=where, attempts=attempt, error=error)
+                raise
+            pause = min(delay * random.uniform(0.5, 1.5), remaining)
+            _log.warning(
+                "nats_connect_retry",
+                server=where,
+                attempt=attempt,
+                error=error,
+                retry_in=round(pause, 2),
+            )
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, _MAX_DELAY)
+            continue
+        # The client's own loop retries a server at a fixed pace and, with unlimited attempts,
+        # never gives up on the first connection; we bounded that ourselves above, so only now
+        # switch it to reconnect forever.
+        client.options["max_reconnect_attempts"] = -1
+        client.options["reconnect_time_wait"] = reconnect_wait
+        _log.info("nats_connected", server=where, client=name, attempts=attempt)
+        return client
+
+
+async def _connect_once(
+    client: Client,
+    *,
+    servers: list[str],
+    name: str,
+    connect_timeout: float,
+    where: str,
+    causes: list[BaseException],
+) -> None:
+    connected = False
+
+    async def on_error(exc: Exception) -> None:
+        if client.is_reconnecting:
+            # Each failed attempt during an outage; the disconnection itself was logged.
+            _log.debug("nats_reconnect_failed", server=where, error=_describe(exc))
+        elif connected:
+            _log.warning("nats_error", server=where, error=_describe(exc))
+        else:
+            # Failures of the first connection are reported once, by the retry loop.
+            causes.append(exc)
+
+    async def on_disconnected() -> None:
+        _log.warning("nats_disconnected", server=where)
+
+    async def on_reconnected() -> None:
+        _log.info("nats_reconnected", server=_current(client))
+
+    async def on_closed() -> None:
+        _log.info("nats_closed", server=where)
+
+    # Typed as int in the client although fractions of seconds work; passed untyped.
+    options: dict[str, Any] = {
+        "name": name,
+        "connect_timeout": connect_timeout,
+        "allow_reconnect": True,
+        # One retry per server inside the client; our loop does the backing off.
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+        "closed_cb": on_closed,
+    }
+    await client.connect(servers, **options)
+    connected = True
+
+
+def _current(client: Client) -> str:
+    current = client.connected_url
+    if current is None:
+        return ""
+    port = f":{current.port}" if current.port else ""
+    return f"{current.scheme}://{current.hostname or ''}{port}"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,300 @@
+"""The transactional outbox: events are written with the state change, then relayed to JetStream.
+
+`add(conn, event)` inserts the event in the caller's transaction, so an event exists if and only if
+the change that caused it was committed; it also `NOTIFY`s the relays, which PostgreSQL delivers
+only on commit. `OutboxRelay` publishes unpublished rows in creation order, waits for each
+JetStream acknowledgement and marks the rows published. Rows are claimed with
+`FOR UPDATE SKIP LOCKED`, so every replica can run a relay; the event id travels as `Nats-Msg-Id`,
+so a row published again after a crash (published, but not yet marked) is dropped by the stream's
+duplicate window. While NATS is unreachable rows simply stay and are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mosaic_kit import tracing
+from mosaic_kit.db import Database, new_metadata
+from mosaic_kit.events import Event, publish
+from mosaic_kit.logging import get_logger
+
+__all__ = ["NOTIFY_CHANNEL", "OutboxRelay", "add", "outbox_table"]
+
+# One channel for every schema; the payload names the schema so relays ignore other services.
+NOTIFY_CHANNEL = "mosaic_outbox"
+
+_log = get_logger("mosaic_kit.outbox")
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The outbox of a service's schema (add it to the service's metadata for its migrations)."""
+    existing = metadata.tables.get("outbox")
+    if existing is not None:
+        return existing
+    table = Table(
+        "outbox",
+        metadata,
+        Column("id", Uuid(as_uuid=False), primary_key=True),
+        # Creation order; timestamps tie within a transaction.
+        Column("seq", BigInteger, Identity(), nullable=False, unique=True),
+        Column("type", String(200), nullable=False),
+        Column("subject", String(255), nullable=False),
+        Column("payload", JSONB, nullable=False),
+        Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True), nullable=True),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("last_error", Text, nullable=True),
+    )
+    Index(
+        "ix_outbox_unpublished",
+        table.c.seq,
+        postgresql_where=table.c.published_at.is_(None),
+    )
+    Index(
+        "ix_outbox_published_at",
+        table.c.published_at,
+        postgresql_where=table.c.published_at.is_not(None),
+    )
+    return table
+
+
+_outbox = outbox_table(new_metadata())
+
+
+async def add(conn: AsyncConnection, event: Event) -> None:
+    """Record `event` in the caller's transaction, with the current trace context."""
+    await conn.execute(
+        _outbox.insert().values(
+            id=event.id,
+            type=event.type,
+            subject=event.subject,
+            # Plain JSON types, whatever the data held (datetimes, UUIDs).
+            payload=orjson.loads(event.to_json()),
+            headers=tracing.inject({}),
+        )
+    )
+    await conn.execute(
+        text("SELECT pg_notify(:channel, current_schema())"), {"channel": NOTIFY_CHANNEL}
+    )
+
+
+class OutboxRelay:
+    """Publishes the outbox of `db`'s schema to JetStream until stopped.
+
+    `nats` is the connection or a JetStream context made from it.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        nats: Client | JetStreamContext,
+        *,
+        service: str,
+        poll_interval: float = 1.0,
+        batch: int = 100,
+        publish_timeout: float = 5.0,
+        max_retry_delay: float = 30.0,
+        retention: timedelta = timedelta(days=1),
+        prune_interval: float = 600.0,
+    ) -> None:
+        self._db = db
+        self._js = nats if isinstance(nats, JetStreamContext) else nats.jetstream()
+        self.service = service
+        self._poll_interval = poll_interval
+        self._batch = batch
+        self._publish_timeout = publish_timeout
+        self._max_retry_delay = max_retry_delay
+        self._retention = retention
+        self._prune_interval = prune_interval
+        self._wake = asyncio.Event()
+        self._halt = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_prune = 0.0
+        self._log = _log.bind(outbox=db.schema, service=service)
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._halt.clear()
+        self._tasks = [
+            asyncio.create_task(self._relay_loop(), name=f"outbox relay {self.service}"),
+            asyncio.create_task(self._listen_loop(), name=f"outbox listen {self.service}"),
+        ]
+
+    async def stop(self) -> None:
+        """Let the batch being published finish, then stop."""
+        self._halt.set()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks[1:]:  # the listener holds nothing worth finishing
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unpublished rows, oldest first; return how many were published.
+
+        Stops at the first failure (so that order is kept) after recording it on the row, and
+        raises it once the rows published before it are marked.
+        """
+        published: list[str] = []
+        failure: Exception | None = None
+        async with self._db.transaction() as conn:
+            rows = (
+                await conn.execute(
+                    select(_outbox.c.id, _outbox.c.payload, _outbox.c.headers)
+                    .where(_outbox.c.published_at.is_(None))
+                    .order_by(_outbox.c.seq)
+                    .limit(self._batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                try:
+                    await self._publish(row.payload, row.headers)
+                except Exception as exc:  # NATS down, no stream, a corrupt row: keep it, retry
+                    failure = exc
+                    await conn.execute(
+                        update(_outbox)
+                        .where(_outbox.c.id == row.id)
+                        .values(attempts=_outbox.c.attempts + 1, last_error=repr(exc)[:1000])
+                    )
+                    break
+                published.append(row.id)
+            if published:
+                await conn.execute(
+                    update(_outbox)
+                    .where(_outbox.c.id.in_(published))
+                    .values(published_at=func.now())
+                )
+        if failure is not None:
+            raise failure
+        return len(published)
+
+    async def _publish(self, payload: Any, headers: Any) -> None:
+        event = Event.from_dict(payload)
+        stored = {str(k): str(v) for k, v in (headers or {}).items()}
+        await publish(self._js, event, headers=stored, timeout=self._publish_timeout)
+
+    async def prune(self) -> int:
+        """Delete rows published longer ago than the retention; return how many."""
+        async with self._db.transaction() as conn:
+            result = await conn.execute(
+                delete(_outbox).where(
+                    _outbox.c.published_at.is_not(None),
+                    _outbox.c.published_at < func.now() - self._retention,
+                )
+            )
+        return int(result.rowcount or 0)
+
+    async def _relay_loop(self) -> None:
+        failures = 0
+        while not self._halt.is_set():
+            self._wake.clear()
+            try:
+                count = await self.relay_once()
+            except Exception as exc:
+                failures += 1
+                pause = min(0.2 * 2**failures, self._max_retry_delay) * random.uniform(0.5, 1.0)
+                self._log.warning("outbox_relay_failed", error=repr(exc), retry_in=round(pause, 2))
+                # Not woken by new rows: a struggling NATS or database gets time to recover.
+                await self._sleep(pause, wakeable=False)
+                continue
+            if failures:
+                self._log.info("outbox_relay_recovered", after_failures=failures)
+            failures = 0
+            if count:
+                self._log.debug("outbox_relayed", count=count)
+            await self._maybe_prune()
+            if count < self._batch:
+                await self._sleep(self._poll_interval, wakeable=True)
+
+    async def _sleep(self, seconds: float, *, wakeable: bool) -> None:
+        waits = [asyncio.ensure_future(self._halt.wait())]
+        if wakeable:
+            waits.append(asyncio.ensure_future(self._wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _maybe_prune(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_prune < self._prune_interval:
+            return
+        self._last_prune = now
+        try:
+            pruned = await self.prune()
+        except Exception as exc:
+            self._log.warning("outbox_prune_failed", error=repr(exc))
+            return
+        if pruned:
+            self._log.info("outbox_pruned", rows=pruned)
+
+    async def _listen_loop(self) -> None:
+        """Hold a connection LISTENing for new rows; polling covers the time it is down."""
+        pause = 0.5
+        while not self._halt.is_set():
+            try:
+                await self._listen()
+                pause = 0.5
+            except Exception as exc:
+                self._log.warning("outbox_listen_failed", error=repr(exc), retry_in=pause)
+            await self._sleep(pause, wakeable=False)
+            pause = min(pause * 2, 30.0)
+
+    async def _listen(self) -> None:
+        schema = self._db.schema
+        lost = asyncio.Event()
+
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            if payload == schema:
+                self._wake.set()
+
+        def on_terminated(_conn: object) -> None:
+            lost.set()
+
+        async with self._db.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            driver.add_termination_listener(on_terminated)
+            await driver.add_listener(NOTIFY_CHANNEL, on_notify)
+            try:
+                self._wake.set()  # rows added while nobody listened
+                await lost.wait()
+                self._log.warning("outbox_listen_connection_lost")
+            finally:
+                driver.remove_termination_listener(on_terminated)
+                if not lost.is_set():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(driver.remove_listener(NOTIFY_CHANNEL, on_notify))

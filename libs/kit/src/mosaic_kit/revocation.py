@@ -1,0 +1,231 @@
+"""Which still-unexpired access tokens must no longer be accepted.
+
+Access tokens are verified locally, so signing out or losing a role would not take effect until the
+token expires. The auth service therefore publishes revocation events; every verifying process
+applies them to its `RevocationSet`, which the verifier consults on every request. A token is
+revoked when its session was revoked, or when it was issued before its user's `tokensValidAfter`.
+
+Entries are kept only while a token they could reject may still be alive, then pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+from nats.js import JetStreamContext
+
+from mosaic_kit.events import Event, RecentEventsSubscription, subscribe_recent
+from mosaic_kit.logging import get_logger
+
+if TYPE_CHECKING:
+    from mosaic_kit.auth import Principal
+
+_log = get_logger("mosaic_kit.revocation")
+
+SESSION_REVOKED = "auth.session.revoked"
+ROLES_CHANGED = "auth.user.roles_changed"
+USER_DISABLED = "auth.user.disabled"
+REVOCATION_SUBJECTS = [f"events.{t}" for t in (SESSION_REVOKED, ROLES_CHANGED, USER_DISABLED)]
+
+
+def _epoch(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key)
+    # bool is an int subclass; `true` as a timestamp is a producer bug, not epoch 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be an epoch in seconds")
+    return int(value)
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a non-empty string")
+    return value
+
+
+class RevocationSet:
+    """Revoked sessions and per-user "tokens valid after" cut-offs, held in memory.
+
+    `max_token_ttl` must be at least the lifetime of the access tokens auth issues: a user cut-off
+    is kept that long after it, since any token it rejects has expired by then. `grace` keeps
+    entries a little past their end to cover the verifier's clock leeway and skew between hosts.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_token_ttl: timedelta = timedelta(hours=24),
+        grace: timedelta = timedelta(minutes=1),
+        prune_every: timedelta = timedelta(minutes=1),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._max_ttl = int(max_token_ttl.total_seconds())
+        self._grace = grace.total_seconds()
+        self._prune_every = prune_every.total_seconds()
+        self._clock = clock
+        self._sessions: dict[str, float] = {}
+        self._users: dict[str, tuple[int, float]] = {}
+        self._next_prune = clock() + self._prune_every
+
+    def __len__(self) -> int:
+        return len(self._sessions) + len(self._users)
+
+    def revoke_session(self, session_id: str, until_epoch: float) -> None:
+        """Reject every token of `session_id` until `until_epoch` (when they have all expired)."""
+        self._sessions[session_id] = max(until_epoch, self._sessions.get(session_id, until_epoch))
+        self._maybe_prune()
+
+    def revoke_user_before(
+        self, user_id: str, tokens_valid_after_epoch: int, until_epoch: float
+    ) -> None:
+        """Reject `user_id`'s tokens issued before `tokens_valid_after_epoch`, until `until_epoch`.
+
+        Cut-offs only move forward: a replayed older event cannot re-admit tokens.
+        """
+        current = self._users.get(user_id)
+        if current is not None:
+            tokens_valid_after_epoch = max(tokens_valid_after_epoch, current[0])
+            until_epoch = max(until_epoch, current[1])
+        self._users[user_id] = (tokens_valid_after_epoch, until_epoch)
+        self._maybe_prune()
+
+    def is_revoked(self, principal: Principal) -> bool:
+        # Hot path (every request): two dict lookups. Expired entries need no time check here
+        # because every token they reject has expired anyway; pruning just frees the memory.
+        if principal.session_id in self._sessions:
+            return True
+        cutoff = self._users.get(principal.user_id)
+        return cutoff is not None and principal.issued_at < cutoff[0]
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop entries whose tokens have all expired; returns how many were dropped."""
+        horizon = (self._clock() if now is None else now) - self._grace
+        stale_sessions = [sid for sid, until in self._sessions.items() if until < horizon]
+        stale_users = [uid for uid, (_, until) in self._users.items() if until < horizon]
+        for sid in stale_sessions:
+            del self._sessions[sid]
+        for uid in stale_users:
+            del self._users[uid]
+        self._next_prune = self._clock() + self._prune_every
+        return len(stale_sessions) + len(stale_users)
+
+    def _maybe_prune(self) -> None:
+        if self._clock() >= self._next_prune:
+            self.prune()
+
+    async def apply_event(self, event: Event) -> None:
+        """Apply one auth event; other types and malformed payloads are logged and skipped."""
+        try:
+            self._apply(event.type, event.data)
+        except ValueError as exc:
+            # Nothing better to do than shout: the event cannot be interpreted.
+            _log.error("revocation_event_malformed", event_type=event.type, reason=str(exc))
+
+    def _apply(self, event_type: str, data: Mapping[str, Any]) -> None:
+        if not isinstance(data, Mapping):
+            raise ValueError("data must be an object")
+        if event_type == SESSION_REVOKED:
+            self.revoke_session(_text(data, "sessionId"), _epoch(data, "expiresAt"))
+        elif event_type == ROLES_CHANGED:
+            removed = data.get("removedRoles")
+            if not isinstance(removed, list):
+                raise ValueError("removedRoles must be a list")
+            # Only losing a role makes old tokens dangerous; a role gained shows up at refresh.
+            if removed:
+                self._cut_off_user(data)
+        elif event_type == USER_DISABLED:
+            self._cut_off_user(data)
+        else:
+            _log.debug("revocation_event_ignored", event_type=event_type)
+
+    def _cut_off_user(self, data: Mapping[str, Any]) -> None:
+        valid_after = _epoch(data, "tokensValidAfter")
+        self.revoke_user_before(_text(data, "userId"), valid_after, valid_after + self._max_ttl)
+
+
+class RevocationFeed:
+    """Keeps a `RevocationSet` fed with auth's revocation events; see `follow_revocations`."""
+
+    def __init__(
+        self, js: JetStreamContext, revocations: RevocationSet, since: timedelta, retry: float
+    ) -> None:
+        self._js = js
+        self._revocations = revocations
+        self._since = since
+        self._retry = retry
+        self._subscription: RecentEventsSubscription | None = None
+        self._subscribed = asyncio.Event()
+        self._retrier: asyncio.Task[None] | None = None
+
+    @property
+    def following(self) -> bool:
+        """Whether the subscription exists (False while auth's stream is not there yet)."""
+        return self._subscription is not None
+
+    async def _try_subscribe(self) -> bool:
+        try:
+            self._subscription = await subscribe_recent(
+                self._js, REVOCATION_SUBJECTS, self._revocations.apply_event, since=self._since
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Typically auth has not created its stream yet (it starts after us); then there
+            # is nothing to replay either, and subscribing once it exists misses no event.
+            _log.warning("revocation_feed_retry", error=type(exc).__name__, retry_in=self._retry)
+            return False
+        self._subscribed.set()
+        _log.info("revocation_feed_following", since_s=self._since.total_seconds())
+        return True
+
+    async def _retry_until_subscribed(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry)
+            if await self._try_subscribe():
+                return
+
+    async def wait_caught_up(self, timeout: float) -> bool:  # noqa: ASYNC109 - a deadline, not I/O
+        """Whether the replay of past revocations finished within `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._subscribed.wait()
+        except TimeoutError:
+            return False
+        assert self._subscription is not None
+        return await self._subscription.wait_caught_up(max(0.0, deadline - loop.time()))
+
+    async def stop(self) -> None:
+        if self._retrier is not None:
+            self._retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrier
+            self._retrier = None
+        if self._subscription is not None:
+            await self._subscription.stop()
+            self._subscription = None
+
+
+async def follow_revocations(
+    js: JetStreamContext,
+    revocations: RevocationSet,
+    *,
+    since: timedelta,
+    retry_interval: float = 2.0,
+) -> RevocationFeed:
+    """Replay the revocation events of the last `since` into `revocations`, then follow live ones.
+
+    `since` should be at least the access-token lifetime so that a restarted process again rejects
+    every token revoked before it started. When the subscription cannot be made yet (auth's stream
+    does not exist), this returns anyway and keeps retrying in the background: a service must not
+    fail to start because auth is not up. Call `.stop()` on shutdown.
+    """
+    feed = RevocationFeed(js, revocations, since, retry_interval)
+    if not await feed._try_subscribe():
+        feed._retrier = asyncio.create_task(feed._retry_until_subscribed())
+    return feed

@@ -1,0 +1,102 @@
+"""Shared helpers for the kit's HTTP-side tests (imported by test modules, not collected).
+
+Importing this module configures logging once at collection time: structlog caches each logger
+on first use, so it must be configured before any test makes a kit module log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI
+from mosaic_kit import tracing
+from mosaic_kit.app import create_app
+from mosaic_kit.logging import configure_logging
+from mosaic_kit.metrics import new_registry
+from mosaic_kit.settings import ServiceSettings
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+SERVICE = "kit-test"
+INSTANCE = "kit-test-1"
+
+configure_logging(SERVICE, INSTANCE, "INFO", "json")
+
+
+@functools.cache
+def span_exporter() -> InMemorySpanExporter:
+    """An in-memory exporter attached to this process' tracer provider (installed once)."""
+    exporter = InMemorySpanExporter()
+    tracing.configure_tracing(SERVICE, INSTANCE, None, exporter=exporter)
+    return exporter
+
+
+def settings(**overrides: Any) -> ServiceSettings:
+    return ServiceSettings(service_name=SERVICE, instance_id=INSTANCE, **overrides)
+
+
+def build_app(
+    routers: Sequence[APIRouter] = (),
+    *,
+    registry: CollectorRegistry | None = None,
+    **setting_overrides: Any,
+) -> FastAPI:
+    return create_app(
+        settings(**setting_overrides),
+        title="Kit test",
+        description="An app built by the kit's tests",
+        version="9.8.7",
+        commit="abc1234",
+        routers=routers,
+        registry=registry or new_registry(process_metrics=False),
+    )
+
+
+@asynccontextmanager
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+def records(caplog: Any, logger: str | None = None) -> list[dict[str, Any]]:
+    """The structlog event dicts captured by pytest's handler (optionally from one logger)."""
+    out = []
+    for record in caplog.records:
+        if isinstance(record.msg, dict) and (logger is None or record.name == logger):
+            out.append(record.msg)
+    return out
+
+
+def quiet_httpx() -> None:
+    # httpx logs every request URL at INFO, query strings included; keep it out of assertions.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at write time (pytest swaps it per test and phase)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def follow_stderr() -> None:
+    """Make the root log handler write to the current stderr, so capsys sees log lines and a
+    test that configured logging under capsys leaves no handler on a closed stream."""
+    for handler in logging.getLogger().handlers:
+        # Exactly ours: pytest's capture handlers are StreamHandler subclasses.
+        if type(handler) is logging.StreamHandler:
+            handler.setStream(_CurrentStderr())
+
+
+quiet_httpx()
+follow_stderr()
