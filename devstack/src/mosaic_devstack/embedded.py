@@ -97,8 +97,14 @@ def _ensure_pg_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             PG_SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -120,7 +126,12 @@ class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in `data_dir` (created by initdb on first start)."""
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, durable: bool = True, log: Path | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        log: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
@@ -136,27 +147,37 @@ class EmbeddedPostgres:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def _run_as(self) -> dict[str, int]:
+    def _run_as(self) -> tuple[int | None, int | None]:
+        """The (uid, gid) PostgreSQL runs as: a system user under root, else ourselves."""
         user = _ensure_pg_user()
-        return {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+        return (user.pw_uid, user.pw_gid) if user else (None, None)
 
     def init(self) -> bool:
         """Create the cluster if `data_dir` has none. Returns True when it was created."""
         if (self.data_dir / "PG_VERSION").exists():
             return False
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ids = self._run_as()
-        if ids:
+        uid, gid = self._run_as()
+        if uid is not None and gid is not None:
             _make_traversable(_pg_bin())
             _make_traversable(self.data_dir.parent)
-            os.chown(self.data_dir, ids["user"], ids["group"])
+            os.chown(self.data_dir, uid, gid)
         self.data_dir.chmod(0o700)
         result = subprocess.run(
-            [str(_pg_bin() / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-             "--auth=trust", "--encoding=UTF8", "--no-instructions"],
+            [
+                str(_pg_bin() / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
             capture_output=True,
             check=False,
-            **ids,  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
         )
         if result.returncode != 0:
             raise ServerError(f"initdb failed: {result.stderr.decode(errors='replace')}")
@@ -164,24 +185,45 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 30.0) -> str:
         self.init()
-        ids = self._run_as()
-        if ids:
-            os.chown(self.data_dir, ids["user"], ids["group"])
+        uid, gid = self._run_as()
+        if uid is not None and gid is not None:
+            os.chown(self.data_dir, uid, gid)
         stale = self.data_dir / "postmaster.pid"
         if stale.exists():
             self._clear_stale_pidfile(stale)
         args = [
-            str(_pg_bin() / "postgres"), "-D", str(self.data_dir),
-            "-p", str(self.port), "-h", "127.0.0.1", "-k", "",
-            "-c", "max_connections=300", "-c", "shared_buffers=128MB",
+            str(_pg_bin() / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            "",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=128MB",
         ]
         if not self.durable:
-            args += ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off"]
+            args += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **ids  # type: ignore[call-overload]
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=uid,
+            group=gid,
         )
         log.close()
         self._wait_ready(timeout)
@@ -258,8 +300,18 @@ class EmbeddedNats:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port),
-             "-js", "-sd", str(self.data_dir), "-n", f"mosaic-{self.port}"],
+            [
+                str(nats_server_binary()),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.data_dir),
+                "-n",
+                f"mosaic-{self.port}",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -10,7 +10,6 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-
 from mosaic_auth.app import create_auth_app
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings

@@ -56,9 +56,7 @@ async def test_signup_rejects_bad_fields_with_422_and_creates_nothing(
     assert problem["code"] == "validation_failed"
     assert field in {e["field"] for e in problem["errors"]}
     if "email" in payload and "@" in payload["email"]:
-        signin = await client.post(
-            "/v1/auth/signin", json={"email": email, "password": PASSWORD}
-        )
+        signin = await client.post("/v1/auth/signin", json={"email": email, "password": PASSWORD})
         assert signin.status_code == 401
 
 

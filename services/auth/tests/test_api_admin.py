@@ -77,7 +77,9 @@ async def test_granting_a_role_shows_in_the_next_token(
     assert granted.status_code == 200
     assert granted.json()["roles"] == ["AUTHOR", "LEARNER"]
     # Adding a role does not revoke anything: the old token still works, without the new role.
-    assert (await client.get("/v1/users/me", headers=bearer(tokens["accessToken"]))).status_code == 200
+    assert (
+        await client.get("/v1/users/me", headers=bearer(tokens["accessToken"]))
+    ).status_code == 200
     refreshed = await client.post("/v1/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
     new_access = refreshed.json()["tokens"]["accessToken"]
     claims = jwt.decode(new_access, options={"verify_signature": False})
@@ -93,8 +95,12 @@ async def test_removing_a_role_revokes_tokens_that_carry_it(
     tokens = (
         await client.post("/v1/auth/refresh", json={"refreshToken": body["tokens"]["refreshToken"]})
     ).json()["tokens"]
-    assert (await client.get("/v1/users/me", headers=bearer(tokens["accessToken"]))).status_code == 200
-    removed = await client.put(f"/v1/users/{user_id}/roles", json={"roles": ["LEARNER"]}, headers=admin)
+    assert (
+        await client.get("/v1/users/me", headers=bearer(tokens["accessToken"]))
+    ).status_code == 200
+    removed = await client.put(
+        f"/v1/users/{user_id}/roles", json={"roles": ["LEARNER"]}, headers=admin
+    )
     assert removed.status_code == 200
     stale = await client.get("/v1/users/me", headers=bearer(tokens["accessToken"]))
     assert stale.status_code == 401
@@ -117,7 +123,9 @@ async def test_roles_bad_input(client: httpx.AsyncClient, admin: dict[str, str])
     assert me.status_code == 200
     missing = await client.put(f"/v1/users/{uuid.uuid4()}/roles", json={"roles": []}, headers=admin)
     assert missing.status_code == 404
-    not_a_list = await client.put(f"/v1/users/{user_id}/roles", json={"roles": "AUTHOR"}, headers=admin)
+    not_a_list = await client.put(
+        f"/v1/users/{user_id}/roles", json={"roles": "AUTHOR"}, headers=admin
+    )
     assert not_a_list.status_code == 422
 
 
@@ -128,7 +136,9 @@ async def test_disabled_user_loses_sessions_and_cannot_sign_in(
     body = await signup(client, email=email)
     user_id, tokens = body["user"]["id"], body["tokens"]
     assert (await client.post(f"/v1/users/{user_id}/disable", headers=admin)).status_code == 204
-    assert (await client.get("/v1/users/me", headers=bearer(tokens["accessToken"]))).status_code == 401
+    assert (
+        await client.get("/v1/users/me", headers=bearer(tokens["accessToken"]))
+    ).status_code == 401
     refresh = await client.post("/v1/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
     assert refresh.status_code == 401
     signin = await client.post("/v1/auth/signin", json={"email": email, "password": PASSWORD})
@@ -139,7 +149,9 @@ async def test_disabled_user_loses_sessions_and_cannot_sign_in(
     assert (await client.post(f"/v1/users/{user_id}/enable", headers=admin)).status_code == 204
     back = await client.post("/v1/auth/signin", json={"email": email, "password": PASSWORD})
     assert back.status_code == 200
-    assert (await client.post(f"/v1/users/{uuid.uuid4()}/disable", headers=admin)).status_code == 404
+    assert (
+        await client.post(f"/v1/users/{uuid.uuid4()}/disable", headers=admin)
+    ).status_code == 404
 
 
 async def test_api_keys_are_shown_once_listed_without_secret_and_revocable(

@@ -12,7 +12,6 @@ import jwt
 import pytest
 from conftest import PASSWORD, bearer, signup, unique_email
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from mosaic_auth.service import AuthService
 
 
@@ -51,16 +50,16 @@ async def test_forged_tokens_are_401(client: httpx.AsyncClient, service: AuthSer
     claims, genuine = await _claims_for(client)
     key = await service.signer.key()
     other_key = Ed25519PrivateKey.generate()
-    forged_other_key = jwt.encode(
-        claims, other_key, algorithm="EdDSA", headers={"kid": key.kid}
-    )
+    forged_other_key = jwt.encode(claims, other_key, algorithm="EdDSA", headers={"kid": key.kid})
     header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": key.kid}).encode())
     alg_none = f"{header}.{_b64(json.dumps(claims).encode())}."
     head, _payload, sig = genuine.split(".")
     escalated = dict(claims, roles=["ADMIN"])
     tampered = f"{head}.{_b64(json.dumps(escalated).encode())}.{sig}"
     wrong_audience = jwt.encode(
-        dict(claims, aud="somebody-else"), key.private_key, algorithm="EdDSA",
+        dict(claims, aud="somebody-else"),
+        key.private_key,
+        algorithm="EdDSA",
         headers={"kid": key.kid},
     )
     for token in (forged_other_key, alg_none, tampered, wrong_audience):
@@ -78,7 +77,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_whole_session(
     assert first.status_code == 200
     rotated = first.json()["tokens"]
     assert rotated["refreshToken"] != tokens["refreshToken"]
-    assert (await client.get("/v1/users/me", headers=bearer(rotated["accessToken"]))).status_code == 200
+    assert (
+        await client.get("/v1/users/me", headers=bearer(rotated["accessToken"]))
+    ).status_code == 200
 
     reuse = await client.post("/v1/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
     assert reuse.status_code == 401
@@ -109,7 +110,7 @@ async def test_signout_kills_the_sessions_tokens_at_once(client: httpx.AsyncClie
     await signup(client, email=email)
     signin = await client.post("/v1/auth/signin", json={"email": email, "password": PASSWORD})
     tokens = signin.json()["tokens"]
-    other = (await client.post("/v1/auth/signin", json={"email": email, "password": PASSWORD}))
+    other = await client.post("/v1/auth/signin", json={"email": email, "password": PASSWORD})
     other_tokens = other.json()["tokens"]
     out = await client.post("/v1/auth/signout", headers=bearer(tokens["accessToken"]))
     assert out.status_code == 204

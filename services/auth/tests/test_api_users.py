@@ -13,7 +13,8 @@ async def test_patch_me_changes_name_and_picture(client: httpx.AsyncClient) -> N
     tokens = (await signup(client))["tokens"]
     hdr = bearer(tokens["accessToken"])
     response = await client.patch(
-        "/v1/users/me", json={"name": "New Name", "profilePicUrl": "https://img.example/a.png"},
+        "/v1/users/me",
+        json={"name": "New Name", "profilePicUrl": "https://img.example/a.png"},
         headers=hdr,
     )
     assert response.status_code == 200
@@ -67,8 +68,12 @@ async def test_password_change_revokes_other_sessions_only(client: httpx.AsyncCl
         headers=bearer(first["accessToken"]),
     )
     assert ok.status_code == 204
-    assert (await client.get("/v1/users/me", headers=bearer(first["accessToken"]))).status_code == 200
-    assert (await client.get("/v1/users/me", headers=bearer(second["accessToken"]))).status_code == 401
+    assert (
+        await client.get("/v1/users/me", headers=bearer(first["accessToken"]))
+    ).status_code == 200
+    assert (
+        await client.get("/v1/users/me", headers=bearer(second["accessToken"]))
+    ).status_code == 401
     old = await client.post("/v1/auth/signin", json={"email": email, "password": PASSWORD})
     assert old.status_code == 401
     new = await client.post("/v1/auth/signin", json={"email": email, "password": "brand-new-pass"})

@@ -14,7 +14,6 @@ import jwt
 import orjson
 import pytest
 from conftest import PASSWORD, bearer, make_settings, signup
-
 from mosaic_auth.app import create_auth_app
 from mosaic_kit.migrations import upgrade_async
 
@@ -23,7 +22,11 @@ BIN = Path(sys.executable).parent / "mosaic-auth"
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN), *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+        [str(BIN), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
 
@@ -41,7 +44,9 @@ def cli_env(pg_url: str, nats_url: str) -> dict[str, str]:
     }
 
 
-async def test_migrate_then_seed_once_then_nothing_more(cli_env: dict[str, str], pg_url: str) -> None:
+async def test_migrate_then_seed_once_then_nothing_more(
+    cli_env: dict[str, str], pg_url: str
+) -> None:
     migrated = run(["migrate"], cli_env)
     assert migrated.returncode == 0, migrated.stderr
     again = run(["migrate"], cli_env)  # idempotent
@@ -55,8 +60,17 @@ async def test_migrate_then_seed_once_then_nothing_more(cli_env: dict[str, str],
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
             )
         }
-        assert {"users", "sessions", "refresh_tokens", "api_keys", "signing_keys", "outbox",
-                "processed_events", "roles", "alembic_version"} <= tables
+        assert {
+            "users",
+            "sessions",
+            "refresh_tokens",
+            "api_keys",
+            "signing_keys",
+            "outbox",
+            "processed_events",
+            "roles",
+            "alembic_version",
+        } <= tables
         roles = {r["code"] for r in await conn.fetch(f'SELECT code FROM "{schema}".roles')}
         assert roles == {"LEARNER", "AUTHOR", "EDITOR", "ADMIN"}
     finally:
@@ -86,7 +100,9 @@ async def test_rotate_keys_keeps_issued_tokens_valid(pg_url: str, nats_url: str)
             old_token = body["tokens"]["accessToken"]
             old_kid = jwt.get_unverified_header(old_token)["kid"]
             env = {
-                "DATABASE_URL": pg_url, "NATS_URL": nats_url, "DB_SCHEMA": settings.db_schema,
+                "DATABASE_URL": pg_url,
+                "NATS_URL": nats_url,
+                "DB_SCHEMA": settings.db_schema,
                 "LOG_FORMAT": "json",
             }
             rotated = run(["rotate-keys"], env)

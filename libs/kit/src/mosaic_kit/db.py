@@ -31,7 +31,9 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_engine(url: str, schema: str, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, schema: str, pool_size: int = 10, max_overflow: int = 10
+) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,

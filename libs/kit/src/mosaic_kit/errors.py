@@ -47,7 +47,7 @@ def default_code(status: int) -> str:
     return "http." + _STATUS_CODES.get(status, str(status))
 
 
-class Problem(Exception):
+class Problem(Exception):  # noqa: N818 - RFC 9457 calls it a problem
     """An error a client can act on. `code` is stable; `detail` is for humans."""
 
     def __init__(
@@ -97,7 +97,9 @@ def bad_request(code: str, detail: str) -> Problem:
     return Problem(400, code, detail)
 
 
-def unauthorized(code: str = "auth.unauthorized", detail: str = "Authentication required") -> Problem:
+def unauthorized(
+    code: str = "auth.unauthorized", detail: str = "Authentication required"
+) -> Problem:
     return Problem(401, code, detail, headers={"WWW-Authenticate": "Bearer"})
 
 

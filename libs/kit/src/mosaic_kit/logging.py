@@ -29,9 +29,7 @@ def _add_trace_context(
     return event
 
 
-def configure_logging(
-    service: str, instance: str, level: str = "INFO", fmt: str = "auto"
-) -> None:
+def configure_logging(service: str, instance: str, level: str = "INFO", fmt: str = "auto") -> None:
     """Set up structlog and the standard library logging once per process."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     static = {"service": service, "instance": instance}

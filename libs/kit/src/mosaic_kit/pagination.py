@@ -44,8 +44,10 @@ def decode_cursor(cursor: str, size: int) -> list[str]:
         parts = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
     except (ValueError, binascii.Error, UnicodeEncodeError, orjson.JSONDecodeError) as exc:
         raise Problem(400, "http.bad_cursor", "The cursor is not valid") from exc
-    if not isinstance(parts, list) or len(parts) != size or not all(
-        isinstance(p, str) for p in parts
+    if (
+        not isinstance(parts, list)
+        or len(parts) != size
+        or not all(isinstance(p, str) for p in parts)
     ):
         raise Problem(400, "http.bad_cursor", "The cursor is not valid")
     return parts

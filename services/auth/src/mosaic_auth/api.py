@@ -6,12 +6,12 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from mosaic_kit.auth import Principal, current_principal, require_roles
+from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from mosaic_auth.service import AuthService, ClientInfo
-from mosaic_kit.auth import Principal, current_principal, require_roles
-from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
@@ -143,8 +143,12 @@ async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object
     return (await svc.update_me(me, changes)).private_view()
 
 
-@router.put("/users/me/password", status_code=204, tags=["users"],
-            summary="Change my password (signs out my other sessions)")
+@router.put(
+    "/users/me/password",
+    status_code=204,
+    tags=["users"],
+    summary="Change my password (signs out my other sessions)",
+)
 async def change_password(body: PasswordChange, svc: Service, me: Me) -> Response:
     await svc.change_password(me, body.current_password, body.new_password)
     return Response(status_code=204)
@@ -174,22 +178,34 @@ async def put_roles(
     return (await svc.set_roles(user_id, body.roles)).admin_view()
 
 
-@router.post("/users/{user_id}/disable", status_code=204, tags=["admin"],
-             summary="Disable a user and end their sessions (ADMIN)")
+@router.post(
+    "/users/{user_id}/disable",
+    status_code=204,
+    tags=["admin"],
+    summary="Disable a user and end their sessions (ADMIN)",
+)
 async def disable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.set_disabled(user_id, True)
     return Response(status_code=204)
 
 
-@router.post("/users/{user_id}/enable", status_code=204, tags=["admin"],
-             summary="Enable a disabled user (ADMIN)")
+@router.post(
+    "/users/{user_id}/enable",
+    status_code=204,
+    tags=["admin"],
+    summary="Enable a disabled user (ADMIN)",
+)
 async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.set_disabled(user_id, False)
     return Response(status_code=204)
 
 
-@router.post("/api-keys", status_code=201, tags=["api-keys"],
-             summary="Create an API key (ADMIN); the key is shown only here")
+@router.post(
+    "/api-keys",
+    status_code=201,
+    tags=["api-keys"],
+    summary="Create an API key (ADMIN); the key is shown only here",
+)
 async def create_api_key(body: ApiKeyBody, svc: Service, _admin: Admin) -> dict[str, object]:
     record, key = await svc.create_api_key(body.name, body.comment)
     return {**record.view(), "key": key}
@@ -206,8 +222,9 @@ async def list_api_keys(
     return {"items": [k.view() for k in keys], "nextCursor": next_cursor}
 
 
-@router.delete("/api-keys/{key_id}", status_code=204, tags=["api-keys"],
-               summary="Revoke an API key (ADMIN)")
+@router.delete(
+    "/api-keys/{key_id}", status_code=204, tags=["api-keys"], summary="Revoke an API key (ADMIN)"
+)
 async def revoke_api_key(key_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.revoke_api_key(key_id)
     return Response(status_code=204)

@@ -8,13 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
-
-from mosaic_auth import __version__
-from mosaic_auth.api import router
-from mosaic_auth.passwords import Passwords
-from mosaic_auth.rpc import endpoints
-from mosaic_auth.service import AuthService
-from mosaic_auth.settings import AuthSettings
 from mosaic_kit import events, rpc
 from mosaic_kit.app import create_app
 from mosaic_kit.auth import TokenVerifier
@@ -24,6 +17,13 @@ from mosaic_kit.jwks import JwksCache
 from mosaic_kit.nats import connect
 from mosaic_kit.outbox import OutboxRelay
 from mosaic_kit.revocation import RevocationSet, follow_revocations
+
+from mosaic_auth import __version__
+from mosaic_auth.api import router
+from mosaic_auth.passwords import Passwords
+from mosaic_auth.rpc import endpoints
+from mosaic_auth.service import AuthService
+from mosaic_auth.settings import AuthSettings
 
 
 class ServiceKeySource:

@@ -17,6 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from mosaic_kit import outbox
+from mosaic_kit.auth import Principal, RevocationSet
+from mosaic_kit.db import Database
+from mosaic_kit.errors import Problem, conflict, forbidden, not_found, unauthorized
+from mosaic_kit.events import new_event
+from mosaic_kit.logging import get_logger
+from mosaic_kit.pagination import decode_time_id_cursor, next_cursor_for
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,13 +34,6 @@ from mosaic_auth.settings import AuthSettings
 from mosaic_auth.tables import ROLES
 from mosaic_auth.throttle import Policy, after_failure, seconds_locked
 from mosaic_auth.tokens import IssuedTokens, Signer, hash_refresh_token, new_refresh_token
-from mosaic_kit import outbox
-from mosaic_kit.auth import Principal, RevocationSet
-from mosaic_kit.db import Database
-from mosaic_kit.errors import Problem, conflict, forbidden, not_found, unauthorized
-from mosaic_kit.events import new_event
-from mosaic_kit.logging import get_logger
-from mosaic_kit.pagination import decode_time_id_cursor, next_cursor_for
 
 log = get_logger("mosaic_auth.service")
 
@@ -158,11 +158,18 @@ class AuthService:
     async def _record_failure(self, throttle_keys: Sequence[str]) -> None:
         s = self.settings
         policies = {
-            "account": Policy(s.auth_signin_max_failures, timedelta(seconds=s.auth_signin_window),
-                              s.auth_signin_base_delay, s.auth_signin_max_delay),
-            "address": Policy(s.auth_signin_max_failures_per_address,
-                              timedelta(seconds=s.auth_signin_window),
-                              s.auth_signin_base_delay, s.auth_signin_max_delay),
+            "account": Policy(
+                s.auth_signin_max_failures,
+                timedelta(seconds=s.auth_signin_window),
+                s.auth_signin_base_delay,
+                s.auth_signin_max_delay,
+            ),
+            "address": Policy(
+                s.auth_signin_max_failures_per_address,
+                timedelta(seconds=s.auth_signin_window),
+                s.auth_signin_base_delay,
+                s.auth_signin_max_delay,
+            ),
         }
         async with self.db.transaction() as conn:
             for key in sorted(throttle_keys):  # one lock order, so two requests never deadlock
@@ -256,8 +263,12 @@ class AuthService:
         for sid, uid in revoked:
             event = new_event(
                 "auth.session.revoked",
-                {"sessionId": str(sid), "userId": str(uid), "expiresAt": expires_at,
-                 "reason": reason},
+                {
+                    "sessionId": str(sid),
+                    "userId": str(uid),
+                    "expiresAt": expires_at,
+                    "reason": reason,
+                },
             )
             await outbox.add(conn, event)
         return revoked
@@ -295,9 +306,7 @@ class AuthService:
     async def change_password(self, principal: Principal, current: str, new: str) -> None:
         user = await self.me(principal)
         if not await self.passwords.verify(user.password_hash, current):
-            raise Problem(
-                403, "auth.bad_credentials", "The current password is wrong"
-            )
+            raise Problem(403, "auth.bad_credentials", "The current password is wrong")
         new_hash = await self.passwords.hash(new)
         async with self.db.transaction() as conn:
             await store.set_password(conn, user.id, new_hash)
@@ -337,8 +346,9 @@ class AuthService:
                     422,
                     "validation_failed",
                     "Unknown role",
-                    errors=[{"field": "roles", "message": f"unknown role: {r}"}
-                            for r in sorted(unknown)],
+                    errors=[
+                        {"field": "roles", "message": f"unknown role: {r}"} for r in sorted(unknown)
+                    ],
                 )
             user = await store.get_user(conn, user_id)
             if user is None:
@@ -354,8 +364,12 @@ class AuthService:
                 conn,
                 new_event(
                     "auth.user.roles_changed",
-                    {"userId": str(user_id), "roles": wanted, "removedRoles": removed,
-                     "tokensValidAfter": valid_after},
+                    {
+                        "userId": str(user_id),
+                        "roles": wanted,
+                        "removedRoles": removed,
+                        "tokensValidAfter": valid_after,
+                    },
                 ),
             )
             updated = await store.get_user(conn, user_id)

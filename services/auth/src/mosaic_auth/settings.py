@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-
 from mosaic_kit.settings import ServiceSettings
+from pydantic import Field, SecretStr
 
 
 class AuthSettings(ServiceSettings):

@@ -14,8 +14,16 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_auth.models import ApiKey, Session, Throttle, User
-from mosaic_auth.tables import api_keys, refresh_tokens, sessions, signin_throttle, signing_keys
-from mosaic_auth.tables import roles, user_roles, users
+from mosaic_auth.tables import (
+    api_keys,
+    refresh_tokens,
+    roles,
+    sessions,
+    signin_throttle,
+    signing_keys,
+    user_roles,
+    users,
+)
 
 _roles_agg = (
     select(func.coalesce(func.array_agg(user_roles.c.role), []))
@@ -135,7 +143,7 @@ async def set_disabled(conn: AsyncConnection, user_id: uuid.UUID, disabled: bool
 
 
 async def admin_exists(conn: AsyncConnection) -> bool:
-    row = (await conn.execute(select(user_roles.c.user_id).where(user_roles.c.role == "ADMIN")))
+    row = await conn.execute(select(user_roles.c.user_id).where(user_roles.c.role == "ADMIN"))
     return row.first() is not None
 
 
@@ -249,8 +257,9 @@ async def revoke_sessions(
 
 def _api_key(row: Row[Any]) -> ApiKey:
     m = row._mapping
-    return ApiKey(m["id"], m["name"], m["comment"], m["key_prefix"], m["created_at"],
-                  m["revoked_at"])
+    return ApiKey(
+        m["id"], m["name"], m["comment"], m["key_prefix"], m["created_at"], m["revoked_at"]
+    )
 
 
 async def insert_api_key(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from mosaic_kit.db import new_metadata
+from mosaic_kit.events import processed_events_table
+from mosaic_kit.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -16,10 +19,6 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import UUID
-
-from mosaic_kit.db import new_metadata
-from mosaic_kit.events import processed_events_table
-from mosaic_kit.outbox import outbox_table
 
 metadata = new_metadata()
 
@@ -52,8 +51,9 @@ Index("ix_users_created_at_id", users.c.created_at, users.c.id)
 user_roles = Table(
     "user_roles",
     metadata,
-    Column("user_id", UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "user_id", UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("role", String(32), ForeignKey("roles.code"), primary_key=True),
 )
 
@@ -61,8 +61,13 @@ sessions = Table(
     "sessions",
     metadata,
     Column("id", UUID(as_uuid=True), primary_key=True),
-    Column("user_id", UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"),
-           nullable=False, index=True),
+    Column(
+        "user_id",
+        UUID(as_uuid=True),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_used_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("expires_at", DateTime(timezone=True), nullable=False),
@@ -77,8 +82,13 @@ refresh_tokens = Table(
     "refresh_tokens",
     metadata,
     Column("token_hash", LargeBinary(32), primary_key=True),
-    Column("session_id", UUID(as_uuid=True), ForeignKey("sessions.id", ondelete="CASCADE"),
-           nullable=False, index=True),
+    Column(
+        "session_id",
+        UUID(as_uuid=True),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("issued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("spent_at", DateTime(timezone=True)),
 )
