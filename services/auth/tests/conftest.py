@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+from auth_support import bearer, make_settings
 from fastapi import FastAPI
 from mosaic_auth.app import create_auth_app
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
 from mosaic_kit.migrations import upgrade_async
-
-PASSWORD = "correct-horse-9"
-
-
-def make_settings(pg_url: str, nats_url: str, **overrides: Any) -> AuthSettings:
-    values: dict[str, Any] = {
-        "database_url": pg_url,
-        "nats_url": nats_url,
-        "db_schema": f"auth_{uuid.uuid4().hex[:10]}",
-        "instance_id": "auth-test",
-        # Cheap hashes keep the suite fast; the algorithm (Argon2id) is the same.
-        "auth_argon2_time_cost": 1,
-        "auth_argon2_memory_kib": 8,
-        "auth_argon2_parallelism": 1,
-        "auth_trust_forwarded_for": True,
-        "auth_signin_base_delay": 1.0,
-        "log_format": "json",
-    }
-    values.update(overrides)
-    return AuthSettings(**values)
 
 
 @pytest.fixture(scope="module")
@@ -60,26 +39,6 @@ async def client(auth_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 def service(auth_app: FastAPI) -> AuthService:
     svc: AuthService = auth_app.state.auth_service
     return svc
-
-
-def unique_email() -> str:
-    return f"user-{uuid.uuid4().hex[:12]}@example.com"
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def signup(
-    client: httpx.AsyncClient, email: str | None = None, name: str = "Test User"
-) -> dict[str, Any]:
-    response = await client.post(
-        "/v1/auth/signup",
-        json={"email": email or unique_email(), "password": PASSWORD, "name": name},
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 @pytest_asyncio.fixture(scope="module")

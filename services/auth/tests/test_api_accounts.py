@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 import pytest
-from conftest import PASSWORD, bearer, signup, unique_email
+from auth_support import PASSWORD, bearer, signup, unique_email
 
 PROBLEM = "application/problem+json"
 

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import jwt
 import pytest
-from conftest import PASSWORD, bearer, signup, unique_email
+from auth_support import PASSWORD, bearer, signup, unique_email
 
 
 async def test_admin_routes_need_the_admin_role(

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import PASSWORD, bearer, signup, unique_email
+from auth_support import PASSWORD, bearer, signup, unique_email
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mosaic_auth.service import AuthService
 

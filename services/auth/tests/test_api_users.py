@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 import pytest
-from conftest import PASSWORD, bearer, signup, unique_email
+from auth_support import PASSWORD, bearer, signup, unique_email
 
 
 async def test_patch_me_changes_name_and_picture(client: httpx.AsyncClient) -> None:

@@ -12,7 +12,7 @@ import nats
 import orjson
 import pytest
 import pytest_asyncio
-from conftest import bearer, signup
+from auth_support import bearer, signup
 from mosaic_kit.rpc import RpcError, request
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy

@@ -1,0 +1,104 @@
+"""`GET /v1/users/me` requests per second against one auth instance, measured with wrk.
+
+Starts its own embedded PostgreSQL and NATS, migrates, runs one `mosaic-auth serve` process,
+signs a user up for a token, then loads the route. Writes bench/results/auth_users_me.json.
+Run: .venv/bin/python bench/auth_users_me.py [--seconds 10] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from loadgen import print_table, run_wrk
+from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
+
+RESULTS = Path(__file__).resolve().parent / "results" / "auth_users_me.json"
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"auth at {url} did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="mosaic-bench-"))
+    pg, nats = EmbeddedPostgres(root / "pg", durable=False), EmbeddedNats(root / "nats")
+    pg.start()
+    nats.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg.url,
+        "NATS_URL": nats.url,
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "json",
+    }
+    bin_ = str(Path(sys.executable).parent / "mosaic-auth")
+    subprocess.run([bin_, "migrate"], env=env, check=True, capture_output=True)
+    server = subprocess.Popen(
+        [bin_, "serve", "--port", str(port), "--instance-id", "auth-bench"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        signup = httpx.post(
+            url + "/v1/auth/signup",
+            json={"email": "bench@example.com", "password": "bench-password", "name": "Bench"},
+            timeout=10,
+        )
+        signup.raise_for_status()
+        token = signup.json()["tokens"]["accessToken"]
+        result = run_wrk(
+            "GET /v1/users/me (1 auth instance)",
+            url + "/v1/users/me",
+            headers={"Authorization": f"Bearer {token}"},
+            seconds=args.seconds,
+            connections=args.connections,
+        )
+    finally:
+        stop_process(server.pid)
+        nats.stop()
+        pg.stop()
+    print_table("auth service", [result])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "auth_users_me",
+                "measured_at": datetime.now(UTC).isoformat(),
+                "machine": {"cpus": os.cpu_count()},
+                "load": {"tool": "wrk", "connections": args.connections, "seconds": args.seconds},
+                "results": [result.to_json()],
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

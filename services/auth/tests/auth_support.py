@@ -1,0 +1,49 @@
+"""Helpers shared by the auth tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from mosaic_auth.settings import AuthSettings
+
+PASSWORD = "correct-horse-9"
+
+
+def make_settings(pg_url: str, nats_url: str, **overrides: Any) -> AuthSettings:
+    values: dict[str, Any] = {
+        "database_url": pg_url,
+        "nats_url": nats_url,
+        "db_schema": f"auth_{uuid.uuid4().hex[:10]}",
+        "instance_id": "auth-test",
+        # Cheap hashes keep the suite fast; the algorithm (Argon2id) is the same.
+        "auth_argon2_time_cost": 1,
+        "auth_argon2_memory_kib": 8,
+        "auth_argon2_parallelism": 1,
+        "auth_trust_forwarded_for": True,
+        "auth_signin_base_delay": 1.0,
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return AuthSettings(**values)
+
+
+def unique_email() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}@example.com"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def signup(
+    client: httpx.AsyncClient, email: str | None = None, name: str = "Test User"
+) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/auth/signup",
+        json={"email": email or unique_email(), "password": PASSWORD, "name": name},
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
