@@ -9,6 +9,8 @@ Tests isolate themselves by schema (`fresh_schema`) and by subject/stream names,
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +21,18 @@ from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")
-def embedded_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mosaic-servers")
+def embedded_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        yield tmp_path_factory.mktemp("mosaic-servers")
+        return
+    # Under root PostgreSQL runs as another user, who must traverse every parent of its data
+    # folder; any pytest session starting meanwhile resets /tmp/pytest-of-root to 0700, which
+    # makes initdb or start-up fail with "Permission denied". So keep the servers elsewhere.
+    root = Path(tempfile.mkdtemp(prefix="mosaic-servers-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,24 @@
+"""Stopping what a stack recorded in state.json, when its supervisor cannot do it any more."""
+
+from __future__ import annotations
+
+import signal
+
+from mosaic_devstack.procs import ProcessRef, terminate
+from mosaic_devstack.state import State
+
+
+def stop_recorded(state: State, grace: float = 10.0) -> list[ProcessRef]:
+    """Stop every recorded process still alive, in the supervisor's order; return survivors.
+
+    Servers given from outside (DATABASE_URL, NATS_URL) have no recorded process and are never
+    touched.
+    """
+    services = [ref for inst in state.instances if (ref := inst.process()) is not None]
+    terminate(services, signal.SIGTERM, grace)
+    if state.nats and (nats := state.nats.process()) is not None:
+        terminate([nats], signal.SIGTERM, 10.0)
+    if state.postgres and (pg := state.postgres.process()) is not None:
+        # SIGINT is PostgreSQL's fast shutdown; SIGKILL would leave its backends behind.
+        terminate([pg], signal.SIGINT, 15.0)
+    return [ref for ref in state.processes() if ref.alive()]

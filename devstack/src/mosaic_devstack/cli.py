@@ -1,0 +1,174 @@
+"""`mosaic`: run the whole Mosaic system on this machine.
+
+mosaic up [--replicas N] [--data DIR] [--detach]   start everything, stream the logs
+mosaic status [--json]                             what runs, and whether it is ready
+mosaic down                                        stop everything `up` started
+mosaic logs [SERVICE|INSTANCE] [--follow]          the log files, prefixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mosaic_devstack.down import down
+from mosaic_devstack.logs import logs
+from mosaic_devstack.output import Console
+from mosaic_devstack.services import SERVICES, RegistryError, Service, load_services
+from mosaic_devstack.state import DataDir
+from mosaic_devstack.status import status
+from mosaic_devstack.supervisor import UpOptions
+from mosaic_devstack.up import run_detached, run_foreground
+
+DEFAULT_DATA = ".mosaic"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        default=Path(os.environ.get("MOSAIC_DATA", DEFAULT_DATA)),
+        help="data folder (default: $MOSAIC_DATA or ./.mosaic)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="mosaic", description="Run the whole Mosaic system on this machine."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up",
+        parents=[common],
+        help="start PostgreSQL, NATS and every service",
+        description="Start embedded PostgreSQL and NATS (unless DATABASE_URL / NATS_URL are "
+        "set), migrate and seed every service, run its replicas, stream their output. "
+        "Ctrl-C stops everything.",
+    )
+    up.add_argument(
+        "--replicas", type=_positive_int, default=2, metavar="N", help="instances per service (2)"
+    )
+    up.add_argument(
+        "--detach", action="store_true", help="run in the background; return once ready"
+    )
+    up.add_argument(
+        "--quiet", action="store_true", help="do not echo the services' output (logs still kept)"
+    )
+    up.add_argument(
+        "--ready-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=60.0,
+        help="seconds an instance has to answer /readyz (60)",
+    )
+    up.add_argument(
+        "--grace",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds a service has to stop (10)",
+    )
+    up.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="N",
+        default=5,
+        help="restarts in a row of a crashing instance before giving up (5)",
+    )
+    up.add_argument(
+        "--services",
+        type=Path,
+        metavar="FILE",
+        help="JSON file listing the services to run instead of the built-in list",
+    )
+
+    st = commands.add_parser("status", parents=[common], help="show what runs")
+    st.add_argument("--json", action="store_true", help="machine-readable, with credentials")
+
+    dn = commands.add_parser("down", parents=[common], help="stop what `up` started")
+    dn.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds to wait for the supervisor (60)",
+    )
+
+    lg = commands.add_parser("logs", parents=[common], help="print the log files")
+    lg.add_argument("name", nargs="?", help="a service (auth), an instance (auth-1), or all")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.add_argument(
+        "-n",
+        "--lines",
+        type=int,
+        default=200,
+        metavar="N",
+        help="lines per file to start with (0: all)",
+    )
+    return parser
+
+
+def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
+    services: tuple[Service, ...] = SERVICES
+    if args.services is not None:
+        args.services = args.services.absolute()
+        services = load_services(args.services)
+    if args.detach:
+        forwarded = [
+            "--data", str(data.root),
+            "--replicas", str(args.replicas),
+            "--ready-timeout", str(args.ready_timeout),
+            "--grace", str(args.grace),
+            "--max-restarts", str(args.max_restarts),
+        ]  # fmt: skip
+        if args.services is not None:
+            forwarded += ["--services", str(args.services)]
+        return run_detached(data, forwarded, console)
+    options = UpOptions(
+        data=data,
+        services=services,
+        replicas=args.replicas,
+        ready_timeout=args.ready_timeout,
+        grace=args.grace,
+        max_restarts=args.max_restarts,
+        quiet=args.quiet,
+    )
+    return run_foreground(options, console)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    data = DataDir.at(args.data)
+    console = Console()
+    try:
+        if args.command == "up":
+            return _up(args, data, console)
+        if args.command == "status":
+            return status(data, as_json=args.json, console=Console(color=False))
+        if args.command == "down":
+            return down(data, timeout=args.timeout, console=console)
+        return logs(data, args.name, follow=args.follow, lines=args.lines, console=console)
+    except RegistryError as exc:
+        print(f"mosaic: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

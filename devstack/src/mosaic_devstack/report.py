@@ -1,0 +1,50 @@
+"""What `mosaic up` and `mosaic status` print: the stack as a table, and the seeded credentials."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mosaic_devstack.output import format_table, mask_url
+from mosaic_devstack.state import ServerInfo, State
+
+HEADERS = ("SERVICE", "INSTANCE", "URL", "STATE")
+
+
+def server_state(info: ServerInfo) -> str:
+    return f"embedded (pid {info.pid})" if info.embedded else "external"
+
+
+def stack_table(state: State, instance_states: Mapping[str, str] | None = None) -> str:
+    """One row per server and per instance; `instance_states` overrides the recorded states."""
+    rows: list[list[str]] = []
+    for name, info in (("postgres", state.postgres), ("nats", state.nats)):
+        if info is not None:
+            rows.append([name, "-", mask_url(info.url), server_state(info)])
+    for inst in state.instances:
+        shown = (instance_states or {}).get(inst.instance, inst.state)
+        if inst.restarts:
+            shown += f" (restarted {inst.restarts}x)"
+        rows.append([inst.service, inst.instance, inst.url, shown])
+    return format_table(HEADERS, rows)
+
+
+def credentials_text(credentials: Mapping[str, Any], path: Path) -> str:
+    if not credentials:
+        return (
+            "No credentials recorded: the seed found everything already there and secrets "
+            f"cannot be recovered ({path} is missing)."
+        )
+    lines = []
+    for key, value in credentials.items():
+        if key == "admin" and isinstance(value, dict):
+            lines.append(f"Admin:    {value.get('email')}  password: {value.get('password')}")
+        elif key == "apiKey" and isinstance(value, dict):
+            name, ident = value.get("name"), value.get("id")
+            lines.append(f"API key:  {value.get('key')}  (name: {name}, id: {ident})")
+        else:
+            lines.append(f"{key}: {json.dumps(value)}")
+    lines.append(f"(kept in {path}; `mosaic status --json` reports them)")
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""The services `mosaic up` runs, in start order.
+
+Each one is a CLI following the service contract: `<cmd> migrate`, `<cmd> seed` (prints one JSON
+object of secrets to keep), `<cmd> serve --host H --port P --instance-id I`, ready when
+`GET /readyz` answers 200. Adding a service is one line in `SERVICES`.
+
+A JSON file with the same fields (`--services FILE`) replaces the list, so the devstack can run
+other builds of a service, or the fake service its own tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_NAME = re.compile(r"[a-z][a-z0-9]*")
+# Names the devstack uses for its own log files.
+_RESERVED = frozenset({"mosaic", "postgres", "nats"})
+
+
+class RegistryError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    command: tuple[str, ...]
+    """Program and leading arguments; a bare name is looked up next to the running Python first."""
+    schema: str | None = None
+    """PostgreSQL schema the service owns (passed as DB_SCHEMA)."""
+    migrate: bool = True
+    seed: bool = True
+    replicas: int | None = None
+    """Fixed replica count; None follows `mosaic up --replicas`."""
+    ready_path: str = "/readyz"
+
+    def instance_names(self, default_replicas: int) -> list[str]:
+        count = self.replicas if self.replicas is not None else default_replicas
+        return [f"{self.name}-{i}" for i in range(1, count + 1)]
+
+    def argv(self, *args: str) -> list[str]:
+        return [resolve_program(self.command[0]), *self.command[1:], *args]
+
+
+SERVICES: tuple[Service, ...] = (
+    # In start order (their migrations and seeds run concurrently all the same).
+    Service("auth", ("mosaic-auth",), schema="auth"),
+)
+
+
+def resolve_program(program: str) -> str:
+    """Absolute path of `program`: the virtualenv's own scripts win over anything on PATH."""
+    if "/" in program:
+        if not Path(program).exists():
+            raise RegistryError(f"{program} does not exist")
+        return program
+    beside = Path(sys.executable).parent / program
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(program)
+    if found is None:
+        raise RegistryError(
+            f"{program} not found next to {sys.executable} nor on PATH "
+            "(is it installed? try `uv sync`)"
+        )
+    return found
+
+
+def load_services(path: Path) -> tuple[Service, ...]:
+    """Read a registry file: a JSON list of objects with the fields of `Service`."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read services file {path}: {exc}") from exc
+    if not isinstance(raw, list) or not raw:
+        raise RegistryError(f"{path}: expected a non-empty JSON list of services")
+    services = tuple(_service_from_json(item, path) for item in raw)
+    names = [s.name for s in services]
+    if len(set(names)) != len(names):
+        raise RegistryError(f"{path}: service names must be unique, got {names}")
+    return services
+
+
+def _service_from_json(item: Any, path: Path) -> Service:
+    if not isinstance(item, dict):
+        raise RegistryError(f"{path}: each service must be an object")
+    name = item.get("name")
+    # The name becomes instance names, log file names and a command-line filter.
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED:
+        raise RegistryError(f"{path}: service name must match {_NAME.pattern}, got {name!r}")
+    replicas = item.get("replicas")
+    if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
+        raise RegistryError(f"{path}: {name}: 'replicas' must be a positive integer")
+    try:
+        command = item["command"]
+        if isinstance(command, str):
+            command = [command]
+        if not command or not all(isinstance(part, str) for part in command):
+            raise RegistryError(f"{path}: 'command' must be a non-empty list of strings")
+        return Service(
+            name=name,
+            command=tuple(command),
+            schema=item.get("schema"),
+            migrate=bool(item.get("migrate", True)),
+            seed=bool(item.get("seed", True)),
+            replicas=replicas,
+            ready_path=str(item.get("ready_path", "/readyz")),
+        )
+    except KeyError as exc:
+        raise RegistryError(f"{path}: service is missing {exc}") from exc

@@ -1,0 +1,190 @@
+"""The data folder of a local stack and the two files other commands read from it.
+
+Layout of the data folder (default `.mosaic`):
+
+    pg/                  PostgreSQL cluster (embedded only)
+    nats/                JetStream storage (embedded only)
+    logs/<name>.log      one file per instance, plus mosaic.log, postgres.log, nats.log and
+                         <service>-migrate.log / <service>-seed.log
+    state.json           what the running supervisor started (removed when it stops)
+    credentials.json     secrets the seeds returned the first time (kept across runs)
+    supervisor.lock      held by the running supervisor
+
+Both JSON files are private (mode 0600): they carry passwords and URLs that may embed them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mosaic_devstack.procs import ProcessRef
+
+STATE_FORMAT = 1
+
+
+class StateError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataDir:
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> DataDir:
+        return cls(Path(path).expanduser().absolute())
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.root / "credentials.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "supervisor.lock"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pg(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def nats(self) -> Path:
+        return self.root / "nats"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def create(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    embedded: bool
+    pid: int | None = None
+    pid_started: float | None = None
+
+    def process(self) -> ProcessRef | None:
+        return ProcessRef(self.pid, self.pid_started) if self.embedded and self.pid else None
+
+
+@dataclass
+class InstanceInfo:
+    service: str
+    instance: str
+    url: str
+    port: int
+    pid: int | None = None
+    pid_started: float | None = None
+    state: str = "starting"
+    """starting | ready | restarting | failed | stopped"""
+    restarts: int = 0
+    ready_path: str = "/readyz"
+
+    def process(self) -> ProcessRef | None:
+        return ProcessRef(self.pid, self.pid_started) if self.pid else None
+
+
+@dataclass
+class State:
+    supervisor_pid: int
+    supervisor_started: float | None
+    started_at: str
+    data_dir: str
+    credentials_file: str
+    logs_dir: str
+    status: str = "starting"
+    """starting | ready | stopping"""
+    postgres: ServerInfo | None = None
+    nats: ServerInfo | None = None
+    instances: list[InstanceInfo] = field(default_factory=list)
+    ready_at: str | None = None
+
+    def supervisor(self) -> ProcessRef:
+        return ProcessRef(self.supervisor_pid, self.supervisor_started)
+
+    def processes(self) -> list[ProcessRef]:
+        """Every process this stack started, services first (the order to stop them in)."""
+        refs = [inst.process() for inst in self.instances]
+        refs += [self.nats.process() if self.nats else None]
+        refs += [self.postgres.process() if self.postgres else None]
+        return [ref for ref in refs if ref is not None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> State:
+        if raw.get("format") != STATE_FORMAT:
+            raise StateError(f"unknown state format {raw.get('format')!r}")
+        data = {k: v for k, v in raw.items() if k != "format"}
+        data["postgres"] = ServerInfo(**data["postgres"]) if data.get("postgres") else None
+        data["nats"] = ServerInfo(**data["nats"]) if data.get("nats") else None
+        data["instances"] = [InstanceInfo(**item) for item in data.get("instances", [])]
+        return cls(**data)
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    """Replace `path` atomically with `data`, in a file created 0600 (never readable by others)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=2)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_state(data: DataDir) -> State | None:
+    try:
+        raw = json.loads(data.state_file.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read {data.state_file}: {exc}") from exc
+    try:
+        return State.from_json(raw)
+    except (TypeError, KeyError) as exc:
+        raise StateError(f"{data.state_file} is not a mosaic state file: {exc}") from exc
+
+
+def write_state(data: DataDir, state: State) -> None:
+    write_private_json(data.state_file, state.to_json())
+
+
+def read_credentials(data: DataDir) -> dict[str, Any]:
+    try:
+        raw = json.loads(data.credentials_file.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read {data.credentials_file}: {exc}") from exc
+    return raw if isinstance(raw, dict) else {}
+
+
+def merge_credentials(kept: dict[str, Any], seeded: dict[str, Any]) -> dict[str, Any]:
+    """Fold what a seed returned into what is kept.
+
+    A seed answers null for things that already existed (their secret cannot be recovered), so
+    null keeps what we hold. A value means the seed has just created it, which makes it the one
+    that works now (say the database was wiped but this file was not), so it replaces ours.
+    """
+    merged = dict(kept)
+    merged.update({key: value for key, value in seeded.items() if value is not None})
+    return merged

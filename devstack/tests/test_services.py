@@ -1,0 +1,79 @@
+"""The service registry and the seed's output contract."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from mosaic_devstack.provision import StepError, parse_seed_output
+from mosaic_devstack.services import SERVICES, RegistryError, Service, load_services
+
+
+def test_builtin_registry_runs_the_auth_service_from_this_environment() -> None:
+    auth = next(s for s in SERVICES if s.name == "auth")
+    assert auth.schema == "auth"
+    argv = auth.argv("migrate")
+    assert argv[0] == str(Path(sys.executable).parent / "mosaic-auth")
+    assert argv[1:] == ["migrate"]
+    assert auth.instance_names(3) == ["auth-1", "auth-2", "auth-3"]
+    assert Service("gw", ("x",), replicas=1).instance_names(3) == ["gw-1"]
+
+
+def test_registry_file(tmp_path: Path) -> None:
+    path = tmp_path / "services.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"name": "auth", "command": [sys.executable, "svc.py"], "schema": "auth"},
+                {"name": "gateway", "command": "mosaic-gateway", "migrate": False, "replicas": 1},
+            ]
+        )
+    )
+    auth, gateway = load_services(path)
+    assert auth.command == (sys.executable, "svc.py")
+    assert (gateway.command, gateway.migrate, gateway.seed, gateway.replicas) == (
+        ("mosaic-gateway",),
+        False,
+        True,
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("entries", "complaint"),
+    [
+        ([{"name": "Auth", "command": ["x"]}], "name must match"),
+        ([{"name": "postgres", "command": ["x"]}], "name must match"),  # its log file is ours
+        ([{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}], "unique"),
+        ([{"name": "a", "command": []}], "non-empty list"),
+        ([{"name": "a"}], "missing"),
+        ([{"name": "a", "command": ["x"], "replicas": 0}], "positive"),
+        ([], "non-empty JSON list"),
+    ],
+)
+def test_registry_file_errors_say_what_is_wrong(
+    tmp_path: Path, entries: list[object], complaint: str
+) -> None:
+    path = tmp_path / "services.json"
+    path.write_text(json.dumps(entries))
+    with pytest.raises(RegistryError, match=complaint):
+        load_services(path)
+
+
+def test_a_missing_program_is_named() -> None:
+    with pytest.raises(RegistryError, match="mosaic-nonexistent-svc not found"):
+        Service("x", ("mosaic-nonexistent-svc",)).argv("serve")
+
+
+def test_seed_output_is_the_json_object_even_after_stray_lines() -> None:
+    out = b'starting\n{"admin": {"email": "a@x", "password": "p"}, "apiKey": null}\n'
+    assert parse_seed_output(out, "auth") == {
+        "admin": {"email": "a@x", "password": "p"},
+        "apiKey": None,
+    }
+    pretty = json.dumps({"admin": None, "apiKey": None}, indent=2).encode()
+    assert parse_seed_output(pretty, "auth") == {"admin": None, "apiKey": None}
+    with pytest.raises(StepError, match="auth seed printed no JSON object"):
+        parse_seed_output(b"done\n[1, 2]\n", "auth")
