@@ -58,7 +58,7 @@ class ApiKeyBody(Body):
     comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
-def service(request: Request) -> AuthService:
+async def service(request: Request) -> AuthService:
     svc: AuthService = request.app.state.auth_service
     return svc
 
@@ -66,7 +66,7 @@ def service(request: Request) -> AuthService:
 Service = Annotated[AuthService, Depends(service)]
 
 
-def client_info(request: Request) -> ClientInfo:
+async def client_info(request: Request) -> ClientInfo:
     address = request.client.host if request.client else None
     if request.app.state.settings.auth_trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for")
@@ -129,8 +129,11 @@ async def jwks(svc: Service, response: Response) -> dict[str, Any]:
 
 
 @router.get("/users/me", tags=["users"], summary="My private profile")
-async def get_me(svc: Service, me: Me) -> dict[str, object]:
-    return (await svc.me(me)).private_view()
+async def get_me(
+    svc: Service, principal: Annotated[Principal, Depends(current_principal)]
+) -> dict[str, object]:
+    # svc.me checks the session itself, in the same query that loads the profile.
+    return (await svc.me(principal)).private_view()
 
 
 @router.patch("/users/me", tags=["users"], summary="Change my name or picture")

@@ -275,20 +275,18 @@ class AuthService:
 
     async def ensure_active_session(self, principal: Principal) -> None:
         """The auth service's own routes ask the database, which is never behind on revocations."""
-        async with self.db.connect() as conn:
-            active = await store.session_is_active(
-                conn, _uuid(principal.session_id), principal.issued_at
-            )
-        if not active:
-            raise unauthorized("auth.token_revoked", "The token has been revoked")
+        await self.me(principal)
 
     # --- profile ------------------------------------------------------------------------------
 
     async def me(self, principal: Principal) -> User:
+        """The token's user, if its session is still live (else 401, revoked)."""
         async with self.db.connect() as conn:
-            user = await store.get_user(conn, _uuid(principal.user_id))
-        if user is None:
-            raise unauthorized("auth.token_revoked", "The account no longer exists")
+            user = await store.active_session_user(
+                conn, _uuid(principal.session_id), principal.issued_at
+            )
+        if user is None or str(user.id) != principal.user_id:
+            raise unauthorized("auth.token_revoked", "The token has been revoked")
         return user
 
     async def update_me(self, principal: Principal, changes: dict[str, Any]) -> User:

@@ -177,12 +177,12 @@ async def get_session(conn: AsyncConnection, session_id: uuid.UUID) -> Session |
     return Session(m["id"], m["user_id"], m["expires_at"], m["revoked_at"])
 
 
-async def session_is_active(conn: AsyncConnection, session_id: uuid.UUID, issued_at: int) -> bool:
-    """The authoritative check behind the auth service's own routes: not revoked, not expired,
-    user enabled and the token not older than the user's tokens_valid_after."""
-    stmt = (
-        select(sessions.c.id)
-        .join(users, users.c.id == sessions.c.user_id)
+def _active_session_user(session_id: uuid.UUID, issued_at: int) -> Any:
+    """Users whose session `session_id` is live (not revoked, not expired), who are enabled and
+    whose tokens_valid_after does not postdate `issued_at`: the authoritative token check."""
+    return (
+        select(*_user_columns)
+        .join(sessions, sessions.c.user_id == users.c.id)
         .where(
             sessions.c.id == session_id,
             sessions.c.revoked_at.is_(None),
@@ -191,7 +191,14 @@ async def session_is_active(conn: AsyncConnection, session_id: uuid.UUID, issued
             users.c.tokens_valid_after <= issued_at,
         )
     )
-    return (await conn.execute(stmt)).first() is not None
+
+
+async def active_session_user(
+    conn: AsyncConnection, session_id: uuid.UUID, issued_at: int
+) -> User | None:
+    """The session's user if the session passes the check above (one round trip for both)."""
+    row = (await conn.execute(_active_session_user(session_id, issued_at))).first()
+    return _user(row) if row else None
 
 
 async def insert_refresh_token(
