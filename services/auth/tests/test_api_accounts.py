@@ -152,3 +152,25 @@ async def test_brute_force_from_one_address_across_accounts_is_slowed_down(
         "/v1/auth/signin", json={"email": email, "password": PASSWORD}, headers=hdr
     )
     assert blocked.status_code == 429
+
+
+async def test_signup_with_an_idempotency_key_creates_one_account(
+    client: httpx.AsyncClient,
+) -> None:
+    email = unique_email()
+    payload = {"email": email, "password": PASSWORD, "name": "Retry Ann"}
+    hdr = {"Idempotency-Key": f"signup-{email}"}
+    first = await client.post("/v1/auth/signup", json=payload, headers=hdr)
+    again = await client.post("/v1/auth/signup", json=payload, headers=hdr)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["user"] == first.json()["user"]
+    # The replay is a sign-in of its own: working tokens, not stored copies of the first ones.
+    replay_tokens = again.json()["tokens"]
+    assert replay_tokens["refreshToken"] != first.json()["tokens"]["refreshToken"]
+    me = await client.get("/v1/users/me", headers=bearer(replay_tokens["accessToken"]))
+    assert me.status_code == 200
+    wrong = await client.post(
+        "/v1/auth/signup", json={**payload, "password": "not-the-same-1"}, headers=hdr
+    )
+    assert wrong.status_code == 401

@@ -184,3 +184,17 @@ async def test_api_key_bad_input(
     client: httpx.AsyncClient, admin: dict[str, str], payload: dict[str, str]
 ) -> None:
     assert (await client.post("/v1/api-keys", json=payload, headers=admin)).status_code == 422
+
+
+async def test_api_key_creation_is_idempotent_and_never_stores_the_key(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    hdr = {**admin, "Idempotency-Key": uuid.uuid4().hex}
+    first = await client.post("/v1/api-keys", json={"name": "retry"}, headers=hdr)
+    again = await client.post("/v1/api-keys", json={"name": "retry"}, headers=hdr)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert first.json()["key"].startswith("mk_")
+    assert again.json()["key"] is None
+    listed = await client.get("/v1/api-keys", params={"limit": 100}, headers=admin)
+    assert [k["name"] for k in listed.json()["items"]].count("retry") == 1

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from mosaic_kit.auth import Principal, current_principal, require_roles
+from mosaic_kit.idempotency import IdempotencyGuard
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from pydantic.alias_generators import to_camel
@@ -98,10 +99,29 @@ router = APIRouter(prefix="/v1")
 
 
 @router.post("/auth/signup", status_code=201, tags=["auth"], summary="Create an account")
-async def signup(body: SignupBody, svc: Service, client: Client) -> dict[str, Any]:
+async def signup(
+    body: SignupBody, svc: Service, client: Client, idem: IdempotencyGuard
+) -> Response:
     pic = str(body.profile_pic_url) if body.profile_pic_url else None
-    user, tokens = await svc.signup(body.email, body.password, body.name, pic, client)
-    return {"user": user.private_view(), "tokens": tokens.to_json()}
+
+    async def create() -> dict[str, Any]:
+        user, tokens = await svc.signup(body.email, body.password, body.name, pic, client)
+        return {"user": user.private_view(), "tokens": tokens.to_json()}
+
+    async def sign_in_again(first: dict[str, Any]) -> dict[str, Any]:
+        # Tokens are not stored for replays; the repeated body holds the password, so a replay
+        # is a sign-in and gets a session of its own.
+        user, tokens = await svc.signin(body.email, body.password, client)
+        return {"user": user.private_view(), "tokens": tokens.to_json()}
+
+    # The password stays out of the stored request hash (a fast hash of it would be a leak);
+    # a replay still proves it, by signing in with it.
+    return await idem.run(
+        body.model_dump(mode="json", exclude={"password"}),
+        create,
+        secret_fields=("tokens",),
+        on_replay=sign_in_again,
+    )
 
 
 @router.post("/auth/signin", tags=["auth"], summary="Sign in with e-mail and password")
@@ -209,9 +229,20 @@ async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Respon
     tags=["api-keys"],
     summary="Create an API key (ADMIN); the key is shown only here",
 )
-async def create_api_key(body: ApiKeyBody, svc: Service, _admin: Admin) -> dict[str, object]:
-    record, key = await svc.create_api_key(body.name, body.comment)
-    return {**record.view(), "key": key}
+async def create_api_key(
+    body: ApiKeyBody, svc: Service, _admin: Admin, idem: IdempotencyGuard
+) -> Response:
+    async def create() -> dict[str, object]:
+        record, key = await svc.create_api_key(body.name, body.comment)
+        return {**record.view(), "key": key}
+
+    async def without_key(first: dict[str, Any]) -> dict[str, Any]:
+        # The key is shown once and never stored: a replay says what was created, without it.
+        return {**first, "key": None}
+
+    return await idem.run(
+        body.model_dump(mode="json"), create, secret_fields=("key",), on_replay=without_key
+    )
 
 
 @router.get("/api-keys", tags=["api-keys"], summary="List active API keys (ADMIN)")

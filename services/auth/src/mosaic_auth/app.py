@@ -62,6 +62,7 @@ def create_auth_app(settings: AuthSettings) -> FastAPI:
             jwks = JwksCache(ServiceKeySource(svc))
             stack.push_async_callback(jwks.aclose)
             app.state.auth_service = svc
+            app.state.db = db
             app.state.token_verifier = TokenVerifier(
                 jwks,
                 revocations=revocations,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mosaic_kit.db import new_metadata
 from mosaic_kit.events import processed_events_table
+from mosaic_kit.idempotency import idempotency_table
 from mosaic_kit.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
@@ -130,3 +131,4 @@ signin_throttle = Table(
 
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
+idempotency_keys = idempotency_table(metadata)
