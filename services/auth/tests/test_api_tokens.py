@@ -136,3 +136,28 @@ async def test_jwks_publishes_the_signing_key(
     assert published[key.kid]["alg"] == "EdDSA"
     assert "d" not in published[key.kid]  # never the private part
     assert "max-age" in response.headers["cache-control"]
+
+
+async def test_housekeeping_prunes_only_what_is_long_dead(
+    client: httpx.AsyncClient, service: AuthService
+) -> None:
+    from sqlalchemy import text
+
+    live = (await signup(client))["tokens"]
+    dead = (await signup(client))["tokens"]
+    dead_claims = jwt.decode(dead["accessToken"], options={"verify_signature": False})
+    async with service.db.transaction() as conn:
+        await conn.execute(
+            text("UPDATE sessions SET expires_at = now() - interval '30 days' WHERE id = :sid"),
+            {"sid": dead_claims["sid"]},
+        )
+    counts = await service.prune()
+    assert counts["sessions"] >= 1
+    async with service.db.connect() as conn:
+        remaining = {str(r[0]) for r in await conn.execute(text("SELECT id FROM sessions"))}
+    live_sid = jwt.decode(live["accessToken"], options={"verify_signature": False})["sid"]
+    assert live_sid in remaining
+    assert dead_claims["sid"] not in remaining
+    assert (
+        await client.get("/v1/users/me", headers=bearer(live["accessToken"]))
+    ).status_code == 200

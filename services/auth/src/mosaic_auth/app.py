@@ -16,6 +16,7 @@ from mosaic_kit.errors import Problem
 from mosaic_kit.jwks import JwksCache
 from mosaic_kit.nats import connect
 from mosaic_kit.outbox import OutboxRelay
+from mosaic_kit.periodic import Periodic
 from mosaic_kit.revocation import RevocationSet, follow_revocations
 
 from mosaic_auth import __version__
@@ -85,6 +86,10 @@ def create_auth_app(settings: AuthSettings) -> FastAPI:
                 endpoints=endpoints(svc),
             )
             stack.push_async_callback(micro.stop)
+
+            housekeeping = Periodic("auth.prune", 600.0, svc.prune)
+            housekeeping.start()
+            stack.push_async_callback(housekeeping.stop)
 
             async def nats_ready() -> None:
                 if not nc.is_connected:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from mosaic_kit import outbox
+from mosaic_kit import idempotency, outbox
 from mosaic_kit.auth import Principal, RevocationSet
 from mosaic_kit.db import Database
 from mosaic_kit.errors import Problem, conflict, forbidden, not_found, unauthorized
@@ -478,6 +478,15 @@ class AuthService:
         async with self.db.connect() as conn:
             published = await store.published_jwks(conn)
         return {"keys": [orjson.loads(jwk) for jwk in published]}
+
+    # --- housekeeping -------------------------------------------------------------------------
+
+    async def prune(self) -> dict[str, int]:
+        """Delete expired sessions, stale throttles, unpublished keys and old idempotency keys."""
+        async with self.db.transaction() as conn:
+            counts = await store.prune_expired(conn, keep_days=7)
+        counts["idempotency_keys"] = await idempotency.prune(self.db)
+        return counts
 
     # --- seed data ----------------------------------------------------------------------------
 

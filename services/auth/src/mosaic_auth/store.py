@@ -407,3 +407,36 @@ async def put_throttle(conn: AsyncConnection, key: str, throttle: Throttle) -> N
 
 async def clear_throttle(conn: AsyncConnection, key: str) -> None:
     await conn.execute(delete(signin_throttle).where(signin_throttle.c.key == key))
+
+
+# --- housekeeping -----------------------------------------------------------------------------
+
+
+async def prune_expired(conn: AsyncConnection, keep_days: int) -> dict[str, int]:
+    """Delete what can no longer matter: sessions expired or revoked long ago (their refresh
+    tokens go with them), stale sign-in throttles and retired keys no longer published."""
+    horizon = func.now() - func.make_interval(0, 0, 0, keep_days)
+    sessions_gone = await conn.execute(
+        delete(sessions).where(
+            or_(sessions.c.expires_at < horizon, sessions.c.revoked_at < horizon)
+        )
+    )
+    throttles_gone = await conn.execute(
+        delete(signin_throttle).where(
+            signin_throttle.c.window_started_at < horizon,
+            or_(
+                signin_throttle.c.locked_until.is_(None),
+                signin_throttle.c.locked_until < func.now(),
+            ),
+        )
+    )
+    keys_gone = await conn.execute(
+        delete(signing_keys).where(
+            signing_keys.c.publish_until.is_not(None), signing_keys.c.publish_until < horizon
+        )
+    )
+    return {
+        "sessions": sessions_gone.rowcount,
+        "throttles": throttles_gone.rowcount,
+        "signing_keys": keys_gone.rowcount,
+    }
