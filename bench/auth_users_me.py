@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from loadgen import print_table, run_wrk
+
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "auth_users_me.json"

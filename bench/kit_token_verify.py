@@ -26,6 +26,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from mosaic_kit.auth import TokenVerifier
 from mosaic_kit.jwks import JwksCache, StaticKeySource
 from mosaic_kit.revocation import RevocationSet

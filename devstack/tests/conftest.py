@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from devstack_support import Stack, family
+
 from mosaic_devstack.procs import ProcessRef
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import psutil
+
 from mosaic_devstack.procs import ProcessRef
 
 FAKE = Path(__file__).with_name("fake_service.py")

@@ -19,6 +19,7 @@ from devstack_support import (
     under,
     wait_all_gone,
 )
+
 from mosaic_devstack.embedded import port_open
 from mosaic_devstack.procs import ProcessRef
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, pid_alive
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from mosaic_devstack.provision import StepError, parse_seed_output
 from mosaic_devstack.services import SERVICES, RegistryError, Service, load_services
 

@@ -9,6 +9,7 @@ import jwt
 import nats
 import orjson
 from conftest import System
+
 from mosaic_kit.rpc import request
 
 PASSWORD = "correct-horse-9"

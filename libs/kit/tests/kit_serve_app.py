@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+
 from mosaic_kit.app import create_app
 from mosaic_kit.cli import ServiceCLI
 from mosaic_kit.logging import get_logger

@@ -15,13 +15,14 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
 from mosaic_kit import tracing
 from mosaic_kit.app import create_app
 from mosaic_kit.logging import configure_logging
 from mosaic_kit.metrics import new_registry
 from mosaic_kit.settings import ServiceSettings
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 
 SERVICE = "kit-test"
 INSTANCE = "kit-test-1"

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from fastapi import APIRouter, FastAPI
 from kit_support import client, settings
+from pydantic import BaseModel
+
 from mosaic_kit.app import OrjsonResponse, create_app
 from mosaic_kit.errors import PROBLEM_CONTENT_TYPE
 from mosaic_kit.metrics import new_registry
-from pydantic import BaseModel
 
 
 class NewItem(BaseModel):

@@ -20,14 +20,15 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from kit_support import follow_stderr
+from pydantic import Field, SecretStr
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from mosaic_kit.app import create_app
 from mosaic_kit.cli import ServiceCLI
 from mosaic_kit.metrics import new_registry
 from mosaic_kit.settings import ServiceSettings
 from mosaic_kit.version import build_info
-from pydantic import Field, SecretStr
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 TESTS = Path(__file__).parent
 

@@ -7,6 +7,8 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Query
 from kit_support import build_app
+from pydantic import BaseModel, Field
+
 from mosaic_kit.errors import (
     PROBLEM_CONTENT_TYPE,
     Problem,
@@ -14,7 +16,6 @@ from mosaic_kit.errors import (
     install_problem_handlers,
     unauthorized,
 )
-from pydantic import BaseModel, Field
 
 
 class Address(BaseModel):

@@ -11,6 +11,11 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from sqlalchemy import Column, Integer, String, Table, func, make_url, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from mosaic_devstack.embedded import free_port
 from mosaic_kit.db import Database, create_engine, new_metadata
 from mosaic_kit.events import (
@@ -28,10 +33,6 @@ from mosaic_kit.events import (
     subscribe_recent,
 )
 from mosaic_kit.nats import Client, connect
-from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
-from sqlalchemy import Column, Integer, String, Table, func, make_url, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = new_metadata()
 processed_events_table(metadata)

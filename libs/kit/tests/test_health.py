@@ -5,6 +5,7 @@ import asyncio
 import pytest
 from fastapi import FastAPI
 from kit_support import INSTANCE, SERVICE, build_app, client
+
 from mosaic_kit.health import run_checks
 from mosaic_kit.metrics import gauge, new_registry
 

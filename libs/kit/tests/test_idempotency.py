@@ -11,12 +11,13 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import APIRouter, FastAPI
-from mosaic_kit.db import Database, create_engine, new_metadata
-from mosaic_kit.errors import Problem, install_problem_handlers
-from mosaic_kit.idempotency import Idempotency, IdempotencyGuard, idempotency_table
 from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.responses import Response
+
+from mosaic_kit.db import Database, create_engine, new_metadata
+from mosaic_kit.errors import Problem, install_problem_handlers
+from mosaic_kit.idempotency import Idempotency, IdempotencyGuard, idempotency_table
 
 
 class Thing(BaseModel):

@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
+
 from mosaic_kit.auth import TokenVerifier
 from mosaic_kit.errors import Problem
 from mosaic_kit.jwks import (

@@ -15,6 +15,7 @@ from kit_support import (
     follow_stderr,
     span_exporter,
 )
+
 from mosaic_kit import tracing
 from mosaic_kit.logging import configure_logging, get_logger
 from mosaic_kit.settings import ServiceSettings

@@ -5,8 +5,9 @@ import asyncio
 import pytest
 from fastapi import APIRouter
 from kit_support import build_app, client
-from mosaic_kit import metrics
 from prometheus_client import CollectorRegistry
+
+from mosaic_kit import metrics
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

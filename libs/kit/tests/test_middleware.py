@@ -9,11 +9,12 @@ import httpx
 import pytest
 from fastapi import APIRouter, Request, Response
 from kit_support import build_app, client, records
+from starlette.types import Receive, Scope, Send
+
 from mosaic_kit.errors import PROBLEM_CONTENT_TYPE
 from mosaic_kit.logging import get_logger
 from mosaic_kit.metrics import http_metrics, new_registry
 from mosaic_kit.middleware import RequestMiddleware
-from starlette.types import Receive, Scope, Send
 
 _log = get_logger("kit_test.handler")
 

@@ -6,6 +6,7 @@ import asyncio
 
 import nats.errors
 import pytest
+
 from mosaic_devstack.embedded import EmbeddedNats, free_port
 from mosaic_kit.nats import connect, redact_url
 

@@ -9,6 +9,13 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from sqlalchemy import Column, String, Table, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from mosaic_devstack.embedded import EmbeddedNats
 from mosaic_kit.db import Database, create_engine, new_metadata
 from mosaic_kit.events import (
@@ -21,12 +28,6 @@ from mosaic_kit.events import (
 )
 from mosaic_kit.nats import Client, connect
 from mosaic_kit.outbox import OutboxRelay, add, outbox_table
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-from sqlalchemy import Column, String, Table, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = new_metadata()
 outbox = outbox_table(metadata)

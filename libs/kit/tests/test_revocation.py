@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from mosaic_devstack.embedded import EmbeddedNats
 from mosaic_kit.auth import Principal
 from mosaic_kit.events import Event, ensure_stream, new_event, publish

@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 import pydantic
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
 from mosaic_kit.errors import Problem
 from mosaic_kit.nats import Client, connect
 from mosaic_kit.rpc import RpcError, RpcTimeout, RpcUnavailable, request, serve
-from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 
 @pytest.fixture

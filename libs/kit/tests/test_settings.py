@@ -3,8 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mosaic_kit.settings import ServiceSettings
 from pydantic import ValidationError
+
+from mosaic_kit.settings import ServiceSettings
 
 PASSWORD = "pw-Zq81xK"
 DB_URL = f"postgresql://app:{PASSWORD}@db.internal:5432/mosaic"

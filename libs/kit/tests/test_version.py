@@ -7,8 +7,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import mosaic_kit
 import pytest
+
+import mosaic_kit
 from mosaic_kit.version import BUILD_FILE, build_info, git_commit, stamp
 
 

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
+
 from mosaic_auth.settings import AuthSettings
 
 PASSWORD = "correct-horse-9"

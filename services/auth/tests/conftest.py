@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 from auth_support import bearer, make_settings
 from fastapi import FastAPI
+
 from mosaic_auth.app import create_auth_app
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings

@@ -12,6 +12,7 @@ import jwt
 import pytest
 from auth_support import PASSWORD, bearer, signup, unique_email
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from mosaic_auth.service import AuthService
 
 

@@ -14,6 +14,7 @@ import jwt
 import orjson
 import pytest
 from auth_support import PASSWORD, bearer, make_settings, signup
+
 from mosaic_auth.app import create_auth_app
 from mosaic_kit.migrations import upgrade_async
 

@@ -13,9 +13,10 @@ import orjson
 import pytest
 import pytest_asyncio
 from auth_support import bearer, signup
-from mosaic_kit.rpc import RpcError, request
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
+
+from mosaic_kit.rpc import RpcError, request
 
 
 @pytest_asyncio.fixture(scope="module")

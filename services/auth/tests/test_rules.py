@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
+
 from mosaic_auth import keys
 from mosaic_auth.passwords import Passwords
 from mosaic_auth.throttle import Policy, after_failure, seconds_locked

@@ -6,13 +6,13 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from mosaic_kit.auth import Principal, current_principal, require_roles
-from mosaic_kit.idempotency import IdempotencyGuard
-from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from mosaic_auth.service import AuthService, ClientInfo
+from mosaic_kit.auth import Principal, current_principal, require_roles
+from mosaic_kit.idempotency import IdempotencyGuard
+from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]

@@ -8,6 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
+
+from mosaic_auth import __version__
+from mosaic_auth.api import router
+from mosaic_auth.passwords import Passwords
+from mosaic_auth.rpc import endpoints
+from mosaic_auth.service import AuthService
+from mosaic_auth.settings import AuthSettings
 from mosaic_kit import events, rpc
 from mosaic_kit.app import create_app
 from mosaic_kit.auth import TokenVerifier
@@ -18,13 +25,6 @@ from mosaic_kit.nats import connect
 from mosaic_kit.outbox import OutboxRelay
 from mosaic_kit.periodic import Periodic
 from mosaic_kit.revocation import RevocationSet, follow_revocations
-
-from mosaic_auth import __version__
-from mosaic_auth.api import router
-from mosaic_auth.passwords import Passwords
-from mosaic_auth.rpc import endpoints
-from mosaic_auth.service import AuthService
-from mosaic_auth.settings import AuthSettings
 
 
 class ServiceKeySource:

@@ -7,12 +7,12 @@ import asyncio
 import sys
 
 import orjson
-from mosaic_kit.cli import ServiceCLI
-from mosaic_kit.db import Database
-from mosaic_kit.revocation import RevocationSet
 
 from mosaic_auth.app import build_service, create_auth_app
 from mosaic_auth.settings import AuthSettings
+from mosaic_kit.cli import ServiceCLI
+from mosaic_kit.db import Database
+from mosaic_kit.revocation import RevocationSet
 
 cli = ServiceCLI("mosaic-auth", AuthSettings, create_auth_app, package="mosaic_auth")
 

@@ -6,10 +6,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from mosaic_auth.service import AuthService
 from mosaic_kit.errors import Problem
 from mosaic_kit.rpc import Handler
-
-from mosaic_auth.service import AuthService
 
 MAX_IDS = 100
 

@@ -17,13 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from mosaic_kit import idempotency, outbox
-from mosaic_kit.auth import Principal, RevocationSet
-from mosaic_kit.db import Database
-from mosaic_kit.errors import Problem, conflict, forbidden, not_found, unauthorized
-from mosaic_kit.events import new_event
-from mosaic_kit.logging import get_logger
-from mosaic_kit.pagination import decode_time_id_cursor, next_cursor_for
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,6 +27,13 @@ from mosaic_auth.settings import AuthSettings
 from mosaic_auth.tables import ROLES
 from mosaic_auth.throttle import Policy, after_failure, seconds_locked
 from mosaic_auth.tokens import IssuedTokens, Signer, hash_refresh_token, new_refresh_token
+from mosaic_kit import idempotency, outbox
+from mosaic_kit.auth import Principal, RevocationSet
+from mosaic_kit.db import Database
+from mosaic_kit.errors import Problem, conflict, forbidden, not_found, unauthorized
+from mosaic_kit.events import new_event
+from mosaic_kit.logging import get_logger
+from mosaic_kit.pagination import decode_time_id_cursor, next_cursor_for
 
 log = get_logger("mosaic_auth.service")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mosaic_kit.settings import ServiceSettings
 from pydantic import Field, SecretStr
+
+from mosaic_kit.settings import ServiceSettings
 
 
 class AuthSettings(ServiceSettings):

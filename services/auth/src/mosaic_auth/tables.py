@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from mosaic_kit.db import new_metadata
-from mosaic_kit.events import processed_events_table
-from mosaic_kit.idempotency import idempotency_table
-from mosaic_kit.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -20,6 +16,11 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import UUID
+
+from mosaic_kit.db import new_metadata
+from mosaic_kit.events import processed_events_table
+from mosaic_kit.idempotency import idempotency_table
+from mosaic_kit.outbox import outbox_table
 
 metadata = new_metadata()
 

@@ -1,0 +1,103 @@
+"""Writes docs/configuration.md from the settings classes themselves, so it cannot drift.
+
+Run: `python tools/configdoc.py > docs/configuration.md` (a test checks it is current).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from mosaic_auth.settings import AuthSettings
+from mosaic_kit.settings import ServiceSettings
+
+SERVICES: list[tuple[str, type[ServiceSettings]]] = [("auth (`mosaic-auth`)", AuthSettings)]
+
+PREAMBLE = """# Configuration
+
+Every service reads its settings, highest priority first, from:
+
+1. **command-line flags** of its CLI (`mosaic-auth serve --port 8001`): one flag per setting, the
+   setting's name with dashes (`--database-url`, `--auth-access-token-ttl`);
+2. **environment variables**: the setting's name in upper case, no prefix (`DATABASE_URL`,
+   `AUTH_ACCESS_TOKEN_TTL`);
+3. a **`.env` file** in the working directory;
+4. a **secrets directory** named by `SECRETS_DIR`, one file per setting named like the variable
+   (`$SECRETS_DIR/DATABASE_URL`, `$SECRETS_DIR/AUTH_SIGNING_KEY_SECRET`), as Kubernetes mounts
+   secrets;
+5. the default below.
+
+Settings marked *secret* are never printed (their value shows as `**********`) and never logged.
+This page is generated from the settings classes by
+`python tools/configdoc.py > docs/configuration.md`; a test fails when it is stale.
+"""
+
+DEVSTACK = """## devstack (`mosaic`) and the test suite
+
+| variable | default | meaning |
+|---|---|---|
+| `MOSAIC_DATA` | `.mosaic` | data folder of `mosaic up` (PostgreSQL, NATS, logs, state, credentials) |
+| `DATABASE_URL` | unset | when set, `mosaic up` uses this PostgreSQL instead of starting one |
+| `NATS_URL` | unset | when set, `mosaic up` uses this NATS (JetStream on) instead of starting one |
+| `REDIS_URL` | unset | passed through to the services |
+| `MOSAIC_TEST_DATABASE_URL` | unset | run the tests against this PostgreSQL instead of an embedded one |
+| `MOSAIC_TEST_NATS_URL` | unset | run the tests against this NATS instead of an embedded one |
+| `NO_COLOR` | unset | plain output from `mosaic` |
+"""
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        return "computed"
+    value: Any = info.default
+    if value is PydanticUndefined:
+        return "required"
+    if value is None:
+        return "unset"
+    secret = getattr(value, "get_secret_value", None)
+    if secret is not None:
+        value = secret()
+    return f"`{value}`"
+
+
+def _is_secret(info: FieldInfo) -> bool:
+    return "SecretStr" in repr(info.annotation)
+
+
+def _row(name: str, info: FieldInfo) -> str:
+    flag = "--" + name.replace("_", "-")
+    secret = " *(secret)*" if _is_secret(info) else ""
+    return f"| `{name.upper()}` | `{flag}` | {_default(info)} | {info.description or ''}{secret} |"
+
+
+def _table(rows: list[str]) -> str:
+    head = "| variable | flag | default | meaning |\n|---|---|---|---|\n"
+    return head + "\n".join(rows) + "\n"
+
+
+def render() -> str:
+    base = ServiceSettings.model_fields
+    parts = [PREAMBLE, "## Every service\n", _table([_row(n, f) for n, f in base.items()])]
+    for title, cls in SERVICES:
+        own = [
+            _row(name, info)
+            for name, info in cls.model_fields.items()
+            if name not in base or _default(info) != _default(base[name])
+        ]
+        parts.append(
+            f"\n## {title}\n\nIts own settings, and the shared ones whose default differs.\n"
+        )
+        parts.append(_table(own))
+    parts.append("\n" + DEVSTACK)
+    return "\n".join(parts)
+
+
+def main() -> None:
+    sys.stdout.write(render())
+
+
+if __name__ == "__main__":
+    main()
