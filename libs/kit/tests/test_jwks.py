@@ -162,7 +162,7 @@ async def test_failed_first_load_is_unavailable_and_rate_limited() -> None:
     key = Key("k")
     source = SlowSource({"keys": [key.jwk]}, delay=0)
     source.fail = True
-    cache = JwksCache(source, min_refresh_interval=5.0, clock=clock)
+    cache = JwksCache(source, min_refresh_interval=5.0, unloaded_retry_interval=5.0, clock=clock)
     with pytest.raises(JwksUnavailable):
         await cache.get_key("k")
     with pytest.raises(JwksUnavailable):
@@ -172,6 +172,27 @@ async def test_failed_first_load_is_unavailable_and_rate_limited() -> None:
     clock.now += 5
     assert await cache.get_key("k") is not None
     assert cache.loaded
+
+
+async def test_before_any_key_is_loaded_retries_come_sooner() -> None:
+    """A service that starts before auth must not refuse every token for the full interval."""
+    clock = Clock()
+    key = Key("k")
+    source = SlowSource({"keys": [key.jwk]}, delay=0)
+    source.fail = True
+    cache = JwksCache(source, min_refresh_interval=10.0, unloaded_retry_interval=1.0, clock=clock)
+    with pytest.raises(JwksUnavailable):
+        await cache.get_key("k")
+    source.fail = False
+    clock.now += 1.0
+    assert await cache.get_key("k") is not None
+    # Once loaded, an unknown kid is back to the full interval after a failed refetch.
+    source.fail = True
+    assert await cache.get_key("other") is None
+    fetches = source.fetches
+    clock.now += 1.0
+    assert await cache.get_key("other") is None
+    assert source.fetches == fetches
 
 
 async def test_failed_refresh_keeps_known_keys() -> None:

@@ -271,6 +271,8 @@ class DurableConsumer:
     not count as an attempt: the message is held (with in-progress acks) until it comes back.
 
     `ack_wait` is how long the server waits before redelivering a message whose consumer vanished.
+    `after_commit(event)`, if given, runs once the handler's transaction has committed (for side
+    effects outside the database, such as cache invalidation); its failure is logged, not retried.
     """
 
     def __init__(
@@ -288,6 +290,7 @@ class DurableConsumer:
         ack_wait: float = 30.0,
         fetch_wait: float = 5.0,
         processed_retention: timedelta = timedelta(days=30),
+        after_commit: Callable[[Event], Awaitable[None]] | None = None,
     ) -> None:
         if max_deliver < 1 or not backoff or batch < 1:
             raise ValueError("max_deliver and batch must be positive and backoff non-empty")
@@ -297,6 +300,7 @@ class DurableConsumer:
         self.durable = durable
         self._filters = list(filter_subjects)
         self._handler = handler
+        self._after_commit = after_commit
         self._max_deliver = max_deliver
         self._backoff = tuple(float(b) for b in backoff)
         self._batch = batch
@@ -448,6 +452,12 @@ class DurableConsumer:
         if outcome is None:  # stopping while the database was unreachable
             await self._release([msg])
             return
+        if outcome and self._after_commit is not None:
+            try:
+                await self._after_commit(event)
+            except Exception as exc:
+                # The effect is committed and must not be applied again: log, do not retry.
+                self._log.error("after_commit_failed", event_id=event.id, error=repr(exc))
         await self._ack(msg)
         self._log.debug("event_applied" if outcome else "event_duplicate", event_id=event.id)
 

@@ -155,7 +155,8 @@ class JwksCache:
     - An unknown kid triggers a refetch at most once per `min_refresh_interval` seconds; callers
       arriving while a fetch is running wait for that same fetch rather than start their own.
     - A failed fetch keeps the keys already known and also waits out the interval before retrying,
-      so an unreachable auth service is not hammered either.
+      so an unreachable auth service is not hammered either. While no key set was ever loaded
+      (a service that started before auth), the wait is `unloaded_retry_interval` instead.
     - A successful fetch replaces the whole set: a key auth stops publishing stops verifying.
       A JWKS without any usable key counts as a failed fetch.
     - `start_refreshing` optionally refetches in the background every `interval` seconds.
@@ -166,10 +167,12 @@ class JwksCache:
         source: KeySource,
         *,
         min_refresh_interval: float = 10.0,
+        unloaded_retry_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._min_interval = min_refresh_interval
+        self._unloaded_retry = min(unloaded_retry_interval, min_refresh_interval)
         self._clock = clock
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._loaded = False
@@ -243,7 +246,10 @@ class JwksCache:
         try:
             keys = _usable_keys(validate_jwks(await self._source.fetch()))
         except Exception as exc:
-            self._next_refetch_at = self._clock() + self._min_interval
+            # With no keys at all every request fails, so retry soon (a service that starts
+            # before auth must not refuse tokens for long); with keys, keep to the interval.
+            wait = self._min_interval if self._loaded else self._unloaded_retry
+            self._next_refetch_at = self._clock() + wait
             _log.warning("jwks_fetch_failed", error=type(exc).__name__, detail=str(exc)[:200])
             raise
         self._install(keys)

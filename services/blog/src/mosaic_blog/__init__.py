@@ -1,0 +1,3 @@
+"""Mosaic blog service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,230 @@
+"""HTTP routes of the blog service (transport only: parse, call the service, shape the answer)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
+from mosaic_blog.workflow import Action, State
+from mosaic_kit.auth import Principal, require_roles
+from mosaic_kit.idempotency import IdempotencyGuard
+from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
+Description = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=2000)
+]
+DraftText = Annotated[str, StringConstraints(max_length=50_000)]
+ImgUrl = Annotated[AnyHttpUrl, Field(max_length=2000)]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+Tags = Annotated[list[Tag], Field(min_length=1, max_length=10)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=500)]
+JSON = "application/json"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+def _slug(value: str) -> str:
+    slug = normalise_slug(value)
+    if not valid_slug(slug):
+        raise ValueError("a slug is 3-200 characters of a-z, 0-9 and '-'")
+    return slug
+
+
+class BlogCreate(Body):
+    title: Title
+    description: Description
+    draft_text: DraftText = ""
+    slug: Annotated[str, StringConstraints(max_length=400)]
+    img_url: ImgUrl
+    tags: Tags
+
+    _check_slug = field_validator("slug")(_slug)
+    _check_tags = field_validator("tags")(normalise_tags)
+
+
+class BlogPatch(Body):
+    title: Title | None = None
+    description: Description | None = None
+    draft_text: DraftText | None = None
+    slug: Annotated[str, StringConstraints(max_length=400)] | None = None
+    img_url: ImgUrl | None = None
+    tags: Tags | None = None
+
+    @field_validator("slug")
+    @classmethod
+    def _check_slug(cls, value: str | None) -> str | None:
+        return None if value is None else _slug(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else normalise_tags(value)
+
+
+async def service(request: Request) -> BlogService:
+    svc: BlogService = request.app.state.blog_service
+    return svc
+
+
+Service = Annotated[BlogService, Depends(service)]
+Author = Annotated[Principal, Depends(require_roles("AUTHOR"))]
+Editor = Annotated[Principal, Depends(require_roles("EDITOR"))]
+
+
+def _uid(principal: Principal) -> uuid.UUID:
+    return uuid.UUID(principal.user_id)
+
+
+def _page(page: Page) -> dict[str, Any]:
+    return {"items": [b.full_view() for b in page.items], "nextCursor": page.next_cursor}
+
+
+def _cached(body: bytes, hit: bool) -> Response:
+    return Response(body, media_type=JSON, headers={"X-Cache": "HIT" if hit else "MISS"})
+
+
+def _columns(fields: dict[str, Any]) -> dict[str, Any]:
+    names = {"draftText": "draft_text", "imgUrl": "img_url"}
+    out = {}
+    for key, value in fields.items():
+        out[names.get(key, key)] = str(value) if key == "imgUrl" else value
+    return out
+
+
+router = APIRouter(prefix="/v1")
+
+# --- public -------------------------------------------------------------------------------------
+
+
+@router.get("/blogs", tags=["public"], summary="Published blogs, newest first")
+async def list_blogs(
+    svc: Service,
+    tag: Annotated[str | None, Query(min_length=1, max_length=50)] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> Response:
+    return _cached(*await svc.public_list(tag, limit, cursor))
+
+
+@router.get("/blogs/by-slug/{slug}", tags=["public"], summary="A published blog by its slug")
+async def blog_by_slug(
+    slug: Annotated[str, StringConstraints(max_length=200)], svc: Service
+) -> Response:
+    return _cached(*await svc.public_by_slug(slug.lower()))
+
+
+@router.get("/blogs/{blog_id}", tags=["public"], summary="A published blog")
+async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
+    return _cached(*await svc.public_by_id(blog_id))
+
+
+@router.get(
+    "/blogs/{blog_id}/similar", tags=["public"], summary="Up to 6 published blogs most like it"
+)
+async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
+    return _cached(*await svc.similar(blog_id))
+
+
+# --- authors ------------------------------------------------------------------------------------
+
+
+@router.post("/author/blogs", status_code=201, tags=["author"], summary="Write a new draft")
+async def create_blog(
+    body: BlogCreate, svc: Service, author: Author, idem: IdempotencyGuard
+) -> Response:
+    async def create() -> dict[str, Any]:
+        fields = _columns(body.model_dump(by_alias=True))
+        return (await svc.create(_uid(author), fields)).full_view()
+
+    return await idem.run(body.model_dump(mode="json"), create)
+
+
+@router.get("/author/blogs", tags=["author"], summary="My blogs")
+async def my_blogs(
+    svc: Service,
+    author: Author,
+    state: State | None = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    return _page(await svc.list_own(_uid(author), state, limit, cursor))
+
+
+@router.get("/author/blogs/{blog_id}", tags=["author"], summary="One of my blogs, any state")
+async def my_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str, Any]:
+    return (await svc.own(_uid(author), blog_id)).full_view()
+
+
+@router.patch("/author/blogs/{blog_id}", tags=["author"], summary="Change my blog's fields")
+async def edit_blog(
+    blog_id: uuid.UUID, body: BlogPatch, svc: Service, author: Author
+) -> dict[str, Any]:
+    changes = _columns({k: v for k, v in body.model_dump(by_alias=True).items() if v is not None})
+    return (await svc.edit(_uid(author), blog_id, changes)).full_view()
+
+
+@router.delete(
+    "/author/blogs/{blog_id}", status_code=204, tags=["author"], summary="Delete my blog"
+)
+async def delete_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> Response:
+    await svc.delete(_uid(author), blog_id)
+    return Response(status_code=204)
+
+
+@router.post("/author/blogs/{blog_id}/submit", tags=["author"], summary="Submit for review")
+async def submit_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str, Any]:
+    return (await svc.transition(blog_id, Action.SUBMIT, author_id=_uid(author))).full_view()
+
+
+@router.post("/author/blogs/{blog_id}/withdraw", tags=["author"], summary="Take back a submission")
+async def withdraw_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str, Any]:
+    return (await svc.transition(blog_id, Action.WITHDRAW, author_id=_uid(author))).full_view()
+
+
+# --- editors ------------------------------------------------------------------------------------
+
+
+@router.get("/editor/blogs", tags=["editor"], summary="Every author's blogs awaiting or published")
+async def editor_blogs(
+    svc: Service,
+    _editor: Editor,
+    state: Literal["submitted", "published"] | None = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    # Drafts are their authors' business until submitted.
+    states = [State(state)] if state else [State.SUBMITTED, State.PUBLISHED]
+    return _page(await svc.list_for_editors(states, limit, cursor))
+
+
+@router.get("/editor/blogs/{blog_id}", tags=["editor"], summary="Any blog")
+async def editor_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dict[str, Any]:
+    return (await svc.any_blog(blog_id)).full_view()
+
+
+@router.post("/editor/blogs/{blog_id}/publish", tags=["editor"], summary="Publish a submission")
+async def publish_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dict[str, Any]:
+    return (await svc.transition(blog_id, Action.PUBLISH)).full_view()
+
+
+@router.post(
+    "/editor/blogs/{blog_id}/unpublish", tags=["editor"], summary="Take a blog back to draft"
+)
+async def unpublish_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dict[str, Any]:
+    return (await svc.transition(blog_id, Action.UNPUBLISH)).full_view()

@@ -1,0 +1,97 @@
+"""Helpers shared by the blog tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+PASSWORD = "correct-horse-9"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def blog_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "title": "Microservices in practice",
+        "description": "How to split a monolith into services that own their data",
+        "draftText": "Start with the seams of the domain.",
+        "slug": f"post-{uuid.uuid4().hex[:12]}",
+        "imgUrl": "https://img.example.com/cover.png",
+        "tags": ["architecture", "python"],
+    }
+    body.update(overrides)
+    return body
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 5.0, interval: float = 0.05
+) -> None:
+    """Wait until `check()` holds (for effects that travel through NATS)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(interval)
+
+
+class Platform:
+    """HTTP clients for an auth app and two blog replicas, plus role-holding users."""
+
+    def __init__(
+        self, auth: httpx.AsyncClient, blog_a: httpx.AsyncClient, blog_b: httpx.AsyncClient
+    ) -> None:
+        self.auth = auth
+        self.blog_a = blog_a
+        self.blog_b = blog_b
+        self.admin: dict[str, str] = {}
+
+    async def user(self, *roles: str, name: str = "Some Writer") -> dict[str, Any]:
+        """A signed-up user holding `roles`, with a token that carries them."""
+        email = f"u-{uuid.uuid4().hex[:12]}@example.com"
+        signup = await self.auth.post(
+            "/v1/auth/signup", json={"email": email, "password": PASSWORD, "name": name}
+        )
+        assert signup.status_code == 201, signup.text
+        body: dict[str, Any] = signup.json()
+        if roles:
+            granted = await self.auth.put(
+                f"/v1/users/{body['user']['id']}/roles",
+                json={"roles": ["LEARNER", *roles]},
+                headers=self.admin,
+            )
+            assert granted.status_code == 200, granted.text
+            refreshed = await self.auth.post(
+                "/v1/auth/refresh", json={"refreshToken": body["tokens"]["refreshToken"]}
+            )
+            body["tokens"] = refreshed.json()["tokens"]
+        body["headers"] = bearer(body["tokens"]["accessToken"])
+        return body
+
+    async def draft(self, author: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+        response = await self.blog_a.post(
+            "/v1/author/blogs", json=blog_body(**overrides), headers=author["headers"]
+        )
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    async def published(
+        self, author: dict[str, Any], editor: dict[str, Any], **overrides: Any
+    ) -> dict[str, Any]:
+        blog = await self.draft(author, **overrides)
+        submit = await self.blog_a.post(
+            f"/v1/author/blogs/{blog['id']}/submit", headers=author["headers"]
+        )
+        assert submit.status_code == 200, submit.text
+        publish = await self.blog_a.post(
+            f"/v1/editor/blogs/{blog['id']}/publish", headers=editor["headers"]
+        )
+        assert publish.status_code == 200, publish.text
+        result: dict[str, Any] = publish.json()
+        return result

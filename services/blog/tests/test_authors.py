@@ -1,0 +1,91 @@
+"""The author read model: fed by auth events, idempotent, and enough to serve reads alone."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats
+from blog_support import Platform, eventually
+from sqlalchemy import text
+
+from mosaic_kit.events import Event, publish
+
+
+async def test_a_renamed_author_shows_the_new_name_in_public_views(
+    platform: Platform, editor: dict[str, Any]
+) -> None:
+    writer = await platform.user("AUTHOR", name="Old Name")
+    blog = await platform.published(writer, editor)
+    path = f"/v1/blogs/{blog['id']}"
+    assert (await platform.blog_b.get(path)).json()["author"]["name"] == "Old Name"  # cached
+    renamed = await platform.auth.patch(
+        "/v1/users/me", json={"name": "New Name"}, headers=writer["headers"]
+    )
+    assert renamed.status_code == 200
+
+    async def shows_new_name() -> bool:
+        body = (await platform.blog_b.get(path)).json()
+        return bool(body["author"]["name"] == "New Name")
+
+    await eventually(shows_new_name)
+
+
+async def test_the_same_user_event_delivered_twice_is_applied_once(
+    platform: Platform, nats_url: str
+) -> None:
+    app = platform.blog_apps[0]  # type: ignore[attr-defined]
+    db = app.state.db
+    author_id = str(uuid.uuid4())
+    occurred = datetime.now(UTC)
+    event = Event(
+        id=str(uuid.uuid4()),
+        type="auth.user.updated",
+        occurred_at=occurred,
+        data={"id": author_id, "name": "Twice Sent", "profilePicUrl": None},
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        # Two copies past JetStream's de-duplication (different message ids), same event id.
+        await publish(js, event, headers={"Nats-Msg-Id": event.id + "-a"})
+        await publish(js, event, headers={"Nats-Msg-Id": event.id + "-b"})
+        # An older event for the same user arrives afterwards: it must not win.
+        stale = Event(
+            id=str(uuid.uuid4()),
+            type="auth.user.updated",
+            occurred_at=occurred - timedelta(minutes=5),
+            data={"id": author_id, "name": "Stale Name", "profilePicUrl": None},
+        )
+        await publish(js, stale)
+    finally:
+        await nc.close()
+    consumer = app.state.settings.blog_authors_consumer
+
+    async def both_seen() -> bool:
+        async with db.connect() as conn:
+            count = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM processed_events WHERE consumer = :c "
+                        "AND event_id IN (:a, :b)"
+                    ),
+                    {"c": consumer, "a": event.id, "b": stale.id},
+                )
+            ).scalar_one()
+        return bool(count == 2)
+
+    await eventually(both_seen)
+    async with db.connect() as conn:
+        rows = (
+            await conn.execute(text("SELECT name FROM authors WHERE id = :id"), {"id": author_id})
+        ).all()
+        applied = (
+            await conn.execute(
+                text("SELECT count(*) FROM processed_events WHERE event_id = :e AND consumer = :c"),
+                {"e": event.id, "c": consumer},
+            )
+        ).scalar_one()
+    assert [r[0] for r in rows] == ["Twice Sent"]
+    assert applied == 1
