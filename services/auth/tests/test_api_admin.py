@@ -198,3 +198,19 @@ async def test_api_key_creation_is_idempotent_and_never_stores_the_key(
     assert again.json()["key"] is None
     listed = await client.get("/v1/api-keys", params={"limit": 100}, headers=admin)
     assert [k["name"] for k in listed.json()["items"]].count("retry") == 1
+
+
+async def test_an_admin_cannot_lock_themselves_out(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    me = (await client.get("/v1/users/me", headers=admin)).json()
+    demote = await client.put(
+        f"/v1/users/{me['id']}/roles", json={"roles": ["LEARNER"]}, headers=admin
+    )
+    assert demote.status_code == 409
+    assert demote.json()["code"] == "auth.self_lockout"
+    disable = await client.post(f"/v1/users/{me['id']}/disable", headers=admin)
+    assert disable.status_code == 409
+    still = await client.get("/v1/users/me", headers=admin)
+    assert still.status_code == 200
+    assert "ADMIN" in still.json()["roles"]

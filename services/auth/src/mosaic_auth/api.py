@@ -196,9 +196,9 @@ async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
 
 @router.put("/users/{user_id}/roles", tags=["admin"], summary="Set a user's roles (ADMIN)")
 async def put_roles(
-    user_id: uuid.UUID, body: RolesBody, svc: Service, _admin: Admin
+    user_id: uuid.UUID, body: RolesBody, svc: Service, admin: Admin
 ) -> dict[str, object]:
-    return (await svc.set_roles(user_id, body.roles)).admin_view()
+    return (await svc.set_roles(user_id, body.roles, acting=admin)).admin_view()
 
 
 @router.post(
@@ -207,8 +207,8 @@ async def put_roles(
     tags=["admin"],
     summary="Disable a user and end their sessions (ADMIN)",
 )
-async def disable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
-    await svc.set_disabled(user_id, True)
+async def disable_user(user_id: uuid.UUID, svc: Service, admin: Admin) -> Response:
+    await svc.set_disabled(user_id, True, acting=admin)
     return Response(status_code=204)
 
 

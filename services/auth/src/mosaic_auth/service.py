@@ -335,8 +335,12 @@ class AuthService:
             rows = await store.list_users(conn, q, limit, _after_cursor(cursor))
         return rows[:limit], next_cursor_for(rows, limit, lambda u: (u.created_at, u.id))
 
-    async def set_roles(self, user_id: uuid.UUID, roles: Sequence[str]) -> User:
+    async def set_roles(
+        self, user_id: uuid.UUID, roles: Sequence[str], *, acting: Principal | None = None
+    ) -> User:
         wanted = sorted(set(roles))
+        if acting is not None and acting.user_id == str(user_id) and "ADMIN" not in wanted:
+            raise conflict("auth.self_lockout", "An admin cannot remove their own ADMIN role")
         async with self.db.transaction() as conn:
             unknown = set(wanted) - await store.known_roles(conn)
             if unknown:
@@ -352,6 +356,8 @@ class AuthService:
             if user is None:
                 raise not_found("auth.user_not_found", "No such user")
             removed = sorted(user.roles - set(wanted))
+            if set(wanted) == user.roles:
+                return user  # nothing changes, nothing is announced
             await store.set_roles(conn, user_id, wanted)
             valid_after = user.tokens_valid_after
             if removed:
@@ -378,7 +384,11 @@ class AuthService:
             )
         return updated
 
-    async def set_disabled(self, user_id: uuid.UUID, disabled: bool) -> None:
+    async def set_disabled(
+        self, user_id: uuid.UUID, disabled: bool, *, acting: Principal | None = None
+    ) -> None:
+        if disabled and acting is not None and acting.user_id == str(user_id):
+            raise conflict("auth.self_lockout", "An admin cannot disable their own account")
         async with self.db.transaction() as conn:
             user = await store.get_user(conn, user_id)
             if user is None:
