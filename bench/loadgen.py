@@ -78,8 +78,11 @@ def run_wrk(
     seconds: int = 10,
     connections: int = 64,
     threads: int = 2,
+    script: str | None = None,
 ) -> LoadResult:
     args = [ensure_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script is not None:
+        args += ["-s", script]
     for key, value in (headers or {}).items():
         args += ["-H", f"{key}: {value}"]
     out = subprocess.run(

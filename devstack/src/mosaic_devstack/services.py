@@ -51,6 +51,7 @@ class Service:
 SERVICES: tuple[Service, ...] = (
     # In start order (their migrations and seeds run concurrently all the same).
     Service("auth", ("mosaic-auth",), schema="auth"),
+    Service("blog", ("mosaic-blog",), schema="blog", seed=False),
 )
 
 
