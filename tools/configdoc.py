@@ -12,9 +12,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from mosaic_auth.settings import AuthSettings
+from mosaic_blog.settings import BlogSettings
 from mosaic_kit.settings import ServiceSettings
 
-SERVICES: list[tuple[str, type[ServiceSettings]]] = [("auth (`mosaic-auth`)", AuthSettings)]
+SERVICES: list[tuple[str, type[ServiceSettings]]] = [
+    ("auth (`mosaic-auth`)", AuthSettings),
+    ("blog (`mosaic-blog`)", BlogSettings),
+]
 
 PREAMBLE = """# Configuration
 

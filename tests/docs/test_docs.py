@@ -25,10 +25,12 @@ def test_configuration_reference_is_current() -> None:
 
 def test_every_setting_is_documented_with_its_variable() -> None:
     from mosaic_auth.settings import AuthSettings
+    from mosaic_blog.settings import BlogSettings
 
     text = (ROOT / "docs" / "configuration.md").read_text()
-    for name in AuthSettings.model_fields:
-        assert f"`{name.upper()}`" in text
+    for cls in (AuthSettings, BlogSettings):
+        for name in cls.model_fields:
+            assert f"`{name.upper()}`" in text
 
 
 def test_readme_gives_the_two_quick_start_commands() -> None:
