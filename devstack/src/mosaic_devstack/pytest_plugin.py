@@ -65,6 +65,33 @@ def nats_url(embedded_root: Path) -> Iterator[str]:
         server.stop()
 
 
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A reachable Redis (`MOSAIC_TEST_REDIS_URL`, else db 15 on the usual port), or a skip.
+
+    No Redis server ships as a wheel for Linux, so Redis-backed tests run where one is
+    reachable (CI's machine has one) and say why they are skipped elsewhere; the NATS-backed
+    cache, which every test can run, is the default backend. Tests must namespace their keys.
+    """
+    import redis
+
+    explicit = os.environ.get("MOSAIC_TEST_REDIS_URL")
+    url = explicit or DEFAULT_TEST_REDIS_URL
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        if explicit:
+            pytest.fail(f"MOSAIC_TEST_REDIS_URL is set but does not answer: {exc}")
+        pytest.skip(f"no Redis at {url} and MOSAIC_TEST_REDIS_URL unset ({exc})")
+    finally:
+        client.close()
+    return url
+
+
 @pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A NATS server private to one test, which the test may stop and restart."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 import uuid
@@ -12,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.js.errors
 import pytest
-import redis
 from kit_support import records
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
@@ -33,7 +31,6 @@ from mosaic_kit.metrics import new_registry
 from mosaic_kit.nats import connect
 from mosaic_kit.settings import ServiceSettings
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 NATS_KV_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")
 
 Replica = Callable[..., Awaitable[Cache]]
@@ -42,24 +39,6 @@ Closer = Callable[[], Awaitable[None]]
 
 def _unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A reachable Redis, or a skip saying why none is used."""
-    explicit = os.environ.get("MOSAIC_TEST_REDIS_URL")
-    url = explicit or DEFAULT_REDIS_URL
-    # Synchronous, so that async fixtures can ask for it with `request.getfixturevalue`.
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        client.ping()
-    except redis.exceptions.RedisError as exc:
-        if explicit:
-            pytest.fail(f"MOSAIC_TEST_REDIS_URL is set but does not answer: {exc}")
-        pytest.skip(f"no Redis at {DEFAULT_REDIS_URL} and MOSAIC_TEST_REDIS_URL unset ({exc})")
-    finally:
-        client.close()
-    return url
 
 
 def _nats_replicas(nats_url: str, closers: list[Closer]) -> Replica:

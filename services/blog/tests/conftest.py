@@ -39,6 +39,7 @@ def blog_settings(pg_url: str, nats_url: str, **overrides: Any) -> BlogSettings:
         "db_schema": f"blog_{tag}",
         "blog_authors_consumer": f"blog-authors-{tag}",
         "blog_cache_bucket": f"cache_{tag}",
+        "blog_cache_namespace": f"blog_{tag}",
         "log_format": "json",
     }
     values.update(overrides)

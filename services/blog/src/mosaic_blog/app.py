@@ -45,7 +45,7 @@ def create_blog_app(settings: BlogSettings) -> FastAPI:
             cache = await cache_from_settings(
                 settings,
                 nc,
-                namespace="blog",
+                namespace=settings.blog_cache_namespace,
                 bucket=settings.blog_cache_bucket,
                 max_ttl=settings.blog_cache_ttl,
             )

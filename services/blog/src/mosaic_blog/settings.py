@@ -15,6 +15,9 @@ class BlogSettings(ServiceSettings):
     blog_cache_ttl: float = Field(
         300.0, gt=0, description="Seconds a cached public read may live (writes invalidate sooner)."
     )
+    blog_cache_namespace: str = Field(
+        "blog", description="Prefix of this deployment's cache keys (Redis or NATS KV)."
+    )
     blog_cache_bucket: str = Field(
         "mosaic_cache", description="NATS key-value bucket of the cache when REDIS_URL is unset."
     )
