@@ -19,7 +19,7 @@ help: ## list the targets
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 # Re-sync whenever the lock file or any package manifest is newer than the last sync.
-$(STAMP): uv.lock pyproject.toml libs/kit/pyproject.toml services/*/pyproject.toml devstack/pyproject.toml | $(UV)
+$(STAMP): uv.lock pyproject.toml libs/kit/pyproject.toml services/*/pyproject.toml gateway/pyproject.toml devstack/pyproject.toml | $(UV)
 	$(UV) sync --frozen --all-packages
 	@touch $(STAMP)
 

@@ -1,0 +1,3 @@
+"""Mosaic API gateway."""
+
+__version__ = "0.1.0"
