@@ -77,3 +77,27 @@ async def test_draft_edits_announce_nothing(
     finally:
         await sub.unsubscribe()
         await nc.close()
+
+
+async def test_replicas_are_discoverable_with_their_http_address(
+    platform: Platform, nats_url: str
+) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SRV.INFO.blog", b"", reply=inbox)
+        infos = []
+        try:
+            while True:
+                infos.append(orjson.loads((await sub.next_msg(timeout=0.5)).data))
+        except nats.errors.TimeoutError:
+            pass
+        apps = platform.blog_apps  # type: ignore[attr-defined]
+        wanted = {app.state.settings.instance_id for app in apps}
+        announced = {i["metadata"]["instance"]: i["metadata"]["http"] for i in infos}
+        assert wanted <= set(announced)
+        for app in apps:
+            assert announced[app.state.settings.instance_id] == app.state.settings.http_url()
+    finally:
+        await nc.close()

@@ -168,11 +168,23 @@ async def serve(
     endpoints: Mapping[str, Handler],
     queue_group: str | None = None,
     max_in_flight: int = 64,
+    metadata: Mapping[str, str] | None = None,
 ) -> RpcService:
-    """Start service `name` answering each subject of `endpoints` with its handler."""
+    """Start service `name` answering each subject of `endpoints` with its handler.
+
+    `metadata` is published in `$SRV.INFO`; services put their HTTP address there
+    (`{"http": "http://10.0.0.5:8001"}`) so that the gateway discovers instances through NATS.
+    A service with no endpoints is still discoverable.
+    """
     service = RpcService(
         nc,
-        ServiceConfig(name=name, version=version, description=description, queue_group=queue_group),
+        ServiceConfig(
+            name=name,
+            version=version,
+            description=description,
+            queue_group=queue_group,
+            metadata=dict(metadata or {}),
+        ),
         max_in_flight=max_in_flight,
     )
     await service.start()

@@ -66,6 +66,16 @@ class ServiceSettings(BaseSettings):
         2.0, gt=0, description="Seconds each /readyz check may take before it counts as failed."
     )
 
+    advertise_url: str | None = Field(
+        None,
+        description="HTTP address other processes reach this instance at, published for "
+        "discovery in $SRV.INFO (default: http://HOST:PORT).",
+    )
+
+    def http_url(self) -> str:
+        """Where this instance's HTTP API is reached (for discovery)."""
+        return self.advertise_url or f"http://{self.host}:{self.port}"
+
     @classmethod
     def load(cls, **overrides: Any) -> Self:
         """Build settings from the environment, `.env`, `SECRETS_DIR` and explicit overrides."""

@@ -84,6 +84,7 @@ def create_auth_app(settings: AuthSettings) -> FastAPI:
                 version=__version__,
                 description="Mosaic auth: user profiles, API key checks, signing keys",
                 endpoints=endpoints(svc),
+                metadata={"http": settings.http_url(), "instance": settings.instance_id},
             )
             stack.push_async_callback(micro.stop)
 

@@ -12,7 +12,7 @@ from mosaic_blog import __version__
 from mosaic_blog.api import router
 from mosaic_blog.service import BlogService
 from mosaic_blog.settings import BlogSettings
-from mosaic_kit import events, idempotency
+from mosaic_kit import events, idempotency, rpc
 from mosaic_kit.app import create_app
 from mosaic_kit.auth import TokenVerifier
 from mosaic_kit.cache import cache_from_settings
@@ -96,6 +96,17 @@ def create_blog_app(settings: BlogSettings) -> FastAPI:
             housekeeping = Periodic("blog.prune", 600.0, lambda: idempotency.prune(db))
             housekeeping.start()
             stack.push_async_callback(housekeeping.stop)
+
+            # No request-reply endpoints (yet): the service registers for discovery only.
+            micro = await rpc.serve(
+                nc,
+                name="blog",
+                version=__version__,
+                description="Mosaic blog: blogs and their public reads",
+                endpoints={},
+                metadata={"http": settings.http_url(), "instance": settings.instance_id},
+            )
+            stack.push_async_callback(micro.stop)
 
             async def nats_ready() -> None:
                 if not nc.is_connected:
