@@ -8,7 +8,7 @@ import httpx
 import jwt
 import nats
 import orjson
-from conftest import System
+from e2e_support import System
 
 from mosaic_kit.rpc import request
 

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import httpx
-from conftest import System
+from e2e_support import System
 
 PASSWORD = "correct-horse-9"
 

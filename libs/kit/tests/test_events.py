@@ -390,14 +390,17 @@ class TcpProxy:
         self._target = (host, port)
         self.port = free_port()
         self._server: asyncio.Server | None = None
+        self._down = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        self._down = False
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def stop(self) -> None:
         assert self._server is not None
+        self._down = True
         self._server.close()
         await self._server.wait_closed()
         for writer in self._writers:
@@ -409,8 +412,14 @@ class TcpProxy:
         self._pipes.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers.update((writer, up_writer))
+        if self._down:
+            # stop() ran while this connection was being set up: it must not outlive the outage.
+            writer.close()
+            up_writer.close()
+            return
+        self._writers.add(up_writer)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
             pipe = asyncio.create_task(self._pipe(source, sink))
             self._pipes.add(pipe)

@@ -9,6 +9,9 @@ from typing import Any
 
 import httpx
 
+from mosaic_auth.settings import AuthSettings
+from mosaic_blog.settings import BlogSettings
+
 PASSWORD = "correct-horse-9"
 
 
@@ -95,3 +98,31 @@ class Platform:
         assert publish.status_code == 200, publish.text
         result: dict[str, Any] = publish.json()
         return result
+
+
+def auth_settings(pg_url: str, nats_url: str) -> AuthSettings:
+    return AuthSettings(
+        database_url=pg_url,
+        nats_url=nats_url,
+        db_schema=f"auth_{uuid.uuid4().hex[:10]}",
+        instance_id="auth-for-blog",
+        auth_argon2_time_cost=1,
+        auth_argon2_memory_kib=8,
+        auth_argon2_parallelism=1,
+        log_format="json",
+    )
+
+
+def blog_settings(pg_url: str, nats_url: str, **overrides: Any) -> BlogSettings:
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "database_url": pg_url,
+        "nats_url": nats_url,
+        "db_schema": f"blog_{tag}",
+        "blog_authors_consumer": f"blog-authors-{tag}",
+        "blog_cache_bucket": f"cache_{tag}",
+        "blog_cache_namespace": f"blog_{tag}",
+        "log_format": "json",
+    }
+    values.update(overrides)
+    return BlogSettings(**values)

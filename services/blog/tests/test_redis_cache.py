@@ -9,8 +9,7 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
-from blog_support import Platform
-from conftest import auth_settings, blog_settings
+from blog_support import Platform, auth_settings, blog_settings
 
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
