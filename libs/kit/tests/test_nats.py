@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nats.errors
 import pytest
@@ -64,3 +65,14 @@ async def test_connection_comes_back_after_a_server_restart(own_nats: EmbeddedNa
         assert msg.data == b"hello"
     finally:
         await nc.close()
+
+
+async def test_readiness_check_follows_the_connection(own_nats: Any) -> None:
+    from mosaic_kit.nats import readiness_check
+
+    client = await connect(own_nats.url, "readiness-test", max_wait=5.0)
+    check = readiness_check(client)
+    await check()
+    await client.close()
+    with pytest.raises(ConnectionError):
+        await check()

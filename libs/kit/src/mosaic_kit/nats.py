@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -170,3 +171,13 @@ def _current(client: Client) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def readiness_check(client: Client) -> Callable[[], Awaitable[None]]:
+    """A `/readyz` check that fails while `client` is not connected."""
+
+    async def check() -> None:
+        if not client.is_connected:
+            raise ConnectionError("NATS is not connected")
+
+    return check

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -58,6 +59,17 @@ def decode_time_id_cursor(cursor: str) -> tuple[datetime, str]:
     at, ident = decode_cursor(cursor, 2)
     try:
         return datetime.fromisoformat(at), ident
+    except ValueError as exc:
+        raise Problem(400, "http.bad_cursor", "The cursor is not valid") from exc
+
+
+def decode_time_uuid_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The `(created_at, id)` cursor with a UUID id; None when there is no cursor (page one)."""
+    if cursor is None:
+        return None
+    at, ident = decode_time_id_cursor(cursor)
+    try:
+        return at, uuid.UUID(ident)
     except ValueError as exc:
         raise Problem(400, "http.bad_cursor", "The cursor is not valid") from exc
 

@@ -30,6 +30,7 @@ from opentelemetry import trace
 from mosaic_kit import tracing
 from mosaic_kit.errors import Problem
 from mosaic_kit.logging import get_logger
+from mosaic_kit.settings import ServiceSettings
 
 __all__ = [
     "Handler",
@@ -157,6 +158,11 @@ class RpcService(Service):
         await super().stop()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+def discovery_metadata(settings: ServiceSettings) -> dict[str, str]:
+    """What a service publishes about itself in `$SRV.INFO` for the gateway to find it."""
+    return {"http": settings.http_url(), "instance": settings.instance_id}
 
 
 async def serve(

@@ -19,9 +19,8 @@ from mosaic_kit import events, rpc
 from mosaic_kit.app import create_app
 from mosaic_kit.auth import TokenVerifier
 from mosaic_kit.db import Database
-from mosaic_kit.errors import Problem
 from mosaic_kit.jwks import JwksCache
-from mosaic_kit.nats import connect
+from mosaic_kit.nats import connect, readiness_check
 from mosaic_kit.outbox import OutboxRelay
 from mosaic_kit.periodic import Periodic
 from mosaic_kit.revocation import RevocationSet, follow_revocations
@@ -84,7 +83,7 @@ def create_auth_app(settings: AuthSettings) -> FastAPI:
                 version=__version__,
                 description="Mosaic auth: user profiles, API key checks, signing keys",
                 endpoints=endpoints(svc),
-                metadata={"http": settings.http_url(), "instance": settings.instance_id},
+                metadata=rpc.discovery_metadata(settings),
             )
             stack.push_async_callback(micro.stop)
 
@@ -92,11 +91,7 @@ def create_auth_app(settings: AuthSettings) -> FastAPI:
             housekeeping.start()
             stack.push_async_callback(housekeeping.stop)
 
-            async def nats_ready() -> None:
-                if not nc.is_connected:
-                    raise Problem(503, "nats.disconnected", "NATS is not connected")
-
-            app.state.readiness = {"db": db.ping, "nats": nats_ready}
+            app.state.readiness = {"db": db.ping, "nats": readiness_check(nc)}
             yield
 
     return create_app(

@@ -33,7 +33,7 @@ from mosaic_kit.db import Database
 from mosaic_kit.errors import Problem, conflict, forbidden, not_found, unauthorized
 from mosaic_kit.events import new_event
 from mosaic_kit.logging import get_logger
-from mosaic_kit.pagination import decode_time_id_cursor, next_cursor_for
+from mosaic_kit.pagination import decode_time_uuid_cursor, next_cursor_for
 
 log = get_logger("mosaic_auth.service")
 
@@ -59,16 +59,6 @@ def _uuid(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError as exc:
         raise unauthorized("auth.token_invalid", "The token is not valid") from exc
-
-
-def _after_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if cursor is None:
-        return None
-    at, ident = decode_time_id_cursor(cursor)
-    try:
-        return at, uuid.UUID(ident)
-    except ValueError as exc:
-        raise Problem(400, "http.bad_cursor", "The cursor is not valid") from exc
 
 
 class AuthService:
@@ -332,7 +322,7 @@ class AuthService:
         self, q: str | None, limit: int, cursor: str | None
     ) -> tuple[list[User], str | None]:
         async with self.db.connect() as conn:
-            rows = await store.list_users(conn, q, limit, _after_cursor(cursor))
+            rows = await store.list_users(conn, q, limit, decode_time_uuid_cursor(cursor))
         return rows[:limit], next_cursor_for(rows, limit, lambda u: (u.created_at, u.id))
 
     async def set_roles(
@@ -424,7 +414,7 @@ class AuthService:
         self, limit: int, cursor: str | None
     ) -> tuple[list[ApiKey], str | None]:
         async with self.db.connect() as conn:
-            rows = await store.list_api_keys(conn, limit, _after_cursor(cursor))
+            rows = await store.list_api_keys(conn, limit, decode_time_uuid_cursor(cursor))
         return rows[:limit], next_cursor_for(rows, limit, lambda k: (k.created_at, k.id))
 
     async def revoke_api_key(self, key_id: uuid.UUID) -> None:

@@ -17,11 +17,10 @@ from mosaic_kit.app import create_app
 from mosaic_kit.auth import TokenVerifier
 from mosaic_kit.cache import cache_from_settings
 from mosaic_kit.db import Database
-from mosaic_kit.errors import Problem
 from mosaic_kit.events import DurableConsumer
 from mosaic_kit.jwks import JwksCache, NatsKeySource
 from mosaic_kit.logging import get_logger
-from mosaic_kit.nats import connect
+from mosaic_kit.nats import connect, readiness_check
 from mosaic_kit.outbox import OutboxRelay
 from mosaic_kit.periodic import Periodic
 from mosaic_kit.revocation import RevocationSet, follow_revocations
@@ -104,15 +103,11 @@ def create_blog_app(settings: BlogSettings) -> FastAPI:
                 version=__version__,
                 description="Mosaic blog: blogs and their public reads",
                 endpoints={},
-                metadata={"http": settings.http_url(), "instance": settings.instance_id},
+                metadata=rpc.discovery_metadata(settings),
             )
             stack.push_async_callback(micro.stop)
 
-            async def nats_ready() -> None:
-                if not nc.is_connected:
-                    raise Problem(503, "nats.disconnected", "NATS is not connected")
-
-            app.state.readiness = {"db": db.ping, "nats": nats_ready}
+            app.state.readiness = {"db": db.ping, "nats": readiness_check(nc)}
             yield
 
     return create_app(

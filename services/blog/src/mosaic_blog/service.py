@@ -26,7 +26,7 @@ from mosaic_kit.db import Database
 from mosaic_kit.errors import Problem, conflict, not_found
 from mosaic_kit.events import Event, new_event
 from mosaic_kit.logging import get_logger
-from mosaic_kit.pagination import decode_time_id_cursor, next_cursor_for
+from mosaic_kit.pagination import decode_time_uuid_cursor, next_cursor_for
 from mosaic_kit.rpc import RpcError, request
 
 log = get_logger("mosaic_blog.service")
@@ -54,16 +54,6 @@ def normalise_tags(raw: Sequence[str]) -> list[str]:
     for tag in raw:
         seen.setdefault(tag.strip().upper(), None)
     return [t for t in seen if t]
-
-
-def _after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if cursor is None:
-        return None
-    at, ident = decode_time_id_cursor(cursor)
-    try:
-        return at, uuid.UUID(ident)
-    except ValueError as exc:
-        raise Problem(400, "http.bad_cursor", "The cursor is not valid") from exc
 
 
 def _blog_not_found() -> Problem:
@@ -114,7 +104,11 @@ class BlogService:
     ) -> Page:
         async with self.db.connect() as conn:
             rows = await store.list_by_creation(
-                conn, limit, _after(cursor), author_id=author_id, states=[state] if state else ()
+                conn,
+                limit,
+                decode_time_uuid_cursor(cursor),
+                author_id=author_id,
+                states=[state] if state else (),
             )
         return Page(rows[:limit], next_cursor_for(rows, limit, lambda b: (b.created_at, b.id)))
 
@@ -192,7 +186,9 @@ class BlogService:
         self, states: Sequence[State], limit: int, cursor: str | None
     ) -> Page:
         async with self.db.connect() as conn:
-            rows = await store.list_by_creation(conn, limit, _after(cursor), states=states)
+            rows = await store.list_by_creation(
+                conn, limit, decode_time_uuid_cursor(cursor), states=states
+            )
         return Page(rows[:limit], next_cursor_for(rows, limit, lambda b: (b.created_at, b.id)))
 
     # --- public reads (cached) ----------------------------------------------------------------
@@ -225,7 +221,7 @@ class BlogService:
         self, tag: str | None, limit: int, cursor: str | None
     ) -> tuple[bytes, bool]:
         tag = tag.strip().upper() if tag is not None else None
-        after = _after(cursor)
+        after = decode_time_uuid_cursor(cursor)
 
         async def load() -> bytes:
             async with self.db.connect() as conn:
