@@ -46,6 +46,7 @@ async def test_create_makes_a_normalised_draft(platform: Platform, author: dict[
         ({"tags": []}, "tags"),
         ({"tags": [f"t{i}" for i in range(11)]}, "tags"),
         ({"tags": ["x" * 51]}, "tags.0"),
+        ({"tags": ["ß" * 30]}, "tags"),
         ({"title": None}, "title"),
     ],
 )

@@ -151,3 +151,28 @@ async def test_bad_listing_parameters(platform: Platform, params: dict[str, Any]
     response = await platform.blog_a.get("/v1/blogs", params=params)
     assert response.status_code in (400, 422)
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_blank_tag_cannot_poison_the_unfiltered_first_page(
+    platform: Platform, author: dict[str, Any], editor: dict[str, Any]
+) -> None:
+    await platform.published(author, editor)
+    assert (await platform.blog_a.get("/v1/blogs", params={"tag": " "})).status_code == 422
+    page = await platform.blog_b.get("/v1/blogs")
+    assert page.json()["items"], "the unfiltered first page must list the published blogs"
+
+
+async def test_a_draft_only_edit_of_a_published_blog_changes_nothing_public(
+    platform: Platform, author: dict[str, Any], editor: dict[str, Any]
+) -> None:
+    blog = await platform.published(author, editor)
+    path = f"/v1/blogs/{blog['id']}"
+    await platform.blog_a.get(path)
+    await platform.blog_a.patch(
+        f"/v1/author/blogs/{blog['id']}",
+        json={"draftText": "next version, unpublished"},
+        headers=author["headers"],
+    )
+    after = await platform.blog_b.get(path)
+    assert after.headers["x-cache"] == "HIT"  # nothing public changed, nothing was dropped
+    assert after.json()["text"] == blog["text"]

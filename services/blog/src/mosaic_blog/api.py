@@ -28,7 +28,10 @@ Description = Annotated[
 ]
 DraftText = Annotated[str, StringConstraints(max_length=50_000)]
 ImgUrl = Annotated[AnyHttpUrl, Field(max_length=2000)]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+MAX_TAG_LENGTH = 50
+Tag = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH)
+]
 Tags = Annotated[list[Tag], Field(min_length=1, max_length=10)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[str | None, Query(max_length=500)]
@@ -46,6 +49,14 @@ def _slug(value: str) -> str:
     return slug
 
 
+def _tags(value: list[str]) -> list[str]:
+    tags = normalise_tags(value)
+    # Upper-casing can lengthen a tag ("ß" -> "SS"): the limit applies to what is stored.
+    if any(len(t) > MAX_TAG_LENGTH for t in tags):
+        raise ValueError(f"a tag is at most {MAX_TAG_LENGTH} characters")
+    return tags
+
+
 class BlogCreate(Body):
     title: Title
     description: Description
@@ -55,7 +66,7 @@ class BlogCreate(Body):
     tags: Tags
 
     _check_slug = field_validator("slug")(_slug)
-    _check_tags = field_validator("tags")(normalise_tags)
+    _check_tags = field_validator("tags")(_tags)
 
 
 class BlogPatch(Body):
@@ -74,7 +85,7 @@ class BlogPatch(Body):
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else normalise_tags(value)
+        return None if value is None else _tags(value)
 
 
 async def service(request: Request) -> BlogService:
@@ -115,7 +126,7 @@ router = APIRouter(prefix="/v1")
 @router.get("/blogs", tags=["public"], summary="Published blogs, newest first")
 async def list_blogs(
     svc: Service,
-    tag: Annotated[str | None, Query(min_length=1, max_length=50)] = None,
+    tag: Annotated[str | None, Query(min_length=1, max_length=50, pattern=r"\S")] = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> Response:

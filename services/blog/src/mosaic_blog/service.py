@@ -316,7 +316,11 @@ class BlogService:
 
 
 def _public_fields_differ(before: Blog, after: Blog) -> bool:
-    return before.public_view() != after.public_view()
+    """Whether an edit changes what readers see (a draft-only edit does not)."""
+    seen_before, seen_after = before.public_view(), after.public_view()
+    seen_before.pop("updatedAt")
+    seen_after.pop("updatedAt")
+    return seen_before != seen_after
 
 
 def _event(event_type: str, blog: Blog) -> Event:

@@ -146,13 +146,6 @@ async def similar(conn: AsyncConnection, blog_id: uuid.UUID, limit: int) -> list
     return [_blog(r) for r in await conn.execute(stmt)]
 
 
-async def slug_taken(conn: AsyncConnection, slug: str, other_than: uuid.UUID | None) -> bool:
-    stmt = select(blogs.c.id).where(blogs.c.slug == slug, _live)
-    if other_than is not None:
-        stmt = stmt.where(blogs.c.id != other_than)
-    return (await conn.execute(stmt)).first() is not None
-
-
 # --- authors (read model) ---------------------------------------------------------------------
 
 
