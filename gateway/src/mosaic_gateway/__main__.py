@@ -1,0 +1,5 @@
+import sys
+
+from mosaic_gateway.cli import main
+
+sys.exit(main())

@@ -1,0 +1,239 @@
+"""Choosing an instance of a backend, and keeping broken instances out of the choice.
+
+Two policies: smooth weighted round robin (nginx's: weights spread evenly, never bursts of one
+instance) and least outstanding requests (per unit of weight, ties rotated so idle instances
+share the load). Both pick among `available` instances only: those the active health check
+considers healthy and that passive ejection has not benched. That list is recomputed when an
+instance changes state, never per request.
+
+When no instance is available the backend is in "panic" (Envoy's term): it spreads over all
+instances rather than refusing every request, since checks and ejections can be wrong all at
+once (a shared dependency blipped, a single instance restarted) and the instances are then the
+best judges. Failing fast on a backend known to be down is the circuit breaker's job.
+
+State is per worker process: each worker sees its own traffic, ejects on its own evidence and
+runs its own health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from mosaic_gateway.upstream import Pool
+from mosaic_kit.logging import get_logger
+
+_log = get_logger("mosaic_gateway.balancer")
+
+
+class Instance:
+    __slots__ = (
+        "_current",
+        "_readmit",
+        "backend",
+        "bad_checks",
+        "ejected",
+        "failures",
+        "good_checks",
+        "healthy",
+        "host",
+        "outstanding",
+        "pool",
+        "port",
+        "url",
+        "weight",
+    )
+
+    def __init__(self, backend: Backend, url: str, host: str, port: int, weight: int, pool: Pool):
+        self.backend = backend
+        self.url = url
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.pool = pool
+        self.outstanding = 0
+        self.failures = 0  # consecutive
+        self.ejected = False
+        self.healthy = True  # until a health check says otherwise
+        self.good_checks = 0
+        self.bad_checks = 0
+        self._current = 0  # smooth weighted round robin state
+        self._readmit: asyncio.TimerHandle | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.healthy and not self.ejected
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "weight": self.weight,
+            "healthy": self.healthy,
+            "ejected": self.ejected,
+            "outstanding": self.outstanding,
+            "consecutive_failures": self.failures,
+            "connections": {"open": self.pool.open, "idle": len(self.pool.idle)},
+        }
+
+
+class Backend:
+    """The instances of one service and how to pick one."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        name: str,
+        *,
+        policy: str,
+        eject_after: int,
+        eject_for: float,
+        failure_statuses: Sequence[int],
+    ) -> None:
+        self.loop = loop
+        self.name = name
+        self.policy = policy
+        self.eject_after = eject_after
+        self.eject_for = eject_for
+        self.failure_statuses = frozenset(failure_statuses)
+        self.instances: list[Instance] = []
+        self.available: list[Instance] = []
+        self.panic = False
+        self._equal_weights = True
+        self._next = 0
+        self._total_weight = 0
+        self.pick = self._pick_least_outstanding if policy == "least_outstanding" else self._pick_rr
+
+    def add_instance(self, url: str, host: str, port: int, weight: int, pool: Pool) -> Instance:
+        instance = Instance(self, url, host, port, weight, pool)
+        self.instances.append(instance)
+        self._refresh()
+        return instance
+
+    # --- picking ----------------------------------------------------------------------------
+
+    def _pick_rr(self) -> Instance | None:
+        available = self.available
+        count = len(available)
+        if count == 1:
+            chosen = available[0]
+        elif count == 0:
+            return None
+        elif self._equal_weights:
+            self._next = (self._next + 1) % count
+            chosen = available[self._next]
+        else:
+            # Smooth WRR: every instance gains its weight, the richest is chosen and pays the
+            # total. Over `total` picks each instance is chosen `weight` times, interleaved.
+            chosen = available[0]
+            best = -(1 << 62)
+            for instance in available:
+                instance._current += instance.weight
+                if instance._current > best:
+                    best = instance._current
+                    chosen = instance
+            chosen._current -= self._total_weight
+        chosen.outstanding += 1
+        return chosen
+
+    def _pick_least_outstanding(self) -> Instance | None:
+        available = self.available
+        count = len(available)
+        if count == 0:
+            return None
+        # Start the scan one further each time, so equal loads are spread, not piled on one.
+        start = self._next = (self._next + 1) % count
+        chosen = available[start]
+        best = chosen.outstanding / chosen.weight
+        for offset in range(1, count):
+            instance = available[(start + offset) % count]
+            load = instance.outstanding / instance.weight
+            if load < best:
+                best = load
+                chosen = instance
+        chosen.outstanding += 1
+        return chosen
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def succeeded(self, instance: Instance) -> None:
+        instance.outstanding -= 1
+        instance.failures = 0
+
+    def finished(self, instance: Instance) -> None:
+        """The exchange ended with no verdict on the instance (e.g. the client went away)."""
+        instance.outstanding -= 1
+
+    def failed(self, instance: Instance, reason: str) -> None:
+        instance.outstanding -= 1
+        instance.failures += 1
+        if instance.failures >= self.eject_after and not instance.ejected:
+            instance.ejected = True
+            _log.warning(
+                "instance_ejected",
+                backend=self.name,
+                instance=instance.url,
+                failures=instance.failures,
+                reason=reason,
+                seconds=self.eject_for,
+            )
+            instance._readmit = self.loop.call_later(self.eject_for, self._readmit, instance)
+            self._refresh()
+
+    def _readmit(self, instance: Instance) -> None:
+        instance._readmit = None
+        instance.ejected = False
+        instance.failures = 0
+        _log.info("instance_readmitted", backend=self.name, instance=instance.url)
+        self._refresh()
+
+    def check_result(
+        self, instance: Instance, ok: bool, *, healthy_after: int, unhealthy_after: int
+    ) -> None:
+        """Apply one active health check result, with hysteresis both ways."""
+        if ok:
+            instance.bad_checks = 0
+            instance.good_checks += 1
+            if not instance.healthy and instance.good_checks >= healthy_after:
+                instance.healthy = True
+                _log.info("instance_healthy", backend=self.name, instance=instance.url)
+                self._refresh()
+        else:
+            instance.good_checks = 0
+            instance.bad_checks += 1
+            if instance.healthy and instance.bad_checks >= unhealthy_after:
+                instance.healthy = False
+                _log.warning("instance_unhealthy", backend=self.name, instance=instance.url)
+                self._refresh()
+
+    def _refresh(self) -> None:
+        available = [instance for instance in self.instances if instance.available]
+        panic = not available and bool(self.instances)
+        if panic != self.panic:
+            self.panic = panic
+            log = _log.warning if panic else _log.info
+            log("backend_panic" if panic else "backend_recovered", backend=self.name)
+        self.available = available or list(self.instances)
+        weights = {instance.weight for instance in self.available}
+        self._equal_weights = len(weights) <= 1
+        self._total_weight = sum(instance.weight for instance in self.available)
+        for instance in self.instances:
+            instance._current = 0
+        if self.available:
+            self._next %= len(self.available)
+        else:
+            self._next = 0
+
+    def close(self) -> None:
+        for instance in self.instances:
+            if instance._readmit is not None:
+                instance._readmit.cancel()
+                instance._readmit = None
+            instance.pool.close()
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "balancing": self.policy,
+            "available": 0 if self.panic else len(self.available),
+            "panic": self.panic,
+            "instances": [instance.snapshot() for instance in self.instances],
+        }

@@ -1,0 +1,461 @@
+"""Forwarding a request to a backend instance and streaming the response back.
+
+`Proxy.handle` routes an exchange, picks an instance and starts a `Forward`, which takes a pooled
+connection, writes the request head (and body, as it arrives), and relays the response: status
+and headers re-written once, body bytes passed through (re-chunked when the upstream chunked or
+delimited by close), one client write per upstream read.
+
+Per request the gateway arms no timer: a forward joins the set of active forwards with its
+deadline, and a 100 ms ticker arms real timers only for forwards still running by then, so the
+usual sub-millisecond request never touches the timer heap. A finished forward leaves the set at
+once: holding finished requests until the next tick would age them into the garbage collector's
+older generations, which costs more than the timers saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from mosaic_gateway import problems
+from mosaic_gateway.balancer import Backend, Instance
+from mosaic_gateway.http11 import (
+    CRLF,
+    HOP_BY_HOP,
+    IDEMPOTENT_METHODS,
+    LAST_CHUNK,
+    chunk,
+    connection_tokens,
+    status_line,
+)
+from mosaic_gateway.router import Router
+from mosaic_gateway.server import Exchange
+from mosaic_gateway.upstream import (
+    CONNECT_FAILED,
+    CONNECTION_RESET,
+    UpstreamConnection,
+    UpstreamError,
+)
+from mosaic_kit.logging import get_logger
+
+# Request headers never copied upstream: hop-by-hop ones, the body framing (re-done here), the
+# ones the gateway sets itself, and `expect` (answered here).
+_REQUEST_SKIP = HOP_BY_HOP | {
+    b"content-length",
+    b"expect",
+    b"x-request-id",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+_RESPONSE_SKIP = HOP_BY_HOP | {b"x-request-id"}
+_NO_BODY_STATUSES = frozenset({204, 304})
+_TICK = 0.1
+
+_log = get_logger("mosaic_gateway.proxy")
+
+
+@dataclass(eq=False)
+class CompiledRoute:
+    """A configured route, ready for the hot path."""
+
+    template: str
+    backend: Backend
+    timeout: float
+    max_body_bytes: int
+    strip_prefix: bytes
+    add_prefix: bytes
+
+    def upstream_path(self, path: bytes) -> bytes:
+        if self.strip_prefix:
+            path = path[len(self.strip_prefix) :]
+        if self.add_prefix:
+            path = self.add_prefix + path
+        return path or b"/"
+
+
+def _has_dot_segment(path: bytes) -> bool:
+    for raw in path.split(b"/"):
+        segment = raw.replace(b"%2e", b".").replace(b"%2E", b".")
+        if segment in (b".", b".."):
+            return True
+    return False
+
+
+class Proxy:
+    """The gateway's request handler."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        router: Router[CompiledRoute],
+        *,
+        trust_forwarded: bool,
+    ) -> None:
+        self.loop = loop
+        self.router = router
+        self.trust_forwarded = trust_forwarded
+        self.active: set[Forward] = set()
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._ticker = self.loop.call_later(_TICK, self._tick)
+
+    def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        call_at = self.loop.call_at
+        for forward in self.active:
+            if forward.timer is None:
+                forward.timer = call_at(forward.deadline, forward.on_timeout)
+        self._ticker = self.loop.call_later(_TICK, self._tick)
+
+    def handle(self, exchange: Exchange) -> None:
+        path = exchange.path
+        if (b"/." in path or b"%2" in path) and _has_dot_segment(path):
+            exchange.send_problem(problems.BAD_PATH)
+            return
+        found = self.router.match(path)
+        if found is None:
+            exchange.send_problem(problems.NO_ROUTE)
+            return
+        entry = found[0]
+        route = entry.by_method.get(exchange.method)
+        if route is None:
+            exchange.send_problem(problems.METHOD_NOT_ALLOWED, ((b"allow", entry.allow),))
+            return
+        limit = route.max_body_bytes
+        if limit and (
+            (exchange.content_length is not None and exchange.content_length > limit)
+            or exchange.body_bytes > limit
+        ):
+            exchange.send_problem(problems.BODY_TOO_LARGE)
+            return
+        exchange.max_body_bytes = limit
+        instance = route.backend.pick()
+        if instance is None:
+            exchange.send_problem(problems.UNAVAILABLE)
+            return
+        forward = Forward(self, exchange, route, instance)
+        self.active.add(forward)
+        instance.pool.acquire(forward)
+
+    def request_head(
+        self, exchange: Exchange, route: CompiledRoute, instance: Instance
+    ) -> tuple[bytes, bool]:
+        """The request line and headers for the upstream; and whether the body is chunked."""
+        parts = [exchange.method, b" ", route.upstream_path(exchange.path)]
+        if exchange.query is not None:
+            parts += (b"?", exchange.query)
+        parts.append(b" HTTP/1.1\r\n")
+        forwarded_for: bytes | None = None
+        drop: set[bytes] | None = None
+        for name, value in exchange.headers:
+            if name in _REQUEST_SKIP:
+                if name == b"connection":
+                    tokens = connection_tokens(value) - {b"close", b"keep-alive"}
+                    if tokens:
+                        drop = tokens if drop is None else drop | tokens
+                elif name == b"x-forwarded-for" and self.trust_forwarded:
+                    forwarded_for = (
+                        value if forwarded_for is None else forwarded_for + b", " + value
+                    )
+                continue
+            parts += (name, b": ", value, CRLF)
+        if drop:
+            # Rare: the client named extra hop-by-hop headers in Connection; take them out.
+            parts = _without_headers(parts, drop)
+        chunked = exchange.chunked
+        if chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif exchange.content_length is not None:
+            parts.append(b"content-length: %d\r\n" % exchange.content_length)
+        if exchange.host is None:
+            parts += (b"host: ", f"{instance.host}:{instance.port}".encode("ascii"), CRLF)
+        else:
+            parts += (b"x-forwarded-host: ", exchange.host, CRLF)
+        if forwarded_for is None:
+            parts.append(exchange.conn.forwarded_tail)
+        else:
+            parts += (
+                b"x-forwarded-for: ",
+                forwarded_for,
+                b", ",
+                exchange.conn.peer,
+                b"\r\nx-forwarded-proto: http\r\nx-request-id: ",
+            )
+        parts += (exchange.request_id, b"\r\n\r\n")
+        return b"".join(parts), chunked
+
+
+def _without_headers(parts: list[bytes], drop: set[bytes]) -> list[bytes]:
+    # parts = [method, sp, target, (?, query), " HTTP/1.1\r\n", then name, ": ", value, CRLF...]
+    head_len = parts.index(b" HTTP/1.1\r\n") + 1
+    kept = parts[:head_len]
+    for index in range(head_len, len(parts), 4):
+        if parts[index] not in drop:
+            kept += parts[index : index + 4]
+    return kept
+
+
+class Forward:
+    """One request's trip to an instance and back."""
+
+    __slots__ = (
+        "body_chunked",
+        "conn",
+        "deadline",
+        "done",
+        "exchange",
+        "failure_status",
+        "head_only",
+        "instance",
+        "out",
+        "proxy",
+        "retried",
+        "reused",
+        "route",
+        "timer",
+        "to_client_chunked",
+    )
+
+    def __init__(
+        self, proxy: Proxy, exchange: Exchange, route: CompiledRoute, instance: Instance
+    ) -> None:
+        self.proxy = proxy
+        self.exchange = exchange
+        self.route = route
+        self.instance = instance
+        self.conn: UpstreamConnection | None = None
+        self.head_only = exchange.method == b"HEAD"
+        self.body_chunked = False
+        self.to_client_chunked = False
+        self.reused = False
+        self.retried = False
+        self.done = False
+        self.failure_status = False
+        self.out: list[bytes] = []
+        self.deadline = proxy.loop.time() + route.timeout
+        self.timer: asyncio.TimerHandle | None = None
+        exchange.responder = self
+        if exchange.conn.write_paused:
+            self.pause_response()
+
+    # --- PoolClient -------------------------------------------------------------------------
+
+    @property
+    def wants_connection(self) -> bool:
+        return not self.done and self.conn is None
+
+    def attach(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.bind(self)
+        exchange = self.exchange
+        head, self.body_chunked = self.proxy.request_head(exchange, self.route, self.instance)
+        if not exchange.has_body:
+            conn.request_sent = True
+            conn.send(head)
+            return
+        if exchange.body_done and exchange.sink is None:
+            # The whole body is here already (the usual small JSON body): one write.
+            body = exchange.take_body(self)
+            if self.body_chunked:
+                body = (chunk(body) if body else b"") + LAST_CHUNK
+            conn.request_sent = True
+            conn.send(head + body)
+            return
+        conn.send(head)
+        exchange.accept_body(self)
+
+    def connect_failed(self, error: UpstreamError) -> None:
+        self._fail(error)
+
+    # --- BodySink ---------------------------------------------------------------------------
+
+    def body_chunk(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.send(chunk(data) if self.body_chunked else data)
+
+    def body_end(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        if self.body_chunked:
+            conn.send(LAST_CHUNK)
+        conn.request_sent = True
+
+    # --- Responder --------------------------------------------------------------------------
+
+    def pause_response(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def resume_response(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def client_gone(self) -> None:
+        if self.done:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.abandon()
+        self._settle(None)
+
+    # --- ResponseSink -----------------------------------------------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        exchange = self.exchange
+        self.failure_status = status in self.instance.backend.failure_statuses
+        out = self.out
+        out.append(status_line(status, reason))
+        upstream_chunked = False
+        has_length = False
+        drop: set[bytes] | None = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _RESPONSE_SKIP:
+                if lower == b"transfer-encoding":
+                    upstream_chunked = value.lower().endswith(b"chunked")
+                elif lower == b"connection":
+                    tokens = connection_tokens(value) - {b"close", b"keep-alive"}
+                    if tokens:
+                        drop = tokens if drop is None else drop | tokens
+                continue
+            if lower == b"content-length":
+                has_length = True
+            out += (name, b": ", value, CRLF)
+        if drop:
+            del out[1:]
+            for name, value in headers:
+                lower = name.lower()
+                if lower not in _RESPONSE_SKIP and lower not in drop:
+                    out += (name, b": ", value, CRLF)
+        no_body = self.head_only or status in _NO_BODY_STATUSES
+        close_delimited = not no_body and not upstream_chunked and not has_length
+        if not no_body and (upstream_chunked or close_delimited):
+            if exchange.http11:
+                self.to_client_chunked = True
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                # An HTTP/1.0 client knows no chunks: the body ends when the connection does.
+                exchange.close_after = True
+        out += (b"x-request-id: ", exchange.request_id, CRLF)
+        if exchange.will_close():
+            out.append(b"connection: close\r\n")
+        out.append(CRLF)
+        exchange.head_sent = True
+        return close_delimited
+
+    def response_body(self, data: bytes) -> None:
+        self.out.append(chunk(data) if self.to_client_chunked else data)
+
+    def response_flush(self) -> None:
+        out = self.out
+        if out:
+            self.exchange.write(b"".join(out))
+            out.clear()
+
+    def response_end(self) -> None:
+        out = self.out
+        if self.to_client_chunked:
+            out.append(LAST_CHUNK)
+        if out:
+            self.exchange.conn.write(b"".join(out))
+            out.clear()
+        self.conn = None
+        self._settle(not self.failure_status)
+        self.exchange.finish()
+
+    def upstream_failed(self, error: UpstreamError, partial: bool) -> None:
+        self.conn = None
+        if self.done:
+            return
+        exchange = self.exchange
+        if (
+            error is CONNECTION_RESET
+            and self.reused
+            and not partial
+            and not self.retried
+            and not exchange.has_body
+            and exchange.method in IDEMPOTENT_METHODS
+        ):
+            # A pooled connection the instance had just closed (its keep-alive timeout raced
+            # ours): nothing was processed, so one more try on a new connection is safe.
+            self.retried = True
+            self.instance.pool.acquire(self, fresh=True)
+            return
+        self._fail(error)
+
+    def request_paused(self) -> None:
+        self.exchange.pause_body()
+
+    def request_resumed(self) -> None:
+        self.exchange.resume_body()
+
+    # --- endings ----------------------------------------------------------------------------
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        conn = self.conn
+        if self.exchange.head_sent and conn is not None:
+            # Streaming a body: the timeout bounds silence, not the whole transfer.
+            idle_until = conn.last_read + self.route.timeout
+            if idle_until > self.proxy.loop.time():
+                self.timer = self.proxy.loop.call_at(idle_until, self.on_timeout)
+                return
+        self.conn = None
+        if conn is not None:
+            conn.abandon()
+        self._fail(_TIMEOUT)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.done:
+            return
+        self._settle(False, error.name)
+        exchange = self.exchange
+        _log.warning(
+            "upstream_failed",
+            error=error.name,
+            backend=self.instance.backend.name,
+            instance=self.instance.url,
+            route=self.route.template,
+            request_id=exchange.request_id.decode("latin-1"),
+            response_started=exchange.head_sent,
+        )
+        if exchange.head_sent:
+            exchange.abort()
+        elif error.status == 504:
+            exchange.send_problem(problems.UPSTREAM_TIMEOUT)
+        elif error is CONNECT_FAILED:
+            exchange.send_problem(problems.UNAVAILABLE)
+        else:
+            exchange.send_problem(problems.BAD_GATEWAY)
+
+    def _settle(self, ok: bool | None, reason: str = "status") -> None:
+        """Account for the end of the exchange, exactly once."""
+        if self.done:
+            return
+        self.done = True
+        self.proxy.active.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        backend = self.instance.backend
+        if ok is None:
+            backend.finished(self.instance)
+        elif ok:
+            backend.succeeded(self.instance)
+        else:
+            backend.failed(self.instance, reason)
+
+
+_TIMEOUT = UpstreamError("timeout", 504)

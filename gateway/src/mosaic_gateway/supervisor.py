@@ -1,0 +1,187 @@
+"""Running N worker processes on one port.
+
+The supervisor binds one listening socket per worker (all on the same port, SO_REUSEPORT) before
+forking, so a port that cannot be bound is reported once, up front, and `port: 0` resolves to
+one real port for everyone. Worker i serves socket i. The supervisor keeps its copies of the
+sockets while running: if a worker dies, connections the kernel queued on its socket wait for
+the replacement instead of being refused. On SIGTERM/SIGINT it closes its copies (so the
+workers' closing really stops the listening), forwards the signal, and waits for the workers to
+drain; stragglers are killed after the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+
+from mosaic_gateway.config import GatewayConfig
+from mosaic_gateway.worker import bind_socket, run_worker
+from mosaic_kit.logging import get_logger
+
+_log = get_logger("mosaic_gateway.supervisor")
+
+_RESPAWN_DELAY = 0.5
+_QUICK_DEATH = 2.0  # a worker dying sooner than this after start is "crash looping"
+_MAX_QUICK_DEATHS = 5
+
+
+def bind_all(config: GatewayConfig, count: int) -> tuple[list[socket.socket], list[socket.socket]]:
+    """`count` sockets on the proxy port and as many on the admin port (if configured)."""
+    server = config.server
+    socks: list[socket.socket] = []
+    admin: list[socket.socket] = []
+    try:
+        port = server.port
+        for _ in range(count):
+            sock = bind_socket(server.listen, port)
+            port = sock.getsockname()[1]
+            socks.append(sock)
+        if server.admin is not None:
+            port = server.admin.port
+            for _ in range(count):
+                sock = bind_socket(server.admin.listen, port)
+                port = sock.getsockname()[1]
+                admin.append(sock)
+    except BaseException:
+        for sock in socks + admin:
+            sock.close()
+        raise
+    return socks, admin
+
+
+def serve(config: GatewayConfig, workers: int) -> int:
+    """Serve with `workers` processes (in this process when 1); returns the exit code."""
+    try:
+        socks, admin = bind_all(config, workers)
+    except OSError as exc:
+        _log.error(
+            "bind_failed", host=config.server.listen, port=config.server.port, error=str(exc)
+        )
+        return 2
+    _log.info(
+        "gateway_listening",
+        host=config.server.listen,
+        port=socks[0].getsockname()[1],
+        admin_port=admin[0].getsockname()[1] if admin else None,
+        workers=workers,
+    )
+    if workers == 1:
+        return run_worker(config, socks[0], admin[0] if admin else None)
+    return _Supervisor(config, socks, admin).run()
+
+
+class _Supervisor:
+    def __init__(
+        self, config: GatewayConfig, socks: list[socket.socket], admin: list[socket.socket]
+    ) -> None:
+        self.config = config
+        self.socks = socks
+        self.admin = admin
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
+        self.stopping = False
+        self.stop_signal: int | None = None  # set by the signal handler, acted on by _watch
+        self.quick_deaths = 0
+        self.exit_code = 0
+
+    def run(self) -> int:
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for index in range(len(self.socks)):
+                self._spawn(index)
+            self._watch()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._close_sockets()
+        return self.exit_code
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only note it: logging or signalling from inside a handler can deadlock on a lock
+        # the interrupted code holds.
+        self.stop_signal = signum
+
+    def _stop(self, signum: int) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        _log.info("gateway_stopping", signal=signal.Signals(signum).name)
+        self._close_sockets()
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _close_sockets(self) -> None:
+        for sock in self.socks + self.admin:
+            sock.close()
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(signum, signal.SIG_DFL)
+                for other, sock in enumerate(self.socks):
+                    if other != index:
+                        sock.close()
+                for other, sock in enumerate(self.admin):
+                    if other != index:
+                        sock.close()
+                code = run_worker(
+                    self.config, self.socks[index], self.admin[index] if self.admin else None
+                )
+            except BaseException:
+                _log.exception("worker_crashed", worker=index)
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = (index, time.monotonic())
+        _log.info("worker_spawned", worker=index, pid=pid)
+
+    def _watch(self) -> None:
+        deadline: float | None = None
+        while self.children:
+            if self.stop_signal is not None and not self.stopping:
+                self._stop(self.stop_signal)
+            if self.stopping and deadline is None:
+                deadline = time.monotonic() + self.config.server.timeouts.shutdown_grace + 5.0
+            if deadline is not None and time.monotonic() > deadline:
+                for pid in list(self.children):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 3600
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.1)
+                continue
+            index, started = self.children.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                _log.info("worker_exited", worker=index, pid=pid, code=code)
+                continue
+            _log.error("worker_died", worker=index, pid=pid, code=code)
+            if time.monotonic() - started < _QUICK_DEATH:
+                self.quick_deaths += 1
+            else:
+                self.quick_deaths = 0
+            if self.quick_deaths >= _MAX_QUICK_DEATHS:
+                _log.error("workers_crash_looping", deaths=self.quick_deaths)
+                self.exit_code = 1
+                self._stop(signal.SIGTERM)
+                continue
+            time.sleep(_RESPAWN_DELAY)
+            if not self.stopping:
+                self._spawn(index)

@@ -1,0 +1,399 @@
+"""Keep-alive HTTP/1.1 connections to backend instances, pooled per instance.
+
+A connection carries one exchange at a time (no pipelining upstream: a slow response would hold
+up the ones behind it). It returns to its pool only after a complete response to a completely
+sent request, and only if neither side asked to close; anything else closes it, so a connection
+in the pool is always at a message boundary.
+
+The response is parsed with httptools and handed to a `ResponseSink` (the proxy) piece by piece;
+the sink batches what one read produced into one write to the client (`response_flush`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import Protocol, cast
+
+import httptools
+
+
+class UpstreamError:
+    """Why an exchange with an instance failed; `status` is what the client is told."""
+
+    __slots__ = ("name", "status")
+
+    def __init__(self, name: str, status: int) -> None:
+        self.name = name
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"UpstreamError({self.name})"
+
+
+CONNECT_FAILED = UpstreamError("connect_failed", 503)  # refused, unreachable: the instance is down
+CONNECT_TIMEOUT = UpstreamError("connect_timeout", 504)
+CONNECTION_RESET = UpstreamError("connection_reset", 502)  # closed before a complete response
+BAD_RESPONSE = UpstreamError("bad_response", 502)  # not parseable as HTTP/1.1
+
+
+class ResponseSink(Protocol):
+    """The receiving end of one upstream exchange."""
+
+    head_only: bool  # a response to HEAD: no body follows, whatever its headers say
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Status and headers arrived. Returns True if the body is delimited by the connection
+        closing (no Content-Length, not chunked), so the connection's end completes it."""
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_flush(self) -> None:
+        """Everything one read produced has been delivered; a good moment to write it out."""
+
+    def response_end(self) -> None:
+        """The response is complete (the connection is back in the pool, or closed)."""
+
+    def upstream_failed(self, error: UpstreamError, partial: bool) -> None:
+        """The connection broke. `partial`: some response bytes had arrived before."""
+
+    def request_paused(self) -> None:
+        """The instance is not reading the request body as fast as it is sent."""
+
+    def request_resumed(self) -> None: ...
+
+
+class PoolClient(Protocol):
+    """Someone waiting for a connection from a pool."""
+
+    @property
+    def wants_connection(self) -> bool: ...
+
+    def attach(self, conn: UpstreamConnection, reused: bool) -> None: ...
+
+    def connect_failed(self, error: UpstreamError) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_close_delimited",
+        "_head_done",
+        "_head_only_done",
+        "_headers",
+        "_informational",
+        "_now",
+        "_reason",
+        "_tainted",
+        "closed",
+        "idle_since",
+        "last_read",
+        "parser",
+        "pool",
+        "received",
+        "request_sent",
+        "sink",
+        "transport",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self._now = pool.loop.time
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sink: ResponseSink | None = None
+        self.closed = False
+        self.idle_since = 0.0  # non-zero exactly while the connection sits in its pool's idle stack
+        self.last_read = 0.0
+        self.received = False
+        self.request_sent = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._head_done = False
+        self._head_only_done = False
+        self._informational = False
+        self._close_delimited = False
+        self._tainted = False
+
+    # --- use by the proxy -------------------------------------------------------------------
+
+    def bind(self, sink: ResponseSink) -> None:
+        """Start an exchange on this (idle) connection."""
+        self.sink = sink
+        self.received = False
+        self.request_sent = False
+        self._head_done = False
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def abandon(self) -> None:
+        """Drop the exchange in progress: the connection is in an unknown state, so close it."""
+        self.sink = None
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            # Bytes outside an exchange: the instance broke the protocol; never reuse this.
+            self.close()
+            return
+        self.received = True
+        self.last_read = self._now()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(BAD_RESPONSE)
+            return
+        if self._head_only_done:
+            self._finish_head_only()
+        elif self.sink is not None:
+            self.sink.response_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        sink = self.sink
+        self.sink = None
+        if sink is None:
+            return
+        if self._head_done and self._close_delimited:
+            sink.response_end()
+            return
+        sink.upstream_failed(CONNECTION_RESET, self.received)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.request_paused()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.request_resumed()
+
+    # --- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._head_done:
+            self._headers.append((name, value))
+        # else: a trailer after a chunked body; dropped like the other hop-by-hop framing.
+
+    def on_headers_complete(self) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            # 100/103 interim responses: the gateway handles Expect itself, hints are dropped.
+            self._informational = True
+            return
+        self._head_done = True
+        self._close_delimited = sink.response_head(status, self._reason, self._headers)
+        if sink.head_only:
+            # llhttp would wait for the body announced by Content-Length; there is none.
+            self._head_only_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._informational:
+            return
+        if self._head_only_done:
+            self._tainted = True  # a body after a HEAD response: the stream is out of step
+            return
+        sink = self.sink
+        if sink is not None:
+            sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._head_only_done:
+            return
+        self._complete(self.parser.should_keep_alive())
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _finish_head_only(self) -> None:
+        self._head_only_done = False
+        self.parser = httptools.HttpResponseParser(self)
+        self._complete(not self._tainted)
+
+    def _complete(self, keep_alive: bool) -> None:
+        sink = self.sink
+        self.sink = None
+        if keep_alive and self.request_sent and not self.closed and not self._close_delimited:
+            self.pool.release(self)
+        else:
+            self.close()
+        if sink is not None:
+            sink.response_end()
+
+    def _fail(self, error: UpstreamError) -> None:
+        sink = self.sink
+        self.sink = None
+        self.close()
+        if sink is not None:
+            sink.upstream_failed(error, self.received)
+
+
+class Pool:
+    """Connections to one instance: idle ones on a stack, a bound on how many are open, and a
+    queue of clients waiting when all are busy.
+
+    The stack is last-in-first-out so the busiest few connections stay warm and the rest age
+    out through `sweep`, which closes connections idle longer than `idle_timeout`.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        idle_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.open = 0  # connected or connecting
+        self.waiters: deque[PoolClient] = deque()
+        self.closed = False
+        self._connecting: set[asyncio.Task[None]] = set()
+
+    def acquire(self, client: PoolClient, *, fresh: bool = False) -> None:
+        """Give `client` a connection now, or when one is opened or freed.
+
+        `fresh` skips idle connections: for a retry after a reused one turned out stale."""
+        if not fresh:
+            idle = self.idle
+            while idle:
+                conn = idle.pop()
+                conn.idle_since = 0.0
+                if not conn.closed:
+                    client.attach(conn, True)
+                    return
+        if self.open < self.max_connections:
+            self._open_for(client)
+        else:
+            self.waiters.append(client)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """A connection finished an exchange cleanly and can carry another."""
+        if self.closed:
+            conn.close()
+            return
+        waiters = self.waiters
+        while waiters:
+            client = waiters.popleft()
+            if client.wants_connection:
+                client.attach(conn, True)
+                return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """A connection closed (either side)."""
+        self.open -= 1
+        if conn.idle_since and conn in self.idle:
+            self.idle.remove(conn)
+        self._serve_waiters()
+
+    def sweep(self, now: float) -> None:
+        idle = self.idle
+        expired = 0
+        while expired < len(idle) and now - idle[expired].idle_since > self.idle_timeout:
+            expired += 1
+        if expired:
+            stale = idle[:expired]
+            del idle[:expired]
+            for conn in stale:
+                conn.idle_since = 0.0
+                conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        idle = self.idle
+        self.idle = []
+        for conn in idle:
+            conn.idle_since = 0.0
+            conn.close()
+        for task in list(self._connecting):
+            task.cancel()
+
+    def _serve_waiters(self) -> None:
+        while self.waiters and self.open < self.max_connections:
+            client = self.waiters.popleft()
+            if client.wants_connection:
+                self._open_for(client)
+
+    def _open_for(self, client: PoolClient) -> None:
+        self.open += 1
+        task = self.loop.create_task(self._open(client))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _open(self, client: PoolClient) -> None:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port
+                )
+        except TimeoutError:
+            self._open_failed(client, CONNECT_TIMEOUT)
+            return
+        except OSError:
+            self._open_failed(client, CONNECT_FAILED)
+            return
+        except asyncio.CancelledError:
+            self.open -= 1
+            raise
+        if self.closed:
+            conn.close()
+            return
+        if client.wants_connection:
+            client.attach(conn, False)
+        else:
+            self.release(conn)
+
+    def _open_failed(self, client: PoolClient, error: UpstreamError) -> None:
+        self.open -= 1
+        if client.wants_connection:
+            client.connect_failed(error)
+        # Waiters queued behind a full pool get their own attempt (and their own error).
+        self._serve_waiters()

@@ -1,0 +1,124 @@
+"""One gateway worker: an event loop (uvloop) serving the proxy and the admin endpoints.
+
+Several workers share a port through SO_REUSEPORT (the kernel spreads connections between
+them); each has its own router, pools and balancing state. SIGTERM or SIGINT drains: the
+listeners close, idle keep-alive connections close, requests in flight finish (within
+`server.timeouts.shutdown_grace`), then the pools close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+
+import uvloop
+
+from mosaic_gateway.admin import AdminHandler
+from mosaic_gateway.config import GatewayConfig
+from mosaic_gateway.proxy import Proxy
+from mosaic_gateway.runtime import Runtime, build_runtime
+from mosaic_gateway.server import Server, ServerLimits
+from mosaic_kit.logging import bind_context, get_logger
+
+_log = get_logger("mosaic_gateway.worker")
+
+
+def bind_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket that other processes may bind too (SO_REUSEPORT)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Worker:
+    def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.runtime: Runtime = build_runtime(config, loop)
+        timeouts = config.server.timeouts
+        limits = ServerLimits(
+            max_body_bytes=config.server.limits.max_body_bytes,
+            max_header_bytes=config.server.limits.max_header_bytes,
+            keep_alive=timeouts.keep_alive,
+            header_timeout=timeouts.header,
+        )
+        self.server = Server(loop, limits)
+        self.admin_server = Server(loop, limits, self.server.request_ids)
+        self.proxy = Proxy(
+            loop, self.runtime.router, trust_forwarded=config.server.trust_forwarded_headers
+        )
+        self.admin = AdminHandler(lambda: self.runtime, lambda: self.server.draining)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, sock: socket.socket, admin_sock: socket.socket | None) -> None:
+        self.runtime.start()
+        self.proxy.start()
+        await self.server.listen(sock, self.proxy)
+        if admin_sock is not None:
+            await self.admin_server.listen(admin_sock, self.admin)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        self.runtime.sweep(self.loop.time())
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    async def stop(self) -> None:
+        grace = self.config.server.timeouts.shutdown_grace
+        # The admin port keeps answering (readyz: 503) while the proxy drains.
+        await self.server.shutdown(grace)
+        await self.admin_server.shutdown(0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.proxy.stop()
+        await self.runtime.close()
+
+
+async def _serve(
+    config: GatewayConfig, sock: socket.socket, admin_sock: socket.socket | None
+) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    worker = Worker(config, loop)
+    await worker.start(sock, admin_sock)
+    _log.info(
+        "worker_started",
+        port=sock.getsockname()[1],
+        admin_port=admin_sock.getsockname()[1] if admin_sock else None,
+        routes=len(config.routes),
+        backends=len(config.backends),
+    )
+    await stop.wait()
+    _log.info("worker_draining")
+    await worker.stop()
+    _log.info("worker_stopped")
+    return 0
+
+
+def run_worker(config: GatewayConfig, sock: socket.socket, admin_sock: socket.socket | None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    # Every line this process logs says which worker wrote it.
+    bind_context(worker_pid=os.getpid())
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(config, sock, admin_sock))
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -1,0 +1,298 @@
+"""A real HTTP backend for the gateway's tests, run as its own process.
+
+`python backend_app.py --port P --name N [--mode echo|close|garbage|fast]`
+
+echo (default): uvicorn with the h11 parser (an HTTP implementation independent of the
+gateway's httptools) serving a raw ASGI app that answers every path with JSON describing the
+request it received: instance name, method, path, query, headers, body and the client's
+address. Request headers steer it:
+
+  x-test-sleep: S            wait S seconds before answering
+  x-test-status: N           answer with status N...
+  x-test-body: TEXT          ...and this body (content-type from x-test-content-type)
+  x-test-size: N             answer N bytes of body (content-length)
+  x-test-chunks: N           answer N chunks (no content-length: chunked) of x-test-chunk-size
+  x-test-die-midway: 1       send the head and part of the body, then break the connection
+  x-test-digest: 1           answer the body's length and sha256 instead of echoing it
+  x-test-early: 1            answer as soon as the first body bytes arrive (reads no more)
+  x-test-response-header: N: V   add this header to the response
+
+
+and a few paths control it: `/__stats` (connections seen, requests served), `/__reset`,
+`/__health?ok=0|1` (what `/readyz` answers), `/readyz`, `/__fail?status=N` (answer every other
+request with N until `/__fail?status=0`).
+
+close: reads a request head, then closes the connection without answering.
+garbage: answers every request with bytes that are not HTTP.
+fast: a minimal uvloop+httptools keep-alive responder (fixed small body) for throughput runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+from typing import Any
+
+state: dict[str, Any] = {
+    "clients": set(),
+    "requests": 0,
+    "healthy": True,
+    "name": "backend",
+    "fail": 0,
+}
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _send_json(send: Any, status: int, document: Any) -> None:
+    body = json.dumps(document).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"x-backend", state["name"].encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    query = scope["query_string"].decode()
+    if path == "/__stats":
+        await _send_json(
+            send, 200, {"connections": len(state["clients"]), "requests": state["requests"]}
+        )
+        return
+    if path == "/__reset":
+        state["clients"] = set()
+        state["requests"] = 0
+        await _send_json(send, 200, {"ok": True})
+        return
+    if path == "/__health":
+        state["healthy"] = query != "ok=0"
+        await _send_json(send, 200, {"healthy": state["healthy"]})
+        return
+    if path == "/__fail":
+        state["fail"] = int(query.partition("=")[2] or 0)
+        await _send_json(send, 200, {"fail": state["fail"]})
+        return
+    if path == "/readyz":
+        await _send_json(send, 200 if state["healthy"] else 503, {"ready": state["healthy"]})
+        return
+
+    state["requests"] += 1
+    state["clients"].add(tuple(scope["client"]))
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    control = {k: v for k, v in headers if k.startswith("x-test-")}
+    if state["fail"]:
+        await _read_body(receive)
+        await _send_json(send, state["fail"], {"failing": state["name"]})
+        return
+    if "x-test-early" in control:
+        first = await receive()
+        await _send_json(send, 200, {"first_chunk": first.get("body", b"").decode("latin-1")})
+        return
+    body = await _read_body(receive)
+    extra: list[tuple[bytes, bytes]] = []
+    if "x-test-response-header" in control:
+        name, _, value = control["x-test-response-header"].partition(":")
+        extra.append((name.strip().encode(), value.strip().encode()))
+    if "x-test-digest" in control:
+        await _send_json(
+            send, 200, {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        )
+        return
+    if "x-test-sleep" in control:
+        await asyncio.sleep(float(control["x-test-sleep"]))
+    if "x-test-status" in control:
+        payload = control.get("x-test-body", "").encode()
+        content_type = control.get("x-test-content-type", "text/plain").encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": int(control["x-test-status"]),
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"x-backend", state["name"].encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+        return
+    if "x-test-size" in control:
+        size = int(control["x-test-size"])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"content-length", str(size).encode()),
+                ],
+            }
+        )
+        block = bytes(range(256)) * 256
+        sent = 0
+        while sent < size:
+            piece = block[: min(len(block), size - sent)]
+            sent += len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
+        return
+    if "x-test-chunks" in control:
+        count = int(control["x-test-chunks"])
+        size = int(control.get("x-test-chunk-size", "10"))
+        delay = float(control.get("x-test-chunk-delay", "0"))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        for index in range(count):
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": (b"%d:" % index).ljust(size, b"x"),
+                    "more_body": True,
+                }
+            )
+            if delay:
+                await asyncio.sleep(delay)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if "x-test-die-midway" in control:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"1000")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"x" * 100, "more_body": True})
+        raise RuntimeError("dying midway, as asked")
+    await _send_json(
+        send,
+        200,
+        {
+            "instance": state["name"],
+            "method": scope["method"],
+            "path": path,
+            "raw_path": scope.get("raw_path", b"").decode("latin-1"),
+            "query": query,
+            "headers": headers,
+            "body": body.decode("latin-1"),
+            "body_length": len(body),
+            "client": list(scope["client"]),
+        },
+    )
+
+
+async def _raw_server(port: int, mode: str) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head:
+                    break
+                if mode == "close":
+                    break
+                writer.write(b"this is not HTTP at all\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+def _fast(port: int) -> None:
+    import httptools
+    import uvloop
+
+    body = b'{"ok":true}'
+    response = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+        % (len(body), body)
+    )
+
+    class Fast(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            self.transport.write(response)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Fast, "127.0.0.1", port, backlog=2048)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="backend")
+    parser.add_argument("--mode", default="echo", choices=("echo", "close", "garbage", "fast"))
+    args = parser.parse_args()
+    state["name"] = args.name
+    if args.mode in ("close", "garbage"):
+        asyncio.run(_raw_server(args.port, args.mode))
+        return
+    if args.mode == "fast":
+        _fast(args.port)
+        return
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        http="h11",
+        loop="asyncio",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        # The gateway's X-Forwarded-For must not replace the real peer: tests count connections.
+        proxy_headers=False,
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,283 @@
+"""Helpers for the gateway's tests: real backend processes (backend_app.py), real gateway processes
+(the CLI), and a raw HTTP/1.1 connection for what httpx hides (pipelining, framing, reuse)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+BACKEND_APP = Path(__file__).parent / "backend_app.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}):\n{log.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened:\n{log.read_text()}")
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
+    handle = log.open("wb")
+    proc = subprocess.Popen(
+        args, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    handle.close()
+    return Process(proc, log)
+
+
+@dataclass
+class Backend:
+    name: str
+    port: int
+    mode: str
+    process: Process
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/__stats").json()  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        httpx.get(f"{self.url}/__reset")
+
+    def set_healthy(self, ok: bool) -> None:
+        httpx.get(f"{self.url}/__health", params={"ok": "1" if ok else "0"})
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def restart(self) -> None:
+        self.process.kill()
+        self.process = _spawn(self.process.proc.args, self.process.log)  # type: ignore[arg-type]
+        wait_for_port(self.port, self.process.proc, self.process.log)
+
+
+class BackendFactory:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[Backend] = []
+
+    def __call__(self, name: str, mode: str = "echo", port: int | None = None) -> Backend:
+        port = port or free_port()
+        log = self.directory / f"backend-{name}-{port}.log"
+        process = _spawn(
+            [sys.executable, str(BACKEND_APP), "--port", str(port), "--name", name, "--mode", mode],
+            log,
+        )
+        wait_for_port(port, process.proc, log)
+        backend = Backend(name, port, mode, process)
+        self.started.append(backend)
+        return backend
+
+    def close(self) -> None:
+        for backend in self.started:
+            backend.kill()
+
+
+@dataclass
+class Gateway:
+    port: int
+    admin_port: int
+    process: Process
+    config_path: Path
+    clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(base_url=self.url, timeout=kwargs.pop("timeout", 15), **kwargs)
+        self.clients.append(client)
+        return client
+
+    def admin(self, path: str) -> Any:
+        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}").json()
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+def gateway_config(
+    backends: dict[str, Any], routes: list[dict[str, Any]], **server: Any
+) -> dict[str, Any]:
+    return {"server": server, "backends": backends, "routes": routes}
+
+
+class GatewayFactory:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[Gateway] = []
+        self._count = 0
+
+    def __call__(self, config: dict[str, Any], workers: int = 1) -> Gateway:
+        self._count += 1
+        config = dict(config)
+        server = dict(config.get("server") or {})
+        server.setdefault("listen", "127.0.0.1")
+        server.setdefault("port", free_port())
+        server.setdefault("admin", {"port": free_port()})
+        server.setdefault("workers", workers)
+        config["server"] = server
+        path = self.directory / f"gateway-{self._count}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log = self.directory / f"gateway-{self._count}.log"
+        process = _spawn(
+            [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path)],
+            log,
+            env={"LOG_FORMAT": "json"},
+        )
+        gateway = Gateway(server["port"], server["admin"]["port"], process, path)
+        self.started.append(gateway)
+        wait_for_port(gateway.admin_port, process.proc, log)
+        wait_for_port(gateway.port, process.proc, log)
+        return gateway
+
+    async def close(self) -> None:
+        for gateway in self.started:
+            await gateway.close_clients()
+            gateway.process.stop()
+
+
+# --- raw HTTP/1.1 over a socket, for what httpx hides (pipelining, framing, connections) -------
+
+
+class RawConnection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_response(self, timeout: float = 10) -> RawResponse:
+        """Read one response; de-chunks a chunked body and remembers that it was chunked."""
+        async with asyncio.timeout(timeout):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = []
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers.append((name.strip().lower(), value.strip()))
+            response = RawResponse(status, headers, b"", chunked=False)
+            if status in (204, 304) or 100 <= status < 200:
+                return response
+            if response.header("transfer-encoding") == "chunked":
+                response.chunked = True
+                body = bytearray()
+                while True:
+                    size_line = await self.reader.readuntil(b"\r\n")
+                    size = int(size_line.strip(), 16)
+                    if size == 0:
+                        await self.reader.readuntil(b"\r\n")
+                        break
+                    body += await self.reader.readexactly(size)
+                    await self.reader.readexactly(2)
+                response.body = bytes(body)
+            elif response.header("content-length") is not None:
+                response.body = await self.reader.readexactly(
+                    int(response.header("content-length"))
+                )
+            else:
+                response.body = await self.reader.read()
+            return response
+
+    async def closed_by_peer(self, timeout: float = 5) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(1) == b""
+        except ConnectionError:
+            return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    chunked: bool
+
+    def header(self, name: str) -> Any:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(interval)
+    assert check(), "condition not reached in time"
