@@ -890,4 +890,8 @@ def write_results(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process started here was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -213,7 +213,8 @@ async def test_killing_an_instance_under_steady_traffic(
     )
     clients = [gateway.client() for _ in range(8)]
     stop_at = time.monotonic() + 3.0
-    killed_at = time.monotonic() + 1.0
+    kill_at = time.monotonic() + 1.0
+    killed: list[float] = []
     outcomes: list[tuple[float, int]] = []
 
     async def traffic(client: httpx.AsyncClient) -> None:
@@ -225,16 +226,19 @@ async def test_killing_an_instance_under_steady_traffic(
             outcomes.append((time.monotonic(), status))
 
     async def killer() -> None:
-        await asyncio.sleep(killed_at - time.monotonic())
+        await asyncio.sleep(kill_at - time.monotonic())
         b.kill()
+        killed.append(time.monotonic())
 
     await asyncio.gather(killer(), *(traffic(c) for c in clients))
     failures = [(t, s) for t, s in outcomes if s != 200]
     print(f"killed one of two instances: {len(failures)} failed of {len(outcomes)} requests")
-    ok_after = [s for t, s in outcomes if t > killed_at + 0.5]
+    ok_after = [s for t, s in outcomes if t > killed[0] + 0.5]
     # In flight on b (at most one per client) plus the ejection threshold.
     assert len(failures) <= 8 + 3, failures
-    assert all(status in (502, 503) for _, status in failures)
+    # 502/503 problems, or (0) a connection cut because the head had already been relayed when
+    # the instance died mid-response: a started response cannot become an error status.
+    assert all(status in (0, 502, 503) for _, status in failures)
     # Half a second after the kill, nothing fails any more.
     assert ok_after
     assert all(status == 200 for status in ok_after)

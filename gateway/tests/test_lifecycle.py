@@ -136,6 +136,17 @@ async def test_a_request_head_that_never_completes_gets_a_408(
     await conn.close()
 
 
+async def test_a_connection_that_never_sends_a_request_is_closed(
+    backends: BackendFactory, gateways: GatewayFactory
+) -> None:
+    echo = backends("echo")
+    gateway = gateways(echo_config(echo.url, timeouts={"header": "1s", "keep_alive": "60s"}))
+    conn = await RawConnection.open(gateway.port)
+    # Held to the head's timeout (1 s), not to the keep-alive timeout (60 s).
+    assert await conn.closed_by_peer(timeout=4)
+    await conn.close()
+
+
 async def test_bind_failure_is_reported_and_exits(
     gateways: GatewayFactory, backends: BackendFactory
 ) -> None:

@@ -228,3 +228,54 @@ async def test_http10_client_gets_a_close_delimited_body(gateway: Gateway) -> No
     assert not response.chunked
     assert response.body == b"".join((b"%d:" % i).ljust(10, b"x") for i in range(3))
     await conn.close()
+
+
+async def test_a_pipelined_request_refused_while_waiting_is_answered_in_its_turn(
+    echo: Backend, gateways: GatewayFactory
+) -> None:
+    gateway = gateways(
+        gateway_config(
+            {"echo": {"instances": [echo.url]}},
+            [{"path": "/*", "methods": ["GET", "POST"], "backend": "echo"}],
+            limits={"max_body_bytes": 100},
+        )
+    )
+    conn = await RawConnection.open(gateway.port)
+    # The POST's body crosses the limit while the slow GET before it is still being answered.
+    await conn.send(
+        b"GET /first HTTP/1.1\r\nhost: x\r\nx-test-sleep: 0.5\r\n\r\n"
+        b"POST /second HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"c8\r\n" + b"z" * 200 + b"\r\n0\r\n\r\n"
+        b"GET /third HTTP/1.1\r\nhost: x\r\n\r\n"
+    )
+    first, second, third = [await conn.read_response() for _ in range(3)]
+    assert first.status == 200
+    assert first.json()["path"] == "/first"
+    assert second.status == 413
+    assert second.json()["instance"] == "/second"
+    # The refused body was read to its end, so the connection stays in step.
+    assert third.json()["path"] == "/third"
+    await conn.close()
+
+
+async def test_a_slow_reader_holds_back_the_upstream_and_the_connection_is_reused(
+    echo: Backend, gateways: GatewayFactory
+) -> None:
+    gateway = gateways(
+        gateway_config(
+            {"echo": {"instances": [echo.url], "pool": {"max_connections": 1}}},
+            [{"path": "/*", "methods": ["GET"], "backend": "echo", "timeout": "5s"}],
+        )
+    )
+    size = 32 * 1024 * 1024
+    conn = await RawConnection.open(gateway.port)
+    await conn.send(b"GET /big HTTP/1.1\r\nhost: x\r\nx-test-size: %d\r\n\r\n" % size)
+    await asyncio.sleep(1.5)  # not reading: the gateway must stop reading the instance too
+    response = await conn.read_response(timeout=30)
+    assert len(response.body) == size
+    # The single pooled connection was handed back usable (not left paused): these pass
+    # through it well within the route's timeout.
+    for index in range(3):
+        await conn.send(b"GET /after/%d HTTP/1.1\r\nhost: x\r\n\r\n" % index)
+        assert (await conn.read_response(timeout=5)).json()["path"] == f"/after/{index}"
+    await conn.close()

@@ -51,13 +51,12 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {token.strip().lower() for token in value.split(b",") if token.strip()}
 
 
-def status_line(status: int, reason: bytes) -> bytes:
-    """The response's status line; the upstream's reason phrase is kept as sent."""
-    if not reason:
-        known = STATUS_LINES.get(status)
-        if known is not None:
-            return known
-    return b"HTTP/1.1 %d %b\r\n" % (status, reason)
+def status_line(status: int) -> bytes:
+    """The status line with the standard reason phrase (an unknown status gets none)."""
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
 
 
 class RequestIds:

@@ -255,6 +255,8 @@ class Forward:
         self.reused = reused
         conn.bind(self)
         exchange = self.exchange
+        if exchange.conn.write_paused:
+            conn.pause_reading()  # the client stopped reading before this connection came
         head, self.body_chunked = self.proxy.request_head(exchange, self.route, self.instance)
         if not exchange.has_body:
             conn.request_sent = True
@@ -310,11 +312,11 @@ class Forward:
 
     # --- ResponseSink -----------------------------------------------------------------------
 
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         exchange = self.exchange
         self.failure_status = status in self.instance.backend.failure_statuses
         out = self.out
-        out.append(status_line(status, reason))
+        out.append(status_line(status))
         upstream_chunked = False
         has_length = False
         drop: set[bytes] | None = None

@@ -110,6 +110,7 @@ class Exchange:
         "method",
         "path",
         "query",
+        "rejected",
         "request_id",
         "responder",
         "sink",
@@ -148,6 +149,9 @@ class Exchange:
         self.head_sent = False
         self.finished = False
         self.close_after = False
+        # A problem found while the exchange waited behind another (pipelined): it is answered
+        # when its turn comes, never ahead of the responses before it.
+        self.rejected: GatewayProblem | None = None
 
     # --- request body -----------------------------------------------------------------------
 
@@ -197,6 +201,12 @@ class Exchange:
             self.sink.body_end()
 
     def _body_too_large(self) -> None:
+        queue = self.conn.queue
+        if queue and queue[0] is not self:
+            self.rejected = problems.BODY_TOO_LARGE
+            self.body_chunks = []
+            self.finished_body_early()
+            return
         # A chunked body can only be measured as it streams; part of it may be upstream already.
         responder = self.responder
         self.responder = None
@@ -207,6 +217,11 @@ class Exchange:
             self.abort()
         else:
             self.send_problem(problems.BODY_TOO_LARGE)
+
+    def finished_body_early(self) -> None:
+        """Nothing more of this body is wanted: later chunks are dropped, not buffered."""
+        self.max_body_bytes = 0
+        self.sink = _DISCARD
 
     def pause_body(self) -> None:
         """The body's consumer cannot keep up: stop reading from the client."""
@@ -312,6 +327,7 @@ class ClientConnection(asyncio.Protocol):
         "parser",
         "peer",
         "queue",
+        "seen_request",
         "server",
         "transport",
         "write_paused",
@@ -330,6 +346,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self.in_message = False
+        self.seen_request = False
         self.last_activity = 0.0
         self._paused = 0
         self._incoming: Exchange | None = None
@@ -408,6 +425,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.seen_request = True
         self.last_activity = self.server.loop.time()
         self._url = b""
         self._headers = []
@@ -496,6 +514,9 @@ class ClientConnection(asyncio.Protocol):
     # --- internals --------------------------------------------------------------------------
 
     def _dispatch(self, exchange: Exchange) -> None:
+        if exchange.rejected is not None:
+            exchange.send_problem(exchange.rejected)
+            return
         try:
             self.handler.handle(exchange)
         except Exception:
@@ -570,7 +591,9 @@ class ClientConnection(asyncio.Protocol):
     def sweep(self, now: float) -> None:
         limits = self.server.limits
         if self.idle:
-            if now - self.last_activity > limits.keep_alive:
+            # A connection that never sent a request gets the head's timeout, not keep-alive's.
+            limit = limits.keep_alive if self.seen_request else limits.header_timeout
+            if now - self.last_activity > limit:
                 self.close()
         elif (
             self.in_message
@@ -587,6 +610,19 @@ class ClientConnection(asyncio.Protocol):
 
 class _Rejected(Exception):  # noqa: N818 - control flow out of a parser callback
     pass
+
+
+class _Discard:
+    """A body sink that drops what it is given."""
+
+    def body_chunk(self, data: bytes) -> None:
+        pass
+
+    def body_end(self) -> None:
+        pass
+
+
+_DISCARD = _Discard()
 
 
 class Server:

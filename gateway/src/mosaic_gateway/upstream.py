@@ -43,7 +43,7 @@ class ResponseSink(Protocol):
 
     head_only: bool  # a response to HEAD: no body follows, whatever its headers say
 
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """Status and headers arrived. Returns True if the body is delimited by the connection
         closing (no Content-Length, not chunked), so the connection's end completes it."""
 
@@ -83,7 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_informational",
         "_now",
-        "_reason",
+        "_paused",
         "_tainted",
         "closed",
         "idle_since",
@@ -108,12 +108,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False
         self.request_sent = False
         self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
         self._head_done = False
         self._head_only_done = False
         self._informational = False
         self._close_delimited = False
         self._tainted = False
+        self._paused = False
 
     # --- use by the proxy -------------------------------------------------------------------
 
@@ -123,6 +123,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False
         self.request_sent = False
         self._head_done = False
+        if self._paused:
+            # Paused for a slow client in the same read that completed the last response.
+            self.resume_reading()
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -140,11 +143,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.close()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._paused:
+            self._paused = False
             self.transport.resume_reading()
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -196,12 +201,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+    # No on_message_begin/on_status: each callback httptools does not find is one Python call
+    # saved per response. The reason phrase is optional in HTTP/1.1 (RFC 9112 4) and clients
+    # must ignore it, so the standard phrase is sent; the header list is reset after use.
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._head_done:
@@ -213,12 +215,14 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is None:
             return
         status = self.parser.get_status_code()
+        headers = self._headers
+        self._headers = []
         if status < 200:
             # 100/103 interim responses: the gateway handles Expect itself, hints are dropped.
             self._informational = True
             return
         self._head_done = True
-        self._close_delimited = sink.response_head(status, self._reason, self._headers)
+        self._close_delimited = sink.response_head(status, headers)
         if sink.head_only:
             # llhttp would wait for the body announced by Content-Length; there is none.
             self._head_only_done = True
