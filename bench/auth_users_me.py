@@ -13,28 +13,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from loadgen import print_table, run_wrk
+from loadgen import print_table, run_wrk, wait_ready
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
 
 RESULTS = Path(__file__).resolve().parent / "results" / "auth_users_me.json"
-
-
-def wait_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"auth at {url} did not become ready")
 
 
 def main() -> None:

@@ -14,13 +14,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
-from loadgen import print_table, run_wrk
+from loadgen import print_table, run_wrk, wait_ready
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
 
@@ -77,18 +76,6 @@ def fill(dsn: str, schema: str) -> list[str]:
     import asyncio
 
     return asyncio.run(run())
-
-
-def wait_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"blog at {url} did not become ready")
 
 
 def deep_cursors(url: str, pages: int) -> list[str]:

@@ -10,8 +10,11 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import httpx
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -99,3 +102,16 @@ def print_table(title: str, rows: list[LoadResult]) -> None:
             f"{r.name:<44} {r.requests_per_second:>10.0f} {r.p50_ms:>9.2f} {r.p99_ms:>9.2f}"
             f" {r.errors:>7} {r.non_2xx:>8}"
         )
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    """Wait until a service answers `GET /readyz` with 200 (bench scripts start their own)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not become ready in {timeout:.0f} s")
