@@ -103,6 +103,8 @@ async def test_failing_instance_is_ejected_then_used_again(
                 "svc": {
                     "instances": [a.url, b.url],
                     "ejection": {"consecutive_failures": 2, "duration": "1500ms"},
+                    # Ejection on its own: a retry would hide b's failures from the client.
+                    "retries": {"attempts": 0},
                 }
             },
             route(),
@@ -139,6 +141,7 @@ async def test_connect_failures_eject_and_a_restarted_instance_returns(
                 "svc": {
                     "instances": [a.url, b.url],
                     "ejection": {"consecutive_failures": 3, "duration": "1s"},
+                    "retries": {"attempts": 0},
                 }
             },
             route(),
@@ -193,12 +196,11 @@ async def test_active_health_check_takes_an_instance_out_and_back(
     assert set(await served_by(client, 4)) == {"a", "b"}
 
 
-async def test_killing_an_instance_under_steady_traffic(
+async def test_killing_an_instance_under_steady_traffic_loses_no_request(
     backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    """Without retries (not built yet) the requests in flight on the killed instance and the
-    few that meet its refused port before ejection fail; ejection must stop the errors fast.
-    The full goal, no request lost, needs retries on connection errors."""
+    """The requests in flight on the killed instance and those that meet its refused port are
+    retried on the other one, then ejection takes it out: the clients see no failure at all."""
     a, b = backends("a"), backends("b")
     gateway = gateways(
         gateway_config(
@@ -211,7 +213,7 @@ async def test_killing_an_instance_under_steady_traffic(
             route(),
         )
     )
-    clients = [gateway.client() for _ in range(8)]
+    clients = [gateway.client() for _ in range(16)]
     stop_at = time.monotonic() + 3.0
     kill_at = time.monotonic() + 1.0
     killed: list[float] = []
@@ -231,18 +233,12 @@ async def test_killing_an_instance_under_steady_traffic(
         killed.append(time.monotonic())
 
     await asyncio.gather(killer(), *(traffic(c) for c in clients))
-    failures = [(t, s) for t, s in outcomes if s != 200]
-    print(f"killed one of two instances: {len(failures)} failed of {len(outcomes)} requests")
-    ok_after = [s for t, s in outcomes if t > killed[0] + 0.5]
-    # In flight on b (at most one per client) plus the ejection threshold.
-    assert len(failures) <= 8 + 3, failures
-    # 502/503 problems, or (0) a connection cut because the head had already been relayed when
-    # the instance died mid-response: a started response cannot become an error status.
-    assert all(status in (0, 502, 503) for _, status in failures)
-    # Half a second after the kill, nothing fails any more.
-    assert ok_after
-    assert all(status == 200 for status in ok_after)
-    assert len(outcomes) > 100
+    failures = [(t - killed[0], s) for t, s in outcomes if s != 200]
+    rate = len(outcomes) / 3.0
+    print(f"killed one of two instances: {len(failures)} failed of {len(outcomes)} ({rate:.0f}/s)")
+    assert failures == []
+    assert rate > 150
+    assert any(t > killed[0] for t, _ in outcomes)
 
 
 async def test_with_every_instance_benched_requests_still_reach_them(
@@ -255,6 +251,9 @@ async def test_with_every_instance_benched_requests_still_reach_them(
                 "svc": {
                     "instances": [only.url],
                     "ejection": {"consecutive_failures": 2, "duration": "60s"},
+                    # Panic without the breaker's fail-fast (threshold 5) or retries doubling
+                    # the failures: the instance's own answers must reach the client.
+                    "retries": {"attempts": 0},
                 }
             },
             route(),

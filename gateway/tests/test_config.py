@@ -211,3 +211,26 @@ def test_the_documented_example_is_valid() -> None:
     config = parse_config(example, "docs/gateway.md")
     assert set(config.backends) == {"auth", "blog"}
     assert config.routes[-1].rewrite is not None
+
+
+def test_retries_and_breaker_settings() -> None:
+    config = parse_config(GOOD, "gw.yaml")
+    retries = config.backends["blog"].retries
+    assert (retries.attempts, retries.on, retries.budget) == (1, ("connect_error", 503), 0.2)
+    assert config.backends["blog"].breaker.open_for == 1.0
+    text = GOOD.replace(
+        "    ejection: {consecutive_failures: 2, duration: 30s}\n",
+        "    ejection: {consecutive_failures: 2, duration: 30s}\n"
+        "    retries: {attempts: 2, on: [connect_error, 502, 503], budget: 0.5}\n"
+        "    breaker: {failure_threshold: 4, open_for: 500ms, max_open_for: 10s}\n",
+    )
+    blog = parse_config(text, "gw.yaml").backends["blog"]
+    assert blog.retries.on == ("connect_error", 502, 503)
+    assert (blog.breaker.failure_threshold, blog.breaker.open_for) == (4, 0.5)
+    bad = GOOD.replace(
+        "    ejection: {consecutive_failures: 2, duration: 30s}\n",
+        "    retries: {on: [timeout, 404], budget: 2}\n",
+    )
+    problems = errors_of(bad)
+    assert any("backends.blog.retries.on: " in p and "'timeout'" in p for p in problems)
+    assert any("backends.blog.retries.budget: " in p for p in problems)

@@ -11,6 +11,21 @@ instances rather than refusing every request, since checks and ejections can be 
 once (a shared dependency blipped, a single instance restarted) and the instances are then the
 best judges. Failing fast on a backend known to be down is the circuit breaker's job.
 
+Each instance also has a circuit breaker (`breaker.CircuitBreaker`), and the two are kept on
+purpose: ejection is a *rotation hint* (take a failing instance out while others can serve, fall
+back to panic when all are out), the breaker is the *hard stop* (an open breaker is never sent a
+request, even in panic; after its open time one probe at a time decides whether it closes, and
+the open time grows while the instance stays down). With the defaults ejection acts first (3
+failures) and keeps the breaker closed while other instances serve; the breaker opens when the
+traffic still reaches a failing instance, typically a backend whose instances all fail, where it
+turns a timeout or an error per request into an immediate 503. `pick` asks the chosen instance's
+breaker for a permit (an attribute compare while closed) and leaves it in `permit` for the
+caller, which hands it back with the outcome.
+
+Retries draw on a budget per backend (and worker): every request deposits `retry_ratio` tokens,
+a retry spends one, and a small allowance per second lets low traffic retry too. So retries
+add at most about `retry_ratio` to the load on a backend that fails everywhere.
+
 State is per worker process: each worker sees its own traffic, ejects on its own evidence and
 runs its own health checks.
 """
@@ -20,6 +35,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from mosaic_gateway.breaker import REJECTED, CircuitBreaker
 from mosaic_gateway.upstream import Pool
 from mosaic_kit.logging import get_logger
 
@@ -32,6 +48,7 @@ class Instance:
         "_readmit",
         "backend",
         "bad_checks",
+        "breaker",
         "ejected",
         "failures",
         "good_checks",
@@ -44,8 +61,18 @@ class Instance:
         "weight",
     )
 
-    def __init__(self, backend: Backend, url: str, host: str, port: int, weight: int, pool: Pool):
+    def __init__(
+        self,
+        backend: Backend,
+        url: str,
+        host: str,
+        port: int,
+        weight: int,
+        pool: Pool,
+        breaker: CircuitBreaker,
+    ):
         self.backend = backend
+        self.breaker = breaker
         self.url = url
         self.host = host
         self.port = port
@@ -72,6 +99,7 @@ class Instance:
             "ejected": self.ejected,
             "outstanding": self.outstanding,
             "consecutive_failures": self.failures,
+            "breaker": self.breaker.snapshot(),
             "connections": {"open": self.pool.open, "idle": len(self.pool.idle)},
         }
 
@@ -88,6 +116,8 @@ class Backend:
         eject_after: int,
         eject_for: float,
         failure_statuses: Sequence[int],
+        retry_ratio: float = 0.0,
+        retry_min_per_second: int = 0,
     ) -> None:
         self.loop = loop
         self.name = name
@@ -95,21 +125,102 @@ class Backend:
         self.eject_after = eject_after
         self.eject_for = eject_for
         self.failure_statuses = frozenset(failure_statuses)
+        self.retry_ratio = retry_ratio
+        self.retry_min_per_second = retry_min_per_second
+        # A bucket of ten seconds' worth at 100 requests/s: a burst after a quiet spell can
+        # retry, a backend failing for long cannot bank retries without bound.
+        self._retry_cap = max(1.0, retry_ratio * 1000)
+        self._retry_tokens = 0.0
+        self._retry_second = -1
+        self._retry_second_used = 0
+        self.permit = REJECTED  # the breaker permit of the last `pick`; read at once by the caller
         self.instances: list[Instance] = []
         self.available: list[Instance] = []
         self.panic = False
         self._equal_weights = True
         self._next = 0
         self._total_weight = 0
-        self.pick = self._pick_least_outstanding if policy == "least_outstanding" else self._pick_rr
+        self._choose = (
+            self._pick_least_outstanding if policy == "least_outstanding" else self._pick_rr
+        )
 
-    def add_instance(self, url: str, host: str, port: int, weight: int, pool: Pool) -> Instance:
-        instance = Instance(self, url, host, port, weight, pool)
+    def add_instance(
+        self,
+        url: str,
+        host: str,
+        port: int,
+        weight: int,
+        pool: Pool,
+        breaker: CircuitBreaker | None = None,
+    ) -> Instance:
+        if breaker is None:
+            breaker = CircuitBreaker(name=url)
+        breaker.on_change = self._breaker_changed
+        instance = Instance(self, url, host, port, weight, pool, breaker)
         self.instances.append(instance)
         self._refresh()
         return instance
 
     # --- picking ----------------------------------------------------------------------------
+
+    def pick(self) -> Instance | None:
+        """An instance whose breaker admits a request (its permit in `permit`), or None when
+        every breaker refuses. Counts the request as outstanding on the instance."""
+        chosen = self._choose()
+        if chosen is None:
+            return None
+        permit = chosen.breaker.acquire()
+        if permit == REJECTED:
+            return self.pick_other(chosen)
+        self.permit = permit
+        chosen.outstanding += 1
+        return chosen
+
+    def pick_other(self, exclude: Instance | None) -> Instance | None:
+        """Like `pick`, preferring any instance but `exclude` (a retry, or an open breaker);
+        `exclude` itself only if it is the one that admits. A linear scan: this path is rare."""
+        fallback: Instance | None = None
+        for group in (self.available, self.instances):
+            count = len(group)
+            # Start after `exclude`, so successive retries walk the instances in turn instead
+            # of bouncing between the first two broken ones.
+            start = group.index(exclude) + 1 if exclude in group else self._next
+            for offset in range(count):
+                instance = group[(start + offset) % count]
+                if instance is exclude:
+                    fallback = instance
+                    continue
+                permit = instance.breaker.acquire()
+                if permit != REJECTED:
+                    self.permit = permit
+                    instance.outstanding += 1
+                    return instance
+        if fallback is not None:
+            permit = fallback.breaker.acquire()
+            if permit != REJECTED:
+                self.permit = permit
+                fallback.outstanding += 1
+                return fallback
+        return None
+
+    def deposit_retry_token(self) -> None:
+        """One request arrived: it earns `retry_ratio` of a retry."""
+        tokens = self._retry_tokens + self.retry_ratio
+        self._retry_tokens = tokens if tokens < self._retry_cap else self._retry_cap
+
+    def take_retry_token(self) -> bool:
+        """Whether the budget allows one more retry now (and spend it if so)."""
+        if self._retry_tokens >= 1.0:
+            self._retry_tokens -= 1.0
+            return True
+        second = int(self.loop.time())
+        if second != self._retry_second:
+            self._retry_second = second
+            self._retry_second_used = 0
+        if self._retry_second_used < self.retry_min_per_second:
+            self._retry_second_used += 1
+            return True
+        return False
 
     def _pick_rr(self) -> Instance | None:
         available = self.available
@@ -132,7 +243,6 @@ class Backend:
                     best = instance._current
                     chosen = instance
             chosen._current -= self._total_weight
-        chosen.outstanding += 1
         return chosen
 
     def _pick_least_outstanding(self) -> Instance | None:
@@ -150,22 +260,24 @@ class Backend:
             if load < best:
                 best = load
                 chosen = instance
-        chosen.outstanding += 1
         return chosen
 
     # --- outcomes ---------------------------------------------------------------------------
 
-    def succeeded(self, instance: Instance) -> None:
+    def succeeded(self, instance: Instance, permit: int) -> None:
         instance.outstanding -= 1
         instance.failures = 0
+        instance.breaker.success(permit)
 
-    def finished(self, instance: Instance) -> None:
+    def finished(self, instance: Instance, permit: int) -> None:
         """The exchange ended with no verdict on the instance (e.g. the client went away)."""
         instance.outstanding -= 1
+        instance.breaker.release(permit)
 
-    def failed(self, instance: Instance, reason: str) -> None:
+    def failed(self, instance: Instance, permit: int, reason: str) -> None:
         instance.outstanding -= 1
         instance.failures += 1
+        instance.breaker.failure(permit)
         if instance.failures >= self.eject_after and not instance.ejected:
             instance.ejected = True
             _log.warning(
@@ -178,6 +290,10 @@ class Backend:
             )
             instance._readmit = self.loop.call_later(self.eject_for, self._readmit, instance)
             self._refresh()
+
+    def _breaker_changed(self, breaker: CircuitBreaker, old: str, new: str) -> None:
+        log = _log.warning if new == "open" else _log.info
+        log("breaker_" + new, backend=self.name, instance=breaker.name, previous=old)
 
     def _readmit(self, instance: Instance) -> None:
         instance._readmit = None

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mosaic_gateway.router import (
     RouteConflictError,
@@ -158,6 +166,52 @@ class Ejection(_Model):
         return statuses
 
 
+class Retries(_Model):
+    attempts: int = Field(
+        1, ge=0, le=5, description="Retries after the first try (0 turns retrying off)."
+    )
+    on: tuple[str | int, ...] = Field(
+        ("connect_error", 503),
+        description="`connect_error` (refused, connect timeout, or a connection lost before any "
+        "response byte) and/or 5xx statuses that are retried.",
+    )
+    budget: float = Field(
+        0.2, gt=0, le=1, description="Retries allowed per request, over time (token bucket)."
+    )
+    min_per_second: int = Field(
+        10, ge=0, description="Retries always allowed per second, so low traffic can retry."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean true; the field is
+        # spelt that way in the documentation, so take it back.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
+    @field_validator("on")
+    @classmethod
+    def _check_on(cls, on: tuple[str | int, ...]) -> tuple[str | int, ...]:
+        for item in on:
+            if isinstance(item, str) and item != "connect_error":
+                raise ValueError(f"unknown retry condition {item!r} (connect_error or a 5xx)")
+            if isinstance(item, int) and not 500 <= item <= 599:
+                raise ValueError(f"{item} is not a 5xx status")
+        return on
+
+
+class Breaker(_Model):
+    failure_threshold: int = Field(
+        5, ge=1, description="Failures in a row (as counted for ejection) that open the breaker."
+    )
+    open_for: Duration = Field(1.0, gt=0, description="First open time; grows on failed probes.")
+    max_open_for: Duration = Field(60.0, gt=0, description="Cap on the growing open time.")
+    backoff: float = Field(2.0, ge=1, description="Open time factor after a failed probe.")
+    half_open_probes: int = Field(1, ge=1, description="Probes at a time while half-open.")
+
+
 class Backend(_Model):
     instances: list[Annotated[Instance, BeforeValidator(_instance_shorthand)]]
     balancing: Literal["round_robin", "least_outstanding"] = "round_robin"
@@ -165,6 +219,8 @@ class Backend(_Model):
     pool: Pool = Pool()
     health_check: HealthCheck | None = None
     ejection: Ejection = Ejection()
+    retries: Retries = Retries()
+    breaker: Breaker = Breaker()
 
     @field_validator("instances")
     @classmethod

@@ -10,6 +10,14 @@ deadline, and a 100 ms ticker arms real timers only for forwards still running b
 usual sub-millisecond request never touches the timer heap. A finished forward leaves the set at
 once: holding finished requests until the next tick would age them into the garbage collector's
 older generations, which costs more than the timers saved.
+
+Retries (`RetryPolicy`, per backend) apply to idempotent methods whose request body has not been
+streamed upstream: no body, or a small body that had fully arrived and was sent in one write (it
+is kept for the retry). A retry happens on a connection error (refused, connect timeout, or the
+connection lost before any response byte) or on a listed status, before anything was relayed to
+the client; it goes to another instance when one admits it, within the overall route deadline,
+and only while the backend's retry budget has a token. A retried status's response is read and
+dropped rather than the connection closed, so the pooled connection stays usable.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 
 from mosaic_gateway import problems
 from mosaic_gateway.balancer import Backend, Instance
+from mosaic_gateway.breaker import CIRCUIT_OPEN
 from mosaic_gateway.http11 import (
     CRLF,
     HOP_BY_HOP,
@@ -31,7 +40,6 @@ from mosaic_gateway.http11 import (
 from mosaic_gateway.router import Router
 from mosaic_gateway.server import Exchange
 from mosaic_gateway.upstream import (
-    CONNECT_FAILED,
     CONNECTION_RESET,
     UpstreamConnection,
     UpstreamError,
@@ -51,8 +59,20 @@ _REQUEST_SKIP = HOP_BY_HOP | {
 _RESPONSE_SKIP = HOP_BY_HOP | {b"x-request-id"}
 _NO_BODY_STATUSES = frozenset({204, 304})
 _TICK = 0.1
+# A retryable request with a declared body up to this size is read whole before it is sent, so
+# that a retry can send it again; bigger ones stream (and are then not retried).
+_REPLAYABLE_BODY = 64 * 1024
 
 _log = get_logger("mosaic_gateway.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a request may be tried again on another instance."""
+
+    attempts: int  # retries after the first try
+    on_connect_error: bool
+    statuses: frozenset[int]
 
 
 @dataclass(eq=False)
@@ -65,6 +85,7 @@ class CompiledRoute:
     max_body_bytes: int
     strip_prefix: bytes
     add_prefix: bytes
+    retry: RetryPolicy | None = None
 
     def upstream_path(self, path: bytes) -> bytes:
         if self.strip_prefix:
@@ -135,12 +156,25 @@ class Proxy:
             exchange.send_problem(problems.BODY_TOO_LARGE)
             return
         exchange.max_body_bytes = limit
-        instance = route.backend.pick()
+        backend = route.backend
+        if route.retry is not None:
+            backend.deposit_retry_token()
+        instance = backend.pick()
         if instance is None:
-            exchange.send_problem(problems.UNAVAILABLE)
+            # Every instance's breaker refuses (or there is no instance at all): fail fast.
+            exchange.send_problem(CIRCUIT_OPEN if backend.instances else problems.UNAVAILABLE)
             return
-        forward = Forward(self, exchange, route, instance)
+        forward = Forward(self, exchange, route, instance, backend.permit)
         self.active.add(forward)
+        if (
+            forward.retries_left
+            and exchange.has_body
+            and not exchange.body_done
+            and exchange.content_length is not None
+            and exchange.content_length <= _REPLAYABLE_BODY
+        ):
+            forward.buffer_body()  # asks the pool once the body is complete
+            return
         instance.pool.acquire(forward)
 
     def request_head(
@@ -205,17 +239,22 @@ class Forward:
     """One request's trip to an instance and back."""
 
     __slots__ = (
+        "body",
         "body_chunked",
+        "buffered",
         "conn",
         "deadline",
+        "discarding",
         "done",
         "exchange",
         "failure_status",
         "head_only",
         "instance",
         "out",
+        "permit",
         "proxy",
         "retried",
+        "retries_left",
         "reused",
         "route",
         "timer",
@@ -223,12 +262,25 @@ class Forward:
     )
 
     def __init__(
-        self, proxy: Proxy, exchange: Exchange, route: CompiledRoute, instance: Instance
+        self,
+        proxy: Proxy,
+        exchange: Exchange,
+        route: CompiledRoute,
+        instance: Instance,
+        permit: int,
     ) -> None:
         self.proxy = proxy
         self.exchange = exchange
         self.route = route
         self.instance = instance
+        self.permit = permit
+        retry = route.retry
+        self.retries_left = (
+            retry.attempts if retry is not None and exchange.method in IDEMPOTENT_METHODS else 0
+        )
+        self.discarding = False
+        self.body: bytes | None = None
+        self.buffered: list[bytes] | None = None
         self.conn: UpstreamConnection | None = None
         self.head_only = exchange.method == b"HEAD"
         self.body_chunked = False
@@ -262,28 +314,54 @@ class Forward:
             conn.request_sent = True
             conn.send(head)
             return
-        if exchange.body_done and exchange.sink is None:
+        body = self.body
+        if body is None and exchange.body_done and exchange.sink is None:
             # The whole body is here already (the usual small JSON body): one write.
             body = exchange.take_body(self)
             if self.body_chunked:
                 body = (chunk(body) if body else b"") + LAST_CHUNK
+            if self.retries_left:
+                self.body = body  # a retry sends it again; the exchange gave it away
+        if body is not None:
             conn.request_sent = True
             conn.send(head + body)
             return
+        # Streamed as it arrives: once bytes went upstream they cannot be replayed.
+        self.retries_left = 0
         conn.send(head)
         exchange.accept_body(self)
 
     def connect_failed(self, error: UpstreamError) -> None:
+        retry = self.route.retry
+        if retry is not None and retry.on_connect_error and self._may_retry():
+            self._retry(error)
+            return
         self._fail(error)
 
     # --- BodySink ---------------------------------------------------------------------------
 
+    def buffer_body(self) -> None:
+        """Collect the (small) body before taking a connection, to be able to replay it."""
+        self.buffered = []
+        self.exchange.accept_body(self)
+
     def body_chunk(self, data: bytes) -> None:
+        buffered = self.buffered
+        if buffered is not None:
+            buffered.append(data)
+            return
         conn = self.conn
         if conn is not None:
             conn.send(chunk(data) if self.body_chunked else data)
 
     def body_end(self) -> None:
+        buffered = self.buffered
+        if buffered is not None:
+            self.buffered = None
+            self.body = b"".join(buffered)
+            if not self.done:
+                self.instance.pool.acquire(self)
+            return
         conn = self.conn
         if conn is None:
             return
@@ -315,6 +393,13 @@ class Forward:
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         exchange = self.exchange
         self.failure_status = status in self.instance.backend.failure_statuses
+        retry = self.route.retry
+        if retry is not None and status in retry.statuses and self._may_retry():
+            # Read and drop this answer, then retry (in response_end). Returning False for a
+            # close-delimited body makes its end arrive as upstream_failed: also a retry.
+            self.discarding = True
+            self.failure_status = True
+            return False
         out = self.out
         out.append(status_line(status))
         upstream_chunked = False
@@ -356,6 +441,8 @@ class Forward:
         return close_delimited
 
     def response_body(self, data: bytes) -> None:
+        if self.discarding:
+            return
         self.out.append(chunk(data) if self.to_client_chunked else data)
 
     def response_flush(self) -> None:
@@ -365,6 +452,10 @@ class Forward:
             out.clear()
 
     def response_end(self) -> None:
+        if self.discarding:
+            self.conn = None
+            self._retry(_RETRIED_STATUS)
+            return
         out = self.out
         if self.to_client_chunked:
             out.append(LAST_CHUNK)
@@ -393,6 +484,22 @@ class Forward:
             self.retried = True
             self.instance.pool.acquire(self, fresh=True)
             return
+        if self.discarding:
+            # The retried status's body was cut short: the retry is still due.
+            self._retry(_RETRIED_STATUS)
+            return
+        retry = self.route.retry
+        if (
+            error is CONNECTION_RESET
+            and not exchange.head_sent
+            and retry is not None
+            and retry.on_connect_error
+            and self._may_retry()
+        ):
+            # The instance went away with the request (a restart, a crash): idempotent, so
+            # trying elsewhere is safe even if it had started processing it.
+            self._retry(error)
+            return
         self._fail(error)
 
     def request_paused(self) -> None:
@@ -400,6 +507,43 @@ class Forward:
 
     def request_resumed(self) -> None:
         self.exchange.resume_body()
+
+    # --- retries ----------------------------------------------------------------------------
+
+    def _may_retry(self) -> bool:
+        """Whether one more try is allowed now; spends a token of the backend's budget."""
+        return (
+            self.retries_left > 0
+            and not self.exchange.head_sent
+            and self.instance.backend.take_retry_token()
+        )
+
+    def _retry(self, error: UpstreamError) -> None:
+        """Report the failed try, then start the next one on another instance if one admits."""
+        self.retries_left -= 1
+        self.discarding = False
+        instance = self.instance
+        backend = instance.backend
+        # Reported first, so the failure can open this instance's breaker before the re-pick.
+        backend.failed(instance, self.permit, error.name)
+        following = backend.pick_other(instance)
+        if following is None:
+            self._fail(error, account=False)
+            return
+        _log.info(
+            "upstream_retry",
+            error=error.name,
+            backend=backend.name,
+            instance=instance.url,
+            next_instance=following.url,
+            request_id=self.exchange.request_id.decode("latin-1"),
+        )
+        self.instance = following
+        self.permit = backend.permit
+        self.failure_status = False
+        self.reused = False
+        self.retried = False
+        following.pool.acquire(self)
 
     # --- endings ----------------------------------------------------------------------------
 
@@ -419,10 +563,10 @@ class Forward:
             conn.abandon()
         self._fail(_TIMEOUT)
 
-    def _fail(self, error: UpstreamError) -> None:
+    def _fail(self, error: UpstreamError, *, account: bool = True) -> None:
         if self.done:
             return
-        self._settle(False, error.name)
+        self._settle(False, error.name, account=account)
         exchange = self.exchange
         _log.warning(
             "upstream_failed",
@@ -437,13 +581,14 @@ class Forward:
             exchange.abort()
         elif error.status == 504:
             exchange.send_problem(problems.UPSTREAM_TIMEOUT)
-        elif error is CONNECT_FAILED:
+        elif error.status == 503:
             exchange.send_problem(problems.UNAVAILABLE)
         else:
             exchange.send_problem(problems.BAD_GATEWAY)
 
-    def _settle(self, ok: bool | None, reason: str = "status") -> None:
-        """Account for the end of the exchange, exactly once."""
+    def _settle(self, ok: bool | None, reason: str = "status", *, account: bool = True) -> None:
+        """Account for the end of the exchange, exactly once (`account=False`: the last try
+        was already reported)."""
         if self.done:
             return
         self.done = True
@@ -451,13 +596,18 @@ class Forward:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        backend = self.instance.backend
+        if not account:
+            return
+        instance = self.instance
+        backend = instance.backend
         if ok is None:
-            backend.finished(self.instance)
+            backend.finished(instance, self.permit)
         elif ok:
-            backend.succeeded(self.instance)
+            backend.succeeded(instance, self.permit)
         else:
-            backend.failed(self.instance, reason)
+            backend.failed(instance, self.permit, reason)
 
 
 _TIMEOUT = UpstreamError("timeout", 504)
+# A try answered with a status in the retry list; if no instance is left, the client gets 503.
+_RETRIED_STATUS = UpstreamError("retried_status", 503)

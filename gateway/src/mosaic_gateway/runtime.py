@@ -10,9 +10,10 @@ import asyncio
 from dataclasses import dataclass, field
 
 from mosaic_gateway.balancer import Backend
-from mosaic_gateway.config import GatewayConfig
+from mosaic_gateway.breaker import CircuitBreaker
+from mosaic_gateway.config import GatewayConfig, Retries
 from mosaic_gateway.health import HealthChecker
-from mosaic_gateway.proxy import CompiledRoute
+from mosaic_gateway.proxy import CompiledRoute, RetryPolicy
 from mosaic_gateway.router import Router, RouteSpec, parse_template
 from mosaic_gateway.upstream import Pool
 
@@ -71,7 +72,10 @@ def build_runtime(config: GatewayConfig, loop: asyncio.AbstractEventLoop) -> Run
             eject_after=spec.ejection.consecutive_failures,
             eject_for=spec.ejection.duration,
             failure_statuses=spec.ejection.statuses,
+            retry_ratio=spec.retries.budget,
+            retry_min_per_second=spec.retries.min_per_second,
         )
+        breaker = spec.breaker
         for instance in spec.instances:
             pool = Pool(
                 loop,
@@ -81,7 +85,21 @@ def build_runtime(config: GatewayConfig, loop: asyncio.AbstractEventLoop) -> Run
                 idle_timeout=spec.pool.idle_timeout,
                 connect_timeout=spec.connect_timeout or timeouts.connect,
             )
-            backend.add_instance(instance.url, instance.host, instance.port, instance.weight, pool)
+            backend.add_instance(
+                instance.url,
+                instance.host,
+                instance.port,
+                instance.weight,
+                pool,
+                CircuitBreaker(
+                    failure_threshold=breaker.failure_threshold,
+                    open_for=breaker.open_for,
+                    max_open_for=max(breaker.max_open_for, breaker.open_for),
+                    backoff=breaker.backoff,
+                    half_open_probes=breaker.half_open_probes,
+                    name=instance.url,
+                ),
+            )
         backends[name] = backend
         check = spec.health_check
         if check is not None:
@@ -106,6 +124,17 @@ def build_runtime(config: GatewayConfig, loop: asyncio.AbstractEventLoop) -> Run
             max_body_bytes=default_limit if route.max_body_bytes is None else route.max_body_bytes,
             strip_prefix=(rewrite.strip_prefix or "").encode("ascii") if rewrite else b"",
             add_prefix=(rewrite.add_prefix or "").encode("ascii") if rewrite else b"",
+            retry=_retry_policy(config.backends[route.backend].retries),
         )
         specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
     return Runtime(config, Router.compile(specs), backends, checkers)
+
+
+def _retry_policy(spec: Retries) -> RetryPolicy | None:
+    if spec.attempts == 0:
+        return None
+    return RetryPolicy(
+        attempts=spec.attempts,
+        on_connect_error="connect_error" in spec.on,
+        statuses=frozenset(item for item in spec.on if isinstance(item, int)),
+    )
