@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,3 +90,40 @@ async def test_the_same_user_event_delivered_twice_is_applied_once(
         ).scalar_one()
     assert [r[0] for r in rows] == ["Twice Sent"]
     assert applied == 1
+
+
+async def test_an_event_that_changes_nothing_keeps_the_cache(
+    platform: Platform, editor: dict[str, Any], nats_url: str
+) -> None:
+    writer = await platform.user("AUTHOR", name="Steady Name")
+    blog = await platform.published(writer, editor)
+    path = f"/v1/blogs/{blog['id']}"
+    await platform.blog_a.get(path)
+    assert (await platform.blog_b.get(path)).headers["x-cache"] == "HIT"
+    same = Event(
+        id=str(uuid.uuid4()),
+        type="auth.user.updated",
+        occurred_at=datetime.now(UTC),
+        data={"id": writer["user"]["id"], "name": "Steady Name", "profilePicUrl": None},
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        await publish(nc.jetstream(), same)
+    finally:
+        await nc.close()
+    app = platform.blog_apps[0]  # type: ignore[attr-defined]
+    consumer = app.state.settings.blog_authors_consumer
+
+    async def processed() -> bool:
+        async with app.state.db.connect() as conn:
+            found = (
+                await conn.execute(
+                    text("SELECT 1 FROM processed_events WHERE consumer = :c AND event_id = :e"),
+                    {"c": consumer, "e": same.id},
+                )
+            ).first()
+        return found is not None
+
+    await eventually(processed)
+    await asyncio.sleep(0.1)  # past the after-commit step
+    assert (await platform.blog_b.get(path)).headers["x-cache"] == "HIT"

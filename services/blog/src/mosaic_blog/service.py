@@ -75,6 +75,8 @@ class BlogService:
         self.nc = nc
         self.cache_ttl = cache_ttl
         self.auth_timeout = auth_timeout
+        # Ids of events whose profile change awaits its after-commit cache invalidation.
+        self._profiles_changed: set[str] = set()
 
     # --- authoring ----------------------------------------------------------------------------
 
@@ -299,16 +301,25 @@ class BlogService:
     async def apply_user_event(self, conn: AsyncConnection, event: Event) -> None:
         """Consumer of auth.user.created / auth.user.updated (runs in the consumer's transaction)."""
         data = event.data
-        await store.upsert_author(
+        changed = await store.upsert_author(
             conn,
             uuid.UUID(str(data["id"])),
             str(data["name"]),
             data.get("profilePicUrl"),
             event.occurred_at,
         )
+        if changed:
+            self._profiles_changed.add(event.id)
 
     async def after_user_event(self, event: Event) -> None:
-        """Once the profile is committed: public views embed the author's name, so drop them."""
+        """Once the profile is committed: public views embed the author's name, so drop them.
+
+        Only when the name or picture really changed: a replayed or late event that merely
+        confirms the stored profile must not empty the cache of every replica.
+        """
+        if event.id not in self._profiles_changed:
+            return
+        self._profiles_changed.discard(event.id)
         async with self.db.connect() as conn:
             visible = await store.has_published(conn, uuid.UUID(str(event.data["id"])))
         if visible:

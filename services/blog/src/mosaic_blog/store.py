@@ -152,7 +152,18 @@ async def similar(conn: AsyncConnection, blog_id: uuid.UUID, limit: int) -> list
 async def upsert_author(
     conn: AsyncConnection, author_id: uuid.UUID, name: str, pic: str | None, as_of: datetime
 ) -> bool:
-    """Store a profile unless a newer one is already stored. True when the row changed."""
+    """Store a profile unless a newer one is already stored.
+
+    True when what readers see (name or picture) changed; an event that only confirms the
+    stored profile, or is older than it, is False.
+    """
+    before = (
+        await conn.execute(
+            select(authors.c.name, authors.c.profile_pic_url)
+            .where(authors.c.id == author_id)
+            .with_for_update()
+        )
+    ).first()
     stmt = insert(authors).values(id=author_id, name=name, profile_pic_url=pic, as_of=as_of)
     stmt = stmt.on_conflict_do_update(
         index_elements=[authors.c.id],
@@ -163,7 +174,9 @@ async def upsert_author(
         },
         where=authors.c.as_of <= stmt.excluded.as_of,
     )
-    return (await conn.execute(stmt)).rowcount > 0
+    if (await conn.execute(stmt)).rowcount == 0:
+        return False  # an older event than the stored profile
+    return before is None or tuple(before) != (name, pic)
 
 
 async def author_exists(conn: AsyncConnection, author_id: uuid.UUID) -> bool:
