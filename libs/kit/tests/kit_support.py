@@ -17,9 +17,11 @@ import httpx
 from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
+from sqlalchemy import MetaData, text
 
 from mosaic_kit import tracing
 from mosaic_kit.app import create_app
+from mosaic_kit.db import Database, create_engine
 from mosaic_kit.logging import configure_logging
 from mosaic_kit.metrics import new_registry
 from mosaic_kit.settings import ServiceSettings
@@ -101,3 +103,20 @@ def follow_stderr() -> None:
 
 quiet_httpx()
 follow_stderr()
+
+
+@asynccontextmanager
+async def schema_database(
+    pg_url: str, schema: str, metadata: MetaData, *, pool_size: int = 4
+) -> AsyncIterator[Database]:
+    """A `Database` on a new schema holding `metadata`'s tables, dropped afterwards."""
+    database = Database(create_engine(pg_url, schema, pool_size=pool_size), schema)
+    async with database.transaction() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        await conn.run_sync(metadata.create_all)
+    try:
+        yield database
+    finally:
+        async with database.transaction() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await database.dispose()

@@ -11,9 +11,10 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+from kit_support import schema_database
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from sqlalchemy import Column, Integer, String, Table, func, make_url, select, text
+from sqlalchemy import Column, Integer, String, Table, func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_devstack.embedded import free_port
@@ -46,14 +47,8 @@ applied = Table(
 
 @pytest.fixture
 async def db(pg_url: str, fresh_schema: str) -> AsyncIterator[Database]:
-    database = Database(create_engine(pg_url, fresh_schema, pool_size=4), fresh_schema)
-    async with database.transaction() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{fresh_schema}"'))
-        await conn.run_sync(metadata.create_all)
-    yield database
-    async with database.transaction() as conn:
-        await conn.execute(text(f'DROP SCHEMA "{fresh_schema}" CASCADE'))
-    await database.dispose()
+    async with schema_database(pg_url, fresh_schema, metadata, pool_size=4) as database:
+        yield database
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import APIRouter, FastAPI
+from kit_support import schema_database
 from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.responses import Response
 
-from mosaic_kit.db import Database, create_engine, new_metadata
+from mosaic_kit.db import Database, new_metadata
 from mosaic_kit.errors import Problem, install_problem_handlers
 from mosaic_kit.idempotency import Idempotency, IdempotencyGuard, idempotency_table
 
@@ -34,15 +35,10 @@ class Recorder:
 
 @pytest_asyncio.fixture
 async def db(pg_url: str, fresh_schema: str) -> AsyncIterator[Database]:
-    database = Database(create_engine(pg_url, fresh_schema), fresh_schema)
     metadata = new_metadata()
     idempotency_table(metadata)
-    async with database.transaction() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{fresh_schema}"'))
-        await conn.execute(text(f'SET search_path TO "{fresh_schema}"'))
-        await conn.run_sync(metadata.create_all)
-    yield database
-    await database.dispose()
+    async with schema_database(pg_url, fresh_schema, metadata) as database:
+        yield database
 
 
 @pytest_asyncio.fixture

@@ -9,6 +9,7 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+from kit_support import schema_database
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
@@ -17,7 +18,7 @@ from sqlalchemy import Column, String, Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_devstack.embedded import EmbeddedNats
-from mosaic_kit.db import Database, create_engine, new_metadata
+from mosaic_kit.db import Database, new_metadata
 from mosaic_kit.events import (
     DurableConsumer,
     Event,
@@ -41,14 +42,8 @@ class BoomError(Exception):
 
 @pytest.fixture
 async def db(pg_url: str, fresh_schema: str) -> AsyncIterator[Database]:
-    database = Database(create_engine(pg_url, fresh_schema, pool_size=6), fresh_schema)
-    async with database.transaction() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{fresh_schema}"'))
-        await conn.run_sync(metadata.create_all)
-    yield database
-    async with database.transaction() as conn:
-        await conn.execute(text(f'DROP SCHEMA "{fresh_schema}" CASCADE'))
-    await database.dispose()
+    async with schema_database(pg_url, fresh_schema, metadata, pool_size=6) as database:
+        yield database
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ import binascii
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, Field
 
 from mosaic_kit.errors import Problem
 
@@ -24,13 +23,6 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_cursor: str | None = Field(serialization_alias="nextCursor")
-
-    model_config = {"populate_by_name": True}
 
 
 def encode_cursor(*key: Any) -> str:
