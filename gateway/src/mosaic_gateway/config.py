@@ -285,8 +285,20 @@ class Route(_Model):
         return methods
 
 
+class Nats(_Model):
+    url: str = Field(
+        description="NATS server(s), comma-separated: API key checks, JWKS, revocations, "
+        "discovery, cache invalidation and shared rate limits go through it."
+    )
+    connect_timeout: Duration = Field(2.0, gt=0)
+    max_wait: Duration = Field(
+        30.0, gt=0, description="How long a starting worker retries its first connection."
+    )
+
+
 class GatewayConfig(_Model):
     server: Server = Server()
+    nats: Nats | None = Field(None, description="Needed by every NATS-backed feature.")
     backends: dict[str, Backend]
     routes: list[Route]
 

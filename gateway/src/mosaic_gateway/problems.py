@@ -53,3 +53,4 @@ UPSTREAM_TIMEOUT = GatewayProblem(
     504, "gateway.timeout", "The upstream service did not answer in time"
 )
 SHUTTING_DOWN = GatewayProblem(503, "gateway.unavailable", "The gateway is shutting down")
+INTERNAL = GatewayProblem(500, "gateway.internal", "The gateway failed to handle the request")

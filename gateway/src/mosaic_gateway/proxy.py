@@ -23,7 +23,9 @@ dropped rather than the connection closed, so the pooled connection stays usable
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Protocol
 
 from mosaic_gateway import problems
 from mosaic_gateway.balancer import Backend, Instance
@@ -66,6 +68,14 @@ _REPLAYABLE_BODY = 64 * 1024
 _log = get_logger("mosaic_gateway.proxy")
 
 
+class Admission(Protocol):
+    """Decides whether a routed request goes on (API key, JWT, roles, CORS, rate limits)."""
+
+    def admit(self, exchange: Exchange) -> bool | Awaitable[bool]:
+        """True: go on now. False: answered already (a problem, a CORS preflight).
+        An awaitable: the answer needs I/O; it resolves to one of the two."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """When a request may be tried again on another instance."""
@@ -86,6 +96,8 @@ class CompiledRoute:
     strip_prefix: bytes
     add_prefix: bytes
     retry: RetryPolicy | None = None
+    # Who may call and how often (security.py); None: anyone, no rate limit.
+    policy: Admission | None = None
 
     def upstream_path(self, path: bytes) -> bytes:
         if self.strip_prefix:
@@ -156,6 +168,32 @@ class Proxy:
             exchange.send_problem(problems.BODY_TOO_LARGE)
             return
         exchange.max_body_bytes = limit
+        exchange.route = route
+        policy = route.policy
+        if policy is not None:
+            admitted = policy.admit(exchange)
+            if admitted is not True:
+                if admitted is not False:
+                    # Not answerable from memory (an API key to ask auth about, a shared rate
+                    # limit): the rest of the pipeline runs when the answer comes.
+                    self.loop.create_task(self._admit_later(exchange, route, admitted))
+                return
+        self.dispatch(exchange, route)
+
+    async def _admit_later(
+        self, exchange: Exchange, route: CompiledRoute, admitted: Awaitable[bool]
+    ) -> None:
+        try:
+            go_on = await admitted
+        except Exception:
+            _log.exception("admission_failed", route=route.template)
+            exchange.send_problem(problems.INTERNAL)
+            return
+        if go_on and not exchange.finished:
+            self.dispatch(exchange, route)
+
+    def dispatch(self, exchange: Exchange, route: CompiledRoute) -> None:
+        """An admitted request: answered from the cache, aggregated, or forwarded."""
         backend = route.backend
         if route.retry is not None:
             backend.deposit_retry_token()
@@ -221,7 +259,7 @@ class Proxy:
                 exchange.conn.peer,
                 b"\r\nx-forwarded-proto: http\r\nx-request-id: ",
             )
-        parts += (exchange.request_id, b"\r\n\r\n")
+        parts += (exchange.request_id, CRLF, exchange.upstream_headers, CRLF)
         return b"".join(parts), chunked
 
 

@@ -6,16 +6,25 @@ their backend object, backends hold their instances, instances hold their pools.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mosaic_gateway.balancer import Backend
 from mosaic_gateway.breaker import CircuitBreaker
 from mosaic_gateway.config import GatewayConfig, Retries
+from mosaic_gateway.context import WorkerContext
 from mosaic_gateway.health import HealthChecker
 from mosaic_gateway.proxy import CompiledRoute, RetryPolicy
 from mosaic_gateway.router import Router, RouteSpec, parse_template
 from mosaic_gateway.upstream import Pool
+
+
+class Component(Protocol):
+    """A part of a runtime with a life of its own (a revocation feed, a discovery watch...)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -24,12 +33,18 @@ class Runtime:
     router: Router[CompiledRoute]
     backends: dict[str, Backend]
     health_checkers: list[HealthChecker] = field(default_factory=list)
+    # Started in order after the health checkers, stopped in reverse order.
+    components: list[Component] = field(default_factory=list)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         for checker in self.health_checkers:
             checker.start()
+        for component in self.components:
+            await component.start()
 
     async def close(self) -> None:
+        for component in reversed(self.components):
+            await component.stop()
         for checker in self.health_checkers:
             await checker.stop()
         for backend in self.backends.values():
@@ -60,7 +75,8 @@ class Runtime:
         return {name: backend.snapshot() for name, backend in self.backends.items()}
 
 
-def build_runtime(config: GatewayConfig, loop: asyncio.AbstractEventLoop) -> Runtime:
+def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
+    loop = context.loop
     timeouts = config.server.timeouts
     backends: dict[str, Backend] = {}
     checkers: list[HealthChecker] = []

@@ -113,7 +113,9 @@ class Exchange:
         "rejected",
         "request_id",
         "responder",
+        "route",
         "sink",
+        "upstream_headers",
     )
 
     def __init__(
@@ -152,6 +154,10 @@ class Exchange:
         # A problem found while the exchange waited behind another (pipelined): it is answered
         # when its turn comes, never ahead of the responses before it.
         self.rejected: GatewayProblem | None = None
+        # Set by the proxy: the matched route (a `proxy.CompiledRoute`), and rendered header
+        # lines the admission added for the upstream (identity claims), if any.
+        self.route: object | None = None
+        self.upstream_headers = b""
 
     # --- request body -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import uvloop
 
 from mosaic_gateway.admin import AdminHandler
 from mosaic_gateway.config import GatewayConfig
+from mosaic_gateway.context import WorkerContext
 from mosaic_gateway.proxy import Proxy
 from mosaic_gateway.runtime import Runtime, build_runtime
 from mosaic_gateway.server import Server, ServerLimits
@@ -48,7 +49,8 @@ class Worker:
     def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
-        self.runtime: Runtime = build_runtime(config, loop)
+        self.context = WorkerContext(loop)
+        self.runtime: Runtime | None = None
         timeouts = config.server.timeouts
         limits = ServerLimits(
             max_body_bytes=config.server.limits.max_body_bytes,
@@ -58,14 +60,24 @@ class Worker:
         )
         self.server = Server(loop, limits)
         self.admin_server = Server(loop, limits, self.server.request_ids)
-        self.proxy = Proxy(
-            loop, self.runtime.router, trust_forwarded=config.server.trust_forwarded_headers
-        )
-        self.admin = AdminHandler(lambda: self.runtime, lambda: self.server.draining)
+        self.proxy: Proxy | None = None
+        self.admin = AdminHandler(self._current_runtime, lambda: self.server.draining)
         self._sweeper: asyncio.TimerHandle | None = None
 
+    def _current_runtime(self) -> Runtime:
+        assert self.runtime is not None
+        return self.runtime
+
     async def start(self, sock: socket.socket, admin_sock: socket.socket | None) -> None:
-        self.runtime.start()
+        # NATS first: the runtime's API key, JWKS and discovery parts are built on it.
+        await self.context.open(self.config)
+        self.runtime = build_runtime(self.config, self.context)
+        self.proxy = Proxy(
+            self.loop,
+            self.runtime.router,
+            trust_forwarded=self.config.server.trust_forwarded_headers,
+        )
+        await self.runtime.start()
         self.proxy.start()
         await self.server.listen(sock, self.proxy)
         if admin_sock is not None:
@@ -73,7 +85,8 @@ class Worker:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:
-        self.runtime.sweep(self.loop.time())
+        if self.runtime is not None:
+            self.runtime.sweep(self.loop.time())
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     async def stop(self) -> None:
@@ -83,8 +96,11 @@ class Worker:
         await self.admin_server.shutdown(0)
         if self._sweeper is not None:
             self._sweeper.cancel()
-        self.proxy.stop()
-        await self.runtime.close()
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self.runtime is not None:
+            await self.runtime.close()
+        await self.context.close()
 
 
 async def _serve(
