@@ -24,7 +24,7 @@ from mosaic_kit.events import Event, RecentEventsSubscription, subscribe_recent
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
-    from mosaic_kit.auth import Principal
+    from mosaic_kit.tokens import Principal
 
 _log = get_logger("mosaic_kit.revocation")
 
