@@ -15,12 +15,16 @@ address. Request headers steer it:
   x-test-die-midway: 1       send the head and part of the body, then break the connection
   x-test-digest: 1           answer the body's length and sha256 instead of echoing it
   x-test-early: 1            answer as soon as the first body bytes arrive (reads no more)
-  x-test-response-header: N: V   add this header to the response
+  x-test-response-header: N: V   add this header to the response (echo and x-test-status)
 
 
 and a few paths control it: `/__stats` (connections seen, requests served), `/__reset`,
 `/__health?ok=0|1` (what `/readyz` answers), `/readyz`, `/__fail?status=N` (answer every other
 request with N until `/__fail?status=0`).
+
+`/__json/...` serves fixed JSON documents for aggregation (see `_json_fixture`): `blog/ID`,
+`user/ID`, `similar/ID` (a list), `slow/SECONDS`, `status/N` (a problem body), `text` (not JSON),
+`big/N` (about N bytes).
 
 close: reads a request head, then closes the connection without answering.
 garbage: answers every request with bytes that are not HTTP.
@@ -57,7 +61,9 @@ async def _read_body(receive: Any) -> bytes:
     return b"".join(chunks)
 
 
-async def _send_json(send: Any, status: int, document: Any) -> None:
+async def _send_json(
+    send: Any, status: int, document: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     body = json.dumps(document).encode()
     await send(
         {
@@ -66,10 +72,62 @@ async def _send_json(send: Any, status: int, document: Any) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"x-backend", state["name"].encode()),
+                *(extra or ()),
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def problem_body(status: int) -> bytes:
+    """The exact bytes `/__json/status/N` answers (tests compare them byte for byte)."""
+    # Odd spacing on purpose: a re-serialised body would not match.
+    return (
+        f'{{"type":"urn:mosaic:problem:test.status_{status}", "status":{status},  '
+        '"title":"Asked for"}'
+    ).encode()
+
+
+async def _json_fixture(send: Any, rest: str) -> None:
+    kind, _, arg = rest.partition("/")
+    if kind == "blog":
+        document: Any = {
+            "data": {
+                "id": arg,
+                "title": f"Blog {arg}",
+                "draftText": "not for readers",
+                "author": {"id": f"u{arg}", "name": "Ann"},
+            },
+            "meta": {"served_by": state["name"]},
+        }
+    elif kind == "user":
+        document = {"id": arg, "name": f"User {arg}", "email": f"{arg}@example.test"}
+    elif kind == "similar":
+        document = [
+            {"id": f"{arg}-{n}", "title": f"Like {arg} #{n}", "draftText": "hidden"} for n in (1, 2)
+        ]
+    elif kind == "slow":
+        await asyncio.sleep(float(arg))
+        document = {"slow": True}
+    elif kind in ("status", "text"):
+        status = int(arg) if kind == "status" else 200
+        body = problem_body(status) if kind == "status" else b"plain words, not JSON"
+        content_type = b"application/problem+json" if kind == "status" else b"text/plain"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type)],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    elif kind == "big":
+        document = {"filler": "x" * int(arg)}
+    else:
+        await _send_json(send, 404, {"unknown_fixture": rest})
+        return
+    await _send_json(send, 200, document)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -103,6 +161,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path == "/readyz":
         await _send_json(send, 200 if state["healthy"] else 503, {"ready": state["healthy"]})
+        return
+
+    if path.startswith("/__json/"):
+        await _json_fixture(send, path[len("/__json/") :])
         return
 
     state["requests"] += 1
@@ -139,6 +201,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 "headers": [
                     (b"content-type", content_type),
                     (b"x-backend", state["name"].encode()),
+                    *extra,
                 ],
             }
         )
@@ -209,7 +272,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "body": body.decode("latin-1"),
             "body_length": len(body),
             "client": list(scope["client"]),
+            # How many requests this process had served, this one included: changes per answer.
+            "served": state["requests"],
         },
+        extra,
     )
 
 

@@ -150,10 +150,15 @@ class Gateway:
             await client.aclose()
 
 
+# Header and query allow-lists deny by default; tests of the proxy's mechanics forward
+# everything, tests of the allow-lists set their own.
+ALLOW_ALL = {"headers": {"allow": ["*"]}, "query": {"allow": ["*"]}}
+
+
 def gateway_config(
     backends: dict[str, Any], routes: list[dict[str, Any]], **server: Any
 ) -> dict[str, Any]:
-    return {"server": server, "backends": backends, "routes": routes}
+    return {"server": server, "defaults": dict(ALLOW_ALL), "backends": backends, "routes": routes}
 
 
 class GatewayFactory:

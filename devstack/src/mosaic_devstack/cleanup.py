@@ -14,6 +14,9 @@ def stop_recorded(state: State, grace: float = 10.0) -> list[ProcessRef]:
     Servers given from outside (DATABASE_URL, NATS_URL) have no recorded process and are never
     touched.
     """
+    if state.gateway and (gateway := state.gateway.process()) is not None:
+        # First, so clients stop getting in; it drains its workers itself on SIGTERM.
+        terminate([gateway], signal.SIGTERM, grace)
     services = [ref for inst in state.instances if (ref := inst.process()) is not None]
     terminate(services, signal.SIGTERM, grace)
     if state.nats and (nats := state.nats.process()) is not None:

@@ -1,6 +1,7 @@
 """`mosaic`: run the whole Mosaic system on this machine.
 
-mosaic up [--replicas N] [--data DIR] [--detach]   start everything, stream the logs
+mosaic up [--replicas N] [--data DIR] [--detach]   start everything (the gateway in front), stream
+                                                   the logs
 mosaic status [--json]                             what runs, and whether it is ready
 mosaic down                                        stop everything `up` started
 mosaic logs [SERVICE|INSTANCE] [--follow]          the log files, prefixed
@@ -31,6 +32,18 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number (0: any free port)")
+    return value
+
+
+def _env_port() -> int | None:
+    text = os.environ.get("MOSAIC_GATEWAY_PORT")
+    return _port(text) if text else None
 
 
 def _seconds(text: str) -> float:
@@ -98,6 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="JSON file listing the services to run instead of the built-in list",
     )
+    up.add_argument(
+        "--gateway-port",
+        type=_port,
+        metavar="PORT",
+        default=None,
+        help="the gateway's port, the one clients call (default: $MOSAIC_GATEWAY_PORT, else "
+        "8080 when free, else any free port; 0: any free port)",
+    )
+    up.add_argument(
+        "--gateway-workers",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="gateway worker processes (2)",
+    )
+    up.add_argument(
+        "--no-gateway",
+        dest="gateway",
+        action="store_false",
+        help="run the services without the gateway in front",
+    )
 
     st = commands.add_parser("status", parents=[common], help="show what runs")
     st.add_argument("--json", action="store_true", help="machine-readable, with credentials")
@@ -127,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
     services: tuple[Service, ...] = SERVICES
+    if args.gateway_port is None:
+        args.gateway_port = _env_port()
     if args.services is not None:
         args.services = args.services.absolute()
         services = load_services(args.services)
@@ -137,9 +173,14 @@ def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
             "--ready-timeout", str(args.ready_timeout),
             "--grace", str(args.grace),
             "--max-restarts", str(args.max_restarts),
+            "--gateway-workers", str(args.gateway_workers),
         ]  # fmt: skip
         if args.services is not None:
             forwarded += ["--services", str(args.services)]
+        if args.gateway_port is not None:
+            forwarded += ["--gateway-port", str(args.gateway_port)]
+        if not args.gateway:
+            forwarded.append("--no-gateway")
         return run_detached(data, forwarded, console)
     options = UpOptions(
         data=data,
@@ -149,6 +190,9 @@ def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
         grace=args.grace,
         max_restarts=args.max_restarts,
         quiet=args.quiet,
+        gateway=args.gateway,
+        gateway_port=args.gateway_port,
+        gateway_workers=args.gateway_workers,
     )
     return run_foreground(options, console)
 

@@ -45,12 +45,23 @@ class Instance:
         self.spawned_at = 0.0
         self._pump: asyncio.Task[None] | None = None
 
-    async def spawn(self) -> None:
-        argv = self.service.argv(
+    def serve_argv(self) -> list[str]:
+        return self.service.argv(
             "serve", "--host", HOST, "--port", str(self.port), "--instance-id", self.name
         )
+
+    async def probe(self, client: httpx.AsyncClient) -> str | None:
+        """None when the instance is ready, else what the check saw (for the error message)."""
+        url = self.url + self.service.ready_path
+        try:
+            answer = await client.get(url, timeout=1.0)
+        except httpx.HTTPError as exc:
+            return f"GET {url}: last attempt: {type(exc).__name__}"
+        return None if answer.status_code == 200 else f"GET {url}: last answer {answer.status_code}"
+
+    async def spawn(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *argv,
+            *self.serve_argv(),
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -75,25 +86,20 @@ class Instance:
         return code
 
     async def wait_ready(self, client: httpx.AsyncClient, limit: float) -> None:
-        """Poll GET /readyz until 200; NotReadyError (with the log tail) on exit or timeout."""
+        """Poll `probe` (GET /readyz) until ready; NotReadyError (with the log tail) on exit or
+        timeout."""
         assert self.process is not None
-        probe_url = self.url + self.service.ready_path
         deadline = time.monotonic() + limit
-        last = "no answer yet"
         exited = asyncio.create_task(self.process.wait())
         try:
             while True:
-                try:
-                    answer = await client.get(probe_url, timeout=1.0)
-                    if answer.status_code == 200:
-                        return
-                    last = f"last answer {answer.status_code}"
-                except httpx.HTTPError as exc:
-                    last = f"last attempt: {type(exc).__name__}"
+                last = await self.probe(client)
+                if last is None:
+                    return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise NotReadyError(
-                        f"{self.name} not ready after {limit:g}s (GET {probe_url}: {last}); "
+                        f"{self.name} not ready after {limit:g}s ({last}); "
                         f"last lines of {self.sink.path}:\n{tail_text(self.sink.path)}"
                     )
                 done, _ = await asyncio.wait({exited}, timeout=min(0.1, remaining))

@@ -23,7 +23,8 @@ def stack_table(state: State, instance_states: Mapping[str, str] | None = None) 
     for name, info in (("postgres", state.postgres), ("nats", state.nats)):
         if info is not None:
             rows.append([name, "-", mask_url(info.url), server_state(info)])
-    for inst in state.instances:
+    instances = [state.gateway, *state.instances] if state.gateway else state.instances
+    for inst in instances:
         shown = (instance_states or {}).get(inst.instance, inst.state)
         if inst.restarts:
             shown += f" (restarted {inst.restarts}x)"
@@ -47,4 +48,34 @@ def credentials_text(credentials: Mapping[str, Any], path: Path) -> str:
         else:
             lines.append(f"{key}: {json.dumps(value)}")
     lines.append(f"(kept in {path}; `mosaic status --json` reports them)")
+    return "\n".join(lines)
+
+
+def gateway_text(state: State, credentials: Mapping[str, Any] | None) -> str:
+    """The headline: where clients go (the gateway), and with which API key.
+
+    `credentials` None: the key is not shown, only where to find it.
+    """
+    gateway = state.gateway
+    if gateway is None:
+        return "No gateway runs: clients call the instances above directly."
+    lines = [f"Call the gateway: {gateway.url}"]
+    api_key = (credentials or {}).get("apiKey")
+    key = api_key.get("key") if isinstance(api_key, dict) else None
+    if credentials is None:
+        lines.append(
+            "  every request carries an API key (x-api-key: the demo key is in "
+            "`mosaic status --json`)"
+        )
+    elif key:
+        lines.append(f"  every request carries the API key: curl -H 'x-api-key: {key}' \\")
+        lines.append(f"    {gateway.url}/v1/blogs")
+    else:
+        lines.append(
+            "  every request carries an API key (x-api-key); the demo key is not recorded: "
+            "an admin creates one with POST /v1/api-keys"
+        )
+    lines.append(
+        f"Gateway admin (this machine only): {gateway.admin_url}/admin/routes, /admin/backends"
+    )
     return "\n".join(lines)

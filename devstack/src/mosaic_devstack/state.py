@@ -4,8 +4,9 @@ Layout of the data folder (default `.mosaic`):
 
     pg/                  PostgreSQL cluster (embedded only)
     nats/                JetStream storage (embedded only)
-    logs/<name>.log      one file per instance, plus mosaic.log, postgres.log, nats.log and
-                         <service>-migrate.log / <service>-seed.log
+    logs/<name>.log      one file per instance, plus mosaic.log, postgres.log, nats.log,
+                         gateway.log and <service>-migrate.log / <service>-seed.log
+    gateway.yaml         the gateway's configuration, written at every start
     state.json           what the running supervisor started (removed when it stops)
     credentials.json     secrets the seeds returned the first time (kept across runs)
     supervisor.lock      held by the running supervisor
@@ -55,6 +56,10 @@ class DataDir:
         return self.root / "logs"
 
     @property
+    def gateway_config(self) -> Path:
+        return self.root / "gateway.yaml"
+
+    @property
     def pg(self) -> Path:
         return self.root / "pg"
 
@@ -99,6 +104,16 @@ class InstanceInfo:
 
 
 @dataclass
+class GatewayInfo(InstanceInfo):
+    """The gateway in front of the services: `url` is what clients call."""
+
+    admin_url: str = ""
+    """Loopback only: /healthz, /readyz, /admin/routes, /admin/backends."""
+    config_file: str = ""
+    workers: int = 1
+
+
+@dataclass
 class State:
     supervisor_pid: int
     supervisor_started: float | None
@@ -112,13 +127,16 @@ class State:
     nats: ServerInfo | None = None
     instances: list[InstanceInfo] = field(default_factory=list)
     ready_at: str | None = None
+    gateway: GatewayInfo | None = None
 
     def supervisor(self) -> ProcessRef:
         return ProcessRef(self.supervisor_pid, self.supervisor_started)
 
     def processes(self) -> list[ProcessRef]:
-        """Every process this stack started, services first (the order to stop them in)."""
-        refs = [inst.process() for inst in self.instances]
+        """Every process this stack started, in the order to stop them: the gateway (clients
+        stop getting in), the services, then the servers they use."""
+        refs = [self.gateway.process() if self.gateway else None]
+        refs += [inst.process() for inst in self.instances]
         refs += [self.nats.process() if self.nats else None]
         refs += [self.postgres.process() if self.postgres else None]
         return [ref for ref in refs if ref is not None]
@@ -134,21 +152,25 @@ class State:
         data["postgres"] = ServerInfo(**data["postgres"]) if data.get("postgres") else None
         data["nats"] = ServerInfo(**data["nats"]) if data.get("nats") else None
         data["instances"] = [InstanceInfo(**item) for item in data.get("instances", [])]
+        data["gateway"] = GatewayInfo(**data["gateway"]) if data.get("gateway") else None
         return cls(**data)
 
 
-def write_private_json(path: Path, data: Any) -> None:
-    """Replace `path` atomically with `data`, in a file created 0600 (never readable by others)."""
+def write_private_text(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, in a file created 0600 (never readable by others)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=2)
-            out.write("\n")
+            out.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    write_private_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_state(data: DataDir) -> State | None:

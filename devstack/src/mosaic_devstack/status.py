@@ -11,9 +11,10 @@ import httpx
 
 from mosaic_devstack.embedded import port_open
 from mosaic_devstack.output import Console, mask_url
-from mosaic_devstack.report import stack_table
+from mosaic_devstack.report import gateway_text, stack_table
 from mosaic_devstack.state import (
     DataDir,
+    GatewayInfo,
     InstanceInfo,
     ServerInfo,
     State,
@@ -27,17 +28,21 @@ async def _probe(client: httpx.AsyncClient, inst: InstanceInfo) -> str:
     proc = inst.process()
     if proc is not None and not proc.alive():
         return "failed" if inst.state == "failed" else "down"
+    # The gateway's health is on its admin port; its own port only has the routes.
+    base = inst.admin_url if isinstance(inst, GatewayInfo) else inst.url
     try:
-        answer = await client.get(inst.url + inst.ready_path)
+        answer = await client.get(base + inst.ready_path)
     except httpx.HTTPError:
         return "restarting" if inst.state == "restarting" else "unreachable"
     return "ready" if answer.status_code == 200 else f"not ready ({answer.status_code})"
 
 
 async def probe_instances(state: State) -> dict[str, str]:
+    """Live state of every instance, and of the gateway (under its name, `gateway`)."""
+    every = [state.gateway, *state.instances] if state.gateway else state.instances
     async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
-        states = await asyncio.gather(*(_probe(client, inst) for inst in state.instances))
-    return {inst.instance: st for inst, st in zip(state.instances, states, strict=True)}
+        states = await asyncio.gather(*(_probe(client, inst) for inst in every))
+    return {inst.instance: st for inst, st in zip(every, states, strict=True)}
 
 
 def server_reachable(info: ServerInfo) -> bool:
@@ -60,6 +65,22 @@ def _server_json(info: ServerInfo | None) -> dict[str, Any] | None:
     }
 
 
+def _gateway_json(gateway: GatewayInfo | None, probed: dict[str, str]) -> dict[str, Any] | None:
+    if gateway is None:
+        return None
+    return {
+        "url": gateway.url,
+        "admin_url": gateway.admin_url,
+        "port": gateway.port,
+        "workers": gateway.workers,
+        "config_file": gateway.config_file,
+        "pid": gateway.pid,
+        "state": probed[gateway.instance],
+        "ready": probed[gateway.instance] == "ready",
+        "restarts": gateway.restarts,
+    }
+
+
 def status_document(data: DataDir, state: State, probed: dict[str, str]) -> dict[str, Any]:
     return {
         "running": True,
@@ -68,6 +89,8 @@ def status_document(data: DataDir, state: State, probed: dict[str, str]) -> dict
         "supervisor_pid": state.supervisor_pid,
         "started_at": state.started_at,
         "ready_at": state.ready_at,
+        # What clients call (null when the stack runs without one).
+        "gateway": _gateway_json(state.gateway, probed),
         "postgres": _server_json(state.postgres),
         "nats": _server_json(state.nats),
         "instances": [
@@ -127,5 +150,6 @@ def status(data: DataDir, *, as_json: bool, console: Console) -> int:
         if info is not None and not server_reachable(info):
             console.say(f"warning: {name} at {mask_url(info.url)} does not answer")
     console.say("")
+    console.say(gateway_text(state, None))
     console.say(f"Credentials: {state.credentials_file} (or `mosaic status --json`)")
     return 0

@@ -1,8 +1,10 @@
 """`mosaic up`'s engine: start servers, migrate, seed, run replicas, restart crashes, stop in order.
 
 Start: PostgreSQL and NATS together (or the ones given by DATABASE_URL / NATS_URL), then every
-service at once: migrate, seed, then its replicas in parallel until each answers /readyz.
-Stop (signal, or a failed start): services (SIGTERM, grace, SIGKILL), then NATS, then PostgreSQL.
+service at once: migrate, seed, then its replicas in parallel until each answers /readyz; then
+the gateway in front of them, until it routes.
+Stop (signal, or a failed start): the gateway, then services (SIGTERM, grace, SIGKILL), then
+NATS, then PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,12 +21,26 @@ from typing import Any, TypeVar
 
 import httpx
 
-from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, ServerError, free_port
+from mosaic_devstack.embedded import (
+    EmbeddedNats,
+    EmbeddedPostgres,
+    ServerError,
+    free_port,
+    port_free,
+)
+from mosaic_devstack.gateway import GatewayInstance
+from mosaic_devstack.gateway_config import (
+    BACKENDS,
+    GatewayConfigError,
+    GatewaySettings,
+    gateway_config,
+    render,
+)
 from mosaic_devstack.instance import HOST, Instance, NotReadyError
 from mosaic_devstack.output import Console
 from mosaic_devstack.procs import ProcessRef
 from mosaic_devstack.provision import StepError, parse_seed_output, run_step
-from mosaic_devstack.report import credentials_text, stack_table
+from mosaic_devstack.report import credentials_text, gateway_text, stack_table
 from mosaic_devstack.services import RegistryError, Service
 from mosaic_devstack.state import (
     DataDir,
@@ -34,6 +50,7 @@ from mosaic_devstack.state import (
     merge_credentials,
     read_credentials,
     write_private_json,
+    write_private_text,
     write_state,
 )
 from mosaic_devstack.streams import LineSink, tail_text
@@ -50,7 +67,11 @@ class StartupError(RuntimeError):
 
 
 # Failures that end `mosaic up` with a message rather than a traceback.
-EXPECTED = (StartupError, StepError, NotReadyError, RegistryError, ServerError)
+EXPECTED = (StartupError, StepError, NotReadyError, RegistryError, ServerError, GatewayConfigError)
+
+# The gateway's port when none is asked for, if it is free: a URL that stays the same from one
+# run to the next is easier to work with than the free ports everything else gets.
+PREFERRED_GATEWAY_PORT = 8080
 
 
 @dataclass
@@ -63,6 +84,11 @@ class UpOptions:
     max_restarts: int = 5
     quiet: bool = False
     """Do not echo the services' output (it still goes to the log files)."""
+    gateway: bool = True
+    """Run the gateway in front of the services (when the registry has auth and blog)."""
+    gateway_port: int | None = None
+    """None: PREFERRED_GATEWAY_PORT if free, else any free port; 0: any free port."""
+    gateway_workers: int = 2
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -104,7 +130,7 @@ class Supervisor:
         self.sinks: dict[str, LineSink] = {}
         self.ports: set[int] = set()
         # Every prefix has the same width from the first line on, so the columns line up.
-        names = ["mosaic"]
+        names = ["mosaic", "gateway"]
         for service in opts.services:
             names += [f"{service.name}-migrate", *service.instance_names(opts.replicas)]
         console.width = max(console.width, *(len(name) for name in names))
@@ -114,6 +140,8 @@ class Supervisor:
         self.database_url = ""
         self.nats_url = ""
         self.instances: list[Instance] = []
+        self.gateway: GatewayInstance | None = None
+        self.gateway_port: int | None = None
         self.state: State | None = None
         try:
             self.credentials = read_credentials(self.data)
@@ -203,8 +231,12 @@ class Supervisor:
         self._write_state()
         for service in self.opts.services:
             service.argv()  # a missing program fails here, before anything is started
+        if self._wants_gateway():
+            self.gateway_port = self._pick_gateway_port()
         await self._start_servers()
         await first_failure(self._bring_up(service) for service in self.opts.services)
+        if self.gateway_port is not None:
+            await self._bring_up_gateway(self.gateway_port)
         assert self.state is not None
         self.state.status = "ready"
         self.state.ready_at = now_iso()
@@ -299,6 +331,10 @@ class Supervisor:
         env["DATABASE_URL"] = self.database_url
         env["NATS_URL"] = self.nats_url
         env.setdefault("LOG_FORMAT", "json")
+        if self.gateway_port is not None:
+            # The gateway replaces a client's X-Forwarded-For with the address it saw, so auth
+            # may take it (sign-in throttling per client address).
+            env.setdefault("AUTH_TRUST_FORWARDED_FOR", "true")
         env["PYTHONUNBUFFERED"] = "1"  # lines reach the terminal as they are written
         if service.schema:
             env["DB_SCHEMA"] = service.schema
@@ -320,6 +356,77 @@ class Supervisor:
                     f"{self.data.credentials_file}; it cannot be shown"
                 )
 
+    # ---- the gateway ---------------------------------------------------------------------
+
+    def _wants_gateway(self) -> bool:
+        if not self.opts.gateway:
+            self.say("gateway: off (--no-gateway); clients call the instances directly")
+            return False
+        names = {service.name for service in self.opts.services}
+        missing = [name for name in BACKENDS if name not in names]
+        if missing:
+            self.say(
+                f"gateway: not started, it fronts {' and '.join(BACKENDS)} and the service list "
+                f"has no {', '.join(missing)}"
+            )
+            return False
+        GatewayInstance.check_installed()
+        return True
+
+    def _pick_gateway_port(self) -> int:
+        requested = self.opts.gateway_port
+        if requested == 0:
+            return self._port()
+        port = PREFERRED_GATEWAY_PORT if requested is None else requested
+        if not port_free(port):
+            if requested is not None:
+                raise StartupError(f"gateway: port {port} is in use (try another --gateway-port)")
+            self.say(f"gateway: port {port} is in use; using a free one")
+            return self._port()
+        self.ports.add(port)
+        return port
+
+    async def _bring_up_gateway(self, port: int) -> None:
+        began = time.monotonic()
+        settings = GatewaySettings(
+            listen=HOST,
+            port=port,
+            admin_port=self._port(),
+            workers=self.opts.gateway_workers,
+            nats_url=self.nats_url,
+            # Within the devstack's own grace, so the gateway drains before it would be killed.
+            shutdown_grace=round(min(self.opts.grace / 2, 10.0), 3),
+            jwt_issuer=self.env.get("AUTH_ISSUER"),
+            jwt_audience=self.env.get("AUTH_AUDIENCE"),
+        )
+        instances = {
+            name: [inst.url for inst in self.instances if inst.service.name == name]
+            for name in BACKENDS
+        }
+        path = self.data.gateway_config
+        # Private like the state: an external NATS_URL may carry a password.
+        write_private_text(path, render(gateway_config(settings, instances), str(path)))
+        env = {**self.env, "NATS_URL": self.nats_url, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("LOG_FORMAT", "json")
+        gateway = self.gateway = GatewayInstance(
+            port=port,
+            admin_port=settings.admin_port,
+            workers=settings.workers,
+            config_file=path,
+            env=env,
+            sink=self._sink("gateway"),
+        )
+        await gateway.spawn()
+        self._write_state()
+        await gateway.wait_ready(self.http, self.opts.ready_timeout)
+        gateway.info.state = "ready"
+        self._write_state()
+        self.say(
+            f"gateway ready in {time.monotonic() - began:.1f}s at {gateway.url} "
+            f"({settings.workers} workers; admin {gateway.admin_url}; config {path})"
+        )
+        self.watchers.append(asyncio.create_task(self._watch(gateway)))
+
     # ---- running -------------------------------------------------------------------------
 
     def _announce(self) -> None:
@@ -328,6 +435,8 @@ class Supervisor:
         self.console.say(stack_table(self.state))
         self.console.say("")
         self.console.say(credentials_text(self.credentials, self.data.credentials_file))
+        self.console.say("")
+        self.console.say(gateway_text(self.state, self.credentials))
         self.console.say("")
 
     async def _watch(self, inst: Instance) -> None:
@@ -426,6 +535,12 @@ class Supervisor:
         for watcher in self.watchers:
             watcher.cancel()
         await asyncio.gather(*self.watchers, return_exceptions=True)
+        if self.gateway is not None:
+            # First: clients stop getting in before the services behind it go.
+            if self.gateway.running():
+                self.say("stopping the gateway")
+            await self._all([self.gateway.stop(self.opts.grace, self.force)])
+            self.gateway.info.state = "stopped"
         if any(inst.running() for inst in self.instances):
             self.say(f"stopping {len(self.instances)} service instance(s)")
         # Reverse start order, so a front service (the gateway, listed last) stops taking
@@ -466,6 +581,7 @@ class Supervisor:
             self.instances, key=lambda inst: (order[inst.service.name], len(inst.name), inst.name)
         )
         self.state.instances = [inst.info for inst in ordered]
+        self.state.gateway = self.gateway.gateway_info if self.gateway else None
         write_state(self.data, self.state)
 
     def _remove_state(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from mosaic_devstack.cleanup import stop_recorded
 from mosaic_devstack.output import Console
-from mosaic_devstack.report import credentials_text, stack_table
+from mosaic_devstack.report import credentials_text, gateway_text, stack_table
 from mosaic_devstack.state import DataDir, StateError, read_credentials, read_state
 from mosaic_devstack.supervisor import Supervisor, UpOptions
 
@@ -135,9 +135,12 @@ def run_detached(data: DataDir, up_args: Sequence[str], console: Console) -> int
             console.write(src.read()[-20000:])
         return 1
     assert state is not None
+    credentials = read_credentials(data)
     console.say(stack_table(state))
     console.say("")
-    console.say(credentials_text(read_credentials(data), data.credentials_file))
+    console.say(credentials_text(credentials, data.credentials_file))
+    console.say("")
+    console.say(gateway_text(state, credentials))
     console.say("")
     console.say(
         f"Running in the background (supervisor pid {child.pid}); logs in {data.logs}; "

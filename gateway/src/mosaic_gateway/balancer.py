@@ -28,18 +28,39 @@ add at most about `retry_ratio` to the load on a backend that fails everywhere.
 
 State is per worker process: each worker sees its own traffic, ejects on its own evidence and
 runs its own health checks.
+
+The set of instances may change while requests are in flight (discovery, `update_instances`):
+instances that stay keep their objects, so their ejection, breaker and health state and their
+pools carry on; new ones are added; removed ones leave the choice at once but their pools
+*drain*: idle connections are closed, busy ones finish their exchange, and the pool is closed
+once no request holds the instance any more (checked by `sweep`, every second).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from mosaic_gateway.breaker import REJECTED, CircuitBreaker
 from mosaic_gateway.upstream import Pool
 from mosaic_kit.logging import get_logger
 
 _log = get_logger("mosaic_gateway.balancer")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where an instance is reached; `url` identifies it across updates."""
+
+    url: str
+    host: str
+    port: int
+    weight: int = 1
+
+
+# Makes the pool and breaker of a new instance (set by the runtime from the backend's settings).
+InstanceParts = Callable[[Address], tuple[Pool, CircuitBreaker]]
 
 
 class Instance:
@@ -136,6 +157,11 @@ class Backend:
         self.permit = REJECTED  # the breaker permit of the last `pick`; read at once by the caller
         self.instances: list[Instance] = []
         self.available: list[Instance] = []
+        # Removed instances whose pools still serve requests that picked them before.
+        self.draining: list[Instance] = []
+        self.make_parts: InstanceParts | None = None
+        # What the admin view says about where the instances come from (set by discovery).
+        self.source: dict[str, object] = {"kind": "static"}
         self.panic = False
         self._equal_weights = True
         self._next = 0
@@ -160,6 +186,75 @@ class Backend:
         self.instances.append(instance)
         self._refresh()
         return instance
+
+    def update_instances(self, addresses: Sequence[Address]) -> tuple[list[str], list[str]]:
+        """Make the instances be `addresses` (matched by URL); returns (added, removed) URLs.
+
+        Instances that stay keep their state; a changed weight is applied in place."""
+        wanted = {address.url: address for address in addresses}
+        current = {instance.url: instance for instance in self.instances}
+        removed = [url for url in current if url not in wanted]
+        added = [url for url in wanted if url not in current]
+        changed = bool(added or removed)
+        for url in removed:
+            self._retire(current[url])
+        for url, address in wanted.items():
+            instance = current.get(url)
+            if instance is not None and instance.weight != address.weight:
+                instance.weight = address.weight
+                changed = True
+        for url in added:
+            instance = self._revive(url)
+            if instance is None:
+                instance = self._new_instance(wanted[url])
+            instance.weight = wanted[url].weight
+            self.instances.append(instance)
+        if changed:
+            self._refresh()
+        return added, removed
+
+    def _revive(self, url: str) -> Instance | None:
+        """An instance removed a moment ago and back: it keeps its pool and its state."""
+        for instance in self.draining:
+            if instance.url == url:
+                self.draining.remove(instance)
+                return instance
+        return None
+
+    def _new_instance(self, address: Address) -> Instance:
+        make_parts = self.make_parts
+        assert make_parts is not None, "a backend updated at run time needs make_parts"
+        pool, breaker = make_parts(address)
+        breaker.on_change = self._breaker_changed
+        return Instance(
+            self, address.url, address.host, address.port, address.weight, pool, breaker
+        )
+
+    def _retire(self, instance: Instance) -> None:
+        # Its readmission timer (if ejected) is left to run: should the instance come back
+        # before it has drained, it comes back with its state, ejection included.
+        self.instances.remove(instance)
+        instance.pool.sweep(float("inf"))  # the idle connections go now
+        self.draining.append(instance)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle too long; finish draining removed instances (every second)."""
+        for instance in self.instances:
+            instance.pool.sweep(now)
+        if self.draining:
+            still: list[Instance] = []
+            for instance in self.draining:
+                pool = instance.pool
+                pool.sweep(float("inf"))
+                if instance.outstanding > 0:
+                    still.append(instance)
+                    continue
+                if instance._readmit is not None:
+                    instance._readmit.cancel()
+                    instance._readmit = None
+                pool.close()
+                _log.info("instance_drained", backend=self.name, instance=instance.url)
+            self.draining = still
 
     # --- picking ----------------------------------------------------------------------------
 
@@ -340,7 +435,7 @@ class Backend:
             self._next = 0
 
     def close(self) -> None:
-        for instance in self.instances:
+        for instance in self.instances + self.draining:
             if instance._readmit is not None:
                 instance._readmit.cancel()
                 instance._readmit = None
@@ -349,7 +444,9 @@ class Backend:
     def snapshot(self) -> dict[str, object]:
         return {
             "balancing": self.policy,
+            "source": self.source,
             "available": 0 if self.panic else len(self.available),
             "panic": self.panic,
             "instances": [instance.snapshot() for instance in self.instances],
+            "draining": [instance.snapshot() for instance in self.draining],
         }

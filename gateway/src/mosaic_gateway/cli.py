@@ -2,7 +2,8 @@
 
 `check` validates a configuration file and prints every problem as `file:line:column: field:
 message` (exit 1), or a one-line summary (exit 0): usable in CI and before a reload.
-The file may also be named by the `GATEWAY_CONFIG` environment variable.
+The file may also be named by the `GATEWAY_CONFIG` environment variable. `serve` reloads it on
+SIGHUP and when it changes (`--no-watch`: on SIGHUP only).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="processes (overrides server.workers; default CPUs)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        help="reload on SIGHUP only, not when the file changes",
     )
     serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     serve.add_argument(
@@ -78,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from mosaic_gateway.supervisor import serve
 
-    return serve(config, workers)
+    return serve(config, workers, os.path.abspath(args.config), watch=args.watch)
 
 
 if __name__ == "__main__":

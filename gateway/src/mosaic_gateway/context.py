@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mosaic_gateway.config import GatewayConfig
 from mosaic_kit.nats import connect
+
+if TYPE_CHECKING:
+    from mosaic_gateway.security import SecurityServices
 
 
 class NatsRequiredError(RuntimeError):
@@ -28,6 +32,9 @@ class WorkerContext:
     loop: asyncio.AbstractEventLoop
     nc: Client | None = None
     _js: JetStreamContext | None = field(default=None, repr=False)
+    # API key and token verifiers with their caches and revocation feeds (security.py):
+    # created by the first runtime whose routes need them, kept across reloads.
+    security: SecurityServices | None = None
 
     @property
     def nats(self) -> Client:
@@ -52,6 +59,9 @@ class WorkerContext:
             )
 
     async def close(self) -> None:
+        if self.security is not None:
+            await self.security.stop()
+            self.security = None
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.drain()
         self.nc = None

@@ -37,7 +37,7 @@ from mosaic_kit.logging import get_logger
 if TYPE_CHECKING:
     # Types only: importing mosaic_kit.auth at run time would pull FastAPI into every worker.
     from mosaic_gateway.apikeys import ApiKeyIdentity
-    from mosaic_kit.auth import Principal
+    from mosaic_kit.tokens import Principal
 
 __all__ = [
     "ALWAYS_FORWARDED",

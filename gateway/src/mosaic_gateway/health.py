@@ -1,5 +1,8 @@
 """Active health checks: `GET <path>` on every instance of a backend, every `interval`.
 
+Each round checks the instances the backend has then, so discovered instances are checked
+from the round after they appear (until then they count as healthy).
+
 A check uses its own short-lived connection (not the request pool), so it tests what a new
 connection would meet and never competes with traffic for pooled connections. Any 2xx is healthy;
 anything else, a timeout or a connection error is not.
@@ -78,6 +81,8 @@ class HealthChecker:
 
     async def _check(self, instance: Instance) -> None:
         ok = await probe(instance.host, instance.port, self.path, self.timeout)
+        if instance not in self.backend.instances:
+            return  # removed by discovery meanwhile: its state no longer matters
         self.backend.check_result(
             instance, ok, healthy_after=self.healthy_after, unhealthy_after=self.unhealthy_after
         )

@@ -23,9 +23,9 @@ dropped rather than the connection closed, so the pooled connection stays usable
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mosaic_gateway import problems
 from mosaic_gateway.balancer import Backend, Instance
@@ -47,6 +47,10 @@ from mosaic_gateway.upstream import (
     UpstreamError,
 )
 from mosaic_kit.logging import get_logger
+
+if TYPE_CHECKING:
+    from mosaic_gateway.aggregate import Aggregator  # AGG
+    from mosaic_gateway.cache import ResponseCapture, RouteCache  # CACHE
 
 # Request headers never copied upstream: hop-by-hop ones, the body framing (re-done here), the
 # ones the gateway sets itself, and `expect` (answered here).
@@ -75,6 +79,10 @@ class Admission(Protocol):
         """True: go on now. False: answered already (a problem, a CORS preflight).
         An awaitable: the answer needs I/O; it resolves to one of the two."""
 
+    def preflight(self, exchange: Exchange) -> bool:
+        """Answer a CORS preflight for a method the path has no route for; False if the
+        request is not one, or the route has no CORS settings."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -98,6 +106,10 @@ class CompiledRoute:
     retry: RetryPolicy | None = None
     # Who may call and how often (security.py); None: anyone, no rate limit.
     policy: Admission | None = None
+    # AGG: answered by several backend calls (aggregate.py); `backend` is then the first call's.
+    aggregate: Aggregator | None = None
+    # CACHE: GET responses kept per route (cache.py); None: not cached.
+    cache: RouteCache | None = None
 
     def upstream_path(self, path: bytes) -> bytes:
         if self.strip_prefix:
@@ -105,6 +117,15 @@ class CompiledRoute:
         if self.add_prefix:
             path = self.add_prefix + path
         return path or b"/"
+
+
+def _cors_preflight(exchange: Exchange, routes: Mapping[bytes, CompiledRoute]) -> bool:
+    """A CORS preflight to a path whose routes have CORS settings: answered by the first."""
+    for route in routes.values():
+        policy = route.policy
+        if policy is not None and policy.preflight(exchange):
+            return True
+    return False
 
 
 def _has_dot_segment(path: bytes) -> bool:
@@ -158,6 +179,8 @@ class Proxy:
         entry = found[0]
         route = entry.by_method.get(exchange.method)
         if route is None:
+            if exchange.method == b"OPTIONS" and _cors_preflight(exchange, entry.by_method):
+                return
             exchange.send_problem(problems.METHOD_NOT_ALLOWED, ((b"allow", entry.allow),))
             return
         limit = route.max_body_bytes
@@ -194,6 +217,18 @@ class Proxy:
 
     def dispatch(self, exchange: Exchange, route: CompiledRoute) -> None:
         """An admitted request: answered from the cache, aggregated, or forwarded."""
+        # --- CACHE: a hit is answered here; a miss may wait for the same fetch in flight --
+        capture: ResponseCapture | None = None
+        if route.cache is not None:
+            capture = route.cache.lookup(exchange)
+            if capture is None:
+                return
+        # --- end CACHE ----------------------------------------------------------------------
+        # --- AGG: an aggregate route answers from several backends (aggregate.py) ----------
+        if route.aggregate is not None:
+            route.aggregate.start(self, exchange)
+            return
+        # --- end AGG ------------------------------------------------------------------------
         backend = route.backend
         if route.retry is not None:
             backend.deposit_retry_token()
@@ -203,6 +238,8 @@ class Proxy:
             exchange.send_problem(CIRCUIT_OPEN if backend.instances else problems.UNAVAILABLE)
             return
         forward = Forward(self, exchange, route, instance, backend.permit)
+        if capture is not None:  # CACHE
+            capture.attach(forward)
         self.active.add(forward)
         if (
             forward.retries_left
@@ -280,6 +317,7 @@ class Forward:
         "body",
         "body_chunked",
         "buffered",
+        "capture",
         "conn",
         "deadline",
         "discarding",
@@ -330,6 +368,8 @@ class Forward:
         self.out: list[bytes] = []
         self.deadline = proxy.loop.time() + route.timeout
         self.timer: asyncio.TimerHandle | None = None
+        # CACHE: told about the response (x-cache label, teeing into the cache); cache.py.
+        self.capture: ResponseCapture | None = None
         exchange.responder = self
         if exchange.conn.write_paused:
             self.pause_response()
@@ -471,7 +511,12 @@ class Forward:
             else:
                 # An HTTP/1.0 client knows no chunks: the body ends when the connection does.
                 exchange.close_after = True
+        capture = self.capture  # CACHE
+        if capture is not None and not capture.head(status, headers, out):
+            self.capture = None
         out += (b"x-request-id: ", exchange.request_id, CRLF)
+        if exchange.response_extra:
+            out.append(exchange.response_extra)
         if exchange.will_close():
             out.append(b"connection: close\r\n")
         out.append(CRLF)
@@ -482,6 +527,9 @@ class Forward:
         if self.discarding:
             return
         self.out.append(chunk(data) if self.to_client_chunked else data)
+        capture = self.capture  # CACHE
+        if capture is not None:
+            capture.body(data)
 
     def response_flush(self) -> None:
         out = self.out
@@ -501,6 +549,10 @@ class Forward:
             self.exchange.conn.write(b"".join(out))
             out.clear()
         self.conn = None
+        capture = self.capture  # CACHE: the response is complete, it may be stored
+        if capture is not None:
+            self.capture = None
+            capture.end()
         self._settle(not self.failure_status)
         self.exchange.finish()
 
@@ -631,6 +683,10 @@ class Forward:
             return
         self.done = True
         self.proxy.active.discard(self)
+        capture = self.capture  # CACHE: ended without a complete response
+        if capture is not None:
+            self.capture = None
+            capture.abandon()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

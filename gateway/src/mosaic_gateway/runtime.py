@@ -6,16 +6,22 @@ their backend object, backends hold their instances, instances hold their pools.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mosaic_gateway.balancer import Backend
+from mosaic_gateway.aggregate import compile_aggregate  # AGG
+from mosaic_gateway.balancer import Address, Backend, InstanceParts
 from mosaic_gateway.breaker import CircuitBreaker
-from mosaic_gateway.config import GatewayConfig, Retries
+from mosaic_gateway.cache_invalidation import build_caches  # CACHE
+from mosaic_gateway.config import Backend as BackendSpec
+from mosaic_gateway.config import GatewayConfig, Retries, Route
 from mosaic_gateway.context import WorkerContext
+from mosaic_gateway.discovery import DiscoveryWatcher, DnsWatcher, NatsWatcher
 from mosaic_gateway.health import HealthChecker
 from mosaic_gateway.proxy import CompiledRoute, RetryPolicy
 from mosaic_gateway.router import Router, RouteSpec, parse_template
+from mosaic_gateway.security import build_policy
 from mosaic_gateway.upstream import Pool
 
 
@@ -52,8 +58,7 @@ class Runtime:
 
     def sweep(self, now: float) -> None:
         for backend in self.backends.values():
-            for instance in backend.instances:
-                instance.pool.sweep(now)
+            backend.sweep(now)
 
     def routes_snapshot(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -69,6 +74,8 @@ class Runtime:
                     "timeout": route.timeout or self.config.server.timeouts.request,
                 }
             )
+            if route.aggregate is not None:  # AGG
+                out[-1]["aggregate"] = route.aggregate.model_dump(exclude_none=True)
         return out
 
     def backends_snapshot(self) -> dict[str, object]:
@@ -76,10 +83,90 @@ class Runtime:
 
 
 def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
-    loop = context.loop
     timeouts = config.server.timeouts
+    backends, checkers, watchers = build_backends(config, context)  # DISCO
+    default_limit = config.server.limits.max_body_bytes
+    specs = []
+    caches, cache_invalidation = build_caches(config, context)  # CACHE
+    for route, cache in zip(config.routes, caches, strict=True):
+        rewrite = route.rewrite
+        backend_name = (  # AGG: an aggregate route points at its first call's backend
+            route.aggregate.backends[0].backend if route.aggregate is not None else route.backend
+        )
+        assert backend_name is not None
+        compiled = CompiledRoute(
+            template=route.path,
+            backend=backends[backend_name],
+            timeout=route.timeout or timeouts.request,
+            max_body_bytes=default_limit if route.max_body_bytes is None else route.max_body_bytes,
+            strip_prefix=(rewrite.strip_prefix or "").encode("ascii") if rewrite else b"",
+            add_prefix=(rewrite.add_prefix or "").encode("ascii") if rewrite else b"",
+            retry=_retry_policy(config.backends[backend_name].retries),
+            policy=build_policy(route, config, context, _limit_name(route)),
+            cache=cache,  # CACHE
+        )
+        if route.aggregate is not None:  # AGG
+            compiled.retry = None
+            compiled.aggregate = compile_aggregate(
+                route,
+                backends,
+                lambda name: _retry_policy(config.backends[name].retries),
+                compiled.timeout,
+            )
+        specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
+    return Runtime(
+        config,
+        Router.compile(specs),
+        backends,
+        checkers,
+        [
+            *watchers,  # DISCO: discovery watchers first
+            _SecurityFeeds(context),
+            *([cache_invalidation] if cache_invalidation is not None else []),  # CACHE
+        ],
+    )
+
+
+def _limit_name(route: Route) -> str:
+    # The same on every replica for the same route (shared rate-limit counters are keyed on it).
+    return ",".join(route.methods) + " " + route.path
+
+
+class _SecurityFeeds:
+    """Starts the worker's verifiers' revocation feeds; the context stops them, not a reload."""
+
+    def __init__(self, context: WorkerContext) -> None:
+        self._context = context
+
+    async def start(self) -> None:
+        if self._context.security is not None:
+            await self._context.security.start()
+
+    async def stop(self) -> None:
+        pass
+
+
+def _retry_policy(spec: Retries) -> RetryPolicy | None:
+    if spec.attempts == 0:
+        return None
+    return RetryPolicy(
+        attempts=spec.attempts,
+        on_connect_error="connect_error" in spec.on,
+        statuses=frozenset(item for item in spec.on if isinstance(item, int)),
+    )
+
+
+# --- DISCO: backends, their instances (static or discovered) and health checks ---------------
+
+
+def build_backends(
+    config: GatewayConfig, context: WorkerContext
+) -> tuple[dict[str, Backend], list[HealthChecker], list[DiscoveryWatcher]]:
+    loop = context.loop
+    connect_default = config.server.timeouts.connect
     backends: dict[str, Backend] = {}
     checkers: list[HealthChecker] = []
+    watchers: list[DiscoveryWatcher] = []
     for name, spec in config.backends.items():
         backend = Backend(
             loop,
@@ -91,30 +178,30 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
             retry_ratio=spec.retries.budget,
             retry_min_per_second=spec.retries.min_per_second,
         )
-        breaker = spec.breaker
-        for instance in spec.instances:
-            pool = Pool(
-                loop,
-                instance.host,
-                instance.port,
-                max_connections=spec.pool.max_connections,
-                idle_timeout=spec.pool.idle_timeout,
-                connect_timeout=spec.connect_timeout or timeouts.connect,
+        backend.make_parts = _instance_parts(loop, spec, connect_default)
+        if spec.instances is not None:
+            backend.update_instances(
+                [Address(i.url, i.host, i.port, i.weight) for i in spec.instances]
             )
-            backend.add_instance(
-                instance.url,
-                instance.host,
-                instance.port,
-                instance.weight,
-                pool,
-                CircuitBreaker(
-                    failure_threshold=breaker.failure_threshold,
-                    open_for=breaker.open_for,
-                    max_open_for=max(breaker.max_open_for, breaker.open_for),
-                    backoff=breaker.backoff,
-                    half_open_probes=breaker.half_open_probes,
-                    name=instance.url,
-                ),
+        discovery = spec.discovery
+        if discovery is not None and discovery.dns is not None:
+            dns = discovery.dns
+            watchers.append(
+                DnsWatcher(
+                    backend, name=dns.name, port=dns.port, interval=dns.interval, family=dns.family
+                )
+            )
+        elif discovery is not None and discovery.nats is not None:
+            found = discovery.nats
+            watchers.append(
+                NatsWatcher(
+                    backend,
+                    context.nats,
+                    service=found.service,
+                    interval=found.interval,
+                    timeout=found.timeout,
+                    missing_rounds=found.missing_rounds,
+                )
             )
         backends[name] = backend
         check = spec.health_check
@@ -129,28 +216,34 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
                     unhealthy_after=check.unhealthy_after,
                 )
             )
-    default_limit = config.server.limits.max_body_bytes
-    specs = []
-    for route in config.routes:
-        rewrite = route.rewrite
-        compiled = CompiledRoute(
-            template=route.path,
-            backend=backends[route.backend],
-            timeout=route.timeout or timeouts.request,
-            max_body_bytes=default_limit if route.max_body_bytes is None else route.max_body_bytes,
-            strip_prefix=(rewrite.strip_prefix or "").encode("ascii") if rewrite else b"",
-            add_prefix=(rewrite.add_prefix or "").encode("ascii") if rewrite else b"",
-            retry=_retry_policy(config.backends[route.backend].retries),
+    return backends, checkers, watchers
+
+
+def _instance_parts(
+    loop: asyncio.AbstractEventLoop, spec: BackendSpec, connect_default: float
+) -> InstanceParts:
+    """How a backend makes the pool and breaker of each of its instances, now or later."""
+    breaker = spec.breaker
+
+    def make(address: Address) -> tuple[Pool, CircuitBreaker]:
+        pool = Pool(
+            loop,
+            address.host,
+            address.port,
+            max_connections=spec.pool.max_connections,
+            idle_timeout=spec.pool.idle_timeout,
+            connect_timeout=spec.connect_timeout or connect_default,
         )
-        specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
-    return Runtime(config, Router.compile(specs), backends, checkers)
+        return pool, CircuitBreaker(
+            failure_threshold=breaker.failure_threshold,
+            open_for=breaker.open_for,
+            max_open_for=max(breaker.max_open_for, breaker.open_for),
+            backoff=breaker.backoff,
+            half_open_probes=breaker.half_open_probes,
+            name=address.url,
+        )
+
+    return make
 
 
-def _retry_policy(spec: Retries) -> RetryPolicy | None:
-    if spec.attempts == 0:
-        return None
-    return RetryPolicy(
-        attempts=spec.attempts,
-        on_connect_error="connect_error" in spec.on,
-        statuses=frozenset(item for item in spec.on if isinstance(item, int)),
-    )
+# --- end DISCO --------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol, cast
 
 import httptools
@@ -39,7 +40,7 @@ _BODY_HIGH_WATER = 256 * 1024
 
 # Header names the server itself looks at while parsing.
 _SPECIAL_HEADERS = frozenset(
-    {b"content-length", b"transfer-encoding", b"x-request-id", b"expect", b"host"}
+    {b"content-length", b"transfer-encoding", b"x-request-id", b"expect", b"host", b"traceparent"}
 )
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -94,6 +95,8 @@ class Exchange:
         "body_bytes",
         "body_chunks",
         "body_done",
+        "bytes_out",
+        "cache_status",
         "chunked",
         "close_after",
         "conn",
@@ -105,6 +108,7 @@ class Exchange:
         "headers",
         "host",
         "http11",
+        "instance",
         "keep_alive",
         "max_body_bytes",
         "method",
@@ -113,9 +117,15 @@ class Exchange:
         "rejected",
         "request_id",
         "responder",
+        "response_extra",
         "route",
         "sink",
+        "started",
+        "status",
+        "trace",
+        "traceparent",
         "upstream_headers",
+        "user_id",
     )
 
     def __init__(
@@ -158,6 +168,19 @@ class Exchange:
         # lines the admission added for the upstream (identity claims), if any.
         self.route: object | None = None
         self.upstream_headers = b""
+        # Rendered header lines added to the response (CORS), and the caller's user id once
+        # a token was verified (for the access log).
+        self.response_extra = b""
+        # CACHE: "HIT", "MISS" or "BYPASS" on a route with a cache (cache.py); else None.
+        self.cache_status: str | None = None
+        self.user_id: str | None = None
+        # --- OBS: what the access log, metrics and tracing report (observe.py) ---
+        self.started = time.perf_counter()
+        self.status = 0  # of the response head sent, once sent
+        self.bytes_out = 0  # written to the client, head included
+        self.instance: str | None = None  # URL of the instance last tried (proxy.py)
+        self.traceparent: bytes | None = None  # as the client sent it
+        self.trace: object | None = None  # the gateway's span (tracing.py), when tracing
 
     # --- request body -----------------------------------------------------------------------
 
@@ -252,6 +275,7 @@ class Exchange:
         return self.close_after
 
     def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
         self.conn.write(data)
 
     def finish(self) -> None:
@@ -261,6 +285,9 @@ class Exchange:
         self.finished = True
         self.responder = None
         self.sink = None
+        on_end = self.conn.server.on_end
+        if on_end is not None:
+            on_end(self, False)
         self.conn.exchange_done(self)
 
     def abort(self) -> None:
@@ -270,6 +297,9 @@ class Exchange:
         self.finished = True
         self.responder = None
         self.sink = None
+        on_end = self.conn.server.on_end
+        if on_end is not None:
+            on_end(self, True)
         self.conn.close()
 
     def respond(
@@ -302,7 +332,10 @@ class Exchange:
         parts.append(CRLF)
         if self.method != b"HEAD":
             parts.append(body)
-        self.conn.write(b"".join(parts))
+        data = b"".join(parts)
+        self.status = status
+        self.bytes_out += len(data)
+        self.conn.write(data)
         self.finish()
 
     def send_problem(
@@ -405,6 +438,10 @@ class ClientConnection(asyncio.Protocol):
         self.server.forget(self)
         queue = self.queue
         self.queue = deque()
+        on_end = self.server.on_end
+        if on_end is not None and queue and not queue[0].finished:
+            # The exchange being answered (those behind it were never handled) ends unanswered.
+            on_end(queue[0], True)
         for exchange in queue:
             responder = exchange.responder
             exchange.finished = True
@@ -494,6 +531,8 @@ class ClientConnection(asyncio.Protocol):
                     exchange.host = value
                 elif name == b"expect":
                     exchange.expect_continue = value.lower() == b"100-continue"
+                elif name == b"traceparent":
+                    exchange.traceparent = value
         exchange.request_id = self.server.request_ids.accept_or_new(exchange.request_id or None)
         exchange.has_body = exchange.chunked or bool(exchange.content_length)
         if not exchange.has_body:
@@ -524,6 +563,9 @@ class ClientConnection(asyncio.Protocol):
             exchange.send_problem(exchange.rejected)
             return
         try:
+            on_dispatch = self.server.on_dispatch
+            if on_dispatch is not None:
+                on_dispatch(exchange)  # OBS: the span starts (tracing.py)
             self.handler.handle(exchange)
         except Exception:
             self.server.log_exception("handler_error")
@@ -646,6 +688,10 @@ class Server:
         self.date = DateHeader()
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        # OBS (observe.py): told when an exchange is handed to the handler, and when it ends
+        # (True: aborted, the response incomplete or never sent). Off (None) on the admin port.
+        self.on_dispatch: Callable[[Exchange], None] | None = None
+        self.on_end: Callable[[Exchange, bool], None] | None = None
         self._drained = asyncio.Event()
         self._servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None

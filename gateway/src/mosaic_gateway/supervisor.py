@@ -7,6 +7,12 @@ sockets while running: if a worker dies, connections the kernel queued on its so
 the replacement instead of being refused. On SIGTERM/SIGINT it closes its copies (so the
 workers' closing really stops the listening), forwards the signal, and waits for the workers to
 drain; stragglers are killed after the grace period.
+
+Reloads: on SIGHUP, or when the configuration file's content changes (polled every second), the
+supervisor validates the file; a bad one is logged (`config_rejected`) and the workers are not
+disturbed. A good one becomes the configuration later workers are forked with (minus what needs
+a restart, see reload.py), and every worker is sent SIGHUP to load it (each one swaps its
+runtime between requests and drains the old one).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import sys
 import time
 from types import FrameType
 
-from mosaic_gateway.config import GatewayConfig
+from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
+from mosaic_gateway.reload import POLL_INTERVAL, FileWatch, live_config, rejected
 from mosaic_gateway.worker import bind_socket, run_worker
 from mosaic_kit.logging import get_logger
 
@@ -54,8 +61,14 @@ def bind_all(config: GatewayConfig, count: int) -> tuple[list[socket.socket], li
     return socks, admin
 
 
-def serve(config: GatewayConfig, workers: int) -> int:
-    """Serve with `workers` processes (in this process when 1); returns the exit code."""
+def serve(
+    config: GatewayConfig, workers: int, config_path: str | None = None, *, watch: bool = True
+) -> int:
+    """Serve with `workers` processes (in this process when 1); returns the exit code.
+
+    SIGHUP (and, with `watch`, a change of the file) reloads `config_path`."""
+    # Until a handler is installed a SIGHUP must not kill the gateway (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         socks, admin = bind_all(config, workers)
     except OSError as exc:
@@ -71,15 +84,27 @@ def serve(config: GatewayConfig, workers: int) -> int:
         workers=workers,
     )
     if workers == 1:
-        return run_worker(config, socks[0], admin[0] if admin else None)
-    return _Supervisor(config, socks, admin).run()
+        return run_worker(
+            config, socks[0], admin[0] if admin else None, config_path=config_path, watch=watch
+        )
+    return _Supervisor(config, socks, admin, config_path, watch=watch).run()
 
 
 class _Supervisor:
     def __init__(
-        self, config: GatewayConfig, socks: list[socket.socket], admin: list[socket.socket]
+        self,
+        config: GatewayConfig,
+        socks: list[socket.socket],
+        admin: list[socket.socket],
+        config_path: str | None = None,
+        *,
+        watch: bool = False,
     ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.file_watch = FileWatch(config_path) if watch and config_path else None
+        self.next_poll = time.monotonic() + POLL_INTERVAL
+        self.reload_wanted = False  # set by SIGHUP's handler, acted on by _watch
         self.socks = socks
         self.admin = admin
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
@@ -91,7 +116,7 @@ class _Supervisor:
     def run(self) -> int:
         previous = {
             signum: signal.signal(signum, self._on_signal)
-            for signum in (signal.SIGTERM, signal.SIGINT)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
         try:
             for index in range(len(self.socks)):
@@ -106,7 +131,41 @@ class _Supervisor:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only note it: logging or signalling from inside a handler can deadlock on a lock
         # the interrupted code holds.
-        self.stop_signal = signum
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+        else:
+            self.stop_signal = signum
+
+    # --- DISCO: reload ----------------------------------------------------------------------
+
+    def _poll_reload(self) -> None:
+        now = time.monotonic()
+        if self.file_watch is not None and now >= self.next_poll:
+            self.next_poll = now + POLL_INTERVAL
+            if self.file_watch.changed():
+                self.reload_wanted = True
+        if self.reload_wanted and not self.stopping:
+            self.reload_wanted = False
+            self._reload()
+
+    def _reload(self) -> None:
+        if self.config_path is None:
+            _log.warning("config_reload_impossible", reason="the configuration came from no file")
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            rejected(self.config_path, exc.issues)
+            return
+        self.config, kept = live_config(self.config, new)
+        if kept:
+            _log.warning("config_restart_needed", fields=kept, detail="kept their running values")
+        _log.info("config_forwarded", file=self.config_path, workers=len(self.children))
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
+    # --- end DISCO --------------------------------------------------------------------------
 
     def _stop(self, signum: int) -> None:
         if self.stopping:
@@ -129,6 +188,9 @@ class _Supervisor:
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)
+                # Ignored until the worker's loop handles it: this worker starts from the
+                # supervisor's latest configuration anyway.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 for other, sock in enumerate(self.socks):
                     if other != index:
                         sock.close()
@@ -136,7 +198,10 @@ class _Supervisor:
                     if other != index:
                         sock.close()
                 code = run_worker(
-                    self.config, self.socks[index], self.admin[index] if self.admin else None
+                    self.config,
+                    self.socks[index],
+                    self.admin[index] if self.admin else None,
+                    config_path=self.config_path,
                 )
             except BaseException:
                 _log.exception("worker_crashed", worker=index)
@@ -153,6 +218,7 @@ class _Supervisor:
         while self.children:
             if self.stop_signal is not None and not self.stopping:
                 self._stop(self.stop_signal)
+            self._poll_reload()  # DISCO
             if self.stopping and deadline is None:
                 deadline = time.monotonic() + self.config.server.timeouts.shutdown_grace + 5.0
             if deadline is not None and time.monotonic() > deadline:

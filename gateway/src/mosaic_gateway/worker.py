@@ -3,7 +3,9 @@
 Several workers share a port through SO_REUSEPORT (the kernel spreads connections between
 them); each has its own router, pools and balancing state. SIGTERM or SIGINT drains: the
 listeners close, idle keep-alive connections close, requests in flight finish (within
-`server.timeouts.shutdown_grace`), then the pools close.
+`server.timeouts.shutdown_grace`), then the pools close. SIGHUP reloads the configuration file
+(reload.py); a worker under a supervisor gets it from the supervisor, which watches the file, a
+worker alone watches the file itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mosaic_gateway.admin import AdminHandler
 from mosaic_gateway.config import GatewayConfig
 from mosaic_gateway.context import WorkerContext
 from mosaic_gateway.proxy import Proxy
+from mosaic_gateway.reload import Reloader
 from mosaic_gateway.runtime import Runtime, build_runtime
 from mosaic_gateway.server import Server, ServerLimits
 from mosaic_kit.logging import bind_context, get_logger
@@ -46,7 +49,14 @@ def bind_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
 
 
 class Worker:
-    def __init__(self, config: GatewayConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        loop: asyncio.AbstractEventLoop,
+        config_path: str | None = None,
+        *,
+        watch: bool = False,
+    ) -> None:
         self.config = config
         self.loop = loop
         self.context = WorkerContext(loop)
@@ -63,10 +73,32 @@ class Worker:
         self.proxy: Proxy | None = None
         self.admin = AdminHandler(self._current_runtime, lambda: self.server.draining)
         self._sweeper: asyncio.TimerHandle | None = None
+        self.reloader = Reloader(self, config_path, watch=watch)  # DISCO
 
     def _current_runtime(self) -> Runtime:
         assert self.runtime is not None
         return self.runtime
+
+    # --- DISCO: reload ----------------------------------------------------------------------
+
+    def install(self, config: GatewayConfig, runtime: Runtime) -> None:
+        """Serve new requests from `runtime` (a reload). No await: it happens between requests.
+
+        Everything that belongs to a runtime or is read from the configuration per request is
+        switched here; requests already routed keep the objects they hold."""
+        assert self.proxy is not None
+        self.config = config
+        self.runtime = runtime
+        self.proxy.router = runtime.router
+        self.proxy.trust_forwarded = config.server.trust_forwarded_headers
+        limits = self.server.limits  # shared with the admin server
+        timeouts = config.server.timeouts
+        limits.max_body_bytes = config.server.limits.max_body_bytes
+        limits.max_header_bytes = config.server.limits.max_header_bytes
+        limits.keep_alive = timeouts.keep_alive
+        limits.header_timeout = timeouts.header
+
+    # --- end DISCO --------------------------------------------------------------------------
 
     async def start(self, sock: socket.socket, admin_sock: socket.socket | None) -> None:
         # NATS first: the runtime's API key, JWKS and discovery parts are built on it.
@@ -83,6 +115,7 @@ class Worker:
         if admin_sock is not None:
             await self.admin_server.listen(admin_sock, self.admin)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
+        self.reloader.start()  # DISCO
 
     def _sweep(self) -> None:
         if self.runtime is not None:
@@ -90,6 +123,7 @@ class Worker:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     async def stop(self) -> None:
+        await self.reloader.stop()  # DISCO: no reload while draining
         grace = self.config.server.timeouts.shutdown_grace
         # The admin port keeps answering (readyz: 503) while the proxy drains.
         await self.server.shutdown(grace)
@@ -98,19 +132,25 @@ class Worker:
             self._sweeper.cancel()
         if self.proxy is not None:
             self.proxy.stop()
+        await self.reloader.close_retired()  # DISCO: runtimes replaced by reloads
         if self.runtime is not None:
             await self.runtime.close()
         await self.context.close()
 
 
 async def _serve(
-    config: GatewayConfig, sock: socket.socket, admin_sock: socket.socket | None
+    config: GatewayConfig,
+    sock: socket.socket,
+    admin_sock: socket.socket | None,
+    config_path: str | None,
+    watch: bool,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    worker = Worker(config, loop)
+    worker = Worker(config, loop, config_path, watch=watch)
+    loop.add_signal_handler(signal.SIGHUP, worker.reloader.request, "SIGHUP")  # DISCO
     await worker.start(sock, admin_sock)
     _log.info(
         "worker_started",
@@ -126,14 +166,22 @@ async def _serve(
     return 0
 
 
-def run_worker(config: GatewayConfig, sock: socket.socket, admin_sock: socket.socket | None) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+def run_worker(
+    config: GatewayConfig,
+    sock: socket.socket,
+    admin_sock: socket.socket | None,
+    *,
+    config_path: str | None = None,
+    watch: bool = False,
+) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code. SIGHUP reloads `config_path`
+    (and so does a change of the file, if `watch`)."""
     # Every line this process logs says which worker wrote it.
     bind_context(worker_pid=os.getpid())
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(config, sock, admin_sock))
+        return loop.run_until_complete(_serve(config, sock, admin_sock, config_path, watch))
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())

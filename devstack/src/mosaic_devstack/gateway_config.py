@@ -1,0 +1,221 @@
+"""The gateway configuration `mosaic up` writes: every public route of the auth and blog APIs.
+
+One row of `ROUTES` per route of API.md (`/work/shared/spec/API.md`, published as docs/api.md):
+who may call it, which headers and query parameters reach the service (deny by default), how big
+its body may be, whether its answers are cached. `gateway_config()` turns the rows into the
+document `mosaic-gateway serve --config` reads; `render()` dumps it as YAML after the gateway's
+own validation has accepted it, so a configuration the gateway would refuse never reaches disk.
+
+How the gateway finds the instances is isolated in `backend_section()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The services these routes front; `mosaic up` runs the gateway only when both are in its list.
+BACKENDS = ("auth", "blog")
+
+PUBLIC = None
+"""`roles` of a route anyone may call with an API key (no token)."""
+SIGNED_IN: tuple[str, ...] = ()
+"""`roles` of a route that needs a token but no particular role."""
+
+# Body limits, per kind of route. A JSON body of the auth API is a few hundred bytes; a blog's
+# draft text is up to 50,000 characters, which JSON may escape to six bytes each.
+NO_BODY = "1KiB"  # not 0: 0 means "no limit" to the gateway
+SMALL_JSON = "16KiB"
+BLOG_JSON = "512KiB"
+
+# Headers every route forwards. The gateway forwards its own (x-request-id, x-forwarded-*,
+# traceparent, content-length...) regardless; `x-api-key` goes on because the services scope
+# Idempotency-Key records by the caller, and the API key is the caller of a public route.
+BASE_HEADERS = ("accept", "content-type", "x-api-key")
+
+# Public reads are cached at the gateway and dropped by the events that change what they show:
+# the blog's own (publish, update, unpublish, delete) at once. An author's new name reaches the
+# blog's read model by an event the gateway sees too, possibly before the blog service has
+# applied it, so such a change may show up to one TTL late; hence a short TTL.
+PUBLIC_READ_CACHE: dict[str, Any] = {
+    "ttl": "10s",
+    "vary_headers": ["accept"],
+    "invalidate_on": ["blog.blog.*", "auth.user.updated"],
+}
+
+# Sign-up and sign-in are what a password-guessing or account-farming client hammers: a budget
+# per client address (per gateway worker), far above what a person or the end-to-end tests use.
+CREDENTIALS_RATE_LIMIT: dict[str, Any] = {"requests": 120, "per": "1m", "by": "address"}
+
+
+@dataclass(frozen=True)
+class Api:
+    path: str
+    methods: tuple[str, ...]
+    backend: str
+    roles: tuple[str, ...] | None = PUBLIC
+    query: tuple[str, ...] = ()
+    body: str = NO_BODY
+    creates: bool = False
+    """Accepts `Idempotency-Key`."""
+    api_key: bool = True
+    cached: bool = False
+    rate_limited: bool = False
+    client_headers: tuple[str, ...] = ()
+    """Extra headers the service reads (auth records a session's user agent)."""
+
+
+LIST = ("limit", "cursor")
+AGENT = ("user-agent",)
+
+ROUTES: tuple[Api, ...] = (
+    # --- auth ----------------------------------------------------------------------------
+    Api("/v1/auth/signup", ("POST",), "auth", body=SMALL_JSON, creates=True,
+        rate_limited=True, client_headers=AGENT),
+    Api("/v1/auth/signin", ("POST",), "auth", body=SMALL_JSON, rate_limited=True,
+        client_headers=AGENT),
+    Api("/v1/auth/refresh", ("POST",), "auth", body=SMALL_JSON, client_headers=AGENT),
+    Api("/v1/auth/signout", ("POST",), "auth", roles=SIGNED_IN),
+    # The signing keys are public: whoever verifies tokens needs them, API key or not.
+    Api("/v1/auth/jwks.json", ("GET",), "auth", api_key=False),
+    Api("/v1/users/me", ("GET", "PATCH"), "auth", roles=SIGNED_IN, body=SMALL_JSON),
+    Api("/v1/users/me/password", ("PUT",), "auth", roles=SIGNED_IN, body=SMALL_JSON),
+    Api("/v1/users", ("GET",), "auth", roles=("ADMIN",), query=("q", *LIST)),
+    Api("/v1/users/{id}", ("GET",), "auth"),
+    Api("/v1/users/{id}/roles", ("PUT",), "auth", roles=("ADMIN",), body=SMALL_JSON),
+    Api("/v1/users/{id}/disable", ("POST",), "auth", roles=("ADMIN",)),
+    Api("/v1/users/{id}/enable", ("POST",), "auth", roles=("ADMIN",)),
+    Api("/v1/api-keys", ("POST",), "auth", roles=("ADMIN",), body=SMALL_JSON, creates=True),
+    Api("/v1/api-keys", ("GET",), "auth", roles=("ADMIN",), query=LIST),
+    Api("/v1/api-keys/{id}", ("DELETE",), "auth", roles=("ADMIN",)),
+    # --- blog ----------------------------------------------------------------------------
+    Api("/v1/blogs", ("GET",), "blog", query=("tag", *LIST), cached=True),
+    Api("/v1/blogs/{id}", ("GET",), "blog", cached=True),
+    Api("/v1/blogs/by-slug/{slug}", ("GET",), "blog", cached=True),
+    Api("/v1/blogs/{id}/similar", ("GET",), "blog", cached=True),
+    Api("/v1/author/blogs", ("POST",), "blog", roles=("AUTHOR",), body=BLOG_JSON, creates=True),
+    Api("/v1/author/blogs", ("GET",), "blog", roles=("AUTHOR",), query=("state", *LIST)),
+    Api("/v1/author/blogs/{id}", ("GET", "PATCH", "DELETE"), "blog", roles=("AUTHOR",),
+        body=BLOG_JSON),
+    Api("/v1/author/blogs/{id}/submit", ("POST",), "blog", roles=("AUTHOR",)),
+    Api("/v1/author/blogs/{id}/withdraw", ("POST",), "blog", roles=("AUTHOR",)),
+    Api("/v1/editor/blogs", ("GET",), "blog", roles=("EDITOR",), query=("state", *LIST)),
+    Api("/v1/editor/blogs/{id}", ("GET",), "blog", roles=("EDITOR",)),
+    Api("/v1/editor/blogs/{id}/publish", ("POST",), "blog", roles=("EDITOR",)),
+    Api("/v1/editor/blogs/{id}/unpublish", ("POST",), "blog", roles=("EDITOR",)),
+)  # fmt: skip
+
+
+def route_section(api: Api) -> dict[str, Any]:
+    route: dict[str, Any] = {"path": api.path, "methods": list(api.methods), "backend": api.backend}
+    auth: dict[str, Any] = {}
+    if not api.api_key:
+        auth["api_key"] = "off"
+    if api.roles is not None:
+        auth["jwt"] = "required"
+        if api.roles:
+            auth["roles"] = list(api.roles)
+    if auth:
+        route["auth"] = auth
+    headers = [*BASE_HEADERS, *api.client_headers]
+    if api.roles is not None:
+        headers.append("authorization")
+    if api.creates:
+        headers.append("idempotency-key")
+    route["headers"] = {"allow": headers}
+    route["query"] = {"allow": list(api.query)}
+    route["max_body_bytes"] = api.body
+    if api.rate_limited:
+        route["rate_limit"] = dict(CREDENTIALS_RATE_LIMIT)
+    if api.cached:
+        route["cache"] = dict(PUBLIC_READ_CACHE)
+    return route
+
+
+def backend_section(name: str, instance_urls: Sequence[str]) -> dict[str, Any]:
+    """How the gateway finds and treats the instances of one service.
+
+    The instances are the ones `mosaic up` started, listed by URL.
+    """
+    return {
+        "instances": list(instance_urls),
+        "balancing": "least_outstanding",
+        "health_check": {"path": "/readyz", "interval": "2s", "timeout": "1s"},
+    }
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    listen: str
+    port: int
+    admin_port: int
+    workers: int
+    nats_url: str
+    shutdown_grace: float = 5.0
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+
+
+def gateway_config(
+    settings: GatewaySettings, instances: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
+    """The configuration document; `instances` maps each of BACKENDS to its instance URLs."""
+    jwt: dict[str, Any] = {}
+    if settings.jwt_issuer:
+        jwt["issuer"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        jwt["audience"] = settings.jwt_audience
+    return {
+        "server": {
+            "listen": settings.listen,
+            "port": settings.port,
+            "workers": settings.workers,
+            "admin": {"listen": "127.0.0.1", "port": settings.admin_port},
+            "timeouts": {"request": "15s", "shutdown_grace": settings.shutdown_grace},
+            "limits": {"max_body_bytes": SMALL_JSON},
+        },
+        "nats": {"url": settings.nats_url},
+        **({"security": {"jwt": jwt}} if jwt else {}),
+        "defaults": {
+            "auth": {"api_key": "required", "jwt": "off"},
+            "headers": {"allow": list(BASE_HEADERS)},
+            "query": {"allow": []},
+        },
+        "backends": {name: backend_section(name, instances[name]) for name in BACKENDS},
+        "routes": [route_section(api) for api in ROUTES],
+    }
+
+
+class GatewayConfigError(ValueError):
+    pass
+
+
+def render(config: Mapping[str, Any], file: str) -> str:
+    """The document as YAML, once the gateway's own validation accepts it (else the issues)."""
+    import yaml
+
+    from mosaic_gateway.config import ConfigError, parse_config
+
+    header = (
+        "# Written by `mosaic up` at every start (edits are overwritten): the gateway in front\n"
+        "# of the auth and blog services. Schema: docs/gateway.md.\n"
+    )
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def short_lists(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
+        # `methods: [GET, PATCH]` rather than one line per item: the file is read by people.
+        flow = all(not isinstance(item, dict | list) for item in items)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flow)
+
+    Dumper.add_representer(list, short_lists)
+    body = yaml.dump(dict(config), Dumper=Dumper, sort_keys=False, width=100)
+    text = header + body
+    try:
+        parse_config(text, file)
+    except ConfigError as exc:
+        raise GatewayConfigError(
+            f"the generated gateway configuration is invalid:\n{exc}"
+        ) from None
+    return text

@@ -1,0 +1,175 @@
+"""Helpers for the discovery and reload tests: gateways started with extra CLI flags, their
+JSON logs, configuration files rewritten the way editors do, and `nats.micro` services that
+announce an HTTP instance the way Mosaic's services do (`mosaic_kit.rpc.discovery_metadata`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from gateway_support import Gateway, _spawn, free_port, wait_for_port
+
+from mosaic_kit.nats import Client
+from mosaic_kit.rpc import RpcService, serve
+
+
+class Gateways:
+    """Like gateway_support.GatewayFactory, with CLI flags (e.g. `--no-watch`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[Gateway] = []
+
+    def __call__(
+        self, config: dict[str, Any], workers: int = 1, args: Sequence[str] = ()
+    ) -> Gateway:
+        config = dict(config)
+        server = dict(config.get("server") or {})
+        server.setdefault("listen", "127.0.0.1")
+        server.setdefault("port", free_port())
+        server.setdefault("admin", {"port": free_port()})
+        server.setdefault("workers", workers)
+        config["server"] = server
+        count = len(self.started) + 1
+        path = self.directory / f"gateway-{count}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log = self.directory / f"gateway-{count}.log"
+        process = _spawn(
+            [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path), *args],
+            log,
+            env={"LOG_FORMAT": "json"},
+        )
+        gateway = Gateway(server["port"], server["admin"]["port"], process, path)
+        self.started.append(gateway)
+        wait_for_port(gateway.admin_port, process.proc, log)
+        wait_for_port(gateway.port, process.proc, log)
+        return gateway
+
+    async def close(self) -> None:
+        for gateway in self.started:
+            await gateway.close_clients()
+            gateway.process.stop()
+
+
+def rewrite(gateway: Gateway, config: dict[str, Any] | str) -> None:
+    """Replace the gateway's file whole (write aside, rename over), as editors and tools do.
+
+    The server section is kept unless `config` brings its own."""
+    if isinstance(config, dict):
+        current = yaml.safe_load(gateway.config_path.read_text())
+        config = {**config, "server": config.get("server", current["server"])}
+        text = yaml.safe_dump(config, sort_keys=False)
+    else:
+        text = config
+    aside = gateway.config_path.with_suffix(".tmp")
+    aside.write_text(text)
+    os.replace(aside, gateway.config_path)
+
+
+def events(gateway: Gateway, name: str | None = None) -> list[dict[str, Any]]:
+    """The gateway's JSON log lines (all processes), or those of one event."""
+    found = []
+    for line in gateway.process.output().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if name is None or event.get("event") == name:
+                found.append(event)
+    return found
+
+
+async def wait_for_event(
+    gateway: Gateway, name: str, count: int = 1, timeout: float = 15
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = events(gateway, name)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{count} x {name} not logged in time:\n{gateway.process.output()}")
+
+
+async def admin(gateway: Gateway, path: str) -> Any:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return (await client.get(f"http://127.0.0.1:{gateway.admin_port}{path}")).json()
+
+
+async def instance_urls(gateway: Gateway, backend: str) -> set[str]:
+    document = await admin(gateway, "/admin/backends")
+    return {instance["url"] for instance in document["backends"][backend]["instances"]}
+
+
+async def until(check: Callable[[], Any], timeout: float = 15, interval: float = 0.1) -> Any:
+    """Await `check()` (a coroutine function or plain) until it is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value or time.monotonic() > deadline:
+            assert value, "condition not reached in time"
+            return value
+        await asyncio.sleep(interval)
+
+
+async def announce(nc: Client, service: str, http_url: str | None) -> RpcService:
+    """A running `nats.micro` service instance that says where its HTTP API is."""
+    metadata = {"instance": "test-" + uuid.uuid4().hex[:6]}
+    if http_url is not None:
+        metadata["http"] = http_url
+    return await serve(
+        nc,
+        name=service,
+        version="1.0.0",
+        description="discovery test instance",
+        endpoints={},
+        metadata=metadata,
+    )
+
+
+class Traffic:
+    """Steady GET traffic from a few concurrent clients; counts answers per instance and failures."""
+
+    def __init__(self, client: httpx.AsyncClient, path: str, concurrency: int = 4) -> None:
+        self.client = client
+        self.path = path
+        self.concurrency = concurrency
+        self.by_instance: dict[str, int] = {}
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Traffic:
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(self.concurrency)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_instance.values())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = await self.client.get(self.path)
+            except httpx.HTTPError as exc:
+                self.failures.append(repr(exc))
+                continue
+            if response.status_code != 200:
+                self.failures.append(f"{response.status_code} {response.text[:200]}")
+                continue
+            name = response.json()["instance"]
+            self.by_instance[name] = self.by_instance.get(name, 0) + 1
+            await asyncio.sleep(0.01)
