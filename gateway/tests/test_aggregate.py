@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,7 +34,14 @@ def call(backend: str, path: str, **options: Any) -> dict[str, Any]:
 
 
 def aggregate_route(path: str, *calls: dict[str, Any], **options: Any) -> dict[str, Any]:
-    return {"path": path, "methods": ["GET"], "aggregate": {**options, "backends": list(calls)}}
+    return {
+        "path": path,
+        "methods": ["GET"],
+        # What the calls may forward: the route's allow-lists apply to them as to a proxy.
+        "headers": {"allow": ["x-custom"]},
+        "query": {"allow": ["limit"]},
+        "aggregate": {**options, "backends": list(calls)},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -373,6 +381,16 @@ def errors_of(text: str) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "gw.yaml")
     return [str(issue) for issue in caught.value.issues]
+
+
+def test_the_documented_example_is_valid() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    example = doc.split("## Aggregation", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(example, "docs/gateway.md")
+    aggregate = config.routes[0].aggregate
+    assert aggregate is not None
+    assert aggregate.sequential
+    assert [call.backend for call in aggregate.backends] == ["blog", "auth", "blog"]
 
 
 def test_a_good_aggregate_loads() -> None:

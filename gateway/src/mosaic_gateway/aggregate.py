@@ -303,9 +303,6 @@ class Aggregator:
         # Runs in progress: a task must be referenced, the loop only keeps weak references.
         self.running: set[_Run] = set()
 
-    def backend_names(self) -> list[str]:
-        return [call.backend.name for call in self.calls]
-
     def start(self, proxy: Proxy, exchange: Exchange) -> None:
         run = _Run(self, proxy, exchange)
         self.running.add(run)
@@ -347,7 +344,7 @@ class _Run:
         pass
 
     def client_gone(self) -> None:
-        return
+        self._cancel_fetches()
         if self.task is not None:
             self.task.cancel()
 

@@ -23,7 +23,7 @@ dropped rather than the connection closed, so the pooled connection stays usable
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,6 +51,7 @@ from mosaic_kit.logging import get_logger
 if TYPE_CHECKING:
     from mosaic_gateway.aggregate import Aggregator  # AGG
     from mosaic_gateway.cache import ResponseCapture, RouteCache  # CACHE
+    from mosaic_gateway.metrics import Metrics  # OBS
 
 # Request headers never copied upstream: hop-by-hop ones, the body framing (re-done here), the
 # ones the gateway sets itself, and `expect` (answered here).
@@ -110,6 +111,8 @@ class CompiledRoute:
     aggregate: Aggregator | None = None
     # CACHE: GET responses kept per route (cache.py); None: not cached.
     cache: RouteCache | None = None
+    # OBS: answered by the gateway itself (docs.py: the merged OpenAPI documents).
+    local: Callable[[Exchange], None] | None = None
 
     def upstream_path(self, path: bytes) -> bytes:
         if self.strip_prefix:
@@ -151,6 +154,7 @@ class Proxy:
         self.trust_forwarded = trust_forwarded
         self.active: set[Forward] = set()
         self._ticker: asyncio.TimerHandle | None = None
+        self.metrics: Metrics | None = None  # OBS: upstream failures and retries
 
     def start(self) -> None:
         self._ticker = self.loop.call_later(_TICK, self._tick)
@@ -217,6 +221,9 @@ class Proxy:
 
     def dispatch(self, exchange: Exchange, route: CompiledRoute) -> None:
         """An admitted request: answered from the cache, aggregated, or forwarded."""
+        if route.local is not None:  # OBS: a gateway-local route (docs.py)
+            route.local(exchange)
+            return
         # --- CACHE: a hit is answered here; a miss may wait for the same fetch in flight --
         capture: ResponseCapture | None = None
         if route.cache is not None:
@@ -350,6 +357,7 @@ class Forward:
         self.route = route
         self.instance = instance
         self.permit = permit
+        exchange.instance = instance.url  # OBS
         retry = route.retry
         self.retries_left = (
             retry.attempts if retry is not None and exchange.method in IDEMPOTENT_METHODS else 0
@@ -479,6 +487,7 @@ class Forward:
             self.failure_status = True
             return False
         out = self.out
+        head_at = len(out)  # the buffer may hold bytes not yet flushed; the head starts here
         out.append(status_line(status))
         upstream_chunked = False
         has_length = False
@@ -497,7 +506,7 @@ class Forward:
                 has_length = True
             out += (name, b": ", value, CRLF)
         if drop:
-            del out[1:]
+            del out[head_at + 1 :]
             for name, value in headers:
                 lower = name.lower()
                 if lower not in _RESPONSE_SKIP and lower not in drop:
@@ -521,6 +530,7 @@ class Forward:
             out.append(b"connection: close\r\n")
         out.append(CRLF)
         exchange.head_sent = True
+        exchange.status = status  # OBS
         return close_delimited
 
     def response_body(self, data: bytes) -> None:
@@ -546,7 +556,7 @@ class Forward:
         if self.to_client_chunked:
             out.append(LAST_CHUNK)
         if out:
-            self.exchange.conn.write(b"".join(out))
+            self.exchange.write(b"".join(out))
             out.clear()
         self.conn = None
         capture = self.capture  # CACHE: the response is complete, it may be stored
@@ -616,10 +626,15 @@ class Forward:
         backend = instance.backend
         # Reported first, so the failure can open this instance's breaker before the re-pick.
         backend.failed(instance, self.permit, error.name)
+        metrics = self.proxy.metrics  # OBS
+        if metrics is not None:
+            metrics.upstream_failed(backend.name, instance.url, error.name)
         following = backend.pick_other(instance)
         if following is None:
             self._fail(error, account=False)
             return
+        if metrics is not None:  # OBS
+            metrics.retried(backend.name, error.name)
         _log.info(
             "upstream_retry",
             error=error.name,
@@ -629,6 +644,7 @@ class Forward:
             request_id=self.exchange.request_id.decode("latin-1"),
         )
         self.instance = following
+        self.exchange.instance = following.url  # OBS
         self.permit = backend.permit
         self.failure_status = False
         self.reused = False
@@ -700,6 +716,9 @@ class Forward:
             backend.succeeded(instance, self.permit)
         else:
             backend.failed(instance, self.permit, reason)
+            metrics = self.proxy.metrics  # OBS
+            if metrics is not None:
+                metrics.upstream_failed(backend.name, instance.url, reason)
 
 
 _TIMEOUT = UpstreamError("timeout", 504)

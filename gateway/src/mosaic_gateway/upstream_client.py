@@ -284,7 +284,7 @@ class Fetch:
         if self.done:
             return
         self._drop_connection()
-        self._settle(False, TIMEOUT, account=False)
+        self._settle(False, TIMEOUT)
 
     def _drop_connection(self) -> None:
         conn = self.conn
