@@ -311,15 +311,6 @@ class RouteCache:
                     store.size -= entry.size
         return dropped
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "entries": len(self.keys),
-            "ttl": self.ttl,
-            "vary_headers": [name.decode("ascii") for name in self.vary],
-            "invalidate_on": list(self.patterns),
-            "live": self.live,
-        }
-
 
 def answer(exchange: Exchange, entry: Entry, now: float) -> None:
     """Answer `exchange` from `entry`: one write for the head and a small body."""
