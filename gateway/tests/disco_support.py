@@ -21,6 +21,9 @@ from gateway_support import Gateway, _spawn, free_port, wait_for_port
 from mosaic_kit.nats import Client
 from mosaic_kit.rpc import RpcService, serve
 
+# The server section each gateway was started with (its file may be broken on purpose).
+_servers: dict[Path, dict[str, Any]] = {}
+
 
 class Gateways:
     """Like gateway_support.GatewayFactory, with CLI flags (e.g. `--no-watch`)."""
@@ -42,6 +45,7 @@ class Gateways:
         count = len(self.started) + 1
         path = self.directory / f"gateway-{count}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
+        _servers[path] = server
         log = self.directory / f"gateway-{count}.log"
         process = _spawn(
             [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path), *args],
@@ -63,11 +67,10 @@ class Gateways:
 def rewrite(gateway: Gateway, config: dict[str, Any] | str) -> None:
     """Replace the gateway's file whole (write aside, rename over), as editors and tools do.
 
-    The server section is kept unless `config` brings its own."""
+    The server section is the running one, with what `config` says of it on top."""
     if isinstance(config, dict):
-        current = yaml.safe_load(gateway.config_path.read_text())
-        config = {**config, "server": config.get("server", current["server"])}
-        text = yaml.safe_dump(config, sort_keys=False)
+        server = {**_servers[gateway.config_path], **(config.get("server") or {})}
+        text = yaml.safe_dump({**config, "server": server}, sort_keys=False)
     else:
         text = config
     aside = gateway.config_path.with_suffix(".tmp")

@@ -134,7 +134,8 @@ class Reloader:
     def __init__(self, worker: ReloadTarget, path: str | None, *, watch: bool) -> None:
         self.worker = worker
         self.path = path
-        self.watch = watch and path is not None
+        # Read now, at the worker's start: a change made while it starts is still noticed.
+        self._file = FileWatch(path) if watch and path is not None else None
         self._ready = False
         self._wanted: str | None = None  # why a reload is due ("SIGHUP", "file changed")
         self._task: asyncio.Task[None] | None = None
@@ -144,8 +145,8 @@ class Reloader:
     def start(self) -> None:
         """The first runtime is installed: reloads may run (one asked for before runs now)."""
         self._ready = True
-        if self.watch and self.path is not None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch(self.path))
+        if self._file is not None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(self._file))
         if self._wanted is not None:
             self._kick()
 
@@ -161,8 +162,7 @@ class Reloader:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._reload_all())
 
-    async def _watch(self, path: str) -> None:
-        watch = FileWatch(path)
+    async def _watch(self, watch: FileWatch) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if watch.changed():

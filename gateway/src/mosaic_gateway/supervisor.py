@@ -8,6 +8,10 @@ the replacement instead of being refused. On SIGTERM/SIGINT it closes its copies
 workers' closing really stops the listening), forwards the signal, and waits for the workers to
 drain; stragglers are killed after the grace period.
 
+With an admin listener, the supervisor also makes a private temporary directory where the
+workers share their metrics (metrics.py: each writes its counters there, a scrape sums them)
+and removes it when the gateway stops.
+
 Reloads: on SIGHUP, or when the configuration file's content changes (polled every second), the
 supervisor validates the file; a bad one is logged (`config_rejected`) and the workers are not
 disturbed. A good one becomes the configuration later workers are forked with (minus what needs
@@ -19,9 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from types import FrameType
 
@@ -104,7 +110,7 @@ class _Supervisor:
         self.config_path = config_path
         self.file_watch = FileWatch(config_path) if watch and config_path else None
         self.next_poll = time.monotonic() + POLL_INTERVAL
-        self.reload_wanted = False  # set by SIGHUP's handler, acted on by _watch
+        self.reload_wanted: str | None = None  # why (SIGHUP, the file changed); see _watch
         self.socks = socks
         self.admin = admin
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
@@ -112,12 +118,15 @@ class _Supervisor:
         self.stop_signal: int | None = None  # set by the signal handler, acted on by _watch
         self.quick_deaths = 0
         self.exit_code = 0
+        self.metrics_dir: str | None = None  # OBS
 
     def run(self) -> int:
         previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
+        if self.admin:  # OBS: where the workers share their metrics (mode 0700)
+            self.metrics_dir = tempfile.mkdtemp(prefix="mosaic-gateway-metrics-")
         try:
             for index in range(len(self.socks)):
                 self._spawn(index)
@@ -126,13 +135,15 @@ class _Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._close_sockets()
+            if self.metrics_dir is not None:  # OBS
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return self.exit_code
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only note it: logging or signalling from inside a handler can deadlock on a lock
         # the interrupted code holds.
         if signum == signal.SIGHUP:
-            self.reload_wanted = True
+            self.reload_wanted = "SIGHUP"
         else:
             self.stop_signal = signum
 
@@ -143,12 +154,13 @@ class _Supervisor:
         if self.file_watch is not None and now >= self.next_poll:
             self.next_poll = now + POLL_INTERVAL
             if self.file_watch.changed():
-                self.reload_wanted = True
-        if self.reload_wanted and not self.stopping:
-            self.reload_wanted = False
-            self._reload()
+                self.reload_wanted = "file changed"
+        if self.reload_wanted is not None and not self.stopping:
+            reason = self.reload_wanted
+            self.reload_wanted = None
+            self._reload(reason)
 
-    def _reload(self) -> None:
+    def _reload(self, reason: str) -> None:
         if self.config_path is None:
             _log.warning("config_reload_impossible", reason="the configuration came from no file")
             return
@@ -160,7 +172,9 @@ class _Supervisor:
         self.config, kept = live_config(self.config, new)
         if kept:
             _log.warning("config_restart_needed", fields=kept, detail="kept their running values")
-        _log.info("config_forwarded", file=self.config_path, workers=len(self.children))
+        _log.info(
+            "config_forwarded", file=self.config_path, reason=reason, workers=len(self.children)
+        )
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)
@@ -202,6 +216,8 @@ class _Supervisor:
                     self.socks[index],
                     self.admin[index] if self.admin else None,
                     config_path=self.config_path,
+                    index=index,  # OBS
+                    metrics_dir=self.metrics_dir,  # OBS
                 )
             except BaseException:
                 _log.exception("worker_crashed", worker=index)
