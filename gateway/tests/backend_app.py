@@ -26,6 +26,10 @@ request with N until `/__fail?status=0`).
 `user/ID`, `similar/ID` (a list), `slow/SECONDS`, `status/N` (a problem body), `text` (not JSON),
 `big/N` (about N bytes).
 
+`/openapi.json` serves an OpenAPI document naming this instance (`_openapi_document`: items,
+users, an internal path; the `Item` schema differs per name, `Owner` does not);
+`/__openapi?variant=2` adds an operation to it (`variant=1` takes it back).
+
 close: reads a request head, then closes the connection without answering.
 garbage: answers every request with bytes that are not HTTP.
 fast: a minimal uvloop+httptools keep-alive responder (fixed small body) for throughput runs.
@@ -46,6 +50,7 @@ state: dict[str, Any] = {
     "healthy": True,
     "name": "backend",
     "fail": 0,
+    "openapi_variant": 1,
 }
 
 
@@ -130,6 +135,95 @@ async def _json_fixture(send: Any, rest: str) -> None:
     await _send_json(send, 200, document)
 
 
+def _openapi_document(name: str, variant: int) -> dict[str, Any]:
+    """A small OpenAPI 3.1 document, as FastAPI writes them (for the gateway's /docs tests)."""
+
+    def ref(schema: str) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{schema}"}
+
+    def answer(schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
+            "404": {
+                "description": "Not found",
+                "content": {"application/problem+json": {"schema": ref("Problem")}},
+            },
+        }
+
+    item_id = {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths: dict[str, Any] = {
+        "/v1/items": {
+            "get": {
+                "operationId": "listItems",
+                "tags": ["items"],
+                "responses": answer({"type": "array", "items": ref("Item")}),
+            },
+            "post": {
+                "operationId": "createItem",
+                "tags": ["items"],
+                "security": [{"HTTPBearer": []}],
+                "requestBody": {"content": {"application/json": {"schema": ref("NewItem")}}},
+                "responses": answer(ref("Item")),
+            },
+        },
+        "/v1/items/{item_id}": {
+            "parameters": [item_id],
+            "get": {
+                "operationId": "getItem",
+                "tags": ["items"],
+                "security": [{"HTTPBearer": []}],
+                "responses": answer(ref("Item")),
+            },
+            "delete": {"operationId": "deleteItem", "responses": {"204": {"description": "Gone"}}},
+        },
+        "/v1/users/{user_id}": {
+            "get": {
+                "operationId": "getUser",
+                "parameters": [
+                    {
+                        "name": "user_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": answer(ref("Owner")),
+            }
+        },
+        "/internal/stats": {
+            "get": {"operationId": "internalStats", "responses": answer(ref("Stats"))}
+        },
+    }
+    if variant >= 2:
+        paths["/v1/items/{item_id}/history"] = {
+            "get": {
+                "operationId": "itemHistory",
+                "parameters": [item_id],
+                "responses": answer({"type": "array", "items": ref("Item")}),
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"{name} service", "version": "1.0.0"},
+        "tags": [{"name": "items", "description": "Things"}],
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Item": {
+                    "title": f"{name} item",
+                    "type": "object",
+                    "properties": {"id": {"type": "string"}, "owner": ref("Owner")},
+                },
+                "NewItem": {"type": "object", "properties": {"label": {"type": "string"}}},
+                "Owner": {"type": "object", "properties": {"name": {"type": "string"}}},
+                "Problem": {"type": "object", "properties": {"code": {"type": "string"}}},
+                "Stats": {"type": "object", "properties": {"secret": {"type": "integer"}}},
+            },
+            "securitySchemes": {"HTTPBearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -161,6 +255,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if path == "/readyz":
         await _send_json(send, 200 if state["healthy"] else 503, {"ready": state["healthy"]})
+        return
+
+    if path == "/openapi.json":
+        await _send_json(send, 200, _openapi_document(state["name"], state["openapi_variant"]))
+        return
+    if path == "/__openapi":
+        state["openapi_variant"] = int(query.partition("=")[2] or 1)
+        await _send_json(send, 200, {"variant": state["openapi_variant"]})
         return
 
     if path.startswith("/__json/"):

@@ -2,7 +2,8 @@
 
 Served on a separate (by default loopback) port, so none of these paths can collide with a
 route or be reached from outside. Every worker answers with its own view (`worker` is its pid):
-balancing and health state are per worker.
+balancing and health state are per worker. `/metrics` is the exception: whichever worker a
+scrape reaches sums every worker's counters (metrics.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import orjson
 
 from mosaic_gateway import problems
+from mosaic_gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from mosaic_gateway.runtime import Runtime
 from mosaic_gateway.server import Exchange
 
@@ -20,9 +22,15 @@ _JSON = b"application/json"
 
 
 class AdminHandler:
-    def __init__(self, runtime: Callable[[], Runtime], draining: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        draining: Callable[[], bool],
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
         self._runtime = runtime
         self._draining = draining
+        self._metrics = metrics  # renders Prometheus text; None: metrics are off
 
     def handle(self, exchange: Exchange) -> None:
         if exchange.method not in (b"GET", b"HEAD"):
@@ -36,6 +44,13 @@ class AdminHandler:
                 self._json(exchange, 503, {"status": "draining"})
             else:
                 self._json(exchange, 200, {"status": "ready"})
+        elif path == b"/metrics" and self._metrics is not None:
+            exchange.respond(
+                200,
+                self._metrics(),
+                METRICS_CONTENT_TYPE,
+                ((b"x-gateway-worker", b"%d" % os.getpid()),),
+            )
         elif path == b"/admin/routes":
             self._json(exchange, 200, {"routes": self._runtime().routes_snapshot()})
         elif path == b"/admin/backends":

@@ -1047,11 +1047,25 @@ def _check_caches(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], st
             problems.append(
                 (("routes", index, "cache"), "only GET responses are cached: add GET to methods")
             )
+        if route.aggregate is not None:
+            problems.append((("routes", index, "cache"), "aggregated routes are not cached"))
         if cache.invalidate_on and config.nats is None:
             problems.append(
                 (
                     ("routes", index, "cache", "invalidate_on"),
                     "invalidation events arrive over NATS: add the top-level `nats:` section",
+                )
+            )
+        # A user's claims come with a token (Authorization: the cache is bypassed unless the key
+        # varies on it); an API key's claims would differ per key on a shared entry.
+        claims = route.claims if route.claims is not None else config.defaults.claims
+        key_claims = sorted(claim for claim in claims or {} if claim.startswith("api_key."))
+        if key_claims and "x-api-key" not in cache.vary_headers:
+            problems.append(
+                (
+                    ("routes", index, "cache", "vary_headers"),
+                    f"the route forwards API-key claims ({', '.join(key_claims)}): add x-api-key "
+                    "to vary_headers, or one key's answer would be served to another",
                 )
             )
     return problems

@@ -186,7 +186,9 @@ class Metrics:
             "gateway_upstream_failures_total": [
                 [*key, value] for key, value in self.failures.items()
             ],
-            "gateway_upstream_retries_total": [[*key, value] for key, value in self.retries.items()],
+            "gateway_upstream_retries_total": [
+                [*key, value] for key, value in self.retries.items()
+            ],
         }
         return {
             "worker": self.index,
@@ -260,9 +262,7 @@ class Metrics:
                 self.routes[route].bytes = int(value)
         for route, result, value in counters.get("gateway_cache_requests_total", []):
             self.cache[(route, result)] = int(value)
-        for backend, instance, reason, value in counters.get(
-            "gateway_upstream_failures_total", []
-        ):
+        for backend, instance, reason, value in counters.get("gateway_upstream_failures_total", []):
             self.failures[(backend, instance, reason)] = int(value)
         for backend, reason, value in counters.get("gateway_upstream_retries_total", []):
             self.retries[(backend, reason)] = int(value)
@@ -340,7 +340,9 @@ class Metrics:
             names = (*label_names, "worker")
             for labels, value in sorted(gauges[name].items()):
                 out.append(f"{name}{_labels(names, labels)} {_number(value)}")
-        _family_head(out, "gateway_workers_reporting", "Workers whose numbers are included.", "gauge")
+        _family_head(
+            out, "gateway_workers_reporting", "Workers whose numbers are included.", "gauge"
+        )
         out.append(f"gateway_workers_reporting {reporting}")
         out.append("")
         return "\n".join(out).encode()
@@ -366,7 +368,9 @@ def _escape(value: str) -> str:
 def _labels(names: tuple[str, ...], values: Labels) -> str:
     if not names:
         return ""
-    pairs = ",".join(f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True))
+    pairs = ",".join(
+        f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)
+    )
     return "{" + pairs + "}"
 
 

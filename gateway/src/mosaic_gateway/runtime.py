@@ -18,6 +18,7 @@ from mosaic_gateway.config import Backend as BackendSpec
 from mosaic_gateway.config import GatewayConfig, Retries, Route
 from mosaic_gateway.context import WorkerContext
 from mosaic_gateway.discovery import DiscoveryWatcher, DnsWatcher, NatsWatcher
+from mosaic_gateway.docs import DocsService  # OBS
 from mosaic_gateway.health import HealthChecker
 from mosaic_gateway.proxy import CompiledRoute, RetryPolicy
 from mosaic_gateway.router import Router, RouteSpec, parse_template
@@ -114,6 +115,11 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
                 compiled.timeout,
             )
         specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
+    # OBS: the merged OpenAPI documents, answered by the gateway itself (docs.py)
+    docs = None
+    if config.docs is not None:
+        docs = DocsService(config, config.docs, backends, context.loop)
+        specs += docs.route_specs()
     return Runtime(
         config,
         Router.compile(specs),
@@ -123,6 +129,7 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
             *watchers,  # DISCO: discovery watchers first
             _SecurityFeeds(context),
             *([cache_invalidation] if cache_invalidation is not None else []),  # CACHE
+            *([docs] if docs is not None else []),  # OBS: after discovery
         ],
     )
 

@@ -21,6 +21,7 @@ import uvloop
 from mosaic_gateway.admin import AdminHandler
 from mosaic_gateway.config import GatewayConfig
 from mosaic_gateway.context import WorkerContext
+from mosaic_gateway.observe import build_observer, runtime_gauges
 from mosaic_gateway.proxy import Proxy
 from mosaic_gateway.reload import Reloader
 from mosaic_gateway.runtime import Runtime, build_runtime
@@ -56,6 +57,8 @@ class Worker:
         config_path: str | None = None,
         *,
         watch: bool = False,
+        index: int = 0,
+        metrics_dir: str | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -71,7 +74,24 @@ class Worker:
         self.server = Server(loop, limits)
         self.admin_server = Server(loop, limits, self.server.request_ids)
         self.proxy: Proxy | None = None
-        self.admin = AdminHandler(self._current_runtime, lambda: self.server.draining)
+        # --- OBS: access log, metrics and tracing hooks (observe.py) ---
+        self.observer = build_observer(
+            config.observability,
+            loop,
+            admin=config.server.admin is not None,
+            index=index,
+            metrics_dir=metrics_dir,
+        )
+        self.server.on_dispatch = self.observer.on_dispatch
+        self.server.on_end = self.observer.on_end
+        metrics = self.observer.metrics
+        if metrics is not None:
+            metrics.gauges = lambda: runtime_gauges(self.runtime, self.server)
+        self.admin = AdminHandler(
+            self._current_runtime,
+            lambda: self.server.draining,
+            metrics.render if metrics is not None else None,
+        )
         self._sweeper: asyncio.TimerHandle | None = None
         self.reloader = Reloader(self, config_path, watch=watch)  # DISCO
 
@@ -109,6 +129,8 @@ class Worker:
             self.runtime.router,
             trust_forwarded=self.config.server.trust_forwarded_headers,
         )
+        self.proxy.metrics = self.observer.metrics  # OBS
+        self.observer.start()  # OBS
         await self.runtime.start()
         self.proxy.start()
         await self.server.listen(sock, self.proxy)
@@ -135,6 +157,7 @@ class Worker:
         await self.reloader.close_retired()  # DISCO: runtimes replaced by reloads
         if self.runtime is not None:
             await self.runtime.close()
+        self.observer.stop()  # OBS: the last access log lines, spans and metrics
         await self.context.close()
 
 
@@ -144,12 +167,15 @@ async def _serve(
     admin_sock: socket.socket | None,
     config_path: str | None,
     watch: bool,
+    *,
+    index: int = 0,
+    metrics_dir: str | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    worker = Worker(config, loop, config_path, watch=watch)
+    worker = Worker(config, loop, config_path, watch=watch, index=index, metrics_dir=metrics_dir)
     loop.add_signal_handler(signal.SIGHUP, worker.reloader.request, "SIGHUP")  # DISCO
     await worker.start(sock, admin_sock)
     _log.info(
@@ -173,15 +199,28 @@ def run_worker(
     *,
     config_path: str | None = None,
     watch: bool = False,
+    index: int = 0,
+    metrics_dir: str | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code. SIGHUP reloads `config_path`
-    (and so does a change of the file, if `watch`)."""
+    (and so does a change of the file, if `watch`). `index` numbers the worker under a
+    supervisor; `metrics_dir` is where the workers share their metrics (metrics.py)."""
     # Every line this process logs says which worker wrote it.
     bind_context(worker_pid=os.getpid())
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(config, sock, admin_sock, config_path, watch))
+        return loop.run_until_complete(
+            _serve(
+                config,
+                sock,
+                admin_sock,
+                config_path,
+                watch,
+                index=index,
+                metrics_dir=metrics_dir,
+            )
+        )
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
