@@ -328,15 +328,16 @@ def answer(exchange: Exchange, entry: Entry, now: float) -> None:
         parts.append(b"connection: close\r\n")
     parts.append(CRLF)
     exchange.head_sent = True
+    exchange.status = int(entry.head[9:12])  # "HTTP/1.1 200 ...": for the access log and metrics
     body = entry.body
     if exchange.method == b"HEAD" or not body:
-        conn.write(b"".join(parts))
+        exchange.write(b"".join(parts))
     elif len(body) <= _JOIN_MAX:
         parts.append(body)
-        conn.write(b"".join(parts))
+        exchange.write(b"".join(parts))
     else:
-        conn.write(b"".join(parts))
-        conn.write(body)
+        exchange.write(b"".join(parts))
+        exchange.write(body)
     exchange.finish()
 
 
