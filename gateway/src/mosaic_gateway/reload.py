@@ -76,12 +76,22 @@ def live_config(old: GatewayConfig, new: GatewayConfig) -> tuple[GatewayConfig, 
     if old.nats is not None and new.nats != old.nats:
         kept.append("nats")
         nats = old.nats
+    # Read when a worker starts: its access log, metrics store, exporter and verifiers.
+    for section in ("observability", "security"):
+        if getattr(old, section) != getattr(new, section):
+            kept.append(section)
     if not kept:
         return new, kept
     server = new.server.model_copy(
         update={name: getattr(old.server, name) for name in RESTART_ONLY}
     )
-    return new.model_copy(update={"server": server, "nats": nats}), kept
+    update = {
+        "server": server,
+        "nats": nats,
+        "observability": old.observability,
+        "security": old.security,
+    }
+    return new.model_copy(update=update), kept
 
 
 def summary(old: GatewayConfig, new: GatewayConfig) -> dict[str, object]:
