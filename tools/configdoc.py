@@ -43,7 +43,8 @@ DEVSTACK = """## devstack (`mosaic`) and the test suite
 
 | variable | default | meaning |
 |---|---|---|
-| `MOSAIC_DATA` | `.mosaic` | data folder of `mosaic up` (PostgreSQL, NATS, logs, state, credentials) |
+| `MOSAIC_DATA` | `.mosaic` | data folder of `mosaic up` (PostgreSQL, NATS, logs, state, credentials, gateway.yaml) |
+| `MOSAIC_GATEWAY_PORT` | unset | the gateway's port (`mosaic up --gateway-port`); unset: 8080 when free, else any free port; `0`: any free port |
 | `DATABASE_URL` | unset | when set, `mosaic up` uses this PostgreSQL instead of starting one |
 | `NATS_URL` | unset | when set, `mosaic up` uses this NATS (JetStream on) instead of starting one |
 | `REDIS_URL` | unset | passed through to the services |

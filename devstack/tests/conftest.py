@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devstack_support import Stack, family
+from devstack_support import Stack, family, under
 
 from mosaic_devstack.procs import ProcessRef
 
@@ -42,4 +42,8 @@ def stack() -> Iterator[Stack]:
                 s.popen.wait()
         for ref in leftovers:
             ref.signal(signal.SIGKILL)
+        # Last resort: whatever still names the folder (a gateway's workers orphaned by a
+        # failing test, say) goes too.
+        for pid in under(s.data):
+            ProcessRef.of(pid).signal(signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)

@@ -102,6 +102,9 @@ class Stack:
 def recorded(state: dict[str, Any]) -> list[ProcessRef]:
     """The supervisor and every process state.json says it started."""
     refs = [ProcessRef.of(state["supervisor_pid"])]
+    gateway = state.get("gateway")
+    if gateway and gateway["pid"]:
+        refs.append(ProcessRef(gateway["pid"], gateway["pid_started"]))
     refs += [ProcessRef(i["pid"], i["pid_started"]) for i in state["instances"] if i["pid"]]
     for server in (state["postgres"], state["nats"]):
         if server and server["embedded"]:

@@ -4,7 +4,11 @@
     fake_service.py seed        creates an admin and an API key once; prints ONE JSON object
     fake_service.py serve --host H --port P --instance-id I
                                 HTTP: /readyz (200 when its table answers and NATS is connected),
-                                /env (what it was given), /verify?password=... (checks the admin's)
+                                /env (what it was given), /verify?password=... (checks the admin's),
+                                /v1/auth/jwks.json (an empty key set: what the gateway probes);
+                                announced on NATS as a `nats.micro` service named like the
+                                instance without its number (auth-1: auth) with its URL in the
+                                metadata, as the real services do for the gateway's discovery
 
 It talks to the real PostgreSQL (asyncpg) and NATS (nats-py) it is pointed at. Knobs, read from the
 environment: FAKE_NEVER_READY=1 (/readyz always 503), FAKE_IGNORE_SIGTERM=1 (only SIGKILL stops it).
@@ -26,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import nats
+import nats.micro
 
 
 def log(event: str, **fields: Any) -> None:
@@ -99,9 +104,15 @@ class App:
         self.nc: Any = None
         self.lock = asyncio.Lock()
 
-    async def start(self) -> None:
+    async def start(self, url: str) -> None:
         self.db = await asyncpg.connect(dsn())
         self.nc = await nats.connect(os.environ["NATS_URL"], name=self.instance)
+        await nats.micro.add_service(
+            self.nc,
+            name=self.instance.rsplit("-", 1)[0],
+            version="0.0.1",
+            metadata={"http": url, "instance": self.instance},
+        )
 
     async def ready(self) -> bool:
         if os.environ.get("FAKE_NEVER_READY") == "1":
@@ -124,6 +135,7 @@ class App:
             request = await reader.readuntil(b"\r\n\r\n")
             target = request.split(b" ", 2)[1].decode()
             url = urlsplit(target)
+            log("request", path=url.path)
             status, body = await self.route(url.path, parse_qs(url.query))
         except Exception as exc:
             status, body = 500, {"error": repr(exc)}
@@ -147,12 +159,14 @@ class App:
         if path == "/verify":
             ok = await self.verify(query.get("password", [""])[0])
             return (200 if ok else 401), {"ok": ok}
+        if path == "/v1/auth/jwks.json":
+            return 200, {"keys": []}
         return 404, {"error": "not found"}
 
 
 async def serve(host: str, port: int, instance: str) -> int:
     app = App(instance)
-    await app.start()
+    await app.start(f"http://{host}:{port}")
     server = await asyncio.start_server(app.handle, host, port)
     stop = asyncio.Event()
     if os.environ.get("FAKE_IGNORE_SIGTERM") == "1":

@@ -116,6 +116,9 @@ def test_second_up_reuses_data_and_credentials_and_down_stops_everything(stack: 
     first = stack.up_detached("--replicas", "1")
     assert first.returncode == 0, first.stdout + first.stderr
     credentials = (stack.data / "credentials.json").read_bytes()
+    # No auth and blog among the services: nothing for the gateway to front.
+    assert stack.state()["gateway"] is None
+    assert "gateway: not started, it fronts auth and blog" in stack.log("mosaic")
     password = stack.status_json()["credentials"]["admin"]["password"]
     assert password in first.stdout  # `up` prints the admin's password ...
     refused = stack.up_detached()  # ... and refuses a second supervisor on the same data

@@ -28,14 +28,14 @@ def test_registry_file(tmp_path: Path) -> None:
         json.dumps(
             [
                 {"name": "auth", "command": [sys.executable, "svc.py"], "schema": "auth"},
-                {"name": "gateway", "command": "mosaic-gateway", "migrate": False, "replicas": 1},
+                {"name": "search", "command": "mosaic-search", "migrate": False, "replicas": 1},
             ]
         )
     )
-    auth, gateway = load_services(path)
+    auth, search = load_services(path)
     assert auth.command == (sys.executable, "svc.py")
-    assert (gateway.command, gateway.migrate, gateway.seed, gateway.replicas) == (
-        ("mosaic-gateway",),
+    assert (search.command, search.migrate, search.seed, search.replicas) == (
+        ("mosaic-search",),
         False,
         True,
         1,
@@ -47,6 +47,7 @@ def test_registry_file(tmp_path: Path) -> None:
     [
         ([{"name": "Auth", "command": ["x"]}], "name must match"),
         ([{"name": "postgres", "command": ["x"]}], "name must match"),  # its log file is ours
+        ([{"name": "gateway", "command": ["x"]}], "name must match"),  # so is the gateway
         ([{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}], "unique"),
         ([{"name": "a", "command": []}], "non-empty list"),
         ([{"name": "a"}], "missing"),

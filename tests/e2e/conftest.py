@@ -1,4 +1,5 @@
-"""The running system, started exactly as a developer starts it: `mosaic up` (detached)."""
+"""The running system, started exactly as a developer starts it: `mosaic up` (detached), with the
+gateway in front; client flows go through the gateway's URL, as `mosaic up` tells clients to."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ def system() -> Iterator[System]:
     root = Path(tempfile.mkdtemp(prefix="mosaic-e2e-"))
     root.chmod(0o755)
     system = System(root / "data")
-    up = system.mosaic("up", "--detach", "--replicas", "2", timeout=120)
+    # Two replicas of each service behind the gateway, on a free port (8080 may be taken).
+    up = system.mosaic("up", "--detach", "--replicas", "2", "--gateway-port", "0", timeout=150)
     assert up.returncode == 0, up.stdout + up.stderr
+    system.up_output = up.stdout
     pids = system.pids()
     try:
         yield system

@@ -8,6 +8,7 @@ a request through it reaches the auth service.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -100,10 +101,12 @@ class GatewayInstance(Instance):
         return None
 
     async def wait_exit(self) -> int:
-        code = await super().wait_exit()
-        # Workers whose supervisor was killed outright live on, still listening on the port
-        # (they share it): end them before a new gateway starts.
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        return code
+        assert self.process is not None
+        # Workers whose supervisor was killed outright live on, holding the output pipe (so
+        # `process.wait()` would not return) and still listening on the port (they share it).
+        # So watch the supervisor itself, and end what it leaves before a new gateway starts.
+        while self.process.returncode is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return await super().wait_exit()

@@ -1,17 +1,17 @@
 """The gateway configuration `mosaic up` writes: every public route of the auth and blog APIs.
 
-One row of `ROUTES` per route of API.md (`/work/shared/spec/API.md`, published as docs/api.md):
+One row of `ROUTES` per route of the public API (docs/api.md; a test holds the two together):
 who may call it, which headers and query parameters reach the service (deny by default), how big
 its body may be, whether its answers are cached. `gateway_config()` turns the rows into the
 document `mosaic-gateway serve --config` reads; `render()` dumps it as YAML after the gateway's
 own validation has accepted it, so a configuration the gateway would refuse never reaches disk.
 
-How the gateway finds the instances is isolated in `backend_section()`.
+How the gateway finds the instances (NATS discovery) is isolated in `backend_section()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,13 +133,17 @@ def route_section(api: Api) -> dict[str, Any]:
     return route
 
 
-def backend_section(name: str, instance_urls: Sequence[str]) -> dict[str, Any]:
+def backend_section(name: str) -> dict[str, Any]:
     """How the gateway finds and treats the instances of one service.
 
-    The instances are the ones `mosaic up` started, listed by URL.
+    Found through NATS: every instance announces itself as a `nats.micro` service named after
+    its service, with its HTTP URL in the metadata (`mosaic_kit.rpc.discovery_metadata`), and
+    the gateway asks `$SRV.INFO.<name>` every couple of seconds. So replicas started or
+    restarted later are found without a new configuration. (A static list would be
+    `{"instances": [url, ...]}` here.)
     """
     return {
-        "instances": list(instance_urls),
+        "discovery": {"nats": {"service": name}},
         "balancing": "least_outstanding",
         "health_check": {"path": "/readyz", "interval": "2s", "timeout": "1s"},
     }
@@ -155,12 +159,12 @@ class GatewaySettings:
     shutdown_grace: float = 5.0
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    otlp_endpoint: str | None = None
+    """Where spans go, as for the services (OTEL_EXPORTER_OTLP_ENDPOINT); none: no tracing."""
 
 
-def gateway_config(
-    settings: GatewaySettings, instances: Mapping[str, Sequence[str]]
-) -> dict[str, Any]:
-    """The configuration document; `instances` maps each of BACKENDS to its instance URLs."""
+def gateway_config(settings: GatewaySettings) -> dict[str, Any]:
+    """The configuration document."""
     jwt: dict[str, Any] = {}
     if settings.jwt_issuer:
         jwt["issuer"] = settings.jwt_issuer
@@ -177,13 +181,29 @@ def gateway_config(
         },
         "nats": {"url": settings.nats_url},
         **({"security": {"jwt": jwt}} if jwt else {}),
+        "observability": observability_section(settings),
+        # Both services' OpenAPI documents, merged into one at /docs (no API key needed).
+        "docs": {"path": "/docs", "sources": dict.fromkeys(BACKENDS, "/openapi.json")},
         "defaults": {
             "auth": {"api_key": "required", "jwt": "off"},
             "headers": {"allow": list(BASE_HEADERS)},
             "query": {"allow": []},
         },
-        "backends": {name: backend_section(name, instances[name]) for name in BACKENDS},
+        "backends": {name: backend_section(name) for name in BACKENDS},
         "routes": [route_section(api) for api in ROUTES],
+    }
+
+
+def observability_section(settings: GatewaySettings) -> dict[str, Any]:
+    """An access log line per request (into the gateway's log, beside the services' own) and
+    Prometheus metrics on the admin port; spans when the services export theirs too."""
+    tracing: dict[str, Any] = {"enabled": False}
+    if settings.otlp_endpoint:
+        tracing = {"enabled": True, "otlp_endpoint": settings.otlp_endpoint}
+    return {
+        "access_log": {"enabled": True},
+        "metrics": {"enabled": True},
+        "tracing": tracing,
     }
 
 
@@ -198,9 +218,11 @@ def render(config: Mapping[str, Any], file: str) -> str:
     from mosaic_gateway.config import ConfigError, parse_config
 
     header = (
-        "# Written by `mosaic up` at every start (edits are overwritten): the gateway in front\n"
-        "# of the auth and blog services. Schema: docs/gateway.md.\n"
+        "# The gateway in front of the auth and blog services, written by `mosaic up` at every\n"
+        "# start: the running gateway reloads an edit, the next `mosaic up` overwrites it.\n"
+        "# Schema: docs/gateway.md; what this file sets and why: docs/operations.md.\n"
     )
+
     class Dumper(yaml.SafeDumper):
         pass
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 _NAME = re.compile(r"[a-z][a-z0-9]*")
-# Names the devstack uses for its own log files.
-_RESERVED = frozenset({"mosaic", "postgres", "nats"})
+# Names the devstack uses for its own processes and log files.
+_RESERVED = frozenset({"mosaic", "postgres", "nats", "gateway"})
 
 
 class RegistryError(ValueError):

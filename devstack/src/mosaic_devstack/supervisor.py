@@ -398,14 +398,11 @@ class Supervisor:
             shutdown_grace=round(min(self.opts.grace / 2, 10.0), 3),
             jwt_issuer=self.env.get("AUTH_ISSUER"),
             jwt_audience=self.env.get("AUTH_AUDIENCE"),
+            otlp_endpoint=self.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
         )
-        instances = {
-            name: [inst.url for inst in self.instances if inst.service.name == name]
-            for name in BACKENDS
-        }
         path = self.data.gateway_config
         # Private like the state: an external NATS_URL may carry a password.
-        write_private_text(path, render(gateway_config(settings, instances), str(path)))
+        write_private_text(path, render(gateway_config(settings), str(path)))
         env = {**self.env, "NATS_URL": self.nats_url, "PYTHONUNBUFFERED": "1"}
         env.setdefault("LOG_FORMAT", "json")
         gateway = self.gateway = GatewayInstance(
@@ -543,7 +540,7 @@ class Supervisor:
             self.gateway.info.state = "stopped"
         if any(inst.running() for inst in self.instances):
             self.say(f"stopping {len(self.instances)} service instance(s)")
-        # Reverse start order, so a front service (the gateway, listed last) stops taking
+        # Reverse start order, so a service that calls others (listed later) stops taking
         # requests before the services behind it go.
         for service in reversed(self.opts.services):
             group = [inst for inst in self.instances if inst.service is service]

@@ -1,0 +1,182 @@
+"""The gateway configuration `mosaic up` writes, against the API it fronts.
+
+Checked two ways: against the route tables of docs/api.md (every documented route is routed,
+with the documented audience: public with an API key, a token, or a role) and against the
+services' own OpenAPI documents (what each route accepts -- query parameters, Idempotency-Key,
+a bearer token -- is exactly what its allow-lists let through, since the gateway denies the
+rest).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mosaic_auth.app import create_auth_app
+from mosaic_auth.settings import AuthSettings
+from mosaic_blog.app import create_blog_app
+from mosaic_blog.settings import BlogSettings
+from mosaic_devstack.gateway_config import (
+    GatewayConfigError,
+    GatewaySettings,
+    gateway_config,
+    render,
+)
+from mosaic_gateway.config import parse_config
+
+API_DOC = Path(__file__).parents[2] / "docs" / "api.md"
+_ROW = re.compile(r"^\| (GET|POST|PUT|PATCH|DELETE) \| `(/v1/[^`]+)` \| ([^|]+) \|", re.M)
+SETTINGS = GatewaySettings(
+    listen="127.0.0.1", port=8080, admin_port=9901, workers=2, nats_url="nats://127.0.0.1:4222"
+)
+
+
+def _template(path: str) -> str:
+    """`/v1/users/{user_id}` and `/v1/users/{id}` are the same route."""
+    return re.sub(r"\{[^}]+\}", "{}", path)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return gateway_config(SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def routes(config: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(method, path template) -> route."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for route in config["routes"]:
+        for method in route["methods"]:
+            key = (method, _template(route["path"]))
+            assert key not in table, f"{key} routed twice"
+            table[key] = route
+    return table
+
+
+@pytest.fixture(scope="module")
+def openapi_operations() -> dict[tuple[str, str], dict[str, Any]]:
+    ops: dict[tuple[str, str], dict[str, Any]] = {}
+    for app in (create_auth_app(AuthSettings.load()), create_blog_app(BlogSettings.load())):
+        for path, methods in app.openapi()["paths"].items():
+            if path.startswith("/v1/"):
+                for method, op in methods.items():
+                    ops[(method.upper(), _template(path))] = op
+    return ops
+
+
+def test_the_written_file_is_what_the_gateway_accepts(config: dict[str, Any]) -> None:
+    text = render(config, "gateway.yaml")
+    parsed = parse_config(text, "gateway.yaml")
+    assert yaml.safe_load(text)["routes"] == config["routes"]
+    assert (parsed.server.port, parsed.server.workers) == (8080, 2)
+    assert parsed.server.admin is not None
+    assert (parsed.server.admin.listen, parsed.server.admin.port) == ("127.0.0.1", 9901)
+    assert parsed.nats is not None
+    assert parsed.nats.url == "nats://127.0.0.1:4222"
+    for name in ("auth", "blog"):
+        backend = parsed.backends[name]
+        # Instances come from the services' own announcements, not from a list.
+        assert backend.instances is None
+        assert backend.discovery is not None
+        assert backend.discovery.nats is not None
+        assert backend.discovery.nats.service == name
+        assert backend.health_check is not None
+    # Operable from the first run: access log, metrics, both APIs documented at /docs.
+    assert parsed.observability.access_log.enabled
+    assert parsed.observability.metrics.enabled
+    assert not parsed.observability.tracing.enabled  # nowhere to send spans
+    assert parsed.docs is not None
+    assert parsed.docs.path == "/docs"
+    assert parsed.docs.sources == {"auth": "/openapi.json", "blog": "/openapi.json"}
+    traced = gateway_config(
+        GatewaySettings(**{**SETTINGS.__dict__, "otlp_endpoint": "http://otel:4318"})
+    )
+    assert traced["observability"]["tracing"] == {
+        "enabled": True,
+        "otlp_endpoint": "http://otel:4318",
+    }
+
+
+def test_a_configuration_the_gateway_refuses_is_never_written(config: dict[str, Any]) -> None:
+    broken = {**config, "routes": [*config["routes"], {"path": "/v1/x", "methods": ["GET"]}]}
+    with pytest.raises(GatewayConfigError, match=r"routes\[\d+\]\.backend"):
+        render(broken, "gateway.yaml")
+
+
+def test_every_documented_route_is_routed_to_its_audience(
+    config: dict[str, Any], routes: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    documented = _ROW.findall(API_DOC.read_text())
+    assert len(documented) > 25  # the tables were found
+    assert set(routes) == {(method, _template(path)) for method, path, _ in documented}
+    defaults = config["defaults"]["auth"]
+    assert defaults == {"api_key": "required", "jwt": "off"}
+    for method, path, audience in documented:
+        route = routes[(method, _template(path))]
+        auth = {**defaults, **route.get("auth", {})}
+        who = audience.strip()
+        where = f"{method} {path}"
+        if path == "/v1/auth/jwks.json":
+            assert auth == {"api_key": "off", "jwt": "off"}, where  # verifiers need no key
+        elif who == "public":
+            assert auth == {"api_key": "required", "jwt": "off"}, where
+        elif who == "Bearer":
+            assert auth == {"api_key": "required", "jwt": "required"}, where
+        else:
+            assert auth == {"api_key": "required", "jwt": "required", "roles": [who]}, where
+
+
+def test_allow_lists_match_what_each_route_accepts(
+    routes: dict[tuple[str, str], dict[str, Any]],
+    openapi_operations: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    assert set(routes) == set(openapi_operations)
+    for key, op in openapi_operations.items():
+        route = routes[key]
+        params = op.get("parameters", [])
+        query = {p["name"] for p in params if p["in"] == "query"}
+        headers = {p["name"].lower() for p in params if p["in"] == "header"}
+        bearer = any("HTTPBearer" in requirement for requirement in op.get("security", []))
+        allowed = set(route["headers"]["allow"])
+        assert set(route["query"]["allow"]) == query, key
+        assert headers <= allowed, key
+        assert ("idempotency-key" in allowed) == ("idempotency-key" in headers), key
+        assert ("authorization" in allowed) == bearer, key
+        assert {"accept", "content-type", "x-api-key"} <= allowed, key
+        # Nothing that names a user ever comes from the client.
+        assert not allowed & {"x-user-id", "x-user-roles", "*"}, key
+
+
+def test_limits_caching_and_rate_limits_per_route(
+    routes: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    parsed = parse_config(render(gateway_config(SETTINGS), "g.yaml"), "g.yaml")
+    by_path = {(r.methods[0], r.path): r for r in parsed.routes}
+    create = by_path[("POST", "/v1/author/blogs")]
+    assert create.max_body_bytes is not None
+    # A maximal draft (50,000 characters, up to 6 bytes each once JSON-escaped) gets through.
+    assert create.max_body_bytes >= 50_000 * 6
+    signin = by_path[("POST", "/v1/auth/signin")]
+    assert signin.max_body_bytes is not None
+    assert 1024 <= signin.max_body_bytes <= 64 * 1024
+    for path in ("/v1/auth/signup", "/v1/auth/signin"):
+        rule = by_path[("POST", path)].rate_limit
+        assert rule is not None
+        assert rule.by == "address"
+    cached = {key for key, route in routes.items() if "cache" in route}
+    assert cached == {
+        ("GET", "/v1/blogs"),
+        ("GET", "/v1/blogs/{}"),
+        ("GET", "/v1/blogs/by-slug/{}"),
+        ("GET", "/v1/blogs/{}/similar"),
+    }
+    for route in parsed.routes:
+        # 0 would mean "no limit" to the gateway.
+        assert route.max_body_bytes, route.path
+        if route.cache is not None:
+            assert "blog.blog.*" in route.cache.invalidate_on
+            assert route.auth is None or route.auth.jwt != "required"
