@@ -265,6 +265,19 @@ async def test_a_shorter_upstream_lifetime_wins(setup: Setup, cache_control: str
     assert third.headers["x-cache"] == "MISS"
 
 
+async def test_an_upstream_x_cache_header_gives_way_to_the_gateways(setup: Setup) -> None:
+    # A service with its own cache (the blog) labels its answers too; one label must remain.
+    client = setup.client()
+    header = {"x-test-response-header": "x-cache: HIT"}
+    miss = await client.get("/cached/labelled", headers=header)
+    assert miss.headers.get_list("x-cache") == ["MISS"]
+    hit = await client.get("/cached/labelled", headers=header)
+    assert hit.headers.get_list("x-cache") == ["HIT"]
+    # Routes without a gateway cache pass the service's label through untouched.
+    plain = await client.get("/plain/labelled", headers=header)
+    assert plain.headers.get_list("x-cache") == ["HIT"]
+
+
 async def test_age_counts_the_seconds_since_the_entry_was_stored(setup: Setup) -> None:
     client = setup.client()
     await client.get("/cached/aged")

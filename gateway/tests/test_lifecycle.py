@@ -165,3 +165,24 @@ async def test_bind_failure_is_reported_and_exits(
     finally:
         holder.close()
     assert (await first.client().get("/still")).status_code == 200
+
+
+async def test_workers_leave_when_their_supervisor_is_killed(
+    backends: BackendFactory, gateways: GatewayFactory
+) -> None:
+    """SIGKILL gives the supervisor no chance to forward a signal: the workers notice their
+    parent is gone and drain, instead of holding the port as orphans."""
+    import psutil
+
+    echo = backends("echo")
+    gateway = gateways(echo_config(echo.url), workers=2)
+    assert (await gateway.client().get("/echo/x")).status_code == 200
+    supervisor = psutil.Process(gateway.process.proc.pid)
+    workers = supervisor.children()
+    assert len(workers) == 2
+    gateway.process.kill()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    for orphan in alive:
+        orphan.kill()
+    assert alive == [], "workers outlived their supervisor"
+    assert len(gone) == 2

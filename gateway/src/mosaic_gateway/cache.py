@@ -49,7 +49,7 @@ _BYPASS_LINE = b"x-cache: BYPASS\r\n"
 _STEERING = frozenset({b"authorization", b"cookie", b"cache-control", b"pragma"})
 # Response headers not stored: per hop, per request (re-made on each hit), or the framing
 # (a stored body always gets a content-length).
-_NOT_STORED = HOP_BY_HOP | {b"x-request-id", b"date", b"age", b"content-length"}
+_NOT_STORED = HOP_BY_HOP | {b"x-request-id", b"date", b"age", b"content-length", b"x-cache"}
 _CACHED_METHODS = frozenset({b"GET", b"HEAD"})
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _REQUEST_DIRECTIVES = frozenset({b"cache-control", b"pragma"})

@@ -64,6 +64,7 @@ _REQUEST_SKIP = HOP_BY_HOP | {
     b"x-forwarded-host",
 }
 _RESPONSE_SKIP = HOP_BY_HOP | {b"x-request-id"}
+_RESPONSE_SKIP_CACHED = _RESPONSE_SKIP | {b"x-cache"}
 _NO_BODY_STATUSES = frozenset({204, 304})
 _TICK = 0.1
 # A retryable request with a declared body up to this size is read whole before it is sent, so
@@ -492,9 +493,11 @@ class Forward:
         upstream_chunked = False
         has_length = False
         drop: set[bytes] | None = None
+        # A cached route's `x-cache` is the gateway's; an upstream's own would contradict it.
+        skip = _RESPONSE_SKIP if self.capture is None else _RESPONSE_SKIP_CACHED
         for name, value in headers:
             lower = name.lower()
-            if lower in _RESPONSE_SKIP:
+            if lower in skip:
                 if lower == b"transfer-encoding":
                     upstream_chunked = value.lower().endswith(b"chunked")
                 elif lower == b"connection":
@@ -509,7 +512,7 @@ class Forward:
             del out[head_at + 1 :]
             for name, value in headers:
                 lower = name.lower()
-                if lower not in _RESPONSE_SKIP and lower not in drop:
+                if lower not in skip and lower not in drop:
                     out += (name, b": ", value, CRLF)
         no_body = self.head_only or status in _NO_BODY_STATUSES
         close_delimited = not no_body and not upstream_chunked and not has_length

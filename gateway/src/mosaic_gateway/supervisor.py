@@ -218,6 +218,7 @@ class _Supervisor:
                     config_path=self.config_path,
                     index=index,  # OBS
                     metrics_dir=self.metrics_dir,  # OBS
+                    supervisor_pid=os.getppid(),
                 )
             except BaseException:
                 _log.exception("worker_crashed", worker=index)

@@ -170,11 +170,14 @@ async def _serve(
     *,
     index: int = 0,
     metrics_dir: str | None = None,
+    supervisor_pid: int | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if supervisor_pid is not None:
+        _watch_supervisor(loop, supervisor_pid, stop)
     worker = Worker(config, loop, config_path, watch=watch, index=index, metrics_dir=metrics_dir)
     loop.add_signal_handler(signal.SIGHUP, worker.reloader.request, "SIGHUP")  # DISCO
     await worker.start(sock, admin_sock)
@@ -192,6 +195,22 @@ async def _serve(
     return 0
 
 
+def _watch_supervisor(
+    loop: asyncio.AbstractEventLoop, supervisor_pid: int, stop: asyncio.Event
+) -> None:
+    """Drain when the supervisor is gone (killed with SIGKILL, it cannot forward a signal):
+    an orphaned worker would otherwise hold the port forever."""
+
+    def check() -> None:
+        if os.getppid() != supervisor_pid:
+            _log.warning("supervisor_gone", supervisor_pid=supervisor_pid)
+            stop.set()
+            return
+        loop.call_later(1.0, check)
+
+    loop.call_later(1.0, check)
+
+
 def run_worker(
     config: GatewayConfig,
     sock: socket.socket,
@@ -201,8 +220,10 @@ def run_worker(
     watch: bool = False,
     index: int = 0,
     metrics_dir: str | None = None,
+    supervisor_pid: int | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code. SIGHUP reloads `config_path`
+    """Serve until SIGTERM/SIGINT (or, with `supervisor_pid`, until that parent is gone);
+    returns the process exit code. SIGHUP reloads `config_path`
     (and so does a change of the file, if `watch`). `index` numbers the worker under a
     supervisor; `metrics_dir` is where the workers share their metrics (metrics.py)."""
     # Every line this process logs says which worker wrote it.
@@ -219,6 +240,7 @@ def run_worker(
                 watch,
                 index=index,
                 metrics_dir=metrics_dir,
+                supervisor_pid=supervisor_pid,
             )
         )
     finally:
