@@ -11,8 +11,8 @@ Rows, each measured with wrk (default -t2 -c64 -d10s, after a warm-up run on the
    auth service behind it for the JWKS and `auth.apikeys.verify`: the script starts embedded
    PostgreSQL and NATS and one `mosaic-auth serve`, seeds it (admin + `demo` API key), signs the
    admin in for an access token, and sends both on every request. When `mosaic-gateway check`
-   rejects that configuration (the features are not built yet), the row is reported as
-   "not available" with the gateway's own message.
+   rejects that configuration, the row is reported as "not available" with the gateway's own
+   message.
 
 Ratios are to Traefik plain (rows 1-4) and to Traefik with metrics + access log (row 6); the
 goals from the gateway issue are printed beside them. Every process here (wrk, the proxy, the
@@ -403,9 +403,13 @@ def gateway_binary() -> Path:
 
 
 def gateway_plain_config(port: int, backend_url: str) -> dict[str, Any]:
-    """The plain proxying route, in the schema of docs/gateway.md (gateway/.../config.py)."""
+    """The plain proxying route, in the schema of docs/gateway.md (gateway/.../config.py).
+
+    Headers and query strings pass unfiltered (the allow-lists deny by default), so the route has
+    no admission step at all: plain proxying."""
     return {
         "server": {"listen": "127.0.0.1", "port": port},
+        "defaults": {"headers": {"allow": ["*"]}, "query": {"allow": ["*"]}},
         "backends": {"bench": {"instances": [backend_url]}},
         "routes": [{"path": ROUTE_TEMPLATE, "methods": ["GET"], "backend": "bench"}],
     }
@@ -416,20 +420,16 @@ def gateway_full_config(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The same route with API key + JWT required, metrics and the access log on.
 
-    Returns the configuration and the headers each request carries. The harness side is complete:
-    `auth` is a real auth service (its JWKS over HTTP at `jwks_url` and over NATS as
-    `auth.jwks.get`, API keys verified over NATS as `auth.apikeys.verify`), a seeded API key and
-    an admin's access token. The keys below are this script's reading of the gateway's security
-    and observability sections; `mosaic-gateway check` is the judge (the row reads "not
-    available" while it refuses them), and this function is the one place that follows the
-    schema of docs/gateway.md when those sections are written.
+    Returns the configuration and the headers each request carries. `auth` is a real auth service
+    (JWKS over NATS as `auth.jwks.get`, API keys verified over NATS as `auth.apikeys.verify`, its
+    revocation events followed), a seeded API key and an admin's access token. The access log
+    goes to the gateway's stdout (a file here, as for Traefik).
     """
     config = gateway_plain_config(port, backend_url)
     config["nats"] = {"url": auth.nats_url}
-    config["auth"] = {"jwks_url": auth.jwks_url}
-    config["metrics"] = {"enabled": True}
-    config["access_log"] = {"enabled": True, "path": str(work / "access.log")}
-    config["routes"][0].update({"api_key": True, "jwt": {"required": True}})
+    config["observability"] = {"access_log": {"enabled": True}, "metrics": {"enabled": True}}
+    config["server"]["admin"] = {"listen": "127.0.0.1", "port": free_port()}
+    config["routes"][0]["auth"] = {"api_key": "required", "jwt": "required"}
     headers = {"x-api-key": auth.api_key, "Authorization": f"Bearer {auth.access_token}"}
     return config, headers
 
