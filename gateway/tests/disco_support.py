@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 import yaml
-from gateway_support import Gateway, _spawn, free_port, wait_for_port
+from gateway_support import Gateway, GatewayFactory
 
 from mosaic_kit.nats import Client
 from mosaic_kit.rpc import RpcService, serve
@@ -25,43 +24,16 @@ from mosaic_kit.rpc import RpcService, serve
 _servers: dict[Path, dict[str, Any]] = {}
 
 
-class Gateways:
-    """Like gateway_support.GatewayFactory, with CLI flags (e.g. `--no-watch`)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.started: list[Gateway] = []
+class Gateways(GatewayFactory):
+    """GatewayFactory that remembers each gateway's server section, for `rewrite`."""
 
     def __call__(
         self, config: dict[str, Any], workers: int = 1, args: Sequence[str] = ()
     ) -> Gateway:
-        config = dict(config)
-        server = dict(config.get("server") or {})
-        server.setdefault("listen", "127.0.0.1")
-        server.setdefault("port", free_port())
-        server.setdefault("admin", {"port": free_port()})
-        server.setdefault("workers", workers)
-        config["server"] = server
-        count = len(self.started) + 1
-        path = self.directory / f"gateway-{count}.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        _servers[path] = server
-        log = self.directory / f"gateway-{count}.log"
-        process = _spawn(
-            [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path), *args],
-            log,
-            env={"LOG_FORMAT": "json"},
-        )
-        gateway = Gateway(server["port"], server["admin"]["port"], process, path)
-        self.started.append(gateway)
-        wait_for_port(gateway.admin_port, process.proc, log)
-        wait_for_port(gateway.port, process.proc, log)
+        gateway = super().__call__(config, workers, args)
+        started_with = yaml.safe_load(gateway.config_path.read_text())
+        _servers[gateway.config_path] = started_with["server"]
         return gateway
-
-    async def close(self) -> None:
-        for gateway in self.started:
-            await gateway.close_clients()
-            gateway.process.stop()
 
 
 def rewrite(gateway: Gateway, config: dict[str, Any] | str) -> None:

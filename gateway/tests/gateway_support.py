@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,9 @@ class GatewayFactory:
         self.started: list[Gateway] = []
         self._count = 0
 
-    def __call__(self, config: dict[str, Any], workers: int = 1) -> Gateway:
+    def __call__(
+        self, config: dict[str, Any], workers: int = 1, args: Sequence[str] = ()
+    ) -> Gateway:
         self._count += 1
         config = dict(config)
         server = dict(config.get("server") or {})
@@ -180,7 +182,7 @@ class GatewayFactory:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         log = self.directory / f"gateway-{self._count}.log"
         process = _spawn(
-            [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path)],
+            [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path), *args],
             log,
             env={"LOG_FORMAT": "json"},
         )

@@ -38,6 +38,7 @@ from mosaic_gateway.balancer import Backend, Instance
 from mosaic_gateway.config import AggregateCall, Placeholder, Route
 from mosaic_gateway.http11 import CRLF, HOP_BY_HOP, connection_tokens
 from mosaic_gateway.problems import GatewayProblem
+from mosaic_gateway.proxy import append_forwarded
 from mosaic_gateway.router import parse_template
 from mosaic_gateway.server import Exchange
 from mosaic_gateway.upstream_client import TIMEOUT, Fetch, FetchResult
@@ -476,17 +477,7 @@ class _Run:
         parts.append(b"accept: application/json\r\n")
         if exchange.host is not None:
             parts += (b"x-forwarded-host: ", exchange.host, CRLF)
-        if forwarded_for is None:
-            parts.append(exchange.conn.forwarded_tail)
-        else:
-            parts += (
-                b"x-forwarded-for: ",
-                forwarded_for,
-                b", ",
-                exchange.conn.peer,
-                b"\r\nx-forwarded-proto: http\r\nx-request-id: ",
-            )
-        parts += (exchange.request_id, CRLF, exchange.upstream_headers)
+        append_forwarded(parts, exchange, forwarded_for)
         self.common = b"".join(parts)
         return self.common
 

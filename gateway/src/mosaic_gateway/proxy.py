@@ -294,18 +294,26 @@ class Proxy:
             parts += (b"host: ", f"{instance.host}:{instance.port}".encode("ascii"), CRLF)
         else:
             parts += (b"x-forwarded-host: ", exchange.host, CRLF)
-        if forwarded_for is None:
-            parts.append(exchange.conn.forwarded_tail)
-        else:
-            parts += (
-                b"x-forwarded-for: ",
-                forwarded_for,
-                b", ",
-                exchange.conn.peer,
-                b"\r\nx-forwarded-proto: http\r\nx-request-id: ",
-            )
-        parts += (exchange.request_id, CRLF, exchange.upstream_headers, CRLF)
+        append_forwarded(parts, exchange, forwarded_for)
+        parts.append(CRLF)
         return b"".join(parts), chunked
+
+
+def append_forwarded(parts: list[bytes], exchange: Exchange, forwarded_for: bytes | None) -> None:
+    """The header lines the gateway adds to every upstream request: `X-Forwarded-For` (the
+    trusted chain, if any, then the peer), `-Proto`, `X-Request-Id`, and the caller's identity
+    claims."""
+    if forwarded_for is None:
+        parts.append(exchange.conn.forwarded_tail)
+    else:
+        parts += (
+            b"x-forwarded-for: ",
+            forwarded_for,
+            b", ",
+            exchange.conn.peer,
+            b"\r\nx-forwarded-proto: http\r\nx-request-id: ",
+        )
+    parts += (exchange.request_id, CRLF, exchange.upstream_headers)
 
 
 def _without_headers(parts: list[bytes], drop: set[bytes]) -> list[bytes]:
