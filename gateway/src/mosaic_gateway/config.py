@@ -212,7 +212,7 @@ class Breaker(_Model):
     half_open_probes: int = Field(1, ge=1, description="Probes at a time while half-open.")
 
 
-# --- DISCO: a backend's instances from discovery (DNS or NATS `$SRV.INFO`) --------------------
+# --- a backend's instances from discovery (DNS or NATS `$SRV.INFO`) ------------------------------
 
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
@@ -270,14 +270,11 @@ class Discovery(_Model):
         return self
 
 
-# --- end DISCO --------------------------------------------------------------------------------
-
-
 class Backend(_Model):
     instances: list[Annotated[Instance, BeforeValidator(_instance_shorthand)]] | None = Field(
         None, description="A static list; or `discovery` (exactly one of the two)."
     )
-    discovery: Discovery | None = None  # DISCO
+    discovery: Discovery | None = None
     balancing: Literal["round_robin", "least_outstanding"] = "round_robin"
     connect_timeout: Duration | None = Field(None, gt=0, description="Overrides the default.")
     pool: Pool = Pool()
@@ -427,7 +424,7 @@ class RateLimits(_Model):
     timeout: Duration = Field(0.25, gt=0, description="Then fall back to a local limit.")
 
 
-# --- CACHE: the response cache for GET per route (cache.py) ------------------------------------
+# --- the response cache for GET per route (cache.py) ---------------------------------------------
 
 # Statuses a cache may keep without explicit freshness (RFC 9110 15.1), minus 204 and 206.
 CACHEABLE_STATUSES = frozenset({200, 203, 300, 301, 308, 404, 410})
@@ -523,10 +520,7 @@ class CacheBounds(_Model):
         return self
 
 
-# --- end CACHE --------------------------------------------------------------------------------
-
-
-# --- AGG: aggregation, one route answered from several backends (aggregate.py) ---------------
+# --- aggregation, one route answered from several backends (aggregate.py) ------------------------
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _PARAM_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\*")
@@ -656,14 +650,11 @@ class Aggregate(_Model):
     backends: list[AggregateCall] = Field(min_length=1, max_length=32)
 
 
-# --- end AGG ----------------------------------------------------------------------------------
-
-
 class Route(_Model):
     path: str
     methods: list[str]
-    backend: str | None = None  # AGG: required unless `aggregate` is given
-    aggregate: Aggregate | None = None  # AGG
+    backend: str | None = None  # required unless `aggregate` is given
+    aggregate: Aggregate | None = None
     rewrite: Rewrite | None = None
     timeout: Duration | None = Field(None, gt=0, description="Overrides timeouts.request.")
     max_body_bytes: ByteSize | None = Field(None, description="Overrides limits.max_body_bytes.")
@@ -675,7 +666,7 @@ class Route(_Model):
     )
     cors: Cors | None = None
     rate_limit: RateLimitRule | None = None
-    cache: RouteCache | None = None  # CACHE
+    cache: RouteCache | None = None
 
     @field_validator("path")
     @classmethod
@@ -717,7 +708,7 @@ class Nats(_Model):
     )
 
 
-# --- OBS: observability (access log, metrics, tracing) and the merged OpenAPI documents -----
+# --- observability (access log, metrics, tracing) and the merged OpenAPI documents ---------------
 
 _DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -812,18 +803,15 @@ class Docs(_Model):
         return sources
 
 
-# --- end OBS ----------------------------------------------------------------------------------
-
-
 class GatewayConfig(_Model):
     server: Server = Server()
     nats: Nats | None = Field(None, description="Needed by every NATS-backed feature.")
     security: Security = Security()
     rate_limits: RateLimits = RateLimits()
     defaults: RouteDefaults = RouteDefaults()
-    cache: CacheBounds = CacheBounds()  # CACHE
-    observability: Observability = Observability()  # OBS
-    docs: Docs | None = None  # OBS
+    cache: CacheBounds = CacheBounds()
+    observability: Observability = Observability()
+    docs: Docs | None = None
     backends: dict[str, Backend]
     routes: list[Route]
 
@@ -975,12 +963,12 @@ def _check_security(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], 
 def _cross_check(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
     """Rules that span fields: references between sections and route conflicts."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    problems += _check_instance_sources(config)  # DISCO
+    problems += _check_instance_sources(config)
     problems += _check_security(config)
-    problems += _check_caches(config)  # CACHE
-    problems += _check_docs(config)  # OBS
+    problems += _check_caches(config)
+    problems += _check_docs(config)
     for index, route in enumerate(config.routes):
-        if route.aggregate is not None or route.backend is None:  # AGG
+        if route.aggregate is not None or route.backend is None:
             problems += _check_aggregate(config, index, route)
         elif route.backend not in config.backends:
             known = ", ".join(sorted(config.backends)) or "none"

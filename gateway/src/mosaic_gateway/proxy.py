@@ -49,9 +49,9 @@ from mosaic_gateway.upstream import (
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
-    from mosaic_gateway.aggregate import Aggregator  # AGG
-    from mosaic_gateway.cache import ResponseCapture, RouteCache  # CACHE
-    from mosaic_gateway.metrics import Metrics  # OBS
+    from mosaic_gateway.aggregate import Aggregator
+    from mosaic_gateway.cache import ResponseCapture, RouteCache
+    from mosaic_gateway.metrics import Metrics
 
 # Request headers never copied upstream: hop-by-hop ones, the body framing (re-done here), the
 # ones the gateway sets itself, and `expect` (answered here).
@@ -108,11 +108,11 @@ class CompiledRoute:
     retry: RetryPolicy | None = None
     # Who may call and how often (security.py); None: anyone, no rate limit.
     policy: Admission | None = None
-    # AGG: answered by several backend calls (aggregate.py); `backend` is then the first call's.
+    # Answered by several backend calls (aggregate.py); `backend` is then the first call's.
     aggregate: Aggregator | None = None
-    # CACHE: GET responses kept per route (cache.py); None: not cached.
+    # GET responses kept per route (cache.py); None: not cached.
     cache: RouteCache | None = None
-    # OBS: answered by the gateway itself (docs.py: the merged OpenAPI documents).
+    # Answered by the gateway itself (docs.py: the merged OpenAPI documents).
     local: Callable[[Exchange], None] | None = None
 
     def upstream_path(self, path: bytes) -> bytes:
@@ -155,7 +155,7 @@ class Proxy:
         self.trust_forwarded = trust_forwarded
         self.active: set[Forward] = set()
         self._ticker: asyncio.TimerHandle | None = None
-        self.metrics: Metrics | None = None  # OBS: upstream failures and retries
+        self.metrics: Metrics | None = None  # upstream failures and retries
 
     def start(self) -> None:
         self._ticker = self.loop.call_later(_TICK, self._tick)
@@ -222,21 +222,19 @@ class Proxy:
 
     def dispatch(self, exchange: Exchange, route: CompiledRoute) -> None:
         """An admitted request: answered from the cache, aggregated, or forwarded."""
-        if route.local is not None:  # OBS: a gateway-local route (docs.py)
+        if route.local is not None:  # a gateway-local route (docs.py)
             route.local(exchange)
             return
-        # --- CACHE: a hit is answered here; a miss may wait for the same fetch in flight --
+        # A hit is answered here; a miss may wait for the same fetch in flight
         capture: ResponseCapture | None = None
         if route.cache is not None:
             capture = route.cache.lookup(exchange)
             if capture is None:
                 return
-        # --- end CACHE ----------------------------------------------------------------------
-        # --- AGG: an aggregate route answers from several backends (aggregate.py) ----------
+        # An aggregate route answers from several backends (aggregate.py)
         if route.aggregate is not None:
             route.aggregate.start(self, exchange)
             return
-        # --- end AGG ------------------------------------------------------------------------
         backend = route.backend
         if route.retry is not None:
             backend.deposit_retry_token()
@@ -246,7 +244,7 @@ class Proxy:
             exchange.send_problem(CIRCUIT_OPEN if backend.instances else problems.UNAVAILABLE)
             return
         forward = Forward(self, exchange, route, instance, backend.permit)
-        if capture is not None:  # CACHE
+        if capture is not None:
             capture.attach(forward)
         self.active.add(forward)
         if (
@@ -366,7 +364,7 @@ class Forward:
         self.route = route
         self.instance = instance
         self.permit = permit
-        exchange.instance = instance.url  # OBS
+        exchange.instance = instance.url
         retry = route.retry
         self.retries_left = (
             retry.attempts if retry is not None and exchange.method in IDEMPOTENT_METHODS else 0
@@ -385,7 +383,7 @@ class Forward:
         self.out: list[bytes] = []
         self.deadline = proxy.loop.time() + route.timeout
         self.timer: asyncio.TimerHandle | None = None
-        # CACHE: told about the response (x-cache label, teeing into the cache); cache.py.
+        # Told about the response (x-cache label, teeing into the cache); cache.py.
         self.capture: ResponseCapture | None = None
         exchange.responder = self
         if exchange.conn.write_paused:
@@ -531,7 +529,7 @@ class Forward:
             else:
                 # An HTTP/1.0 client knows no chunks: the body ends when the connection does.
                 exchange.close_after = True
-        capture = self.capture  # CACHE
+        capture = self.capture
         if capture is not None and not capture.head(status, headers, out):
             self.capture = None
         out += (b"x-request-id: ", exchange.request_id, CRLF)
@@ -541,14 +539,14 @@ class Forward:
             out.append(b"connection: close\r\n")
         out.append(CRLF)
         exchange.head_sent = True
-        exchange.status = status  # OBS
+        exchange.status = status
         return close_delimited
 
     def response_body(self, data: bytes) -> None:
         if self.discarding:
             return
         self.out.append(chunk(data) if self.to_client_chunked else data)
-        capture = self.capture  # CACHE
+        capture = self.capture
         if capture is not None:
             capture.body(data)
 
@@ -570,7 +568,7 @@ class Forward:
             self.exchange.write(b"".join(out))
             out.clear()
         self.conn = None
-        capture = self.capture  # CACHE: the response is complete, it may be stored
+        capture = self.capture  # the response is complete, it may be stored
         if capture is not None:
             self.capture = None
             capture.end()
@@ -637,14 +635,14 @@ class Forward:
         backend = instance.backend
         # Reported first, so the failure can open this instance's breaker before the re-pick.
         backend.failed(instance, self.permit, error.name)
-        metrics = self.proxy.metrics  # OBS
+        metrics = self.proxy.metrics
         if metrics is not None:
             metrics.upstream_failed(backend.name, instance.url, error.name)
         following = backend.pick_other(instance)
         if following is None:
             self._fail(error, account=False)
             return
-        if metrics is not None:  # OBS
+        if metrics is not None:
             metrics.retried(backend.name, error.name)
         _log.info(
             "upstream_retry",
@@ -655,7 +653,7 @@ class Forward:
             request_id=self.exchange.request_id.decode("latin-1"),
         )
         self.instance = following
-        self.exchange.instance = following.url  # OBS
+        self.exchange.instance = following.url
         self.permit = backend.permit
         self.failure_status = False
         self.reused = False
@@ -710,7 +708,7 @@ class Forward:
             return
         self.done = True
         self.proxy.active.discard(self)
-        capture = self.capture  # CACHE: ended without a complete response
+        capture = self.capture  # ended without a complete response
         if capture is not None:
             self.capture = None
             capture.abandon()
@@ -727,7 +725,7 @@ class Forward:
             backend.succeeded(instance, self.permit)
         else:
             backend.failed(instance, self.permit, reason)
-            metrics = self.proxy.metrics  # OBS
+            metrics = self.proxy.metrics
             if metrics is not None:
                 metrics.upstream_failed(backend.name, instance.url, reason)
 

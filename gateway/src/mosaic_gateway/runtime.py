@@ -10,15 +10,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mosaic_gateway.aggregate import compile_aggregate  # AGG
+from mosaic_gateway.aggregate import compile_aggregate
 from mosaic_gateway.balancer import Address, Backend, InstanceParts
 from mosaic_gateway.breaker import CircuitBreaker
-from mosaic_gateway.cache_invalidation import build_caches  # CACHE
+from mosaic_gateway.cache_invalidation import build_caches
 from mosaic_gateway.config import Backend as BackendSpec
 from mosaic_gateway.config import GatewayConfig, Retries, Route
 from mosaic_gateway.context import WorkerContext
 from mosaic_gateway.discovery import DiscoveryWatcher, DnsWatcher, NatsWatcher
-from mosaic_gateway.docs import DocsService  # OBS
+from mosaic_gateway.docs import DocsService
 from mosaic_gateway.health import HealthChecker
 from mosaic_gateway.proxy import CompiledRoute, RetryPolicy
 from mosaic_gateway.router import Router, RouteSpec, parse_template
@@ -75,7 +75,7 @@ class Runtime:
                     "timeout": route.timeout or self.config.server.timeouts.request,
                 }
             )
-            if route.aggregate is not None:  # AGG
+            if route.aggregate is not None:
                 out[-1]["aggregate"] = route.aggregate.model_dump(exclude_none=True)
         return out
 
@@ -85,13 +85,13 @@ class Runtime:
 
 def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
     timeouts = config.server.timeouts
-    backends, checkers, watchers = build_backends(config, context)  # DISCO
+    backends, checkers, watchers = build_backends(config, context)
     default_limit = config.server.limits.max_body_bytes
     specs = []
-    caches, cache_invalidation = build_caches(config, context)  # CACHE
+    caches, cache_invalidation = build_caches(config, context)
     for route, cache in zip(config.routes, caches, strict=True):
         rewrite = route.rewrite
-        backend_name = (  # AGG: an aggregate route points at its first call's backend
+        backend_name = (  # an aggregate route points at its first call's backend
             route.aggregate.backends[0].backend if route.aggregate is not None else route.backend
         )
         assert backend_name is not None
@@ -104,9 +104,9 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
             add_prefix=(rewrite.add_prefix or "").encode("ascii") if rewrite else b"",
             retry=_retry_policy(config.backends[backend_name].retries),
             policy=build_policy(route, config, context, _limit_name(route)),
-            cache=cache,  # CACHE
+            cache=cache,
         )
-        if route.aggregate is not None:  # AGG
+        if route.aggregate is not None:
             compiled.retry = None
             compiled.aggregate = compile_aggregate(
                 route,
@@ -115,7 +115,7 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
                 compiled.timeout,
             )
         specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
-    # OBS: the merged OpenAPI documents, answered by the gateway itself (docs.py)
+    # The merged OpenAPI documents, answered by the gateway itself (docs.py)
     docs = None
     if config.docs is not None:
         docs = DocsService(config, config.docs, backends, context.loop)
@@ -126,10 +126,10 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
         backends,
         checkers,
         [
-            *watchers,  # DISCO: discovery watchers first
+            *watchers,  # discovery watchers first
             _SecurityFeeds(context),
-            *([cache_invalidation] if cache_invalidation is not None else []),  # CACHE
-            *([docs] if docs is not None else []),  # OBS: after discovery
+            *([cache_invalidation] if cache_invalidation is not None else []),
+            *([docs] if docs is not None else []),  # after discovery
         ],
     )
 
@@ -163,7 +163,7 @@ def _retry_policy(spec: Retries) -> RetryPolicy | None:
     )
 
 
-# --- DISCO: backends, their instances (static or discovered) and health checks ---------------
+# --- backends, their instances (static or discovered) and health checks --------------------------
 
 
 def build_backends(
@@ -251,6 +251,3 @@ def _instance_parts(
         )
 
     return make
-
-
-# --- end DISCO --------------------------------------------------------------------------------

@@ -171,10 +171,10 @@ class Exchange:
         # Rendered header lines added to the response (CORS), and the caller's user id once
         # a token was verified (for the access log).
         self.response_extra = b""
-        # CACHE: "HIT", "MISS" or "BYPASS" on a route with a cache (cache.py); else None.
+        # "HIT", "MISS" or "BYPASS" on a route with a cache (cache.py); else None.
         self.cache_status: str | None = None
         self.user_id: str | None = None
-        # --- OBS: what the access log, metrics and tracing report (observe.py) ---
+        # What the access log, metrics and tracing report (observe.py)
         self.started = time.perf_counter()
         self.status = 0  # of the response head sent, once sent
         self.bytes_out = 0  # written to the client, head included
@@ -565,7 +565,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             on_dispatch = self.server.on_dispatch
             if on_dispatch is not None:
-                on_dispatch(exchange)  # OBS: the span starts (tracing.py)
+                on_dispatch(exchange)  # the span starts (tracing.py)
             self.handler.handle(exchange)
         except Exception:
             self.server.log_exception("handler_error")
@@ -688,8 +688,8 @@ class Server:
         self.date = DateHeader()
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        # OBS (observe.py): told when an exchange is handed to the handler, and when it ends
-        # (True: aborted, the response incomplete or never sent). Off (None) on the admin port.
+        # The observer (observe.py) is told when an exchange is handed to the handler, and when
+        # it ends (True: aborted, the response incomplete or never sent). None on the admin port.
         self.on_dispatch: Callable[[Exchange], None] | None = None
         self.on_end: Callable[[Exchange, bool], None] | None = None
         self._drained = asyncio.Event()

@@ -118,14 +118,14 @@ class _Supervisor:
         self.stop_signal: int | None = None  # set by the signal handler, acted on by _watch
         self.quick_deaths = 0
         self.exit_code = 0
-        self.metrics_dir: str | None = None  # OBS
+        self.metrics_dir: str | None = None
 
     def run(self) -> int:
         previous = {
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
-        if self.admin:  # OBS: where the workers share their metrics (mode 0700)
+        if self.admin:  # where the workers share their metrics (mode 0700)
             self.metrics_dir = tempfile.mkdtemp(prefix="mosaic-gateway-metrics-")
         try:
             for index in range(len(self.socks)):
@@ -135,7 +135,7 @@ class _Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._close_sockets()
-            if self.metrics_dir is not None:  # OBS
+            if self.metrics_dir is not None:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return self.exit_code
 
@@ -147,7 +147,7 @@ class _Supervisor:
         else:
             self.stop_signal = signum
 
-    # --- DISCO: reload ----------------------------------------------------------------------
+    # Reload
 
     def _poll_reload(self) -> None:
         now = time.monotonic()
@@ -178,8 +178,6 @@ class _Supervisor:
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)
-
-    # --- end DISCO --------------------------------------------------------------------------
 
     def _stop(self, signum: int) -> None:
         if self.stopping:
@@ -216,8 +214,8 @@ class _Supervisor:
                     self.socks[index],
                     self.admin[index] if self.admin else None,
                     config_path=self.config_path,
-                    index=index,  # OBS
-                    metrics_dir=self.metrics_dir,  # OBS
+                    index=index,
+                    metrics_dir=self.metrics_dir,
                     supervisor_pid=os.getppid(),
                 )
             except BaseException:
@@ -235,7 +233,7 @@ class _Supervisor:
         while self.children:
             if self.stop_signal is not None and not self.stopping:
                 self._stop(self.stop_signal)
-            self._poll_reload()  # DISCO
+            self._poll_reload()
             if self.stopping and deadline is None:
                 deadline = time.monotonic() + self.config.server.timeouts.shutdown_grace + 5.0
             if deadline is not None and time.monotonic() > deadline:

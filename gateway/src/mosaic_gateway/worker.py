@@ -74,7 +74,7 @@ class Worker:
         self.server = Server(loop, limits)
         self.admin_server = Server(loop, limits, self.server.request_ids)
         self.proxy: Proxy | None = None
-        # --- OBS: access log, metrics and tracing hooks (observe.py) ---
+        # Access log, metrics and tracing hooks (observe.py)
         self.observer = build_observer(
             config.observability,
             loop,
@@ -93,13 +93,13 @@ class Worker:
             metrics.render if metrics is not None else None,
         )
         self._sweeper: asyncio.TimerHandle | None = None
-        self.reloader = Reloader(self, config_path, watch=watch)  # DISCO
+        self.reloader = Reloader(self, config_path, watch=watch)
 
     def _current_runtime(self) -> Runtime:
         assert self.runtime is not None
         return self.runtime
 
-    # --- DISCO: reload ----------------------------------------------------------------------
+    # Reload
 
     def install(self, config: GatewayConfig, runtime: Runtime) -> None:
         """Serve new requests from `runtime` (a reload). No await: it happens between requests.
@@ -118,8 +118,6 @@ class Worker:
         limits.keep_alive = timeouts.keep_alive
         limits.header_timeout = timeouts.header
 
-    # --- end DISCO --------------------------------------------------------------------------
-
     async def start(self, sock: socket.socket, admin_sock: socket.socket | None) -> None:
         # NATS first: the runtime's API key, JWKS and discovery parts are built on it.
         await self.context.open(self.config)
@@ -129,15 +127,15 @@ class Worker:
             self.runtime.router,
             trust_forwarded=self.config.server.trust_forwarded_headers,
         )
-        self.proxy.metrics = self.observer.metrics  # OBS
-        self.observer.start()  # OBS
+        self.proxy.metrics = self.observer.metrics
+        self.observer.start()
         await self.runtime.start()
         self.proxy.start()
         await self.server.listen(sock, self.proxy)
         if admin_sock is not None:
             await self.admin_server.listen(admin_sock, self.admin)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
-        self.reloader.start()  # DISCO
+        self.reloader.start()
 
     def _sweep(self) -> None:
         if self.runtime is not None:
@@ -145,7 +143,7 @@ class Worker:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     async def stop(self) -> None:
-        await self.reloader.stop()  # DISCO: no reload while draining
+        await self.reloader.stop()  # no reload while draining
         grace = self.config.server.timeouts.shutdown_grace
         # The admin port keeps answering (readyz: 503) while the proxy drains.
         await self.server.shutdown(grace)
@@ -154,10 +152,10 @@ class Worker:
             self._sweeper.cancel()
         if self.proxy is not None:
             self.proxy.stop()
-        await self.reloader.close_retired()  # DISCO: runtimes replaced by reloads
+        await self.reloader.close_retired()  # runtimes replaced by reloads
         if self.runtime is not None:
             await self.runtime.close()
-        self.observer.stop()  # OBS: the last access log lines, spans and metrics
+        self.observer.stop()  # the last access log lines, spans and metrics
         await self.context.close()
 
 
@@ -179,7 +177,7 @@ async def _serve(
     if supervisor_pid is not None:
         _watch_supervisor(loop, supervisor_pid, stop)
     worker = Worker(config, loop, config_path, watch=watch, index=index, metrics_dir=metrics_dir)
-    loop.add_signal_handler(signal.SIGHUP, worker.reloader.request, "SIGHUP")  # DISCO
+    loop.add_signal_handler(signal.SIGHUP, worker.reloader.request, "SIGHUP")
     await worker.start(sock, admin_sock)
     _log.info(
         "worker_started",
