@@ -500,7 +500,7 @@ class _Run:
             timed_out = all(failure.timed_out for failure in failures)
             exchange.send_problem(
                 problems.UPSTREAM_TIMEOUT if timed_out else ALL_FAILED,
-                _with_extra(exchange, (_INCOMPLETE, _NO_STORE)),
+                (_INCOMPLETE, _NO_STORE),
             )
             return
         document: dict[str, Any] = {}
@@ -521,16 +521,13 @@ class _Run:
                 call.label for call in calls if isinstance(self.answers[call.index], _Failure)
             )
             headers = (_INCOMPLETE, (b"x-mosaic-missing", missing.encode("utf-8")), _NO_STORE)
-        exchange.respond(200, orjson.dumps(document), _JSON, _with_extra(exchange, headers))
+        exchange.respond(200, orjson.dumps(document), _JSON, headers)
 
     def _respond_required_failure(self, call: AggregateCallPlan) -> None:
         failure = self.answers[call.index]
         assert isinstance(failure, _Failure)
         result = failure.result
-        headers = _with_extra(
-            self.exchange,
-            (_INCOMPLETE, (b"x-mosaic-missing", call.label.encode("utf-8")), _NO_STORE),
-        )
+        headers = (_INCOMPLETE, (b"x-mosaic-missing", call.label.encode("utf-8")), _NO_STORE)
         if result is not None and result.error is None and not 200 <= result.status < 300:
             # The backend's own error, as a single-backend route would pass it through.
             content_type = result.header(b"content-type") or b"application/octet-stream"
@@ -544,17 +541,6 @@ class _Run:
         else:
             problem = REQUIRED_FAILED
         self.exchange.send_problem(problem, headers)
-
-
-def _with_extra(
-    exchange: Exchange, headers: Sequence[tuple[bytes, bytes]]
-) -> Sequence[tuple[bytes, bytes]]:
-    """`headers` plus the response header lines the admission rendered (CORS), if any."""
-    extra = exchange.response_extra
-    if not extra:
-        return headers
-    lines = [line.partition(b":") for line in extra.split(CRLF) if line]
-    return (*headers, *((name, value.strip()) for name, _, value in lines))
 
 
 def compile_aggregate(

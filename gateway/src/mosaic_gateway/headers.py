@@ -49,6 +49,7 @@ __all__ = [
     "HeaderPolicy",
     "QueryPolicy",
     "cors_request",
+    "render_lines",
     "strip_hop_by_hop",
 ]
 
@@ -98,6 +99,11 @@ def _header_name(name: str) -> bytes:
 
 def _header_names(names: Iterable[str]) -> frozenset[bytes]:
     return frozenset(_header_name(name) for name in names)
+
+
+def render_lines(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Header pairs as the `name: value\r\n` lines of a message head."""
+    return b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -313,6 +319,7 @@ class CorsPolicy:
         "_any_method",
         "_any_origin",
         "_headers",
+        "_lines",
         "_methods",
         "_per_origin",
         "_preflight_static",
@@ -359,6 +366,8 @@ class CorsPolicy:
         self._preflight_static = tuple(static)
 
         self._per_origin: dict[bytes, HeaderPairs] = {}
+        # Rendered lines per answer (few: one per configured origin, and the Vary-only one).
+        self._lines: dict[HeaderPairs, bytes] = {}
         if self._any_origin:
             self._vary_only = _EMPTY
             self._per_origin[b"*"] = ((b"access-control-allow-origin", b"*"), *actual)
@@ -372,6 +381,14 @@ class CorsPolicy:
                     (b"vary", b"origin"),
                     *actual,
                 )
+
+    def response_lines(self, origin: bytes | None) -> bytes:
+        """`response_headers` rendered as head lines; rendered once per origin."""
+        pairs = self.response_headers(origin)
+        lines = self._lines.get(pairs)
+        if lines is None:
+            lines = self._lines[pairs] = render_lines(pairs)
+        return lines
 
     def _lookup(self, origin: bytes) -> HeaderPairs | None:
         if self._any_origin:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from mosaic_gateway.accesslog import UNROUTED, AccessLog, route_fields
+from mosaic_gateway.accesslog import UNROUTED, AccessLog
 from mosaic_gateway.breaker import STATE_CODES
 from mosaic_gateway.metrics import METHOD_LABELS, UNMATCHED, Gauge, Metrics
 from mosaic_gateway.tracing import RequestTracer, Span, SpanExporter, incoming_trace_id
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
     from mosaic_gateway.server import Exchange, Server
 
 _log = get_logger("mosaic_gateway.observe")
-
-# A route's labels are computed once per route object; routes of replaced configurations are
-# forgotten when this many have been seen.
-_LABELS_MAX = 4096
 
 
 class Observer:
@@ -50,8 +46,6 @@ class Observer:
         self.access_log = access_log
         self.tracer = tracer
         self.exporter = tracer.exporter if tracer is not None else None
-        # Per route object: (template, backend, the access log's route fields).
-        self._labels: dict[object, tuple[str, str, bytes]] = {}
 
     # --- hooks (server.py) ------------------------------------------------------------------
 
@@ -75,14 +69,11 @@ class Observer:
         duration = time.perf_counter() - exchange.started
         # Nothing answered and aborted: the client went away first (nginx's 499).
         status = exchange.status or (499 if aborted else 0)
-        route = exchange.route
+        route = cast("CompiledRoute | None", exchange.route)
         if route is None:
             template, backend, fields = UNMATCHED, "", UNROUTED
         else:
-            labels = self._labels.get(route)
-            if labels is None:
-                labels = self._route_labels(route)
-            template, backend, fields = labels
+            template, backend, fields = route.template, route.backend.name, route.log_fields
         method = METHOD_LABELS.get(exchange.method, "OTHER")
         metrics = self.metrics
         if metrics is not None:
@@ -126,15 +117,6 @@ class Observer:
             else:
                 trace_id = incoming_trace_id(exchange) if exchange.traceparent else None
                 access_log.record(exchange, status, duration, fields, aborted, trace_id, None)
-
-    def _route_labels(self, route: object) -> tuple[str, str, bytes]:
-        compiled = cast("CompiledRoute", route)
-        template, backend = compiled.template, compiled.backend.name
-        labels = (template, backend, route_fields(template, backend))
-        if len(self._labels) >= _LABELS_MAX:
-            self._labels.clear()
-        self._labels[route] = labels
-        return labels
 
     # --- life -------------------------------------------------------------------------------
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from mosaic_gateway import problems
+from mosaic_gateway.accesslog import route_fields
 from mosaic_gateway.balancer import Backend, Instance
 from mosaic_gateway.breaker import CIRCUIT_OPEN
 from mosaic_gateway.http11 import (
@@ -114,6 +115,11 @@ class CompiledRoute:
     cache: RouteCache | None = None
     # Answered by the gateway itself (docs.py: the merged OpenAPI documents).
     local: Callable[[Exchange], None] | None = None
+    # The access log's `route` and `backend` fields, rendered once (observe.py).
+    log_fields: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_fields = route_fields(self.template, self.backend.name)
 
     def upstream_path(self, path: bytes) -> bytes:
         if self.strip_prefix:

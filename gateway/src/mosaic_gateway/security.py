@@ -56,8 +56,8 @@ from mosaic_gateway.headers import (
     CorsPolicy,
     HeaderPolicy,
     QueryPolicy,
+    render_lines,
 )
-from mosaic_gateway.http11 import CRLF
 from mosaic_gateway.problems import GatewayProblem
 from mosaic_gateway.ratelimit import (
     RATE_LIMITED,
@@ -251,7 +251,7 @@ class RoutePolicy:
         if cors is not None:
             if exchange.method == b"OPTIONS" and origin is not None and self.preflight(exchange):
                 return False
-            exchange.response_extra = _render(cors.response_headers(origin))
+            exchange.response_extra = cors.response_lines(origin)
         try:
             limiter = self.limiter
             if limiter is not None and limiter.by == "address":
@@ -363,7 +363,7 @@ class RoutePolicy:
                 owner = (principal, identity)
                 rendered = self._claims_rendered.get(owner)
                 if rendered is None:
-                    rendered = _render(headers.identity_headers(principal, identity))
+                    rendered = render_lines(headers.identity_headers(principal, identity))
                     if len(self._claims_rendered) >= _RENDERED_MAX:
                         self._claims_rendered.clear()
                     self._claims_rendered[owner] = rendered
@@ -447,10 +447,7 @@ def _refuse(
     problem: GatewayProblem,
     headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> _Refused:
-    """Answer with `problem` (plus the CORS headers a browser needs to read it)."""
-    extra = exchange.response_extra
-    if extra:
-        headers = headers + _parse_rendered(extra)
+    """Answer with `problem` (the response carries the CORS lines a browser needs to read it)."""
     exchange.send_problem(problem, headers)
     return _Refused()
 
@@ -491,19 +488,6 @@ def _bearer(exchange: Exchange, authorization: bytes | None, *, required: bool) 
         return token.decode("ascii")
     except UnicodeDecodeError:
         raise _refuse(exchange, TOKEN_MALFORMED, _CHALLENGE) from None
-
-
-def _render(pairs: tuple[tuple[bytes, bytes], ...]) -> bytes:
-    return b"".join(name + b": " + value + CRLF for name, value in pairs)
-
-
-def _parse_rendered(rendered: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    out = []
-    for line in rendered.split(CRLF):
-        if line:
-            name, _, value = line.partition(b": ")
-            out.append((name, value))
-    return tuple(out)
 
 
 # --- compiling -------------------------------------------------------------------------------

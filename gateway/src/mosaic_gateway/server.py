@@ -309,7 +309,8 @@ class Exchange:
         content_type: bytes,
         extra_headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
-        """Answer with a response made by the gateway itself."""
+        """Answer with a response made by the gateway itself (with `response_extra`, as every
+        response of the exchange has)."""
         if self.finished:
             return
         if self.head_sent:
@@ -327,6 +328,8 @@ class Exchange:
         ]
         for name, value in extra_headers:
             parts += (name, b": ", value, CRLF)
+        if self.response_extra:
+            parts.append(self.response_extra)
         if self.will_close():
             parts.append(b"connection: close\r\n")
         parts.append(CRLF)
