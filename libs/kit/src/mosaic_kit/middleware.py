@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mosaic_kit import tracing
-from mosaic_kit.errors import Problem, problem_response
+from mosaic_kit.errors import Problem, problem_response, unexpected_problem
 from mosaic_kit.logging import get_logger
 from mosaic_kit.metrics import UNMATCHED_ROUTE, HttpMetrics
 
@@ -188,11 +188,11 @@ class RequestMiddleware:
         if isinstance(exc, BodyTooLarge):
             # A route outside FastAPI's body parsing read past the limit.
             return problem_response(Problem(413, detail=exc.detail), scope["path"])
-        # Logged here rather than by an outer handler so the line carries the request id.
-        _error_log.exception("unhandled_error", path=scope["path"], error=type(exc).__name__)
+        # Answered here rather than by an outer handler so the log line carries the request id.
+        problem = unexpected_problem(exc, scope["path"])
         if span is not None:
             span.record_exception(exc)
-        return problem_response(Problem(500, detail="An unexpected error occurred"))
+        return problem_response(problem)
 
     def _finish(
         self, scope: Scope, method: str, status: int, started: float, span: trace.Span | None
