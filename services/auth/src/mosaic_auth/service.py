@@ -85,6 +85,21 @@ class AuthService:
             if settings.auth_signing_key_secret
             else None
         )
+        window = timedelta(seconds=settings.auth_signin_window)
+        self._policies = {
+            "account": Policy(
+                settings.auth_signin_max_failures,
+                window,
+                settings.auth_signin_base_delay,
+                settings.auth_signin_max_delay,
+            ),
+            "address": Policy(
+                settings.auth_signin_max_failures_per_address,
+                window,
+                settings.auth_signin_base_delay,
+                settings.auth_signin_max_delay,
+            ),
+        }
 
     # --- accounts -----------------------------------------------------------------------------
 
@@ -118,55 +133,65 @@ class AuthService:
         throttle_keys = [f"account:{email}"]
         if client.address:
             throttle_keys.append(f"address:{client.address}")
-        async with self.db.connect() as conn:
-            throttles = await store.get_throttles(conn, throttle_keys)
-            user = await store.get_user_by_email(conn, email)
-        now = _now()
-        wait = max((seconds_locked(t, now) for t in throttles.values()), default=0.0)
-        if wait > 0:
-            raise Problem(
-                429,
-                "auth.too_many_attempts",
-                "Too many failed sign-ins; try again later",
-                headers={"Retry-After": str(math.ceil(wait))},
-            )
+        user = await self._admit_attempt(throttle_keys, email)
         if not await self.passwords.verify(user.password_hash if user else None, password):
-            await self._record_failure(throttle_keys)
             log.info("signin_failed", reason="bad_credentials")
             raise unauthorized("auth.bad_credentials", "E-mail or password is wrong")
         assert user is not None
         if user.disabled_at is not None:
+            async with self.db.transaction() as conn:
+                await self._attempt_succeeded(conn, throttle_keys)
             raise forbidden("auth.user_disabled", "This account is disabled")
+        rehashed = None
+        if self.passwords.needs_rehash(user.password_hash):
+            rehashed = await self.passwords.hash(password)
         async with self.db.transaction() as conn:
-            await store.clear_throttle(conn, throttle_keys[0])
-            if self.passwords.needs_rehash(user.password_hash):
-                await store.set_password(conn, user.id, await self.passwords.hash(password))
+            await self._attempt_succeeded(conn, throttle_keys)
+            if rehashed is not None:
+                await store.set_password(conn, user.id, rehashed)
             tokens = await self._open_session(conn, user, client)
         log.info("user_signed_in", user_id=str(user.id))
         return user, tokens
 
-    async def _record_failure(self, throttle_keys: Sequence[str]) -> None:
-        s = self.settings
-        policies = {
-            "account": Policy(
-                s.auth_signin_max_failures,
-                timedelta(seconds=s.auth_signin_window),
-                s.auth_signin_base_delay,
-                s.auth_signin_max_delay,
-            ),
-            "address": Policy(
-                s.auth_signin_max_failures_per_address,
-                timedelta(seconds=s.auth_signin_window),
-                s.auth_signin_base_delay,
-                s.auth_signin_max_delay,
-            ),
-        }
+    async def _admit_attempt(self, throttle_keys: Sequence[str], email: str) -> User | None:
+        """429 if a key is locked; else the attempt is counted as a failure now, before any
+        password is checked, and the account (if any) is returned.
+
+        Counting first, under the keys' locks, is what bounds parallel guesses: the database
+        holds both the count and the locks, so the bound holds across replicas too.
+        """
         async with self.db.transaction() as conn:
-            for key in sorted(throttle_keys):  # one lock order, so two requests never deadlock
-                await store.lock(conn, "signin:" + key)
-                current = (await store.get_throttles(conn, [key])).get(key)
-                policy = policies[key.split(":", 1)[0]]
-                await store.put_throttle(conn, key, after_failure(current, _now(), policy))
+            await self._lock_throttles(conn, throttle_keys)
+            throttles = await store.get_throttles(conn, throttle_keys)
+            now = _now()
+            wait = max((seconds_locked(t, now) for t in throttles.values()), default=0.0)
+            if wait > 0:
+                raise Problem(
+                    429,
+                    "auth.too_many_attempts",
+                    "Too many failed sign-ins; try again later",
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
+            for key in throttle_keys:
+                policy = self._policies[key.split(":", 1)[0]]
+                await store.put_throttle(conn, key, after_failure(throttles.get(key), now, policy))
+            return await store.get_user_by_email(conn, email)
+
+    async def _attempt_succeeded(self, conn: AsyncConnection, throttle_keys: Sequence[str]) -> None:
+        """The right password: the account's count is cleared, the address's takes back the
+        attempt counted in advance (other accounts' failures from there still count)."""
+        await self._lock_throttles(conn, throttle_keys)
+        for key in throttle_keys:
+            kind = key.split(":", 1)[0]
+            if kind == "account":
+                await store.clear_throttle(conn, key)
+            else:
+                await store.uncount_attempt(conn, key, self._policies[kind].max_failures)
+
+    @staticmethod
+    async def _lock_throttles(conn: AsyncConnection, throttle_keys: Sequence[str]) -> None:
+        for key in sorted(throttle_keys):  # one lock order, so two requests never deadlock
+            await store.lock(conn, "signin:" + key)
 
     async def _open_session(
         self, conn: AsyncConnection, user: User, client: ClientInfo

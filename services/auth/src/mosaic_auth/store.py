@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -407,6 +407,24 @@ async def put_throttle(conn: AsyncConnection, key: str, throttle: Throttle) -> N
 
 async def clear_throttle(conn: AsyncConnection, key: str) -> None:
     await conn.execute(delete(signin_throttle).where(signin_throttle.c.key == key))
+
+
+async def uncount_attempt(conn: AsyncConnection, key: str, max_failures: int) -> None:
+    """Take back one attempt counted in advance; below the limit the key is not locked.
+
+    At or above it the key stays locked: earlier failures alone reach the limit.
+    """
+    remaining = signin_throttle.c.failures - 1
+    await conn.execute(
+        update(signin_throttle)
+        .where(signin_throttle.c.key == key, signin_throttle.c.failures > 0)
+        .values(
+            failures=remaining,
+            locked_until=case(
+                (remaining < max_failures, None), else_=signin_throttle.c.locked_until
+            ),
+        )
+    )
 
 
 # --- housekeeping -----------------------------------------------------------------------------

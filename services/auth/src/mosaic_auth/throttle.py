@@ -3,6 +3,11 @@
 Failures are counted per key (an account, a client address) within a window. Once a key reaches
 its limit every further failure locks it for twice as long as the last, from `base_delay` up to
 `max_delay`; a locked key is answered 429 with Retry-After before any password is checked.
+
+An attempt is counted as a failure *before* its password is checked (`after_failure` at
+admission, under the key's lock), so parallel guesses cannot all pass the check while the count
+lags behind: at most `max_failures` of them reach a password check. A correct password then
+takes its count back (`AuthService.signin`).
 """
 
 from __future__ import annotations
