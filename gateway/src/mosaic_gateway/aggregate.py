@@ -37,6 +37,7 @@ from mosaic_gateway import problems
 from mosaic_gateway.balancer import Backend, Instance
 from mosaic_gateway.config import AggregateCall, Placeholder, Route
 from mosaic_gateway.http11 import CRLF, HOP_BY_HOP, connection_tokens
+from mosaic_gateway.paths import refusal as path_refusal
 from mosaic_gateway.problems import GatewayProblem
 from mosaic_gateway.proxy import append_forwarded
 from mosaic_gateway.router import parse_template
@@ -161,15 +162,19 @@ def _lookup(value: Any, field: Sequence[str]) -> Any:
     return value
 
 
-def _url_value(value: Any) -> bytes | None:
-    """A response field as one percent-encoded path segment or query value; None if it is not
-    a usable scalar (absent, null, a boolean, an object, a list, empty, a dot segment)."""
+def _url_value(value: Any, *, in_query: bool) -> bytes | None:
+    """A response field as one percent-encoded query value or path segment; None if it is not
+    a usable scalar (absent, null, a boolean, an object, a list, empty), or in a path, if the
+    backend could decode it into more or less than one segment (`a/b`, `..`: paths.py)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
     text = value if isinstance(value, str) else str(value)
-    if text in ("", ".", ".."):
+    if not text:
         return None
-    return quote(text, safe="").encode("ascii")
+    encoded = quote(text, safe="").encode("ascii")
+    if not in_query and path_refusal(b"/" + encoded) is not None:
+        return None
+    return encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +250,7 @@ class AggregateCallPlan:
                 value = (
                     None
                     if isinstance(answer, _Failure)
-                    else _url_value(_lookup(answer, part.field))
+                    else _url_value(_lookup(answer, part.field), in_query=part.in_query)
                 )
             if value is None:
                 return part.text

@@ -12,9 +12,15 @@ of `Proxy.dispatch` it is asked `lookup(exchange)`:
   adds `x-cache: MISS` (or `BYPASS`) to the response head and, for a storable response, tees the
   head and body into a new entry when the response completes.
 
-The key is the path, the query string as it goes upstream (after the route's query allow-list)
-and the values of the route's `vary_headers`; the route itself is a prefix. Requests carrying
-`Authorization` or `Cookie` bypass the cache unless the key varies on that header.
+The key is everything forwarded that can change the answer: the path, the query string as it
+goes upstream (after the route's query allow-list), the `Host` (forwarded, and the source of
+`x-forwarded-host`: a client's own `x-forwarded-host` is never forwarded) and the values of the
+route's `vary_headers`; the route itself is a prefix. HEAD is answered from the GET entry and never
+stored. Other forwarded headers either make the backend say so with `Vary` (an answer varying on
+a header outside the key is not stored; nor is a compressed one unless the key varies on
+`accept-encoding`), or are known to steer what a framework serves without a `Vary`
+(`_UNKEYED_STEERING`: `x-original-url`, `forwarded`, method overrides...): a request carrying one
+bypasses the cache, as one carrying `Authorization` or `Cookie` does, unless the key varies on it.
 
 Invalidation drops a route's whole partition: on a matching event (cache_invalidation.py), on
 a successful unsafe request (POST, PUT, PATCH, DELETE...) through the same route in this worker,
@@ -45,8 +51,31 @@ _log = get_logger("mosaic_gateway.cache")
 _HIT_TAIL = b"age: %d\r\nx-cache: HIT\r\nx-request-id: "
 _MISS_LINE = b"x-cache: MISS\r\n"
 _BYPASS_LINE = b"x-cache: BYPASS\r\n"
+# Headers a backend framework may let override the URL, host, scheme or method it serves, with
+# no `Vary` to tell: forwarded with a request, they must not pick what others are served.
+_UNKEYED_STEERING = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-prefix",
+        b"x-forwarded-port",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"x-original-url",
+        b"x-original-host",
+        b"x-rewrite-url",
+        b"x-host",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    }
+)
 # Request headers the lookup looks at besides the route's vary headers.
-_STEERING = frozenset({b"authorization", b"cookie", b"cache-control", b"pragma"})
+_STEERING = frozenset({b"authorization", b"cookie", b"cache-control", b"pragma"}) | (
+    _UNKEYED_STEERING
+)
+# Always part of the key: a different Host is a different resource (RFC 9111 keys on the URI).
+_HOST = b"host"
 # Response headers not stored: per hop, per request (re-made on each hit), or the framing
 # (a stored body always gets a content-length).
 _NOT_STORED = HOP_BY_HOP | {b"x-request-id", b"date", b"age", b"content-length", b"x-cache"}
@@ -201,7 +230,8 @@ class RouteCache:
         # Every route's keys live in one store: the route's position makes them distinct.
         self.prefix = b"%d\n" % index
         self.ttl = ttl
-        self.vary = tuple(name.encode("ascii") for name in vary_headers)
+        configured = (name.encode("ascii") for name in vary_headers)
+        self.vary = (_HOST, *(name for name in configured if name != _HOST))
         self.vary_set = frozenset(self.vary)
         self.watched = self.vary_set | _STEERING
         self.statuses = frozenset(statuses)
@@ -259,18 +289,18 @@ class RouteCache:
                 if b"no-cache" in lowered or b"max-age=0" in lowered:
                     refresh = True  # fetched again and stored, never answered from memory
             else:
-                # Authorization or Cookie the key does not vary on: the answer may be personal.
+                # Authorization or Cookie the key does not vary on (the answer may be personal),
+                # or an unkeyed header that may steer what the backend serves.
                 return self._bypass(exchange)
         key = self.prefix + exchange.path
         query = exchange.query
         if query is not None:
             key += b"?" + query
-        if self.vary:
-            parts = [key]
-            for name in self.vary:
-                varied = values.get(name) if values is not None else None
-                parts.append(b"\n-" if varied is None else b"\n=" + varied)
-            key = b"".join(parts)
+        parts = [key]
+        for name in self.vary:
+            varied = values.get(name) if values is not None else None
+            parts.append(b"\n-" if varied is None else b"\n=" + varied)
+        key = b"".join(parts)
         if not refresh:
             now = self.store.clock()
             entry = self.store.get(key, now)
@@ -410,6 +440,14 @@ class Capture:
                         return self._give_up()
                     lifetime = allowed if lifetime is None else min(lifetime, allowed)
             elif lower == b"vary" and not _varies_within(value, partition.vary_set):
+                return self._give_up()
+            elif (
+                lower == b"content-encoding"
+                and value.strip().lower() != b"identity"
+                and b"accept-encoding" not in partition.vary_set
+            ):
+                # Compressed for this client's accept-encoding, which the key does not hold:
+                # another client may not read it (whether or not the upstream said Vary).
                 return self._give_up()
             kept += (name, b": ", value, CRLF)
         ttl = partition.ttl if lifetime is None else min(partition.ttl, lifetime - age)

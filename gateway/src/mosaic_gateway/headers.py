@@ -10,11 +10,15 @@ Request headers (`HeaderPolicy.filter_request`), in one pass:
 * hop-by-hop headers go, with any header the client named in `Connection`;
 * identity headers the gateway sets itself (`X-User-Id`, `X-User-Roles`, the configured strip
   list, and every header a claim is forwarded as) go, whatever the allow-list says: a client
-  must never be able to claim an identity;
+  must never be able to claim an identity. Names arrive lower-cased; each is also dropped with
+  `_` for `-` (`x_user_id`), which CGI/WSGI-style backends fold into the same name;
 * the rest is forwarded only if allow-listed (deny by default; `*` allows all). Headers the data
   path rewrites itself (`host`, `x-request-id`, `x-forwarded-*`, body framing) and what is
   needed to read the body (`content-type`, `content-encoding`) or follow the trace
   (`traceparent`, `tracestate`) always pass, so the data path can apply its own rules to them.
+
+`identity_spellings(names)` is that set of names; `strip_identity(headers, names)` applies it
+alone (routes with nothing else to check, security.IdentityStrip).
 
 `HeaderPolicy.identity_headers(principal, api_key)` renders the forwarded claims, cached per
 principal object (the token verifier returns the same object for every request with a token).
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import product
 from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -49,8 +54,10 @@ __all__ = [
     "HeaderPolicy",
     "QueryPolicy",
     "cors_request",
+    "identity_spellings",
     "render_lines",
     "strip_hop_by_hop",
+    "strip_identity",
 ]
 
 _log = get_logger("mosaic_gateway.headers")
@@ -101,6 +108,28 @@ def _header_names(names: Iterable[str]) -> frozenset[bytes]:
     return frozenset(_header_name(name) for name in names)
 
 
+def identity_spellings(names: Iterable[str]) -> frozenset[bytes]:
+    """`names` lower-cased, each in every mix of `-` and `_` (`x-user-id`, `x_user_id`,
+    `x-user_id`...): the set of client headers never forwarded for them."""
+    spelled: set[bytes] = set()
+    for name in names:
+        first, *rest = _header_name(name).replace(b"_", b"-").split(b"-")
+        for separators in product(b"-_", repeat=len(rest)):
+            spelled.add(
+                first
+                + b"".join(bytes((sep,)) + part for sep, part in zip(separators, rest, strict=True))
+            )
+    return frozenset(spelled)
+
+
+def strip_identity(headers: Headers, names: frozenset[bytes]) -> Headers:
+    """`headers` without `names` (the same list when none is there: the usual case)."""
+    for name, _ in headers:
+        if name in names:
+            return [item for item in headers if item[0] not in names]
+    return headers
+
+
 def render_lines(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Header pairs as the `name: value\r\n` lines of a message head."""
     return b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
@@ -149,7 +178,9 @@ class HeaderPolicy:
         self.allowed: frozenset[bytes] | None = (
             None if "*" in allow else _header_names(allow) | ALWAYS_FORWARDED
         )
-        self.drop = HOP_BY_HOP | _header_names(strip) | self.forwarded_as
+        self.drop = HOP_BY_HOP | identity_spellings(
+            [*strip, *(header.decode("ascii") for header in self.forwarded_as)]
+        )
         self._rendered: dict[Principal, HeaderPairs] = {}
         self._key_rendered: dict[ApiKeyIdentity, HeaderPairs] = {}
 

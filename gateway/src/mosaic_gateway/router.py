@@ -201,7 +201,9 @@ class Router(Generic[T]):
 
     def match(self, path: bytes) -> tuple[PathEntry[T], list[bytes]] | None:
         """The entry for `path` and the raw (still percent-encoded) parameter values in
-        template order, or None. The caller checks the method against `entry.by_method`."""
+        template order, or None. The caller checks the method against `entry.by_method`, and
+        has refused paths a backend could decode differently (paths.py: `%2F`, `%2e%2e`...),
+        so a `{param}` value is one segment to the backend too."""
         entry = self._static.get(path)
         if entry is not None:
             return entry, []

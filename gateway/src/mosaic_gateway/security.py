@@ -20,9 +20,16 @@ Order, each step able to answer the request itself:
    users): 401 with the reason; then roles (any of), 403.
 5. Rate limits `by: api_key` / `by: user` (a request without that identity counts against its
    address).
-6. What goes upstream: the client's headers filtered by the allow-list (identity headers always
-   stripped), the query string filtered, and the caller's chosen claims added as headers. CORS
-   response headers for the client are prepared too.
+6. What goes upstream: the client's headers filtered by the allow-list, the query string
+   filtered, and the caller's chosen claims added as headers. CORS response headers for the
+   client are prepared too.
+
+Identity headers (`x-user-id`, `x-user-roles` and every header a claim is forwarded as on *any*
+route of the configuration, in any spelling) are taken out of every request here, whatever the
+route: a route with nothing else to check gets an `IdentityStrip` admission that does only that.
+Admission runs before anything builds an upstream request (proxy, aggregation, cache fill), so
+no client can claim an identity through a route without auth, nor through a route whose backend
+trusts a header another route sets.
 
 The verifiers are per worker (`SecurityServices`, on the `WorkerContext`) and outlive
 configuration reloads: caches and revocation state are not rebuilt when routes change.
@@ -53,10 +60,13 @@ from mosaic_gateway.config import (
 from mosaic_gateway.headers import (
     CORS_FORBIDDEN,
     DEFAULT_CLAIM_HEADERS,
+    IDENTITY_HEADERS,
     CorsPolicy,
     HeaderPolicy,
     QueryPolicy,
+    identity_spellings,
     render_lines,
+    strip_identity,
 )
 from mosaic_gateway.problems import GatewayProblem
 from mosaic_gateway.ratelimit import (
@@ -79,7 +89,7 @@ if TYPE_CHECKING:
     from mosaic_gateway.context import WorkerContext
     from mosaic_gateway.server import Exchange
 
-__all__ = ["RoutePolicy", "SecurityServices", "build_policy"]
+__all__ = ["IdentityStrip", "RoutePolicy", "SecurityServices", "build_policy"]
 
 _log = get_logger("mosaic_gateway.security")
 
@@ -435,6 +445,23 @@ class RoutePolicy:
         return True
 
 
+class IdentityStrip:
+    """The admission of a route with nothing to check or filter: the identity headers go, the
+    rest of the request is left alone (the fast path: one scan of the header names)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: frozenset[bytes]) -> None:
+        self.names = names
+
+    def admit(self, exchange: Exchange) -> bool:
+        exchange.headers = strip_identity(exchange.headers, self.names)
+        return True
+
+    def preflight(self, exchange: Exchange) -> bool:
+        return False
+
+
 class _Pending:
     pass
 
@@ -513,10 +540,20 @@ def _allow(
     return [*(default or ()), *(mine or ()), *extra]
 
 
+def identity_header_names(config: GatewayConfig) -> list[str]:
+    """The headers the gateway sets from a credential anywhere in `config`: the defaults and
+    every claim header of the defaults and of each route. Every route strips them all."""
+    names = set(IDENTITY_HEADERS)
+    for claims in (config.defaults.claims, *(route.claims for route in config.routes)):
+        names.update((claims or {}).values())
+    return sorted(names)
+
+
 def build_policy(
     route: Route, config: GatewayConfig, context: WorkerContext, name: str
-) -> RoutePolicy | None:
-    """The route's admission, or None when it has nothing to check or filter (the fast path)."""
+) -> RoutePolicy | IdentityStrip:
+    """The route's admission; `IdentityStrip` when it has nothing else to check or filter."""
+    identity = identity_header_names(config)
     api_key, jwt, roles = _merged_auth(route, config)
     defaults = config.defaults
     # The services authorise with the token themselves: a route that checks one passes it on.
@@ -547,10 +584,11 @@ def build_policy(
         and cors_spec is None
         and limit_spec is None
     ):
-        return None
+        return IdentityStrip(identity_spellings(identity))
     security = _services(context, config)
     headers = HeaderPolicy(
         allow=header_allow,
+        strip=identity,
         forward_claims=DEFAULT_CLAIM_HEADERS if claims is None else claims,
     )
     return RoutePolicy(
