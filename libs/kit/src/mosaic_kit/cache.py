@@ -23,6 +23,8 @@ invalidate:
 * `delete` and `bump_generation` always try the backend (whatever the cooldown) and raise
   `CacheError` when it fails or does not answer within `write_timeout`: the service decides
   whether the write that needed the invalidation is rolled back, retried or reported.
+  `Invalidator` is the usual answer after a commit: it bumps in the background, retrying until
+  the bump lands, so a slow or frozen backend never holds a response.
 
 Known limit of cache-aside: a read that loaded a value just before a concurrent write committed
 can store it just after that write's `delete`, leaving a stale entry until its TTL. Keys that
@@ -34,8 +36,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import hashlib
 import math
+import random
 import re
 import secrets
 import struct
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Cache",
     "CacheError",
+    "Invalidator",
     "NatsKvCache",
     "RedisCache",
     "cache_from_settings",
@@ -669,3 +674,141 @@ async def cached(
             future.cancel()
         if _in_flight.get(flight) is future:
             del _in_flight[flight]
+
+
+# ----------------------------------------------------------------------------- invalidation
+
+
+class Invalidator:
+    """Generation bumps made after a commit, off the path of the response.
+
+    A write calls `invalidate(group)` once its transaction committed. The group is marked and one
+    background task bumps the marked groups; marks made meanwhile coalesce into the next round,
+    so what is queued never exceeds one entry per group, whatever the write rate. A round that
+    fails (backend down, or silent past the cache's `write_timeout`) is retried with backoff until
+    it lands; the change is committed, only cached reads lag meanwhile.
+
+    `invalidate` waits for its round at most `patience` seconds, and not at all while a round is
+    overdue: normally the bump lands within that wait, so the writer's next read, on any replica,
+    sees the change; when the backend hangs, the response does not wait for it. Reads of a group
+    whose bump has not landed yet bypass this replica's cache (`generation`), so a writer reading
+    back through the same replica never sees what it just replaced.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        *,
+        patience: float = 0.1,
+        retry_min: float = 0.1,
+        retry_max: float = 2.0,
+    ) -> None:
+        if patience < 0 or retry_min <= 0 or retry_max < retry_min:
+            raise ValueError("patience must not be negative, retry_min positive, <= retry_max")
+        self.cache = cache
+        self._patience = patience
+        self._retry_min = retry_min
+        self._retry_max = retry_max
+        self._pending: set[str] = set()
+        self._in_flight: set[str] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._round_started: float | None = None
+        self._failing_since: float | None = None
+        self._closed = False
+
+    def unsettled(self, group: str) -> bool:
+        """Whether a bump of `group` was asked for and has not landed yet."""
+        return group in self._pending or group in self._in_flight
+
+    async def generation(self, group: str) -> str:
+        """The generation to key `group`'s entries with: a throwaway one while a bump is due."""
+        if self.unsettled(group):
+            return _new_generation()
+        return await self.cache.get_generation(group)
+
+    async def invalidate(self, group: str) -> None:
+        """Mark `group` for a new generation; wait at most `patience` seconds for it to land."""
+        if self._closed:
+            raise RuntimeError("the invalidator is closed")
+        self._pending.add(group)
+        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(landed)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="cache-invalidator")
+        self._wake.set()
+        if self._patience > 0 and not self._overdue():
+            await asyncio.wait({landed}, timeout=self._patience)
+
+    async def settle(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
+        """Wait up to `timeout` seconds for every asked bump to land; whether they did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._pending or self._in_flight:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def close(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109 - a bound
+        """Give pending bumps up to `timeout` seconds to land, then stop."""
+        self._closed = True
+        if self._task is None:
+            return
+        settled = await self.settle(timeout)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if not settled:
+            _log.error(
+                "cache_invalidation_lost",
+                namespace=getattr(self.cache, "namespace", ""),
+                groups=sorted(self._pending | self._in_flight),
+            )
+
+    def _overdue(self) -> bool:
+        if self._failing_since is not None:
+            return True
+        started = self._round_started
+        return started is not None and time.monotonic() - started > self._patience
+
+    async def _run(self) -> None:
+        delay = self._retry_min
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                groups, self._pending = self._pending, set()
+                waiters, self._waiters = self._waiters, []
+                self._in_flight = groups
+                self._round_started = time.monotonic()
+                try:
+                    for group in sorted(groups):
+                        await self.cache.bump_generation(group)
+                except asyncio.CancelledError:
+                    self._pending |= groups  # closed mid-round: still owed, as `close` reports
+                    raise
+                except Exception:  # a CacheError is logged by the cache itself
+                    # Whatever failed, this task must live on: it is the only one bumping.
+                    self._pending |= groups
+                    self._waiters = waiters + self._waiters
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
+                        _log.warning("cache_invalidation_delayed", groups=sorted(groups))
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, self._retry_max)
+                    continue
+                finally:
+                    self._in_flight = set()
+                    self._round_started = None
+                if self._failing_since is not None:
+                    _log.info(
+                        "cache_invalidation_recovered",
+                        after_s=round(time.monotonic() - self._failing_since, 3),
+                    )
+                    self._failing_since = None
+                delay = self._retry_min
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)

@@ -56,6 +56,8 @@ def create_blog_app(settings: BlogSettings) -> FastAPI:
                 cache_ttl=settings.blog_cache_ttl,
                 auth_timeout=settings.blog_auth_timeout,
             )
+            # Closed before the cache and NATS: pending bumps get a last, bounded chance.
+            stack.push_async_callback(svc.invalidator.close)
             app.state.blog_service = svc
             app.state.db = db
 

@@ -1,7 +1,8 @@
 """The blog service's rules: authoring, the editorial workflow, and what the public sees.
 
 Writes commit the change and its event together (outbox); after a commit that changes what the
-public sees, the public cache generation is bumped so every replica's next read misses.
+public sees, the public cache generation is bumped so every replica's next read misses. The bump
+runs in the background (`Invalidator`): a slow or frozen cache backend never holds a response.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mosaic_blog import store
 from mosaic_blog.models import Blog
 from mosaic_blog.workflow import Action, State, next_state
 from mosaic_kit import outbox
-from mosaic_kit.cache import Cache, cached
+from mosaic_kit.cache import Cache, Invalidator, cached
 from mosaic_kit.db import Database
 from mosaic_kit.errors import Problem, conflict, not_found
 from mosaic_kit.events import Event, new_event
@@ -72,6 +73,7 @@ class BlogService:
     ) -> None:
         self.db = db
         self.cache = cache
+        self.invalidator = Invalidator(cache)
         self.nc = nc
         self.cache_ttl = cache_ttl
         self.auth_timeout = auth_timeout
@@ -254,18 +256,15 @@ class BlogService:
     async def _read(
         self, key: str, load: Callable[[], Awaitable[bytes | None]]
     ) -> tuple[bytes, bool]:
-        generation = await self.cache.get_generation(PUBLIC)
+        generation = await self.invalidator.generation(PUBLIC)
         body, hit = await cached(self.cache, f"{generation}:{key}", self.cache_ttl, load)
         if body is None:
             raise _blog_not_found()
         return body, hit
 
     async def _invalidate(self) -> None:
-        try:
-            await self.cache.bump_generation(PUBLIC)
-        except Exception as exc:
-            # The change is committed; cached reads may lag until their TTL. Say so loudly.
-            log.error("cache_invalidation_failed", error=type(exc).__name__)
+        # After the commit: the bump is retried in the background until it lands.
+        await self.invalidator.invalidate(PUBLIC)
 
     # --- authors (read model) -----------------------------------------------------------------
 

@@ -1,0 +1,76 @@
+"""`Invalidator`: generation bumps after a commit never hold the caller, and land eventually.
+
+Against a real NATS key-value cache whose server the test freezes (SIGSTOP) and thaws.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+from mosaic_devstack.embedded import EmbeddedNats
+from mosaic_kit.cache import Invalidator, NatsKvCache
+from mosaic_kit.nats import connect
+
+
+async def test_bumps_wait_briefly_when_healthy_skip_waiting_when_frozen_and_land_after_thaw(
+    own_nats: EmbeddedNats,
+) -> None:
+    nc = await connect(own_nats.url, "invalidator-test")
+    bucket = f"inval_{uuid.uuid4().hex[:8]}"
+    writer = NatsKvCache(nc.jetstream(), bucket, "t:", max_ttl=60, write_timeout=0.5)
+    reader = NatsKvCache(nc.jetstream(), bucket, "t:", max_ttl=60, read_timeout=0.3, cooldown=0)
+    invalidator = Invalidator(writer, patience=0.2, retry_max=0.3)
+    try:
+        first = await reader.get_generation("public")
+        # Healthy: the bump has landed when invalidate returns (read-your-writes, any replica).
+        await invalidator.invalidate("public")
+        landed = await reader.get_generation("public")
+        assert landed != first
+        assert not invalidator.unsettled("public")
+        assert await invalidator.generation("public") == landed
+
+        assert own_nats.pid is not None
+        os.kill(own_nats.pid, signal.SIGSTOP)
+        try:
+            took = []
+            for _ in range(20):
+                started = time.perf_counter()
+                await invalidator.invalidate("public")
+                took.append(time.perf_counter() - started)
+            # At most the patience once; once a round is overdue, nobody waits.
+            assert took[0] < 0.3
+            assert max(took[1:]) < 0.05, took
+            assert invalidator.unsettled("public")
+            # This replica's reads of the group skip the cache until the bump lands.
+            assert await invalidator.generation("public") != await invalidator.generation("public")
+            assert not await invalidator.settle(0.6)
+        finally:
+            os.kill(own_nats.pid, signal.SIGCONT)
+
+        assert await invalidator.settle(10)
+        after = await reader.get_generation("public")
+        assert after != landed
+        assert await invalidator.generation("public") == after
+    finally:
+        await invalidator.close()
+        await nc.close()
+
+
+async def test_close_gives_up_within_its_bound_and_says_so(own_nats: EmbeddedNats) -> None:
+    nc = await connect(own_nats.url, "invalidator-close-test")
+    cache = NatsKvCache(nc.jetstream(), f"inval_{uuid.uuid4().hex[:8]}", "t:", write_timeout=0.3)
+    invalidator = Invalidator(cache, patience=0)
+    assert own_nats.pid is not None
+    os.kill(own_nats.pid, signal.SIGSTOP)
+    try:
+        await invalidator.invalidate("public")
+        started = time.perf_counter()
+        await invalidator.close(timeout=0.5)
+        assert time.perf_counter() - started < 1.0
+        assert invalidator.unsettled("public")
+    finally:
+        os.kill(own_nats.pid, signal.SIGCONT)
+        await nc.close()
