@@ -3,7 +3,8 @@
 `check` validates a configuration file and prints every problem as `file:line:column: field:
 message` (exit 1), or a one-line summary (exit 0): usable in CI and before a reload.
 The file may also be named by the `GATEWAY_CONFIG` environment variable. `serve` reloads it on
-SIGHUP and when it changes (`--no-watch`: on SIGHUP only).
+SIGHUP and when it changes (`--no-watch`: on SIGHUP only). `--listen-fd` / `--admin-fd` serve
+sockets bound by the caller and inherited (supervisor.py), so the caller can hold the port.
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ def _parser() -> argparse.ArgumentParser:
         dest="watch",
         action="store_false",
         help="reload on SIGHUP only, not when the file changes",
+    )
+    serve.add_argument(
+        "--listen-fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="serve the already bound listening socket inherited as this file descriptor "
+        "(its port must be server.port) instead of binding server.listen:server.port",
+    )
+    serve.add_argument(
+        "--admin-fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="the same for the admin listener (server.admin)",
     )
     serve.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     serve.add_argument(
@@ -80,12 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers < 1:
         print("mosaic-gateway: --workers must be at least 1", file=sys.stderr)
         return 1
+    if args.admin_fd is not None and config.server.admin is None:
+        print(
+            "mosaic-gateway: --admin-fd, but the configuration has no server.admin", file=sys.stderr
+        )
+        return 1
     configure_logging(
         "gateway", f"{socket.gethostname()}-{os.getpid()}", args.log_level, args.log_format
     )
     from mosaic_gateway.supervisor import serve
 
-    return serve(config, workers, os.path.abspath(args.config), watch=args.watch)
+    return serve(
+        config,
+        workers,
+        os.path.abspath(args.config),
+        watch=args.watch,
+        listen_fd=args.listen_fd,
+        admin_fd=args.admin_fd,
+    )
 
 
 if __name__ == "__main__":

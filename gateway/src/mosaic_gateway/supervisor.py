@@ -1,10 +1,14 @@
 """Running N worker processes on one port.
 
-The supervisor binds one listening socket per worker (all on the same port, SO_REUSEPORT) before
-forking, so a port that cannot be bound is reported once, up front, and `port: 0` resolves to
-one real port for everyone. Worker i serves socket i. The supervisor keeps its copies of the
-sockets while running: if a worker dies, connections the kernel queued on its socket wait for
-the replacement instead of being refused. On SIGTERM/SIGINT it closes its copies (so the
+The supervisor binds the listening socket once (and the admin one), before forking, and every
+worker serves that same socket, inherited: the port is ours alone. There is no SO_REUSEPORT, so
+a second gateway (or anything else) on the port fails to bind instead of silently taking a
+share of the connections; a port that cannot be bound is reported once, up front, and the
+gateway exits (`port 127.0.0.1:N is in use`). `port: 0` resolves to one real port. With
+`serve --listen-fd` / `--admin-fd` the sockets come bound already from whoever started the
+gateway (`mosaic up`, which holds the port from its check on and across gateway restarts).
+The supervisor keeps its copy of the sockets while running: if a worker dies, the others and
+then its replacement accept what arrives meanwhile. On SIGTERM/SIGINT it closes its copy (so the
 workers' closing really stops the listening), forwards the signal, and waits for the workers to
 drain; stragglers are killed after the grace period.
 
@@ -22,6 +26,7 @@ runtime between requests and drains the old one).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -33,7 +38,7 @@ from types import FrameType
 
 from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
 from mosaic_gateway.reload import POLL_INTERVAL, FileWatch, live_config, rejected
-from mosaic_gateway.worker import bind_socket, run_worker
+from mosaic_gateway.worker import adopt_socket, bind_socket, run_worker
 from mosaic_kit.logging import get_logger
 
 _log = get_logger("mosaic_gateway.supervisor")
@@ -43,32 +48,62 @@ _QUICK_DEATH = 2.0  # a worker dying sooner than this after start is "crash loop
 _MAX_QUICK_DEATHS = 5
 
 
-def bind_all(config: GatewayConfig, count: int) -> tuple[list[socket.socket], list[socket.socket]]:
-    """`count` sockets on the proxy port and as many on the admin port (if configured)."""
-    server = config.server
-    socks: list[socket.socket] = []
-    admin: list[socket.socket] = []
+class ListenError(Exception):
+    """A listening socket could not be had; the message says which and why."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
     try:
-        port = server.port
-        for _ in range(count):
-            sock = bind_socket(server.listen, port)
-            port = sock.getsockname()[1]
-            socks.append(sock)
+        return bind_socket(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(f"port {host}:{port} is in use") from None
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _adopt(fd: int, host: str, port: int) -> socket.socket:
+    try:
+        sock = adopt_socket(fd)
+    except OSError as exc:
+        raise ListenError(f"inherited file descriptor {fd}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()[1]
+    if port not in (0, bound):
+        sock.close()
+        raise ListenError(f"inherited file descriptor {fd} listens on port {bound}, not {port}")
+    return sock
+
+
+def bind_all(
+    config: GatewayConfig, *, listen_fd: int | None = None, admin_fd: int | None = None
+) -> tuple[socket.socket, socket.socket | None]:
+    """The proxy's listening socket and the admin one (if configured), shared by all workers;
+    taken from the inherited descriptors when given."""
+    server = config.server
+    if listen_fd is not None:
+        sock = _adopt(listen_fd, server.listen, server.port)
+    else:
+        sock = _bind(server.listen, server.port)
+    admin: socket.socket | None = None
+    try:
         if server.admin is not None:
-            port = server.admin.port
-            for _ in range(count):
-                sock = bind_socket(server.admin.listen, port)
-                port = sock.getsockname()[1]
-                admin.append(sock)
+            if admin_fd is not None:
+                admin = _adopt(admin_fd, server.admin.listen, server.admin.port)
+            else:
+                admin = _bind(server.admin.listen, server.admin.port)
     except BaseException:
-        for sock in socks + admin:
-            sock.close()
+        sock.close()
         raise
-    return socks, admin
+    return sock, admin
 
 
 def serve(
-    config: GatewayConfig, workers: int, config_path: str | None = None, *, watch: bool = True
+    config: GatewayConfig,
+    workers: int,
+    config_path: str | None = None,
+    *,
+    watch: bool = True,
+    listen_fd: int | None = None,
+    admin_fd: int | None = None,
 ) -> int:
     """Serve with `workers` processes (in this process when 1); returns the exit code.
 
@@ -76,32 +111,33 @@ def serve(
     # Until a handler is installed a SIGHUP must not kill the gateway (its default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        socks, admin = bind_all(config, workers)
-    except OSError as exc:
+        sock, admin = bind_all(config, listen_fd=listen_fd, admin_fd=admin_fd)
+    except ListenError as exc:
         _log.error(
             "bind_failed", host=config.server.listen, port=config.server.port, error=str(exc)
         )
+        # Also said plainly: whoever started the gateway reads this, not a JSON log.
+        print(f"mosaic-gateway: {exc}", file=sys.stderr, flush=True)
         return 2
     _log.info(
         "gateway_listening",
         host=config.server.listen,
-        port=socks[0].getsockname()[1],
-        admin_port=admin[0].getsockname()[1] if admin else None,
+        port=sock.getsockname()[1],
+        admin_port=admin.getsockname()[1] if admin else None,
         workers=workers,
     )
     if workers == 1:
-        return run_worker(
-            config, socks[0], admin[0] if admin else None, config_path=config_path, watch=watch
-        )
-    return _Supervisor(config, socks, admin, config_path, watch=watch).run()
+        return run_worker(config, sock, admin, config_path=config_path, watch=watch)
+    return _Supervisor(config, workers, sock, admin, config_path, watch=watch).run()
 
 
 class _Supervisor:
     def __init__(
         self,
         config: GatewayConfig,
-        socks: list[socket.socket],
-        admin: list[socket.socket],
+        workers: int,
+        sock: socket.socket,
+        admin: socket.socket | None,
         config_path: str | None = None,
         *,
         watch: bool = False,
@@ -111,7 +147,8 @@ class _Supervisor:
         self.file_watch = FileWatch(config_path) if watch and config_path else None
         self.next_poll = time.monotonic() + POLL_INTERVAL
         self.reload_wanted: str | None = None  # why (SIGHUP, the file changed); see _watch
-        self.socks = socks
+        self.workers = workers
+        self.sock = sock
         self.admin = admin
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
         self.stopping = False
@@ -125,10 +162,10 @@ class _Supervisor:
             signum: signal.signal(signum, self._on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         }
-        if self.admin:  # where the workers share their metrics (mode 0700)
+        if self.admin is not None:  # where the workers share their metrics (mode 0700)
             self.metrics_dir = tempfile.mkdtemp(prefix="mosaic-gateway-metrics-")
         try:
-            for index in range(len(self.socks)):
+            for index in range(self.workers):
                 self._spawn(index)
             self._watch()
         finally:
@@ -190,8 +227,9 @@ class _Supervisor:
                 os.kill(pid, signal.SIGTERM)
 
     def _close_sockets(self) -> None:
-        for sock in self.socks + self.admin:
-            sock.close()
+        self.sock.close()
+        if self.admin is not None:
+            self.admin.close()
 
     def _spawn(self, index: int) -> None:
         pid = os.fork()
@@ -203,16 +241,10 @@ class _Supervisor:
                 # Ignored until the worker's loop handles it: this worker starts from the
                 # supervisor's latest configuration anyway.
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                for other, sock in enumerate(self.socks):
-                    if other != index:
-                        sock.close()
-                for other, sock in enumerate(self.admin):
-                    if other != index:
-                        sock.close()
                 code = run_worker(
                     self.config,
-                    self.socks[index],
-                    self.admin[index] if self.admin else None,
+                    self.sock,
+                    self.admin,
                     config_path=self.config_path,
                     index=index,
                     metrics_dir=self.metrics_dir,

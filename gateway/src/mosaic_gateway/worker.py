@@ -1,7 +1,8 @@
 """One gateway worker: an event loop (uvloop) serving the proxy and the admin endpoints.
 
-Several workers share a port through SO_REUSEPORT (the kernel spreads connections between
-them); each has its own router, pools and balancing state. SIGTERM or SIGINT drains: the
+Several workers share one listening socket, bound once by the supervisor and inherited (the
+kernel hands each new connection to whichever worker accepts first); each has its own router,
+pools and balancing state. SIGTERM or SIGINT drains: the
 listeners close, idle keep-alive connections close, requests in flight finish (within
 `server.timeouts.shutdown_grace`), then the pools close. SIGHUP reloads the configuration file
 (reload.py); a worker under a supervisor gets it from the supervisor, which watches the file, a
@@ -32,19 +33,41 @@ _log = get_logger("mosaic_gateway.worker")
 
 
 def bind_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket that other processes may bind too (SO_REUSEPORT)."""
+    """A listening TCP socket that no other socket may join.
+
+    Never SO_REUSEPORT: with it, any process of the same user (a second gateway, another
+    stack) could bind the same port and silently take a share of the connections. Our own
+    workers share this one socket by inheriting it instead."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
+        # Connections of a previous run lingering in TIME_WAIT do not make the port busy.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
+        raise
+    return sock
+
+
+def adopt_socket(fd: int, *, backlog: int = 2048) -> socket.socket:
+    """The listening TCP socket inherited as file descriptor `fd` (`serve --listen-fd`): bound
+    by whoever started the gateway, so that the port stays held across restarts."""
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family not in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        ):
+            raise OSError(f"file descriptor {fd} is not a TCP socket")
+        sock.listen(backlog)  # already listening: this only sets the backlog
+        sock.setblocking(False)
+    except BaseException:
+        sock.detach()  # not ours to close
         raise
     return sock
 
