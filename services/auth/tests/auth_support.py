@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import Any
 
@@ -24,6 +25,7 @@ def make_settings(pg_url: str, nats_url: str, **overrides: Any) -> AuthSettings:
         "auth_argon2_parallelism": 1,
         "auth_trust_forwarded_for": True,
         "auth_signin_base_delay": 1.0,
+        "auth_signing_key_secret": secrets.token_urlsafe(32),
         "log_format": "json",
     }
     values.update(overrides)

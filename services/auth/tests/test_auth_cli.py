@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -41,6 +42,7 @@ def cli_env(pg_url: str, nats_url: str) -> dict[str, str]:
         "AUTH_ARGON2_TIME_COST": "1",
         "AUTH_ARGON2_MEMORY_KIB": "8",
         "AUTH_ARGON2_PARALLELISM": "1",
+        "AUTH_SIGNING_KEY_SECRET": secrets.token_urlsafe(32),
         "LOG_FORMAT": "json",
     }
 
@@ -92,6 +94,8 @@ async def test_migrate_then_seed_once_then_nothing_more(
 
 async def test_rotate_keys_keeps_issued_tokens_valid(pg_url: str, nats_url: str) -> None:
     settings = make_settings(pg_url, nats_url)
+    key_secret = settings.auth_signing_key_secret
+    assert key_secret is not None
     await upgrade_async(settings, "mosaic_auth")
     app = create_auth_app(settings)
     async with app.router.lifespan_context(app):
@@ -104,6 +108,7 @@ async def test_rotate_keys_keeps_issued_tokens_valid(pg_url: str, nats_url: str)
                 "DATABASE_URL": pg_url,
                 "NATS_URL": nats_url,
                 "DB_SCHEMA": settings.db_schema,
+                "AUTH_SIGNING_KEY_SECRET": key_secret.get_secret_value(),
                 "LOG_FORMAT": "json",
             }
             rotated = run(["rotate-keys"], env)

@@ -60,8 +60,10 @@ def test_key_ids_are_stable_thumbprints_and_pem_round_trips_encrypted() -> None:
     assert b"ENCRYPTED" in pem
     again = keys.from_pem(pair.kid, pem, "s3cret-kek")
     assert again.public_jwk == pair.public_jwk
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(keys.KeyStorageError, match="cannot be decrypted"):
         keys.from_pem(pair.kid, pem, "wrong")
+    with pytest.raises(keys.KeyStorageError, match="is stored encrypted"):
+        keys.from_pem(pair.kid, pem, None)
     plain = keys.to_pem(pair, None)
     assert b"ENCRYPTED" not in plain
     assert keys.from_pem(pair.kid, plain, None).public_jwk["x"] == pair.public_jwk["x"]

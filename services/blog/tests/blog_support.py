@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -106,6 +107,7 @@ def auth_settings(pg_url: str, nats_url: str) -> AuthSettings:
         nats_url=nats_url,
         db_schema=f"auth_{uuid.uuid4().hex[:10]}",
         instance_id="auth-for-blog",
+        auth_signing_key_secret=secrets.token_urlsafe(32),
         auth_argon2_time_cost=1,
         auth_argon2_memory_kib=8,
         auth_argon2_parallelism=1,

@@ -1,4 +1,8 @@
-"""`mosaic-auth`: serve, migrate, version, openapi (from the kit) plus seed and rotate-keys."""
+"""`mosaic-auth`: serve, migrate, version, openapi (from the kit) plus seed and rotate-keys.
+
+`serve`, `seed` and `rotate-keys` handle private signing keys: without AUTH_SIGNING_KEY_SECRET
+(or AUTH_ALLOW_PLAINTEXT_KEYS=true) they refuse, with the reason on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 
 import orjson
 
+from mosaic_auth import keys
 from mosaic_auth.app import build_service, create_auth_app
 from mosaic_auth.settings import AuthSettings
 from mosaic_kit.cli import ServiceCLI
@@ -33,6 +38,13 @@ async def _rotate(settings: AuthSettings) -> str:
         await db.dispose()
 
 
+@cli.command("serve", help="run the HTTP server")
+def serve(settings: AuthSettings, args: argparse.Namespace) -> int:
+    # Checked before the server starts: a failing lifespan would bury the reason in a traceback.
+    keys.secret_for(settings)
+    return cli._serve(settings, args)
+
+
 @cli.command("seed", help="Create the admin user and demo API key if missing; print them as JSON")
 def seed(settings: AuthSettings, _args: argparse.Namespace) -> int:
     # The generated secrets go to stdout once, for the operator (or `mosaic up`) to keep.
@@ -48,7 +60,11 @@ def rotate_keys(settings: AuthSettings, _args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(argv)
+    try:
+        return cli.main(argv)
+    except keys.KeyStorageError as exc:
+        sys.stderr.write(f"mosaic-auth: {exc}\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Signing keys: Ed25519 key pairs, their JWK form, and (optional) encryption at rest."""
+"""Signing keys: Ed25519 key pairs, their JWK form, and their encryption at rest.
+
+Private keys are stored as PKCS#8 PEM encrypted with `AUTH_SIGNING_KEY_SECRET`. Without that
+secret the service refuses to handle keys at all, unless `AUTH_ALLOW_PLAINTEXT_KEYS=true` accepts
+plaintext ones (development); keys stored in plaintext earlier are encrypted in place once a
+secret is set (`AuthService.ensure_signing_key`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,32 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mosaic_auth.settings import AuthSettings
+
 ALGORITHM = "EdDSA"
+_ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+
+class KeyStorageError(RuntimeError):
+    """The signing keys cannot be stored or read safely with this configuration."""
+
+
+PLAINTEXT_REFUSED = (
+    "AUTH_SIGNING_KEY_SECRET is not set, so the private signing keys would be stored unencrypted "
+    "in the database. Set it to a long random value and keep it (environment, .env or "
+    "$SECRETS_DIR/AUTH_SIGNING_KEY_SECRET; `mosaic up` does this for you), or set "
+    "AUTH_ALLOW_PLAINTEXT_KEYS=true to accept plaintext keys (local development only)."
+)
+
+
+def secret_for(settings: AuthSettings) -> str | None:
+    """The secret keys are encrypted with; None only where plaintext keys are allowed."""
+    secret = settings.auth_signing_key_secret
+    if secret is not None and secret.get_secret_value():
+        return secret.get_secret_value()
+    if settings.auth_allow_plaintext_keys:
+        return None
+    raise KeyStorageError(PLAINTEXT_REFUSED)
 
 
 def _b64url(data: bytes) -> str:
@@ -58,8 +89,26 @@ def to_pem(pair: KeyPair, secret: str | None) -> bytes:
     )
 
 
+def is_encrypted(pem: bytes) -> bool:
+    return pem.lstrip().startswith(_ENCRYPTED_PEM)
+
+
 def from_pem(kid: str, pem: bytes, secret: str | None) -> KeyPair:
-    key = serialization.load_pem_private_key(pem, password=secret.encode() if secret else None)
+    encrypted = is_encrypted(pem)
+    if encrypted and not secret:
+        raise KeyStorageError(
+            f"signing key {kid} is stored encrypted and AUTH_SIGNING_KEY_SECRET is not set"
+        )
+    try:
+        # A plaintext key stored before a secret was set is read as it is (and re-encrypted).
+        key = serialization.load_pem_private_key(
+            pem, password=secret.encode() if secret and encrypted else None
+        )
+    except ValueError:
+        raise KeyStorageError(
+            f"signing key {kid} cannot be decrypted with AUTH_SIGNING_KEY_SECRET: "
+            "is it the secret the key was stored with?"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"signing key {kid} is not an Ed25519 key")
     return KeyPair(kid, key)

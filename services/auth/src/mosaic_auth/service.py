@@ -80,11 +80,7 @@ class AuthService:
             ttl=settings.auth_access_token_ttl,
             refresh_interval=settings.auth_key_refresh_interval,
         )
-        self._key_secret = (
-            settings.auth_signing_key_secret.get_secret_value()
-            if settings.auth_signing_key_secret
-            else None
-        )
+        self._key_secret = keys.secret_for(settings)
         window = timedelta(seconds=settings.auth_signin_window)
         self._policies = {
             "account": Policy(
@@ -467,9 +463,14 @@ class AuthService:
         return keys.from_pem(found[0], found[1], self._key_secret)
 
     async def ensure_signing_key(self) -> keys.KeyPair:
-        """The active key, created if there is none (replicas racing at start make one)."""
+        """The active key, created if there is none (replicas racing at start make one).
+
+        With a secret, keys stored in plaintext before it was set are encrypted in place first.
+        """
         async with self.db.transaction() as conn:
             await store.lock(conn, "auth.signing_keys")
+            if self._key_secret:
+                await self._encrypt_plaintext_keys(conn)
             found = await store.active_signing_key(conn)
             if found is not None:
                 return keys.from_pem(found[0], found[1], self._key_secret)
@@ -489,6 +490,16 @@ class AuthService:
         self.signer.forget_key()
         log.info("signing_key_rotated", kid=pair.kid)
         return pair.kid
+
+    async def _encrypt_plaintext_keys(self, conn: AsyncConnection) -> None:
+        encrypted = []
+        for kid, pem in await store.signing_key_pems(conn):
+            if not keys.is_encrypted(pem):
+                pair = keys.from_pem(kid, pem, None)
+                await store.set_signing_key_pem(conn, kid, keys.to_pem(pair, self._key_secret))
+                encrypted.append(kid)
+        if encrypted:
+            log.info("signing_keys_encrypted_in_place", kids=encrypted)
 
     async def _insert_key(self, conn: AsyncConnection, pair: keys.KeyPair) -> None:
         await store.insert_signing_key(

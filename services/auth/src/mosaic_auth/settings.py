@@ -19,7 +19,14 @@ class AuthSettings(ServiceSettings):
         30 * 24 * 3600, ge=60, description="Session (refresh token) lifetime, seconds."
     )
     auth_signing_key_secret: SecretStr | None = Field(
-        None, description="If set, private signing keys are stored encrypted with it."
+        None,
+        description="Private signing keys are stored encrypted with it; required unless "
+        "AUTH_ALLOW_PLAINTEXT_KEYS is true. Keep it: keys stored with it are unreadable without.",
+    )
+    auth_allow_plaintext_keys: bool = Field(
+        False,
+        description="Without AUTH_SIGNING_KEY_SECRET, store private signing keys unencrypted "
+        "instead of refusing to start (local development only).",
     )
     auth_key_refresh_interval: float = Field(
         30.0, gt=0, description="Seconds between re-reads of the active signing key."

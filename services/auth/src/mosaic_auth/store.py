@@ -349,6 +349,17 @@ async def active_signing_key(conn: AsyncConnection) -> tuple[str, bytes] | None:
     return (row[0], row[1]) if row else None
 
 
+async def signing_key_pems(conn: AsyncConnection) -> list[tuple[str, bytes]]:
+    rows = await conn.execute(select(signing_keys.c.kid, signing_keys.c.private_pem))
+    return [(r[0], r[1]) for r in rows]
+
+
+async def set_signing_key_pem(conn: AsyncConnection, kid: str, private_pem: bytes) -> None:
+    await conn.execute(
+        update(signing_keys).where(signing_keys.c.kid == kid).values(private_pem=private_pem)
+    )
+
+
 async def retire_signing_keys(conn: AsyncConnection, keep: str, publish_until: datetime) -> None:
     await conn.execute(
         update(signing_keys)
