@@ -20,6 +20,8 @@ import psutil
 from mosaic_devstack.procs import ProcessRef
 
 FAKE = Path(__file__).with_name("fake_service.py")
+SECRET = "FAKE_AT_REST_SECRET"
+"""A secret the registry asks `mosaic up` to generate for every fake service (as for auth)."""
 
 
 class Stack:
@@ -44,7 +46,12 @@ class Stack:
         """Write the registry: one fake service per name, each with a schema of its own."""
         tag = uuid.uuid4().hex[:10]
         entries = [
-            {"name": name, "command": [sys.executable, str(FAKE)], "schema": f"{name}_{tag}"}
+            {
+                "name": name,
+                "command": [sys.executable, str(FAKE)],
+                "schema": f"{name}_{tag}",
+                "secrets": [SECRET],
+            }
             for name in names
         ]
         self.schema = f"{names[0]}_{tag}"

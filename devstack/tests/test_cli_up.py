@@ -9,7 +9,9 @@ import stat
 import time
 from pathlib import Path
 
+import psutil
 from devstack_support import (
+    SECRET,
     Stack,
     family,
     get,
@@ -116,6 +118,14 @@ def test_second_up_reuses_data_and_credentials_and_down_stops_everything(stack: 
     first = stack.up_detached("--replicas", "1")
     assert first.returncode == 0, first.stdout + first.stderr
     credentials = (stack.data / "credentials.json").read_bytes()
+    # The secret asked for in the registry: generated into the data folder, private, given to
+    # the replica, shown nowhere.
+    secret_file = stack.data / "secrets" / SECRET
+    assert mode(secret_file) == 0o600
+    assert mode(secret_file.parent) == 0o700
+    secret = secret_file.read_text().strip()
+    assert len(secret) >= 40
+    assert psutil.Process(stack.state()["instances"][0]["pid"]).environ()[SECRET] == secret
     # No auth and blog among the services: nothing for the gateway to front.
     assert stack.state()["gateway"] is None
     assert "gateway: not started, it fronts auth and blog" in stack.log("mosaic")
@@ -134,6 +144,19 @@ def test_second_up_reuses_data_and_credentials_and_down_stops_everything(stack: 
     assert (stack.data / "pg" / "PG_VERSION").stat().st_mtime_ns == pg_version.st_mtime_ns
     assert (stack.data / "credentials.json").read_bytes() == credentials
     assert '"created": {"admin": false, "apikey": false}' in stack.log("fake-seed")
+    # The same secret again, still private: what was stored with it stays readable.
+    assert secret_file.read_text().strip() == secret
+    assert mode(secret_file) == 0o600
+    assert psutil.Process(state["instances"][0]["pid"]).environ()[SECRET] == secret
+    shown = [
+        first.stdout,
+        first.stderr,
+        second.stdout,
+        second.stderr,
+        stack.mosaic("status", "--json").stdout,
+    ]
+    shown += [log.read_text(errors="replace") for log in (stack.data / "logs").iterdir()]
+    assert not [text for text in shown if secret in text]
     status = stack.status_json()
     assert status["credentials"]["admin"]["password"] == password
     url = state["instances"][0]["url"]

@@ -19,6 +19,8 @@ def test_builtin_registry_runs_the_auth_service_from_this_environment() -> None:
     assert argv[0] == str(Path(sys.executable).parent / "mosaic-auth")
     assert argv[1:] == ["migrate"]
     assert auth.instance_names(3) == ["auth-1", "auth-2", "auth-3"]
+    # Auth refuses to start without it; `mosaic up` generates it once and keeps it.
+    assert auth.secrets == ("AUTH_SIGNING_KEY_SECRET",)
     assert Service("gw", ("x",), replicas=1).instance_names(3) == ["gw-1"]
 
 
@@ -27,13 +29,19 @@ def test_registry_file(tmp_path: Path) -> None:
     path.write_text(
         json.dumps(
             [
-                {"name": "auth", "command": [sys.executable, "svc.py"], "schema": "auth"},
+                {
+                    "name": "auth",
+                    "command": [sys.executable, "svc.py"],
+                    "schema": "auth",
+                    "secrets": ["AUTH_SIGNING_KEY_SECRET"],
+                },
                 {"name": "search", "command": "mosaic-search", "migrate": False, "replicas": 1},
             ]
         )
     )
     auth, search = load_services(path)
     assert auth.command == (sys.executable, "svc.py")
+    assert (auth.secrets, search.secrets) == (("AUTH_SIGNING_KEY_SECRET",), ())
     assert (search.command, search.migrate, search.seed, search.replicas) == (
         ("mosaic-search",),
         False,
@@ -52,6 +60,9 @@ def test_registry_file(tmp_path: Path) -> None:
         ([{"name": "a", "command": []}], "non-empty list"),
         ([{"name": "a"}], "missing"),
         ([{"name": "a", "command": ["x"], "replicas": 0}], "positive"),
+        # A secret's name becomes a file name in the data folder: no paths.
+        ([{"name": "a", "command": ["x"], "secrets": ["../X"]}], "'secrets' must be"),
+        ([{"name": "a", "command": ["x"], "secrets": "X"}], "'secrets' must be"),
         ([], "non-empty JSON list"),
     ],
 )

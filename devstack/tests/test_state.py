@@ -12,6 +12,7 @@ from mosaic_devstack.state import (
     InstanceInfo,
     ServerInfo,
     State,
+    kept_secrets,
     merge_credentials,
     read_state,
     write_private_json,
@@ -42,6 +43,26 @@ def test_private_json_is_0600_even_with_a_permissive_umask(tmp_path: Path) -> No
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert target.read_text().strip().endswith("}")
     assert [p.name for p in tmp_path.iterdir()] == ["credentials.json"]  # no temp file left
+
+
+def test_generated_secrets_are_private_kept_and_never_replaced(tmp_path: Path) -> None:
+    data = DataDir.at(tmp_path / "data")
+    data.create()
+    old = os.umask(0)
+    try:
+        first = kept_secrets(data, ["AUTH_SIGNING_KEY_SECRET"], {})
+    finally:
+        os.umask(old)
+    secret = first["AUTH_SIGNING_KEY_SECRET"]
+    assert len(secret) >= 40
+    path = data.secrets / "AUTH_SIGNING_KEY_SECRET"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.secrets.stat().st_mode) == 0o700
+    assert kept_secrets(data, ["AUTH_SIGNING_KEY_SECRET"], {}) == first
+    # Set by whoever runs `mosaic up`: theirs is used, nothing is generated for it.
+    assert kept_secrets(data, ["AUTH_SIGNING_KEY_SECRET", "OTHER"], {"OTHER": "mine"}) == first
+    assert not (data.secrets / "OTHER").exists()
+    assert path.read_text().strip() == secret
 
 
 def test_state_round_trip_and_stop_order(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Each one is a CLI following the service contract: `<cmd> migrate`, `<cmd> seed` (prints one JSON
 object of secrets to keep), `<cmd> serve --host H --port P --instance-id I`, ready when
-`GET /readyz` answers 200. Adding a service is one line in `SERVICES`.
+`GET /readyz` answers 200. Adding a service is one line in `SERVICES`. Secrets a service needs
+but does not make itself (`secrets`) are generated once per data folder and kept there.
 
 A JSON file with the same fields (`--services FILE`) replaces the list, so the devstack can run
 other builds of a service, or the fake service its own tests use.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 _NAME = re.compile(r"[a-z][a-z0-9]*")
+_SETTING = re.compile(r"[A-Z][A-Z0-9_]*")
 # Names the devstack uses for its own processes and log files.
 _RESERVED = frozenset({"mosaic", "postgres", "nats", "gateway"})
 
@@ -39,6 +41,10 @@ class Service:
     replicas: int | None = None
     """Fixed replica count; None follows `mosaic up --replicas`."""
     ready_path: str = "/readyz"
+    secrets: tuple[str, ...] = ()
+    """Settings (environment variable names) that hold a secret `mosaic up` generates once per
+    data folder, keeps there (`DataDir.secrets`) and passes to every step and replica, unless the
+    environment of `mosaic up` sets them itself."""
 
     def instance_names(self, default_replicas: int) -> list[str]:
         count = self.replicas if self.replicas is not None else default_replicas
@@ -50,7 +56,8 @@ class Service:
 
 SERVICES: tuple[Service, ...] = (
     # In start order (their migrations and seeds run concurrently all the same).
-    Service("auth", ("mosaic-auth",), schema="auth"),
+    # Encrypts auth's private signing keys in the database; without it auth refuses to start.
+    Service("auth", ("mosaic-auth",), schema="auth", secrets=("AUTH_SIGNING_KEY_SECRET",)),
     Service("blog", ("mosaic-blog",), schema="blog", seed=False),
 )
 
@@ -98,6 +105,14 @@ def _service_from_json(item: Any, path: Path) -> Service:
     replicas = item.get("replicas")
     if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
         raise RegistryError(f"{path}: {name}: 'replicas' must be a positive integer")
+    # Each becomes a file name in the data folder and an environment variable.
+    secrets = item.get("secrets", [])
+    if not isinstance(secrets, list) or not all(
+        isinstance(s, str) and _SETTING.fullmatch(s) for s in secrets
+    ):
+        raise RegistryError(
+            f"{path}: {name}: 'secrets' must be a list of names matching {_SETTING.pattern}"
+        )
     try:
         command = item["command"]
         if isinstance(command, str):
@@ -112,6 +127,7 @@ def _service_from_json(item: Any, path: Path) -> Service:
             seed=bool(item.get("seed", True)),
             replicas=replicas,
             ready_path=str(item.get("ready_path", "/readyz")),
+            secrets=tuple(secrets),
         )
     except KeyError as exc:
         raise RegistryError(f"{path}: service is missing {exc}") from exc

@@ -9,15 +9,20 @@ Layout of the data folder (default `.mosaic`):
     gateway.yaml         the gateway's configuration, written at every start
     state.json           what the running supervisor started (removed when it stops)
     credentials.json     secrets the seeds returned the first time (kept across runs)
+    secrets/<NAME>       secrets generated for the services (e.g. AUTH_SIGNING_KEY_SECRET), one
+                         file each, made at the first start and reused by every later one
     supervisor.lock      held by the running supervisor
 
-Both JSON files are private (mode 0600): they carry passwords and URLs that may embed them.
+Both JSON files and the secrets are private (mode 0600, the secrets' folder 0700): they carry
+passwords and URLs that may embed them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,10 @@ class DataDir:
     @property
     def credentials_file(self) -> Path:
         return self.root / "credentials.json"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
 
     @property
     def lock_file(self) -> Path:
@@ -171,6 +180,29 @@ def write_private_text(path: Path, text: str) -> None:
 
 def write_private_json(path: Path, data: Any) -> None:
     write_private_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def kept_secrets(data: DataDir, names: Iterable[str], env: Mapping[str, str]) -> dict[str, str]:
+    """The secrets named, for those `env` does not set: read from the data folder, or generated
+    there (0600) the first time. A secret that changed between runs would make what was stored
+    with it unreadable (auth's signing keys), so it is made once and never replaced."""
+    found: dict[str, str] = {}
+    for name in names:
+        if name in env:
+            continue
+        path = data.secrets / name
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            value = ""
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc}") from exc
+        if not value:
+            data.secrets.mkdir(mode=0o700, exist_ok=True)
+            value = secrets.token_urlsafe(32)
+            write_private_text(path, value + "\n")
+        found[name] = value
+    return found
 
 
 def read_state(data: DataDir) -> State | None:
