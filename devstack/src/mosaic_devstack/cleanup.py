@@ -14,10 +14,11 @@ def stop_recorded(state: State, grace: float = 10.0) -> list[ProcessRef]:
     Servers given from outside (DATABASE_URL, NATS_URL) have no recorded process and are never
     touched.
     """
-    if state.gateway and (gateway := state.gateway.process()) is not None:
-        # First, so clients stop getting in; it drains its workers itself on SIGTERM.
-        terminate([gateway], signal.SIGTERM, grace)
     services = [ref for inst in state.instances if (ref := inst.process()) is not None]
+    if state.gateway and (gateway := state.gateway.process()) is not None:
+        # Signalled first, so clients stop getting in (it drains its workers itself on SIGTERM);
+        # waited for together with the services, so parts that hang cost one grace period.
+        services.insert(0, gateway)
     terminate(services, signal.SIGTERM, grace)
     if state.nats and (nats := state.nats.process()) is not None:
         terminate([nats], signal.SIGTERM, 10.0)

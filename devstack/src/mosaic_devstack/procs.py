@@ -67,6 +67,8 @@ def terminate(refs: Iterable[ProcessRef], sig: int = signal.SIGTERM, grace: floa
     targets = [ref for ref in refs if ref.alive()]
     for ref in targets:
         ref.signal(sig)
+        # A process stopped by SIGSTOP acts on `sig` only once continued; else it waits for KILL.
+        ref.signal(signal.SIGCONT)
     survivors = wait_gone(targets, grace)
     for ref in survivors:
         ref.signal(signal.SIGKILL)
