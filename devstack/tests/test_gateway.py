@@ -20,6 +20,19 @@ def _gateway_workers(pid: int) -> list[ProcessRef]:
     return [ProcessRef.of(child.pid) for child in psutil.Process(pid).children()]
 
 
+def _joins(port: int) -> bool:
+    """Whether another process of this user could bind `port` too, as a second gateway's
+    SO_REUSEPORT workers used to (the kernel then splits the clients between the two)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def test_the_gateway_routes_to_the_services_is_restarted_and_stops_first(
     stack: Stack, pg_url: str, nats_url: str
 ) -> None:
@@ -51,6 +64,9 @@ def test_the_gateway_routes_to_the_services_is_restarted_and_stops_first(
     assert status["gateway"]["admin_url"] == gateway["admin_url"]
     assert status["gateway"]["ready"] is True
     assert get(f"{gateway['admin_url']}/readyz").status_code == 200
+    # Its ports are its own.
+    assert not _joins(gateway["port"])
+    assert not _joins(config.server.admin.port)
 
     # A routed request reaches a service instance (found through NATS discovery).
     probe = get(f"{url}/v1/auth/jwks.json")
@@ -75,6 +91,7 @@ def test_the_gateway_routes_to_the_services_is_restarted_and_stops_first(
         raise AssertionError(f"the gateway was not restarted:\n{stack.output()}")
     assert again["url"] == url
     assert again["restarts"] == 1
+    assert not _joins(gateway["port"])
     assert wait_all_gone(old_workers) == []
     assert get(f"{url}/v1/auth/jwks.json").status_code == 200
     assert "gateway died unexpectedly (killed by SIGKILL); restarting" in stack.log("mosaic")
@@ -124,3 +141,42 @@ def test_the_gateway_port_is_the_one_asked_for_or_a_free_one(
     assert stack.status_json()["gateway"] is None
     assert "No gateway runs" in without.stdout
     assert stack.mosaic("down").returncode == 0
+
+
+def test_the_gateway_port_is_held_from_the_check_on(
+    stack: Stack, pg_url: str, nats_url: str
+) -> None:
+    """Between the port check and the gateway's start (services migrating, seeding, getting
+    ready) no other stack may take the port: a second `mosaic up` asking for it fails at once."""
+    stack.use_services("auth", "blog")
+    stack.env.update(DATABASE_URL=pg_url, NATS_URL=nats_url, FAKE_NEVER_READY="1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = stack.up_foreground("--replicas", "1", "--gateway-port", str(port))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the services are starting: the port was checked
+        assert proc.poll() is None, stack.output()
+        if (stack.data / "state.json").exists() and stack.state()["instances"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no service started:\n{stack.output()}")
+    assert stack.state()["gateway"] is None
+    assert not _joins(port)
+
+    (stack.root / "other").mkdir()
+    other = Stack(stack.root / "other")
+    other.use_services("auth", "blog")
+    other.env.update(DATABASE_URL=pg_url, NATS_URL=nats_url)
+    started = time.monotonic()
+    refused = other.up_detached("--replicas", "1", "--gateway-port", str(port))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"gateway: port {port} is in use" in refused.stdout
+    assert time.monotonic() - started < 15
+    assert under(other.data) == []
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert under(stack.data) == []
+    assert _joins(port)  # released with the stack

@@ -4,6 +4,10 @@ Supervised like a service instance (same log handling, restarts and stop), but s
 configuration file the devstack writes (gateway_config.py), and ready only when it can really
 route: its admin `/readyz` answers, every worker sees an available instance of every backend, and
 a request through it reaches the auth service.
+
+Its ports are bound here, by `hold_port`, when `mosaic up` picks them, and the gateway is handed
+the listening sockets (`serve --listen-fd/--admin-fd`): so nobody can take the port between the
+check and the gateway's start, or while a crashed gateway is being restarted.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,28 +26,40 @@ from mosaic_devstack.instance import HOST, Instance
 from mosaic_devstack.services import Service
 from mosaic_devstack.state import GatewayInfo
 from mosaic_devstack.streams import LineSink
+from mosaic_gateway.listener import bind_socket
 
 NAME = "gateway"
 GATEWAY = Service(NAME, ("mosaic-gateway",), migrate=False, seed=False, replicas=1)
 # Public, needs no API key, answered by auth: a request that proves the whole path works.
 ROUTED_PROBE = "/v1/auth/jwks.json"
-# Each probe asks for a new connection, so that the kernel spreads them over the workers (they
-# share the port) and every worker's view is seen.
+# Each probe asks for a new connection, so that they spread over the workers (they share the
+# listening socket) and every worker's view is seen.
 _FRESH = {"connection": "close"}
+
+
+def hold_port(port: int) -> socket.socket:
+    """A listening socket on HOST:`port` (0: a free port) that no one else can bind while it is
+    open (no SO_REUSEPORT); OSError when the port is taken."""
+    return bind_socket(HOST, port)
 
 
 class GatewayInstance(Instance):
     def __init__(
         self,
         *,
-        port: int,
-        admin_port: int,
+        listener: socket.socket,
+        admin_listener: socket.socket,
         workers: int,
         config_file: Path,
         env: Mapping[str, str],
         sink: LineSink,
     ) -> None:
+        """`listener` and `admin_listener` come from `hold_port`; they stay the caller's."""
+        port = listener.getsockname()[1]
+        admin_port = admin_listener.getsockname()[1]
         super().__init__(GATEWAY, NAME, port, env, sink)
+        self.listen_fds = (listener.fileno(), admin_listener.fileno())
+        self.pass_fds = self.listen_fds
         self.workers = workers
         self.config_file = config_file
         self.admin_url = f"http://{HOST}:{admin_port}"
@@ -64,8 +81,17 @@ class GatewayInstance(Instance):
         GATEWAY.argv()
 
     def serve_argv(self) -> list[str]:
+        listen_fd, admin_fd = self.listen_fds
         return self.service.argv(
-            "serve", "--config", str(self.config_file), "--workers", str(self.workers)
+            "serve",
+            "--config",
+            str(self.config_file),
+            "--workers",
+            str(self.workers),
+            "--listen-fd",
+            str(listen_fd),
+            "--admin-fd",
+            str(admin_fd),
         )
 
     async def spawn(self) -> None:
@@ -79,7 +105,7 @@ class GatewayInstance(Instance):
             if answer.status_code != 200:
                 return f"GET {url}: last answer {answer.status_code}"
             url = f"{self.admin_url}/admin/backends"
-            # A few tries per call: the kernel picks the worker, not us.
+            # A few tries per call: whichever worker accepts first answers, not one we pick.
             for _ in range(2 * self.workers):
                 if len(self._routing_workers) >= self.workers:
                     break

@@ -37,8 +37,9 @@ import time
 from types import FrameType
 
 from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
+from mosaic_gateway.listener import adopt_socket, bind_socket
 from mosaic_gateway.reload import POLL_INTERVAL, FileWatch, live_config, rejected
-from mosaic_gateway.worker import adopt_socket, bind_socket, run_worker
+from mosaic_gateway.worker import run_worker
 from mosaic_kit.logging import get_logger
 
 _log = get_logger("mosaic_gateway.supervisor")

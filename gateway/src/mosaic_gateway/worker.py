@@ -32,46 +32,6 @@ from mosaic_kit.logging import bind_context, get_logger
 _log = get_logger("mosaic_gateway.worker")
 
 
-def bind_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
-    """A listening TCP socket that no other socket may join.
-
-    Never SO_REUSEPORT: with it, any process of the same user (a second gateway, another
-    stack) could bind the same port and silently take a share of the connections. Our own
-    workers share this one socket by inheriting it instead."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        # Connections of a previous run lingering in TIME_WAIT do not make the port busy.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def adopt_socket(fd: int, *, backlog: int = 2048) -> socket.socket:
-    """The listening TCP socket inherited as file descriptor `fd` (`serve --listen-fd`): bound
-    by whoever started the gateway, so that the port stays held across restarts."""
-    sock = socket.socket(fileno=fd)
-    try:
-        if sock.type != socket.SOCK_STREAM or sock.family not in (
-            socket.AF_INET,
-            socket.AF_INET6,
-        ):
-            raise OSError(f"file descriptor {fd} is not a TCP socket")
-        sock.listen(backlog)  # already listening: this only sets the backlog
-        sock.setblocking(False)
-    except BaseException:
-        sock.detach()  # not ours to close
-        raise
-    return sock
-
-
 class Worker:
     def __init__(
         self,
