@@ -167,6 +167,13 @@ def test_limits_caching_and_rate_limits_per_route(
         rule = by_path[("POST", path)].rate_limit
         assert rule is not None
         assert rule.by == "address"
+    # Sign-up answers 409 for a taken e-mail (API.md): one budget per client address for the
+    # whole cluster, not per worker, keeps it from being an account oracle.
+    signup = by_path[("POST", "/v1/auth/signup")].rate_limit
+    assert signup is not None
+    assert signup.shared
+    assert signup.requests / signup.per <= 0.1  # at most one every 10 s, sustained
+    assert parsed.rate_limits.store == "nats"  # the stack's own NATS, JetStream on
     cached = {key for key, route in routes.items() if "cache" in route}
     assert cached == {
         ("GET", "/v1/blogs"),

@@ -44,9 +44,16 @@ PUBLIC_READ_CACHE: dict[str, Any] = {
     "invalidate_on": ["blog.blog.*", "auth.user.updated"],
 }
 
-# Sign-up and sign-in are what a password-guessing or account-farming client hammers: a budget
-# per client address (per gateway worker), far above what a person or the end-to-end tests use.
+# Sign-in is what a password-guessing client hammers: a budget per client address (per gateway
+# worker), far above what a person or the end-to-end tests use; auth's own throttle (per account
+# and per address, in its database) is what bounds the guesses.
 CREDENTIALS_RATE_LIMIT: dict[str, Any] = {"requests": 120, "per": "1m", "by": "address"}
+# Sign-up answers 409 auth.email_taken for a registered address (the API contract), which makes
+# it an oracle of who has an account. One budget per client address for the whole cluster
+# (every worker and gateway replica counts in NATS KV), small for enumeration, ample for people
+# (a class signing up behind one NAT included).
+SIGNUP_RATE_LIMIT: dict[str, Any] = {"requests": 30, "per": "10m", "by": "address", "shared": True}
+SHARED_RATE_LIMITS: dict[str, Any] = {"store": "nats", "bucket": "gateway_rate_limits"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class Api:
     """Accepts `Idempotency-Key`."""
     api_key: bool = True
     cached: bool = False
-    rate_limited: bool = False
+    rate_limit: Mapping[str, Any] | None = None
     client_headers: tuple[str, ...] = ()
     """Extra headers the service reads (auth records a session's user agent)."""
 
@@ -72,8 +79,8 @@ AGENT = ("user-agent",)
 ROUTES: tuple[Api, ...] = (
     # --- auth ----------------------------------------------------------------------------
     Api("/v1/auth/signup", ("POST",), "auth", body=SMALL_JSON, creates=True,
-        rate_limited=True, client_headers=AGENT),
-    Api("/v1/auth/signin", ("POST",), "auth", body=SMALL_JSON, rate_limited=True,
+        rate_limit=SIGNUP_RATE_LIMIT, client_headers=AGENT),
+    Api("/v1/auth/signin", ("POST",), "auth", body=SMALL_JSON, rate_limit=CREDENTIALS_RATE_LIMIT,
         client_headers=AGENT),
     Api("/v1/auth/refresh", ("POST",), "auth", body=SMALL_JSON, client_headers=AGENT),
     Api("/v1/auth/signout", ("POST",), "auth", roles=SIGNED_IN),
@@ -126,8 +133,8 @@ def route_section(api: Api) -> dict[str, Any]:
     route["headers"] = {"allow": headers}
     route["query"] = {"allow": list(api.query)}
     route["max_body_bytes"] = api.body
-    if api.rate_limited:
-        route["rate_limit"] = dict(CREDENTIALS_RATE_LIMIT)
+    if api.rate_limit is not None:
+        route["rate_limit"] = dict(api.rate_limit)
     if api.cached:
         route["cache"] = dict(PUBLIC_READ_CACHE)
     return route
@@ -181,6 +188,7 @@ def gateway_config(settings: GatewaySettings) -> dict[str, Any]:
         },
         "nats": {"url": settings.nats_url},
         **({"security": {"jwt": jwt}} if jwt else {}),
+        "rate_limits": dict(SHARED_RATE_LIMITS),
         "observability": observability_section(settings),
         # Both services' OpenAPI documents, merged into one at /docs (no API key needed).
         "docs": {"path": "/docs", "sources": dict.fromkeys(BACKENDS, "/openapi.json")},
