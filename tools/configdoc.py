@@ -43,7 +43,7 @@ DEVSTACK = """## devstack (`mosaic`) and the test suite
 
 | variable | default | meaning |
 |---|---|---|
-| `MOSAIC_DATA` | `.mosaic` | data folder of `mosaic up` (PostgreSQL, NATS, logs, state, credentials, gateway.yaml) |
+| `MOSAIC_DATA` | `.mosaic` | data folder of `mosaic up` (PostgreSQL, NATS, logs, state, credentials, secrets, gateway.yaml) |
 | `MOSAIC_GATEWAY_PORT` | unset | the gateway's port (`mosaic up --gateway-port`); unset: 8080 when free, else any free port; `0`: any free port |
 | `DATABASE_URL` | unset | when set, `mosaic up` uses this PostgreSQL instead of starting one |
 | `NATS_URL` | unset | when set, `mosaic up` uses this NATS (JetStream on) instead of starting one |
@@ -51,7 +51,34 @@ DEVSTACK = """## devstack (`mosaic`) and the test suite
 | `MOSAIC_TEST_DATABASE_URL` | unset | run the tests against this PostgreSQL instead of an embedded one |
 | `MOSAIC_TEST_NATS_URL` | unset | run the tests against this NATS instead of an embedded one |
 | `NO_COLOR` | unset | plain output from `mosaic` |
+
+`mosaic up` generates the secrets a service needs but does not make itself (auth's
+`AUTH_SIGNING_KEY_SECRET`) once, into `$MOSAIC_DATA/secrets/<NAME>` (mode 0600, folder 0700),
+reuses them at every start and passes them to that service's steps and replicas; it never prints
+them. A value set in the environment of `mosaic up` is used instead.
 """
+
+NOTES: dict[type[ServiceSettings], str] = {
+    AuthSettings: """\
+**Signing keys at rest.** `serve`, `seed` and `rotate-keys` refuse to run (exit code 2, the reason
+on stderr) without `AUTH_SIGNING_KEY_SECRET`, unless `AUTH_ALLOW_PLAINTEXT_KEYS=true`. Private
+keys are stored as PKCS#8 PEM encrypted with the secret: make it a long random value
+(`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), not a password, as the key
+derivation is not built to resist guessing a short one. Keys stored in plaintext earlier (while
+plaintext was allowed) are encrypted in place at the next start with a secret, keeping their
+`kid`, so issued tokens stay valid. Keep the secret: with another one, or none, the service cannot
+read its active key and refuses to start ("cannot be decrypted"). To change it, run `rotate-keys`
+with the new one and restart every replica with it (docs/operations.md, "Secrets").
+
+**Sign-in throttle.** Each attempt is counted, per account and per client address, in the
+database (`signin_throttle`, under a PostgreSQL advisory lock) *before* its password is checked.
+So however many attempts run in parallel, on however many replicas, at most
+`AUTH_SIGNIN_MAX_FAILURES` get a password check per account (`..._PER_ADDRESS` per address)
+before the lock; the others get 429 `auth.too_many_attempts` with `Retry-After`, the right
+password included, until the lock passes. A right password clears its account's count and takes
+its own attempt back from the address's.
+""",
+}
 
 
 def _default(info: FieldInfo) -> str:
@@ -96,6 +123,8 @@ def render() -> str:
             f"\n## {title}\n\nIts own settings, and the shared ones whose default differs.\n"
         )
         parts.append(_table(own))
+        if cls in NOTES:
+            parts.append(NOTES[cls])
     parts.append("\n" + DEVSTACK)
     return "\n".join(parts)
 

@@ -32,13 +32,21 @@ class AuthSettings(ServiceSettings):
         30.0, gt=0, description="Seconds between re-reads of the active signing key."
     )
     auth_signin_max_failures: int = Field(
-        5, ge=1, description="Failed sign-ins per account before it is slowed down."
+        5,
+        ge=1,
+        description="Failed sign-ins per account before it is locked (429): at most this many "
+        "password checks, however many attempts run in parallel on however many replicas.",
     )
     auth_signin_max_failures_per_address: int = Field(
-        20, ge=1, description="Failed sign-ins per client address before it is slowed down."
+        20,
+        ge=1,
+        description="Failed sign-ins per client address (any accounts) before it is locked.",
     )
     auth_signin_window: int = Field(
-        900, ge=1, description="Seconds over which failed sign-ins are counted."
+        900,
+        ge=1,
+        description="Seconds over which failed sign-ins are counted (in the database, so "
+        "across replicas); a right password clears its account's count.",
     )
     auth_signin_base_delay: float = Field(
         2.0, gt=0, description="First lockout, seconds; doubles with each further failure."
