@@ -40,6 +40,8 @@ def main() -> None:
         "DATABASE_URL": pg.url,
         "NATS_URL": nats.url,
         "LOG_LEVEL": "WARNING",
+        # auth refuses to keep its signing keys in plaintext
+        "AUTH_SIGNING_KEY_SECRET": os.urandom(32).hex(),
         "LOG_FORMAT": "json",
     }
     bin_ = str(Path(sys.executable).parent / "mosaic-auth")

@@ -504,6 +504,8 @@ def auth_stack(work: Path) -> Iterator[AuthStack]:
             "DATABASE_URL": pg.url,
             "NATS_URL": nats.url,
             "LOG_LEVEL": "WARNING",
+            # auth refuses to keep its signing keys in plaintext
+            "AUTH_SIGNING_KEY_SECRET": os.urandom(32).hex(),
             "LOG_FORMAT": "json",
             "AUTH_ACCESS_TOKEN_TTL": "3600",
         }
