@@ -1,6 +1,6 @@
-"""While PostgreSQL is down the blog service answers 503 with Retry-After, and recovers on its own.
+"""While PostgreSQL is down the services answer 503 with Retry-After, and recover on their own.
 
-The blog service runs on a PostgreSQL of its own, which the test stops and starts again for real
+Auth and blog run on a PostgreSQL of their own, which the test stops and starts again for real
 (the session's server, shared by every other test, is left alone).
 """
 
@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
-from blog_support import Platform, auth_settings, blog_body, blog_settings
+from blog_support import PASSWORD, Platform, auth_settings, blog_body, blog_settings
 
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
@@ -27,12 +27,13 @@ def _assert_unavailable(response: httpx.Response) -> None:
 
 
 async def test_postgres_restart_is_503_with_retry_after_then_writes_succeed_again(
-    pg_url: str, nats_url: str, embedded_root: Path
+    nats_url: str, embedded_root: Path
 ) -> None:
     server = EmbeddedPostgres(embedded_root / f"pg-down-{uuid.uuid4().hex[:8]}", durable=False)
     server.start()
     try:
-        auth_cfg, blog_cfg = auth_settings(pg_url, nats_url), blog_settings(server.url, nats_url)
+        auth_cfg = auth_settings(server.url, nats_url)
+        blog_cfg = blog_settings(server.url, nats_url)
         await upgrade_async(auth_cfg, "mosaic_auth")
         await upgrade_async(blog_cfg, "mosaic_blog")
         async with AsyncExitStack() as stack:
@@ -60,6 +61,9 @@ async def test_postgres_restart_is_503_with_retry_after_then_writes_succeed_agai
             _assert_unavailable(
                 await blog.get(f"/v1/author/blogs/{first['id']}", headers=writer["headers"])
             )
+            signin = {"email": writer["user"]["email"], "password": PASSWORD}
+            _assert_unavailable(await auth.post("/v1/auth/signin", json=signin))
+            _assert_unavailable(await auth.get("/v1/users/me", headers=writer["headers"]))
 
             server.start()
             # The same process, not restarted: its pool replaces the dead connections.
@@ -68,5 +72,6 @@ async def test_postgres_restart_is_503_with_retry_after_then_writes_succeed_agai
             mine = await blog.get("/v1/author/blogs", headers=writer["headers"])
             assert mine.status_code == 200
             assert {b["id"] for b in mine.json()["items"]} == {first["id"], again.json()["id"]}
+            assert (await auth.post("/v1/auth/signin", json=signin)).status_code == 200
     finally:
         server.stop()
