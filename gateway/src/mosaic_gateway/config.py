@@ -181,6 +181,14 @@ class Retries(_Model):
     min_per_second: int = Field(
         10, ge=0, description="Retries always allowed per second, so low traffic can retry."
     )
+    per_try_timeout: Duration | None = Field(
+        None,
+        gt=0,
+        description="A try of an idempotent request that has had no response byte after this "
+        "long is given up and retried on another instance (while a retry is left and the budget "
+        "allows), within the route's timeout; the last try waits for the route's timeout. "
+        "None: each try may take the whole route timeout.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -160,6 +160,7 @@ def _retry_policy(spec: Retries) -> RetryPolicy | None:
         attempts=spec.attempts,
         on_connect_error="connect_error" in spec.on,
         statuses=frozenset(item for item in spec.on if isinstance(item, int)),
+        per_try_timeout=spec.per_try_timeout,
     )
 
 
