@@ -152,7 +152,7 @@ async def test_a_503_with_retry_after_is_an_instance_failure_retried_for_idempot
     assert post.headers["content-type"] == "application/problem+json"
     assert post.json()["code"] == "service.unavailable"
 
-    seen = Counter()
+    seen: Counter[tuple[int, str]] = Counter()
     for index in range(10):
         response = await client.get(f"/{index}")
         seen[(response.status_code, response.json()["instance"])] += 1
