@@ -187,3 +187,22 @@ def test_limits_caching_and_rate_limits_per_route(
         if route.cache is not None:
             assert "blog.blog.*" in route.cache.invalidate_on
             assert route.auth is None or route.auth.jwt != "required"
+
+
+def test_a_failing_or_hung_replica_counts_against_it_and_idempotent_requests_go_elsewhere(
+    config: dict[str, Any],
+) -> None:
+    """A replica that lost its database or NATS answers 503 (with Retry-After), a hung one
+    nothing: both count against the replica, and an idempotent request is tried elsewhere, the
+    hung case well before the request timeout (gateway/tests/test_retry_faults.py runs it)."""
+    parsed = parse_config(render(config, "gateway.yaml"), "gateway.yaml")
+    request_timeout = parsed.server.timeouts.request
+    for name in ("auth", "blog"):
+        backend = parsed.backends[name]
+        assert 503 in backend.ejection.statuses
+        assert {"connect_error", 503} <= set(backend.retries.on)
+        assert backend.retries.attempts >= 1
+        per_try = backend.retries.per_try_timeout
+        assert per_try is not None
+        assert per_try <= request_timeout / 3
+    assert all(route.timeout is None for route in parsed.routes)
