@@ -19,7 +19,15 @@ What the merged document holds is what a client of the gateway can call:
   references rewritten), equal content is shared;
 * security schemes `gatewayApiKey` (`x-api-key` header) and `gatewayBearer` (JWT) are added and
   required on each operation as its route requires them (`auth`, else `defaults.auth`),
-  together with whatever the backend itself declares.
+  together with whatever the backend itself declares;
+* the problems the gateway answers itself are added to each operation's responses, from its
+  route's policy (`gateway_problems`): 401/403/503 for the API key, 401/403 for the token and
+  roles, 429 for a rate limit, 413 for a body limit, 400 for a request it refuses, and 502/503/504
+  when the backend fails. They are merged here rather than declared by each service because
+  they follow the gateway's configuration, which a service does not know (and its own document,
+  served on its instances, describes calling it directly). The `Problem` schema is the kit's
+  (`mosaic_kit.openapi`), shared with the services' documents; a backend's different `Problem`
+  is renamed like any clashing component.
 
 `GET {path}/openapi.json` answers the merged document, `GET {path}` an HTML page that loads
 Swagger UI from a CDN (the browser fetches it, the gateway does not). Both are answered by the
@@ -40,12 +48,23 @@ from typing import Any
 import httpx
 import orjson
 
+from mosaic_gateway import problems
+from mosaic_gateway.apikeys import ApiKeyInvalid, ApiKeyMissing, ApiKeyUnavailable
 from mosaic_gateway.balancer import Backend
+from mosaic_gateway.breaker import CIRCUIT_OPEN
 from mosaic_gateway.config import Docs, GatewayConfig, Route, RouteAuth
 from mosaic_gateway.proxy import CompiledRoute
+from mosaic_gateway.ratelimit import RATE_LIMITED
 from mosaic_gateway.router import Router, RouteSpec, parse_template
 from mosaic_gateway.server import Exchange
 from mosaic_kit.logging import get_logger
+from mosaic_kit.openapi import (
+    PROBLEM_SCHEMA,
+    ROLE_PROBLEMS,
+    TOKEN_PROBLEMS,
+    add_problem_response,
+    sort_responses,
+)
 
 _log = get_logger("mosaic_gateway.docs")
 
@@ -88,6 +107,9 @@ class Exposure:
     added: int  # how many leading upstream segments `add_prefix` put on
     api_key: str  # required / optional / off
     jwt: str
+    roles: bool = False
+    rate_limited: bool = False
+    body_limited: bool = False
 
     def gateway_path(self, backend_path: str) -> str | None:
         """The gateway path serving `backend_path` through this route, or None."""
@@ -113,7 +135,7 @@ class Exposure:
         return "/" + "/".join([*self.gateway_prefix, *matched[self.added :]])
 
 
-def _effective_auth(route: Route, config: GatewayConfig) -> tuple[str, str]:
+def _effective_auth(route: Route, config: GatewayConfig) -> tuple[str, str, bool]:
     # The rule security.py applies: the route's own, else `defaults.auth`, else off; roles
     # imply a token.
     mine = route.auth or RouteAuth()
@@ -121,7 +143,7 @@ def _effective_auth(route: Route, config: GatewayConfig) -> tuple[str, str]:
     api_key = mine.api_key or default.api_key or "off"
     jwt = mine.jwt or default.jwt or "off"
     roles = mine.roles if mine.roles is not None else default.roles
-    return api_key, "required" if roles else jwt
+    return api_key, "required" if roles else jwt, bool(roles)
 
 
 def exposures(config: GatewayConfig) -> list[Exposure]:
@@ -138,7 +160,12 @@ def exposures(config: GatewayConfig) -> list[Exposure]:
         methods = {method.lower() for method in route.methods}
         if "get" in methods:
             methods.add("head")
-        api_key, jwt = _effective_auth(route, config)
+        api_key, jwt, roles = _effective_auth(route, config)
+        body_limit = (
+            route.max_body_bytes
+            if route.max_body_bytes is not None
+            else config.server.limits.max_body_bytes
+        )
         out.append(
             Exposure(
                 index=index,
@@ -149,9 +176,51 @@ def exposures(config: GatewayConfig) -> list[Exposure]:
                 added=len(added),
                 api_key=api_key,
                 jwt=jwt,
+                roles=roles,
+                rate_limited=(route.rate_limit or config.defaults.rate_limit) is not None,
+                body_limited=body_limit > 0,  # 0: no limit
             )
         )
     return out
+
+
+def gateway_problems(exposure: Exposure) -> dict[int, list[str]]:
+    """The statuses (and codes) the gateway itself may answer on a route, from its policy."""
+    found: dict[int, list[str]] = {}
+
+    def add(status: int, *codes: str) -> None:
+        known = found.setdefault(status, [])
+        known += [code for code in codes if code not in known]
+
+    # Refused before routing (bad framing, a '.'/'..' or encoded separator in the path...).
+    add(400, problems.BAD_REQUEST.code, problems.BAD_PATH.code)
+    if exposure.api_key != "off":
+        if exposure.api_key == "required":
+            add(401, ApiKeyMissing.problem.code)
+        add(403, ApiKeyInvalid.problem.code)
+        add(503, ApiKeyUnavailable.problem.code)
+    if exposure.jwt != "off":  # an optional token that is sent is still checked
+        for status, codes in TOKEN_PROBLEMS.items():
+            add(status, *codes)
+    if exposure.roles:
+        add(403, *ROLE_PROBLEMS[403])
+    if exposure.body_limited:
+        add(413, problems.BODY_TOO_LARGE.code)
+    if exposure.rate_limited:
+        add(429, RATE_LIMITED.code)
+    add(502, problems.BAD_GATEWAY.code)
+    add(503, problems.UNAVAILABLE.code, CIRCUIT_OPEN.code)
+    add(504, problems.UPSTREAM_TIMEOUT.code)
+    return found
+
+
+def _with_gateway_problems(operation: Json, exposure: Exposure) -> Json:
+    responses = operation.get("responses")
+    if not isinstance(responses, dict):
+        responses = {}
+    for status, codes in gateway_problems(exposure).items():
+        add_problem_response(responses, status, codes)
+    return {**operation, "responses": sort_responses(responses)}
 
 
 # --- merging ----------------------------------------------------------------------------------
@@ -234,6 +303,10 @@ def _required_security(operation: Json, exposure: Exposure, document: Json) -> l
     return None if unique == [{}] else unique
 
 
+Kept = tuple[str, str, Json, Exposure]
+"""An operation kept: gateway path, method, the backend's operation, the route exposing it."""
+
+
 class Merger:
     """Builds the merged document from the sources' documents (in `sources` order)."""
 
@@ -253,11 +326,16 @@ class Merger:
 
     def merge(self, documents: dict[str, Json | None]) -> Json:
         paths: dict[str, Json] = {}
-        components: dict[str, dict[str, Any]] = {"securitySchemes": dict(_GATEWAY_SCHEMES)}
+        components: dict[str, dict[str, Any]] = {
+            "securitySchemes": dict(_GATEWAY_SCHEMES),
+            # The gateway's own problems (every operation may answer some) have the kit's shape.
+            "schemas": {"Problem": PROBLEM_SCHEMA},
+        }
         # (kind, name) -> the canonical raw content of the first backend that used the name.
         first_seen: dict[tuple[str, str], bytes] = {
-            ("securitySchemes", name): _canonical(scheme)
-            for name, scheme in _GATEWAY_SCHEMES.items()
+            (kind, name): _canonical(content)
+            for kind, items in components.items()
+            for name, content in items.items()
         }
         tags: dict[str, Json] = {}
         operation_ids: set[str] = set()
@@ -270,8 +348,9 @@ class Merger:
             sources[backend] = "ok"
             kept = self._operations(backend, document)
             renames = self._components(backend, document, kept, components, first_seen)
-            for path, method, original in kept:
-                operation = _rewrite(original, renames)
+            for path, method, original, exposure in kept:
+                # The gateway's problems after the renames: they name the gateway's `Problem`.
+                operation = _with_gateway_problems(_rewrite(original, renames), exposure)
                 if "security" in operation:
                     operation["security"] = _renamed_schemes(operation["security"], renames)
                 operation_id = operation.get("operationId")
@@ -305,8 +384,8 @@ class Merger:
             merged["tags"] = list(tags.values())
         return merged
 
-    def _operations(self, backend: str, document: Json) -> list[tuple[str, str, Json]]:
-        kept: list[tuple[str, str, Json]] = []
+    def _operations(self, backend: str, document: Json) -> list[Kept]:
+        kept: list[Kept] = []
         paths = document.get("paths")
         if not isinstance(paths, dict):
             return kept
@@ -331,7 +410,7 @@ class Merger:
                     }
                     if security is not None:
                         operation["security"] = security
-                    kept.append((path, method, operation))
+                    kept.append((path, method, operation, exposure))
                     break
         return kept
 
@@ -339,7 +418,7 @@ class Merger:
     def _components(
         backend: str,
         document: Json,
-        kept: list[tuple[str, str, Json]],
+        kept: list[Kept],
         components: dict[str, dict[str, Any]],
         first_seen: dict[tuple[str, str], bytes],
     ) -> dict[str, str]:
@@ -353,7 +432,7 @@ class Merger:
             return items.get(key[1]) if isinstance(items, dict) else None
 
         wanted: set[tuple[str, str]] = set()
-        for _, _, operation in kept:
+        for _, _, operation, _ in kept:
             _refs(operation, wanted)
             wanted |= _security_names(operation)
         wanted -= {("securitySchemes", API_KEY_SCHEME), ("securitySchemes", BEARER_SCHEME)}

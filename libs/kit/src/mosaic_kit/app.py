@@ -12,7 +12,6 @@ return types; `OrjsonResponse` is there for handlers that build plain dicts them
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,10 +21,11 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
 from starlette.types import Lifespan
 
-from mosaic_kit.errors import PROBLEM_CONTENT_TYPE, install_problem_handlers
+from mosaic_kit.errors import install_problem_handlers
 from mosaic_kit.health import health_router
 from mosaic_kit.metrics import default_registry, http_metrics
 from mosaic_kit.middleware import RequestMiddleware
+from mosaic_kit.openapi import document_problems
 from mosaic_kit.settings import ServiceSettings
 from mosaic_kit.version import BuildInfo, resolve_commit
 
@@ -38,29 +38,6 @@ _NO_FASTAPI_TELEMETRY: Any = {
     "metrics": False,
     "logs": False,
     "operation_spans": False,
-}
-
-_PROBLEM_SCHEMA: dict[str, Any] = {
-    "title": "Problem",
-    "description": "RFC 9457 problem details; `code` is stable and machine-readable.",
-    "type": "object",
-    "required": ["type", "title", "status", "detail", "code"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "code": {"type": "string", "examples": ["validation_failed"]},
-        "instance": {"type": "string"},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["field", "message"],
-                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-            },
-        },
-    },
 }
 
 
@@ -115,34 +92,12 @@ def create_app(
 
 
 def _document_problems(app: FastAPI) -> None:
-    """Describe validation errors as the problem+json they are, not FastAPI's default shape."""
+    """Document errors as the problem+json they are (see `mosaic_kit.openapi`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _with_problem_schema(generate())
+            app.openapi_schema = document_problems(generate())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _with_problem_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    problem = {
-        "description": "Problem details (RFC 9457)",
-        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
-    for operations in schema.get("paths", {}).values():
-        for operation in operations.values():
-            responses = operation.get("responses") if isinstance(operation, dict) else None
-            if isinstance(responses, dict) and "422" in responses:
-                responses["422"] = {**problem, "description": "Validation failed"}
-    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    schemas["Problem"] = _PROBLEM_SCHEMA
-    # FastAPI's validation-error models are unreferenced now (unless a route names them);
-    # the first refers to the second, hence the order.
-    for name in ("HTTPValidationError", "ValidationError"):
-        others = {key: value for key, value in schemas.items() if key != name}
-        in_use = f"#/components/schemas/{name}" in json.dumps([schema.get("paths"), others])
-        if name in schemas and not in_use:
-            del schemas[name]
-    return schema

@@ -6,13 +6,22 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
-from pydantic.alias_generators import to_camel
+from pydantic import AnyHttpUrl, EmailStr, Field, StringConstraints
 
 from mosaic_auth.service import AuthService, ClientInfo
 from mosaic_kit.auth import Principal, current_principal, require_roles
 from mosaic_kit.idempotency import IdempotencyGuard
+from mosaic_kit.openapi import (
+    CURSOR_PROBLEMS,
+    IDEMPOTENCY_PROBLEMS,
+    ROLE_PROBLEMS,
+    TOKEN_PROBLEMS,
+    UNAVAILABLE_PROBLEMS,
+    ProblemSpec,
+    problem_responses,
+)
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from mosaic_kit.types import RequestBody, Text
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
@@ -20,41 +29,37 @@ PicUrl = Annotated[AnyHttpUrl, Field(max_length=2000)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-
-class SignupBody(Body):
+class SignupBody(RequestBody):
     email: EmailStr = Field(max_length=320)
     password: Password
     name: Name
     profile_pic_url: PicUrl | None = None
 
 
-class SigninBody(Body):
+class SigninBody(RequestBody):
     email: Annotated[str, StringConstraints(min_length=1, max_length=320)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
-class RefreshBody(Body):
+class RefreshBody(RequestBody):
     refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-class ProfilePatch(Body):
+class ProfilePatch(RequestBody):
     name: Name | None = None
     profile_pic_url: PicUrl | None = None
 
 
-class PasswordChange(Body):
+class PasswordChange(RequestBody):
     current_password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     new_password: Password
 
 
-class RolesBody(Body):
+class RolesBody(RequestBody):
     roles: Annotated[list[Annotated[str, StringConstraints(max_length=32)]], Field(max_length=16)]
 
 
-class ApiKeyBody(Body):
+class ApiKeyBody(RequestBody):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
@@ -98,7 +103,29 @@ Client = Annotated[ClientInfo, Depends(client_info)]
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/auth/signup", status_code=201, tags=["auth"], summary="Create an account")
+def problems(*specs: ProblemSpec) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: what it raises, so that the OpenAPI document lists every status
+    a client must handle; every route reads the database, and losing it is a 503."""
+    return problem_responses(UNAVAILABLE_PROBLEMS, *specs)
+
+
+USER_NOT_FOUND = {404: "auth.user_not_found"}
+SELF_LOCKOUT = {409: "auth.self_lockout"}
+SIGNIN_REFUSED = {
+    401: "auth.bad_credentials",
+    403: "auth.user_disabled",
+    429: "auth.too_many_attempts",
+}
+
+
+@router.post(
+    "/auth/signup",
+    status_code=201,
+    tags=["auth"],
+    summary="Create an account",
+    # A replay of an Idempotency-Key signs in again, with sign-in's answers.
+    responses=problems({409: "auth.email_taken"}, IDEMPOTENCY_PROBLEMS, SIGNIN_REFUSED),
+)
 async def signup(
     body: SignupBody, svc: Service, client: Client, idem: IdempotencyGuard
 ) -> Response:
@@ -124,31 +151,57 @@ async def signup(
     )
 
 
-@router.post("/auth/signin", tags=["auth"], summary="Sign in with e-mail and password")
+@router.post(
+    "/auth/signin",
+    tags=["auth"],
+    summary="Sign in with e-mail and password",
+    responses=problems(SIGNIN_REFUSED),
+)
 async def signin(body: SigninBody, svc: Service, client: Client) -> dict[str, Any]:
     user, tokens = await svc.signin(body.email, body.password, client)
     return {"user": user.private_view(), "tokens": tokens.to_json()}
 
 
-@router.post("/auth/refresh", tags=["auth"], summary="Trade a refresh token for new tokens")
+@router.post(
+    "/auth/refresh",
+    tags=["auth"],
+    summary="Trade a refresh token for new tokens",
+    responses=problems({401: ("auth.refresh_invalid", "auth.refresh_reused")}),
+)
 async def refresh(body: RefreshBody, svc: Service) -> dict[str, Any]:
     tokens = await svc.refresh(body.refresh_token)
     return {"tokens": tokens.to_json()}
 
 
-@router.post("/auth/signout", status_code=204, tags=["auth"], summary="End this session")
+@router.post(
+    "/auth/signout",
+    status_code=204,
+    tags=["auth"],
+    summary="End this session",
+    responses=problems(TOKEN_PROBLEMS),
+)
 async def signout(svc: Service, me: Me) -> Response:
     await svc.signout(me)
     return Response(status_code=204)
 
 
-@router.get("/auth/jwks.json", tags=["auth"], summary="Public keys that verify access tokens")
+@router.get(
+    "/auth/jwks.json",
+    tags=["auth"],
+    summary="Public keys that verify access tokens",
+    responses=problems(),
+)
 async def jwks(svc: Service, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "public, max-age=300"
     return await svc.jwks()
 
 
-@router.get("/users/me", tags=["users"], summary="My private profile")
+@router.get(
+    "/users/me",
+    tags=["users"],
+    summary="My private profile",
+    responses=problems(TOKEN_PROBLEMS),
+)
 async def get_me(
     svc: Service, principal: Annotated[Principal, Depends(current_principal)]
 ) -> dict[str, object]:
@@ -156,7 +209,12 @@ async def get_me(
     return (await svc.me(principal)).private_view()
 
 
-@router.patch("/users/me", tags=["users"], summary="Change my name or picture")
+@router.patch(
+    "/users/me",
+    tags=["users"],
+    summary="Change my name or picture",
+    responses=problems(TOKEN_PROBLEMS),
+)
 async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object]:
     changes: dict[str, Any] = {}
     if "name" in body.model_fields_set and body.name is not None:
@@ -171,30 +229,46 @@ async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object
     status_code=204,
     tags=["users"],
     summary="Change my password (signs out my other sessions)",
+    responses=problems(TOKEN_PROBLEMS, {403: "auth.bad_credentials"}),
 )
 async def change_password(body: PasswordChange, svc: Service, me: Me) -> Response:
     await svc.change_password(me, body.current_password, body.new_password)
     return Response(status_code=204)
 
 
-@router.get("/users", tags=["admin"], summary="List users (ADMIN)")
+@router.get(
+    "/users",
+    tags=["admin"],
+    summary="List users (ADMIN)",
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+)
 async def list_users(
     svc: Service,
     _admin: Admin,
-    q: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[Text | None, Query(max_length=200)] = None,
     limit: Limit = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[Text | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
     users, next_cursor = await svc.list_users(q, limit, cursor)
     return {"items": [u.admin_view() for u in users], "nextCursor": next_cursor}
 
 
-@router.get("/users/{user_id}", tags=["users"], summary="A user's public profile")
+@router.get(
+    "/users/{user_id}",
+    tags=["users"],
+    summary="A user's public profile",
+    responses=problems(USER_NOT_FOUND),
+)
 async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
     return (await svc.public_profile(user_id)).public_view()
 
 
-@router.put("/users/{user_id}/roles", tags=["admin"], summary="Set a user's roles (ADMIN)")
+@router.put(
+    "/users/{user_id}/roles",
+    tags=["admin"],
+    summary="Set a user's roles (ADMIN)",
+    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT),
+)
 async def put_roles(
     user_id: uuid.UUID, body: RolesBody, svc: Service, admin: Admin
 ) -> dict[str, object]:
@@ -206,6 +280,7 @@ async def put_roles(
     status_code=204,
     tags=["admin"],
     summary="Disable a user and end their sessions (ADMIN)",
+    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT),
 )
 async def disable_user(user_id: uuid.UUID, svc: Service, admin: Admin) -> Response:
     await svc.set_disabled(user_id, True, acting=admin)
@@ -217,6 +292,7 @@ async def disable_user(user_id: uuid.UUID, svc: Service, admin: Admin) -> Respon
     status_code=204,
     tags=["admin"],
     summary="Enable a disabled user (ADMIN)",
+    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND),
 )
 async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.set_disabled(user_id, False)
@@ -228,6 +304,7 @@ async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Respon
     status_code=201,
     tags=["api-keys"],
     summary="Create an API key (ADMIN); the key is shown only here",
+    responses=problems(ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS),
 )
 async def create_api_key(
     body: ApiKeyBody, svc: Service, _admin: Admin, idem: IdempotencyGuard
@@ -245,19 +322,28 @@ async def create_api_key(
     )
 
 
-@router.get("/api-keys", tags=["api-keys"], summary="List active API keys (ADMIN)")
+@router.get(
+    "/api-keys",
+    tags=["api-keys"],
+    summary="List active API keys (ADMIN)",
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+)
 async def list_api_keys(
     svc: Service,
     _admin: Admin,
     limit: Limit = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[Text | None, Query(max_length=500)] = None,
 ) -> dict[str, Any]:
     keys, next_cursor = await svc.list_api_keys(limit, cursor)
     return {"items": [k.view() for k in keys], "nextCursor": next_cursor}
 
 
 @router.delete(
-    "/api-keys/{key_id}", status_code=204, tags=["api-keys"], summary="Revoke an API key (ADMIN)"
+    "/api-keys/{key_id}",
+    status_code=204,
+    tags=["api-keys"],
+    summary="Revoke an API key (ADMIN)",
+    responses=problems(ROLE_PROBLEMS, {404: "auth.apikey_not_found"}),
 )
 async def revoke_api_key(key_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.revoke_api_key(key_id)

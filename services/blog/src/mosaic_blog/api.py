@@ -6,21 +6,22 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import (
-    AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    field_validator,
-)
-from pydantic.alias_generators import to_camel
+from pydantic import AnyHttpUrl, Field, StringConstraints, field_validator
 
 from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
 from mosaic_blog.workflow import Action, State
 from mosaic_kit.auth import Principal, require_roles
 from mosaic_kit.idempotency import IdempotencyGuard
+from mosaic_kit.openapi import (
+    CURSOR_PROBLEMS,
+    IDEMPOTENCY_PROBLEMS,
+    ROLE_PROBLEMS,
+    UNAVAILABLE_PROBLEMS,
+    ProblemSpec,
+    problem_responses,
+)
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from mosaic_kit.types import RequestBody, Text
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
 Description = Annotated[
@@ -34,12 +35,8 @@ Tag = Annotated[
 ]
 Tags = Annotated[list[Tag], Field(min_length=1, max_length=10)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Cursor = Annotated[str | None, Query(max_length=500)]
+Cursor = Annotated[Text | None, Query(max_length=500)]
 JSON = "application/json"
-
-
-class Body(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
 
 def _slug(value: str) -> str:
@@ -57,7 +54,7 @@ def _tags(value: list[str]) -> list[str]:
     return tags
 
 
-class BlogCreate(Body):
+class BlogCreate(RequestBody):
     title: Title
     description: Description
     draft_text: DraftText = ""
@@ -69,7 +66,7 @@ class BlogCreate(Body):
     _check_tags = field_validator("tags")(_tags)
 
 
-class BlogPatch(Body):
+class BlogPatch(RequestBody):
     title: Title | None = None
     description: Description | None = None
     draft_text: DraftText | None = None
@@ -120,33 +117,54 @@ def _columns(fields: dict[str, Any]) -> dict[str, Any]:
 
 router = APIRouter(prefix="/v1")
 
+
+def problems(*specs: ProblemSpec) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: what it raises, so that the OpenAPI document lists every status
+    a client must handle; every route reads the database, and losing it is a 503."""
+    return problem_responses(UNAVAILABLE_PROBLEMS, *specs)
+
+
+NOT_FOUND = problems({404: "blog.not_found"})
+LIST = problems(CURSOR_PROBLEMS)
+MINE = problems(ROLE_PROBLEMS, {404: "blog.not_found"})
+"""An author's or editor's blog by id (another author's is not found)."""
+TRANSITION = problems(ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.bad_state"})
+
 # --- public -------------------------------------------------------------------------------------
 
 
-@router.get("/blogs", tags=["public"], summary="Published blogs, newest first")
+@router.get("/blogs", tags=["public"], summary="Published blogs, newest first", responses=LIST)
 async def list_blogs(
     svc: Service,
-    tag: Annotated[str | None, Query(min_length=1, max_length=50, pattern=r"\S")] = None,
+    tag: Annotated[Text | None, Query(min_length=1, max_length=50, pattern=r"\S")] = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: Cursor = None,
 ) -> Response:
     return _cached(*await svc.public_list(tag, limit, cursor))
 
 
-@router.get("/blogs/by-slug/{slug}", tags=["public"], summary="A published blog by its slug")
+@router.get(
+    "/blogs/by-slug/{slug}",
+    tags=["public"],
+    summary="A published blog by its slug",
+    responses=NOT_FOUND,
+)
 async def blog_by_slug(
-    slug: Annotated[str, StringConstraints(max_length=200)], svc: Service
+    slug: Annotated[Text, StringConstraints(max_length=200)], svc: Service
 ) -> Response:
     return _cached(*await svc.public_by_slug(slug.lower()))
 
 
-@router.get("/blogs/{blog_id}", tags=["public"], summary="A published blog")
+@router.get("/blogs/{blog_id}", tags=["public"], summary="A published blog", responses=NOT_FOUND)
 async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.public_by_id(blog_id))
 
 
 @router.get(
-    "/blogs/{blog_id}/similar", tags=["public"], summary="Up to 6 published blogs most like it"
+    "/blogs/{blog_id}/similar",
+    tags=["public"],
+    summary="Up to 6 published blogs most like it",
+    responses=NOT_FOUND,
 )
 async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.similar(blog_id))
@@ -155,7 +173,13 @@ async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
 # --- authors ------------------------------------------------------------------------------------
 
 
-@router.post("/author/blogs", status_code=201, tags=["author"], summary="Write a new draft")
+@router.post(
+    "/author/blogs",
+    status_code=201,
+    tags=["author"],
+    summary="Write a new draft",
+    responses=problems(ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS, {409: "blog.slug_taken"}),
+)
 async def create_blog(
     body: BlogCreate, svc: Service, author: Author, idem: IdempotencyGuard
 ) -> Response:
@@ -166,7 +190,12 @@ async def create_blog(
     return await idem.run(body.model_dump(mode="json"), create)
 
 
-@router.get("/author/blogs", tags=["author"], summary="My blogs")
+@router.get(
+    "/author/blogs",
+    tags=["author"],
+    summary="My blogs",
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+)
 async def my_blogs(
     svc: Service,
     author: Author,
@@ -177,12 +206,22 @@ async def my_blogs(
     return _page(await svc.list_own(_uid(author), state, limit, cursor))
 
 
-@router.get("/author/blogs/{blog_id}", tags=["author"], summary="One of my blogs, any state")
+@router.get(
+    "/author/blogs/{blog_id}",
+    tags=["author"],
+    summary="One of my blogs, any state",
+    responses=MINE,
+)
 async def my_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str, Any]:
     return (await svc.own(_uid(author), blog_id)).full_view()
 
 
-@router.patch("/author/blogs/{blog_id}", tags=["author"], summary="Change my blog's fields")
+@router.patch(
+    "/author/blogs/{blog_id}",
+    tags=["author"],
+    summary="Change my blog's fields",
+    responses=problems(ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.slug_taken"}),
+)
 async def edit_blog(
     blog_id: uuid.UUID, body: BlogPatch, svc: Service, author: Author
 ) -> dict[str, Any]:
@@ -191,19 +230,33 @@ async def edit_blog(
 
 
 @router.delete(
-    "/author/blogs/{blog_id}", status_code=204, tags=["author"], summary="Delete my blog"
+    "/author/blogs/{blog_id}",
+    status_code=204,
+    tags=["author"],
+    summary="Delete my blog",
+    responses=MINE,
 )
 async def delete_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> Response:
     await svc.delete(_uid(author), blog_id)
     return Response(status_code=204)
 
 
-@router.post("/author/blogs/{blog_id}/submit", tags=["author"], summary="Submit for review")
+@router.post(
+    "/author/blogs/{blog_id}/submit",
+    tags=["author"],
+    summary="Submit for review",
+    responses=TRANSITION,
+)
 async def submit_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str, Any]:
     return (await svc.transition(blog_id, Action.SUBMIT, author_id=_uid(author))).full_view()
 
 
-@router.post("/author/blogs/{blog_id}/withdraw", tags=["author"], summary="Take back a submission")
+@router.post(
+    "/author/blogs/{blog_id}/withdraw",
+    tags=["author"],
+    summary="Take back a submission",
+    responses=TRANSITION,
+)
 async def withdraw_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str, Any]:
     return (await svc.transition(blog_id, Action.WITHDRAW, author_id=_uid(author))).full_view()
 
@@ -211,7 +264,12 @@ async def withdraw_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dic
 # --- editors ------------------------------------------------------------------------------------
 
 
-@router.get("/editor/blogs", tags=["editor"], summary="Every author's blogs awaiting or published")
+@router.get(
+    "/editor/blogs",
+    tags=["editor"],
+    summary="Every author's blogs awaiting or published",
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+)
 async def editor_blogs(
     svc: Service,
     _editor: Editor,
@@ -224,18 +282,26 @@ async def editor_blogs(
     return _page(await svc.list_for_editors(states, limit, cursor))
 
 
-@router.get("/editor/blogs/{blog_id}", tags=["editor"], summary="Any blog")
+@router.get("/editor/blogs/{blog_id}", tags=["editor"], summary="Any blog", responses=MINE)
 async def editor_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dict[str, Any]:
     return (await svc.any_blog(blog_id)).full_view()
 
 
-@router.post("/editor/blogs/{blog_id}/publish", tags=["editor"], summary="Publish a submission")
+@router.post(
+    "/editor/blogs/{blog_id}/publish",
+    tags=["editor"],
+    summary="Publish a submission",
+    responses=TRANSITION,
+)
 async def publish_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dict[str, Any]:
     return (await svc.transition(blog_id, Action.PUBLISH)).full_view()
 
 
 @router.post(
-    "/editor/blogs/{blog_id}/unpublish", tags=["editor"], summary="Take a blog back to draft"
+    "/editor/blogs/{blog_id}/unpublish",
+    tags=["editor"],
+    summary="Take a blog back to draft",
+    responses=TRANSITION,
 )
 async def unpublish_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dict[str, Any]:
     return (await svc.transition(blog_id, Action.UNPUBLISH)).full_view()

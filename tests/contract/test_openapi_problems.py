@@ -1,0 +1,337 @@
+"""The OpenAPI documents list every error an operation can answer, as problem+json.
+
+Two layers, both built offline (no process started):
+
+* each service's own document: what its code raises. The statuses a route must declare are
+  read from the code itself: its dependencies (a bearer token: 401; roles: 403; an
+  Idempotency-Key: 409/422), its parameters (a path id: 404 and 422; a cursor: 400), its body
+  (400/413/422), and the problem codes raised by the functions it calls (found in the service's
+  source, e.g. `conflict("auth.email_taken", ...)` -> 409 `auth.email_taken`);
+* the gateway's merged document (`mosaic up`'s configuration): what the gateway answers itself
+  on each route, from the route's policy (API key, token, roles, rate limit, body limit,
+  upstream failures).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import pprint
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from mosaic_auth.app import create_auth_app
+from mosaic_auth.settings import AuthSettings
+from mosaic_blog.app import create_blog_app
+from mosaic_blog.settings import BlogSettings
+from mosaic_devstack.gateway_config import ROUTES, GatewaySettings, gateway_config, render
+from mosaic_gateway.config import parse_config
+from mosaic_gateway.docs import Merger
+from mosaic_kit import auth, idempotency, pagination
+from mosaic_kit.openapi import (
+    BODY_PROBLEMS,
+    CURSOR_PROBLEMS,
+    IDEMPOTENCY_PROBLEMS,
+    PROBLEM_CONTENT_TYPE,
+    PROBLEM_REF,
+    PROBLEM_SCHEMA,
+    TOKEN_PROBLEMS,
+    UNAVAILABLE_PROBLEMS,
+    problem_codes,
+)
+
+Json = dict[str, Any]
+Expected = dict[int, set[str]]
+
+# Raised by a function the route calls, but on a path the route never takes.
+NOT_REACHED: dict[str, Expected] = {
+    # set_disabled refuses an admin disabling themselves; enabling passes no acting admin.
+    "POST /v1/users/{user_id}/enable": {409: {"auth.self_lockout"}},
+    # BlogService._read's not-found is for one blog: a list's loader always has an answer.
+    "GET /v1/blogs": {404: {"blog.not_found"}},
+}
+
+SERVICES: dict[str, Callable[[], FastAPI]] = {
+    "auth": lambda: create_auth_app(AuthSettings()),
+    "blog": lambda: create_blog_app(BlogSettings()),
+}
+# The kit's problem helpers (mosaic_kit.errors) and the status each one answers.
+HELPER_STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+}
+
+
+def operations(document: Json) -> Iterator[tuple[str, str, Json]]:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method, operation
+
+
+def documented(operation: Json) -> Expected:
+    """status -> codes, for the problem responses; fails on a problem without the schema."""
+    out: Expected = {}
+    for status, response in operation["responses"].items():
+        if int(status) < 400:
+            continue
+        content = response.get("content", {})
+        assert content.get(PROBLEM_CONTENT_TYPE) == {"schema": {"$ref": PROBLEM_REF}}, (
+            status,
+            response,
+        )
+        out[int(status)] = set(problem_codes(response))
+    return out
+
+
+def missing(expected: Expected, found: Expected) -> dict[int, set[str]]:
+    gaps = {}
+    for status, codes in expected.items():
+        if status not in found:
+            gaps[status] = codes or {"(the status itself)"}
+        elif codes - found[status]:
+            gaps[status] = codes - found[status]
+    return gaps
+
+
+def add(expected: Expected, problems: Any) -> None:
+    for status, codes in problems.items():
+        expected.setdefault(status, set()).update(codes)
+
+
+# --- what a service's code raises ---------------------------------------------------------------
+
+
+class RaisedProblems:
+    """Problem codes raised by the functions of some modules, followed through calls by name.
+
+    Calls are resolved by name: `store.get_user(...)` to `get_user` of the module `store`,
+    `helper(...)` to the calling module's own `helper` if it has one, any other call
+    (`svc.signup(...)`) to every function of that name. That may
+    over-approximate (see `NOT_REACHED`) but never misses a function of these modules.
+    """
+
+    def __init__(self, modules: list[Any]) -> None:
+        # (module's last name, function name) -> definitions
+        self.functions: dict[tuple[str, str], list[ast.AST]] = {}
+        self.modules: set[str] = set()
+        for module in modules:
+            short = module.__name__.rpartition(".")[2]
+            self.modules.add(short)
+            tree = ast.parse(Path(inspect.getfile(module)).read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    self.functions.setdefault((short, node.name), []).append(node)
+        self._memo: dict[tuple[str | None, str], Expected] = {}
+
+    def of(self, function: Callable[..., Any]) -> Expected:
+        name = getattr(function, "__name__", None)  # a dependency may be an object (HTTPBearer)
+        return self._raised(None, name, set()) if name else {}
+
+    def _raised(self, module: str | None, name: str, seen: set[tuple[str | None, str]]) -> Expected:
+        key = (module, name)
+        if key in self._memo:
+            return self._memo[key]
+        seen.add(key)
+        out: Expected = {}
+        nodes = [
+            (where, node)
+            for (where, function), found in self.functions.items()
+            if function == name and module in (None, where)
+            for node in found
+        ]
+        for where, node in nodes:
+            for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+                add(out, _problem_of(call))
+                called = self._target(call, where)
+                if called is not None and called not in seen:
+                    add(out, self._raised(*called, seen))
+        self._memo[key] = out
+        return out
+
+    def _target(self, call: ast.Call, module: str) -> tuple[str | None, str] | None:
+        func = call.func
+        if isinstance(func, ast.Name):  # the module's own function if it has one
+            return (module if (module, func.id) in self.functions else None), func.id
+        if isinstance(func, ast.Attribute):
+            owner = func.value
+            if isinstance(owner, ast.Name) and owner.id in self.modules:
+                return owner.id, func.attr
+            return None, func.attr
+        return None
+
+
+def _called_name(call: ast.Call) -> str | None:
+    func = call.func
+    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+
+
+def _literal(node: ast.AST | None) -> Any:
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+def _problem_of(call: ast.Call) -> Expected:
+    name = _called_name(call)
+    args = [*call.args, *(k.value for k in call.keywords if k.arg in ("status", "code"))]
+    if name == "Problem" and len(args) >= 2:
+        status, code = _literal(args[0]), _literal(args[1])
+        if isinstance(status, int) and isinstance(code, str):
+            return {status: {code}}
+    if name in HELPER_STATUS and args and isinstance(_literal(args[0]), str):
+        return {HELPER_STATUS[name]: {_literal(args[0])}}
+    return {}
+
+
+def api_routes(app: FastAPI) -> list[APIRoute]:
+    """The app's routes as served (with their routers' prefixes and dependencies)."""
+    return [c.route for c in iter_route_contexts(app.routes) if isinstance(c.route, APIRoute)]
+
+
+def dependencies(dependant: Dependant) -> Iterator[Any]:
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from dependencies(sub)
+
+
+def expected_of_route(route: APIRoute, raised: RaisedProblems) -> Expected:
+    expected: Expected = {}
+    add(expected, UNAVAILABLE_PROBLEMS)  # every route reads the database
+    calls = list(dependencies(route.dependant))
+    names = {getattr(call, "__qualname__", "") for call in calls}
+    if auth.current_principal in calls:
+        add(expected, TOKEN_PROBLEMS)
+    if any(name.startswith("require_roles.") for name in names):
+        add(expected, {403: {"auth.forbidden"}})
+    if idempotency.idempotency in calls:
+        add(expected, IDEMPOTENCY_PROBLEMS)
+    if route.dependant.path_params:
+        add(expected, {404: set(), 422: {"validation_failed"}})
+    if route.dependant.query_params or route.dependant.header_params:
+        add(expected, {422: {"validation_failed"}})
+    if any(param.name == "cursor" for param in route.dependant.query_params):
+        add(expected, CURSOR_PROBLEMS)
+    if route.dependant.body_params:
+        add(expected, {**BODY_PROBLEMS, 422: {"validation_failed"}})
+    for call in [route.endpoint, *calls]:
+        add(expected, raised.of(call))
+    return expected
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_operation_of_a_service_documents_what_its_code_raises(service: str) -> None:
+    app = SERVICES[service]()
+    document = app.openapi()
+    assert document["components"]["schemas"]["Problem"] == PROBLEM_SCHEMA
+    package = sys.modules[f"mosaic_{service}"]
+    modules = [
+        sys.modules[name]
+        for name in sorted(sys.modules)
+        if name.startswith(package.__name__ + ".") and hasattr(sys.modules[name], "__file__")
+    ]
+    raised = RaisedProblems([*modules, pagination])
+    gaps = {}
+    routes = [route for route in api_routes(app) if route.path.startswith("/v1/")]
+    assert routes
+    for route in routes:
+        for method in route.methods:
+            operation = document["paths"][route.path][method.lower()]
+            found = documented(operation)
+            label = f"{method} {route.path}"
+            expected = expected_of_route(route, raised)
+            for status, codes in NOT_REACHED.get(label, {}).items():
+                expected[status] -= codes
+                if not expected[status]:
+                    del expected[status]
+            gap = missing(expected, found)
+            if gap:
+                gaps[label] = gap
+    if gaps:
+        pytest.fail("raised but not declared in the OpenAPI:\n" + pprint.pformat(gaps))
+
+
+def test_the_code_reading_finds_the_business_errors() -> None:
+    """The reading of the source is what the other test relies on: it must see these."""
+    app = create_blog_app(BlogSettings())
+    raised = RaisedProblems(
+        [m for n, m in sorted(sys.modules.items()) if n.startswith("mosaic_blog.")]
+    )
+    by_path = {(method, r.path): r for r in api_routes(app) for method in r.methods}
+    submit = expected_of_route(by_path[("POST", "/v1/author/blogs/{blog_id}/submit")], raised)
+    assert submit[409] == {"blog.bad_state"}
+    assert submit[404] == {"blog.not_found"}
+    assert submit[403] == {"auth.forbidden"}
+    create = expected_of_route(by_path[("POST", "/v1/author/blogs")], raised)
+    assert create[409] == {"blog.slug_taken", "idempotency.in_progress"}
+
+
+# --- the gateway's merged document ---------------------------------------------------------------
+
+
+def merged_document() -> tuple[Json, Any]:
+    settings = GatewaySettings(
+        listen="127.0.0.1", port=8080, admin_port=8081, workers=1, nats_url="nats://127.0.0.1:4222"
+    )
+    config = parse_config(render(gateway_config(settings), "gateway.yaml"), "gateway.yaml")
+    assert config.docs is not None
+    merger = Merger(config, config.docs)
+    return merger.merge({name: app().openapi() for name, app in SERVICES.items()}), config
+
+
+def gateway_path(service_path: str) -> str:
+    # The services name their ids (`{user_id}`); the gateway's routes say `{id}`.
+    return "/".join(
+        "{id}" if part.startswith("{") and part != "{slug}" else part
+        for part in service_path.split("/")
+    )
+
+
+def test_the_merged_document_documents_what_the_gateway_answers_per_route() -> None:
+    document, config = merged_document()
+    assert document["components"]["schemas"]["Problem"] == PROBLEM_SCHEMA
+    by_route = {(api.path, method): api for api in ROUTES for method in api.methods}
+    seen = set()
+    gaps = {}
+    for path, method, operation in operations(document):
+        api = by_route[(gateway_path(path), method.upper())]
+        seen.add((api.path, method.upper()))
+        expected: Expected = {
+            400: {"gateway.bad_request", "gateway.bad_path"},
+            502: {"gateway.bad_gateway"},
+            503: {"gateway.unavailable", "gateway.circuit_open"},
+            504: {"gateway.timeout"},
+            413: {"gateway.body_too_large"},
+        }
+        if api.api_key:
+            add(
+                expected,
+                {
+                    401: {"auth.apikey_missing"},
+                    403: {"auth.apikey_invalid"},
+                    503: {"gateway.apikey_unavailable"},
+                },
+            )
+        if api.roles is not None:
+            add(expected, TOKEN_PROBLEMS)
+        if api.roles:
+            add(expected, {403: {"auth.forbidden"}})
+        if api.rate_limit is not None or config.defaults.rate_limit is not None:
+            add(expected, {429: {"gateway.rate_limited"}})
+        # The service's own answers are still there, beside the gateway's.
+        if "{" in path:
+            add(expected, {404: set()})
+        gap = missing(expected, documented(operation))
+        if gap:
+            gaps[f"{method.upper()} {path}"] = gap
+    if gaps:
+        pytest.fail("answered by the gateway but not declared:\n" + pprint.pformat(gaps))
+    # Every routed operation of the public API is in the document.
+    assert seen == set(by_route) - {(api.path, "HEAD") for api in ROUTES}
