@@ -116,7 +116,9 @@ async def set_password(conn: AsyncConnection, user_id: uuid.UUID, password_hash:
 
 async def set_roles(conn: AsyncConnection, user_id: uuid.UUID, roles: Iterable[str]) -> None:
     await conn.execute(delete(user_roles).where(user_roles.c.user_id == user_id))
-    await conn.execute(user_roles.insert(), [{"user_id": user_id, "role": r} for r in roles])
+    rows = [{"user_id": user_id, "role": r} for r in roles]
+    if rows:  # no rows is no insert: SQLAlchemy would run `INSERT ... DEFAULT VALUES` once
+        await conn.execute(user_roles.insert(), rows)
 
 
 async def known_roles(conn: AsyncConnection) -> set[str]:
