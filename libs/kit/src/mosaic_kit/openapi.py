@@ -155,6 +155,9 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
             if "requestBody" in operation:
                 for status, codes in BODY_PROBLEMS.items():
                     add_problem_response(responses, status, codes)
+            for response in responses.values():
+                for media in response.get("content", {}).values():
+                    _documented_answer_wins(media)
             operation["responses"] = sort_responses(responses)
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = PROBLEM_SCHEMA
@@ -171,6 +174,19 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
 def sort_responses(responses: Mapping[str, Any]) -> dict[str, Any]:
     """In status order (`default` and ranges like `4XX` last), as readers scan them."""
     return dict(sorted(responses.items(), key=lambda item: (not item[0].isdigit(), item[0])))
+
+
+def _documented_answer_wins(media: dict[str, Any]) -> None:
+    # A route returning `dict[str, Any]` that documents its answer's model (`responses=`) gets
+    # both schemas merged by FastAPI: the `$ref` beside an open object. The model is the answer.
+    schema = media.get("schema")
+    if (
+        isinstance(schema, dict)
+        and "$ref" in schema
+        and schema.get("type", "object") == "object"
+        and schema.get("additionalProperties", True)
+    ):
+        media["schema"] = {"$ref": schema["$ref"]}
 
 
 def _flatten(problems: Iterable[ProblemSpec]) -> Iterable[tuple[int, Iterable[str]]]:

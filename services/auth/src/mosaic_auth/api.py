@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AnyHttpUrl, EmailStr, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic.alias_generators import to_camel
 
 from mosaic_auth.service import AuthService, ClientInfo
 from mosaic_kit.auth import Principal, current_principal, require_roles
@@ -64,6 +66,82 @@ class ApiKeyBody(RequestBody):
     comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
+# --- answers: documentation only (the handlers build the views in models.py; the contract
+# fuzzing in tests/contract checks the real answers against these) ---------------------------
+
+
+class View(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel)
+
+
+class PublicProfile(View):
+    id: uuid.UUID
+    name: str
+    profile_pic_url: str | None
+
+
+class PrivateProfile(PublicProfile):
+    email: str
+    roles: list[str] = Field(description="Sorted.")
+    created_at: datetime
+
+
+class AdminProfile(PrivateProfile):
+    disabled: bool
+
+
+class Tokens(View):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Seconds the access token lives.")
+
+
+class SignedIn(View):
+    user: PrivateProfile
+    tokens: Tokens
+
+
+class Refreshed(View):
+    tokens: Tokens
+
+
+class Jwk(View):
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    use: Literal["sig"]
+    alg: Literal["EdDSA"]
+
+
+class Jwks(View):
+    keys: list[Jwk]
+
+
+class ApiKeyView(View):
+    id: uuid.UUID
+    name: str
+    comment: str | None
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    created_at: datetime
+    revoked: bool
+
+
+class CreatedApiKey(ApiKeyView):
+    key: str | None = Field(description="Shown once; null in an idempotent replay.")
+
+
+class UsersPage(View):
+    items: list[AdminProfile]
+    next_cursor: str | None
+
+
+class ApiKeysPage(View):
+    items: list[ApiKeyView]
+    next_cursor: str | None
+
+
 async def service(request: Request) -> AuthService:
     svc: AuthService = request.app.state.auth_service
     return svc
@@ -103,10 +181,16 @@ Client = Annotated[ClientInfo, Depends(client_info)]
 router = APIRouter(prefix="/v1")
 
 
-def problems(*specs: ProblemSpec) -> dict[int | str, dict[str, Any]]:
-    """A route's `responses=`: what it raises, so that the OpenAPI document lists every status
-    a client must handle; every route reads the database, and losing it is a 503."""
-    return problem_responses(UNAVAILABLE_PROBLEMS, *specs)
+def problems(
+    *specs: ProblemSpec, answer: type[BaseModel] | None = None, status: int = 200
+) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: its answer's shape and what it raises, so that the OpenAPI
+    document lists every status a client must handle; every route reads the database, and
+    losing it is a 503."""
+    documented = problem_responses(UNAVAILABLE_PROBLEMS, *specs)
+    if answer is not None:
+        documented[status] = {"model": answer}
+    return documented
 
 
 USER_NOT_FOUND = {404: "auth.user_not_found"}
@@ -124,7 +208,13 @@ SIGNIN_REFUSED = {
     tags=["auth"],
     summary="Create an account",
     # A replay of an Idempotency-Key signs in again, with sign-in's answers.
-    responses=problems({409: "auth.email_taken"}, IDEMPOTENCY_PROBLEMS, SIGNIN_REFUSED),
+    responses=problems(
+        {409: "auth.email_taken"},
+        IDEMPOTENCY_PROBLEMS,
+        SIGNIN_REFUSED,
+        answer=SignedIn,
+        status=201,
+    ),
 )
 async def signup(
     body: SignupBody, svc: Service, client: Client, idem: IdempotencyGuard
@@ -155,7 +245,7 @@ async def signup(
     "/auth/signin",
     tags=["auth"],
     summary="Sign in with e-mail and password",
-    responses=problems(SIGNIN_REFUSED),
+    responses=problems(SIGNIN_REFUSED, answer=SignedIn),
 )
 async def signin(body: SigninBody, svc: Service, client: Client) -> dict[str, Any]:
     user, tokens = await svc.signin(body.email, body.password, client)
@@ -166,7 +256,7 @@ async def signin(body: SigninBody, svc: Service, client: Client) -> dict[str, An
     "/auth/refresh",
     tags=["auth"],
     summary="Trade a refresh token for new tokens",
-    responses=problems({401: ("auth.refresh_invalid", "auth.refresh_reused")}),
+    responses=problems({401: ("auth.refresh_invalid", "auth.refresh_reused")}, answer=Refreshed),
 )
 async def refresh(body: RefreshBody, svc: Service) -> dict[str, Any]:
     tokens = await svc.refresh(body.refresh_token)
@@ -189,7 +279,7 @@ async def signout(svc: Service, me: Me) -> Response:
     "/auth/jwks.json",
     tags=["auth"],
     summary="Public keys that verify access tokens",
-    responses=problems(),
+    responses=problems(answer=Jwks),
 )
 async def jwks(svc: Service, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "public, max-age=300"
@@ -200,7 +290,7 @@ async def jwks(svc: Service, response: Response) -> dict[str, Any]:
     "/users/me",
     tags=["users"],
     summary="My private profile",
-    responses=problems(TOKEN_PROBLEMS),
+    responses=problems(TOKEN_PROBLEMS, answer=PrivateProfile),
 )
 async def get_me(
     svc: Service, principal: Annotated[Principal, Depends(current_principal)]
@@ -213,7 +303,7 @@ async def get_me(
     "/users/me",
     tags=["users"],
     summary="Change my name or picture",
-    responses=problems(TOKEN_PROBLEMS),
+    responses=problems(TOKEN_PROBLEMS, answer=PrivateProfile),
 )
 async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object]:
     changes: dict[str, Any] = {}
@@ -240,7 +330,7 @@ async def change_password(body: PasswordChange, svc: Service, me: Me) -> Respons
     "/users",
     tags=["admin"],
     summary="List users (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=UsersPage),
 )
 async def list_users(
     svc: Service,
@@ -257,7 +347,7 @@ async def list_users(
     "/users/{user_id}",
     tags=["users"],
     summary="A user's public profile",
-    responses=problems(USER_NOT_FOUND),
+    responses=problems(USER_NOT_FOUND, answer=PublicProfile),
 )
 async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
     return (await svc.public_profile(user_id)).public_view()
@@ -267,7 +357,7 @@ async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
     "/users/{user_id}/roles",
     tags=["admin"],
     summary="Set a user's roles (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT),
+    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT, answer=AdminProfile),
 )
 async def put_roles(
     user_id: uuid.UUID, body: RolesBody, svc: Service, admin: Admin
@@ -304,7 +394,7 @@ async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Respon
     status_code=201,
     tags=["api-keys"],
     summary="Create an API key (ADMIN); the key is shown only here",
-    responses=problems(ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS),
+    responses=problems(ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS, answer=CreatedApiKey, status=201),
 )
 async def create_api_key(
     body: ApiKeyBody, svc: Service, _admin: Admin, idem: IdempotencyGuard
@@ -326,7 +416,7 @@ async def create_api_key(
     "/api-keys",
     tags=["api-keys"],
     summary="List active API keys (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=ApiKeysPage),
 )
 async def list_api_keys(
     svc: Service,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AnyHttpUrl, Field, StringConstraints, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.alias_generators import to_camel
 
 from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
 from mosaic_blog.workflow import Action, State
@@ -85,6 +87,54 @@ class BlogPatch(RequestBody):
         return None if value is None else _tags(value)
 
 
+# --- answers: documentation only (the handlers build the views in models.py; the contract
+# fuzzing in tests/contract checks the real answers against these) ---------------------------
+
+
+class View(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel)
+
+
+class AuthorView(View):
+    id: uuid.UUID
+    name: str | None = Field(description="null until the blog service has the profile.")
+    profile_pic_url: str | None
+
+
+class PublicBlog(View):
+    id: uuid.UUID
+    slug: str
+    title: str
+    description: str
+    text: str | None = Field(description="The published text; null before the first publish.")
+    tags: list[str]
+    img_url: str
+    author: AuthorView
+    score: int
+    published_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class FullBlog(PublicBlog):
+    draft_text: str
+    state: State
+
+
+class PublicPage(View):
+    items: list[PublicBlog]
+    next_cursor: str | None
+
+
+class Similar(View):
+    items: list[PublicBlog] = Field(max_length=6)
+
+
+class FullPage(View):
+    items: list[FullBlog]
+    next_cursor: str | None
+
+
 async def service(request: Request) -> BlogService:
     svc: BlogService = request.app.state.blog_service
     return svc
@@ -118,22 +168,33 @@ def _columns(fields: dict[str, Any]) -> dict[str, Any]:
 router = APIRouter(prefix="/v1")
 
 
-def problems(*specs: ProblemSpec) -> dict[int | str, dict[str, Any]]:
-    """A route's `responses=`: what it raises, so that the OpenAPI document lists every status
-    a client must handle; every route reads the database, and losing it is a 503."""
-    return problem_responses(UNAVAILABLE_PROBLEMS, *specs)
+def problems(
+    *specs: ProblemSpec, answer: type[BaseModel] | None = None, status: int = 200
+) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: its answer's shape and what it raises, so that the OpenAPI
+    document lists every status a client must handle; every route reads the database, and
+    losing it is a 503."""
+    documented = problem_responses(UNAVAILABLE_PROBLEMS, *specs)
+    if answer is not None:
+        documented[status] = {"model": answer}
+    return documented
 
 
-NOT_FOUND = problems({404: "blog.not_found"})
-LIST = problems(CURSOR_PROBLEMS)
-MINE = problems(ROLE_PROBLEMS, {404: "blog.not_found"})
-"""An author's or editor's blog by id (another author's is not found)."""
-TRANSITION = problems(ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.bad_state"})
+# An author's or editor's blog by id (another author's is not found).
+MINE = problems(ROLE_PROBLEMS, {404: "blog.not_found"}, answer=FullBlog)
+TRANSITION = problems(
+    ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.bad_state"}, answer=FullBlog
+)
 
 # --- public -------------------------------------------------------------------------------------
 
 
-@router.get("/blogs", tags=["public"], summary="Published blogs, newest first", responses=LIST)
+@router.get(
+    "/blogs",
+    tags=["public"],
+    summary="Published blogs, newest first",
+    responses=problems(CURSOR_PROBLEMS, answer=PublicPage),
+)
 async def list_blogs(
     svc: Service,
     tag: Annotated[Text | None, Query(min_length=1, max_length=50, pattern=r"\S")] = None,
@@ -147,7 +208,7 @@ async def list_blogs(
     "/blogs/by-slug/{slug}",
     tags=["public"],
     summary="A published blog by its slug",
-    responses=NOT_FOUND,
+    responses=problems({404: "blog.not_found"}, answer=PublicBlog),
 )
 async def blog_by_slug(
     slug: Annotated[Text, StringConstraints(max_length=200)], svc: Service
@@ -155,7 +216,12 @@ async def blog_by_slug(
     return _cached(*await svc.public_by_slug(slug.lower()))
 
 
-@router.get("/blogs/{blog_id}", tags=["public"], summary="A published blog", responses=NOT_FOUND)
+@router.get(
+    "/blogs/{blog_id}",
+    tags=["public"],
+    summary="A published blog",
+    responses=problems({404: "blog.not_found"}, answer=PublicBlog),
+)
 async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.public_by_id(blog_id))
 
@@ -164,7 +230,7 @@ async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
     "/blogs/{blog_id}/similar",
     tags=["public"],
     summary="Up to 6 published blogs most like it",
-    responses=NOT_FOUND,
+    responses=problems({404: "blog.not_found"}, answer=Similar),
 )
 async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.similar(blog_id))
@@ -178,7 +244,13 @@ async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
     status_code=201,
     tags=["author"],
     summary="Write a new draft",
-    responses=problems(ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS, {409: "blog.slug_taken"}),
+    responses=problems(
+        ROLE_PROBLEMS,
+        IDEMPOTENCY_PROBLEMS,
+        {409: "blog.slug_taken"},
+        answer=FullBlog,
+        status=201,
+    ),
 )
 async def create_blog(
     body: BlogCreate, svc: Service, author: Author, idem: IdempotencyGuard
@@ -194,7 +266,7 @@ async def create_blog(
     "/author/blogs",
     tags=["author"],
     summary="My blogs",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
 )
 async def my_blogs(
     svc: Service,
@@ -220,7 +292,9 @@ async def my_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str,
     "/author/blogs/{blog_id}",
     tags=["author"],
     summary="Change my blog's fields",
-    responses=problems(ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.slug_taken"}),
+    responses=problems(
+        ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.slug_taken"}, answer=FullBlog
+    ),
 )
 async def edit_blog(
     blog_id: uuid.UUID, body: BlogPatch, svc: Service, author: Author
@@ -234,7 +308,7 @@ async def edit_blog(
     status_code=204,
     tags=["author"],
     summary="Delete my blog",
-    responses=MINE,
+    responses=problems(ROLE_PROBLEMS, {404: "blog.not_found"}),
 )
 async def delete_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> Response:
     await svc.delete(_uid(author), blog_id)
@@ -268,7 +342,7 @@ async def withdraw_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dic
     "/editor/blogs",
     tags=["editor"],
     summary="Every author's blogs awaiting or published",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS),
+    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
 )
 async def editor_blogs(
     svc: Service,
