@@ -44,7 +44,7 @@ DEVSTACK = """## devstack (`mosaic`) and the test suite
 | variable | default | meaning |
 |---|---|---|
 | `MOSAIC_DATA` | `.mosaic` | data folder of `mosaic up` (PostgreSQL, NATS, logs, state, credentials, secrets, gateway.yaml) |
-| `MOSAIC_GATEWAY_PORT` | unset | the gateway's port (`mosaic up --gateway-port`); unset: 8080 when free, else any free port; `0`: any free port |
+| `MOSAIC_GATEWAY_PORT` | unset | the gateway's port (`mosaic up --gateway-port`); unset: 8080 when free, else any free port; `0`: any free port. `mosaic up` binds it at its check and holds it for the stack's life (docs/operations.md) |
 | `DATABASE_URL` | unset | when set, `mosaic up` uses this PostgreSQL instead of starting one |
 | `NATS_URL` | unset | when set, `mosaic up` uses this NATS (JetStream on) instead of starting one |
 | `REDIS_URL` | unset | passed through to the services |
@@ -56,6 +56,10 @@ DEVSTACK = """## devstack (`mosaic`) and the test suite
 `AUTH_SIGNING_KEY_SECRET`) once, into `$MOSAIC_DATA/secrets/<NAME>` (mode 0600, folder 0700),
 reuses them at every start and passes them to that service's steps and replicas; it never prints
 them. A value set in the environment of `mosaic up` is used instead.
+
+The gateway is configured by its YAML file, not by variables: every setting and its default is in
+docs/gateway.md (for example `backends.<name>.retries.per_try_timeout`, default none; `mosaic up`
+writes 3s), and what `mosaic up` writes is in docs/operations.md.
 """
 
 NOTES: dict[type[ServiceSettings], str] = {

@@ -153,7 +153,17 @@ def backend_section(name: str) -> dict[str, Any]:
         "discovery": {"nats": {"service": name}},
         "balancing": "least_outstanding",
         "health_check": {"path": "/readyz", "interval": "2s", "timeout": "1s"},
+        **INSTANCE_FAILURES,
     }
+
+
+# A replica that lost its database or NATS answers 503 (with Retry-After): counted against it,
+# and an idempotent request is tried once more elsewhere. So is one a hung replica holds with no
+# answer for 3 s, well before the 15 s request timeout (docs/operations.md).
+INSTANCE_FAILURES: dict[str, Any] = {
+    "ejection": {"statuses": [502, 503, 504]},
+    "retries": {"attempts": 1, "on": ["connect_error", 503], "per_try_timeout": "3s"},
+}
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ class Instance:
             ready_path=service.ready_path,
         )
         self.process: asyncio.subprocess.Process | None = None
+        self.pass_fds: tuple[int, ...] = ()  # file descriptors the process inherits
         self.spawned_at = 0.0
         self._pump: asyncio.Task[None] | None = None
 
@@ -69,6 +70,7 @@ class Instance:
             # Own process group: a terminal's Ctrl-C must reach the supervisor only, which then
             # stops everything in order (services, NATS, PostgreSQL).
             start_new_session=True,
+            pass_fds=self.pass_fds,
         )
         self.spawned_at = time.monotonic()
         ref = ProcessRef.of(self.process.pid)

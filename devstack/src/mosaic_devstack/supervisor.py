@@ -3,17 +3,21 @@
 Start: PostgreSQL and NATS together (or the ones given by DATABASE_URL / NATS_URL), then every
 service at once: migrate, seed, then its replicas in parallel until each answers /readyz; then
 the gateway in front of them, until it routes.
-Stop (signal, or a failed start): the gateway, then services (SIGTERM, grace, SIGKILL), then
-NATS, then PostgreSQL.
+Stop (signal, or a failed start): the gateway, then services in reverse start order (SIGTERM,
+grace, SIGKILL), then NATS, then PostgreSQL. Each part is signalled once the one before it exited
+or after a short head start, so a part that hangs costs one grace period in all, not one per part.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +30,8 @@ from mosaic_devstack.embedded import (
     EmbeddedPostgres,
     ServerError,
     free_port,
-    port_free,
 )
-from mosaic_devstack.gateway import GatewayInstance
+from mosaic_devstack.gateway import GatewayInstance, hold_port
 from mosaic_devstack.gateway_config import (
     BACKENDS,
     GatewayConfigError,
@@ -47,6 +50,7 @@ from mosaic_devstack.state import (
     ServerInfo,
     State,
     StateError,
+    kept_secrets,
     merge_credentials,
     read_credentials,
     write_private_json,
@@ -60,6 +64,10 @@ T = TypeVar("T")
 # An instance that stayed up this long has recovered; its next crash starts the count afresh.
 STABLE_AFTER = 30.0
 MAX_BACKOFF = 10.0
+# How long a stopping part has alone before the next one is signalled too. Parts that stop
+# promptly still stop in order (callers before callees); one that hangs (say, on a frozen NATS)
+# delays the next by this much rather than by its whole grace period.
+STOP_HEAD_START = 1.0
 
 
 class StartupError(RuntimeError):
@@ -142,6 +150,7 @@ class Supervisor:
         self.instances: list[Instance] = []
         self.gateway: GatewayInstance | None = None
         self.gateway_port: int | None = None
+        self.gateway_sockets: list[socket.socket] = []  # held from the port check on
         self.state: State | None = None
         try:
             self.credentials = read_credentials(self.data)
@@ -338,6 +347,7 @@ class Supervisor:
         env["PYTHONUNBUFFERED"] = "1"  # lines reach the terminal as they are written
         if service.schema:
             env["DB_SCHEMA"] = service.schema
+        env.update(kept_secrets(self.data, service.secrets, env))
         return env
 
     @staticmethod
@@ -374,24 +384,34 @@ class Supervisor:
         return True
 
     def _pick_gateway_port(self) -> int:
+        """Bind the gateway's port now and hold it for the stack's life (see gateway.py)."""
         requested = self.opts.gateway_port
-        if requested == 0:
-            return self._port()
         port = PREFERRED_GATEWAY_PORT if requested is None else requested
-        if not port_free(port):
+        try:
+            listener = hold_port(port)
+        except OSError as exc:
             if requested is not None:
-                raise StartupError(f"gateway: port {port} is in use (try another --gateway-port)")
+                raise StartupError(
+                    f"gateway: port {port} is in use (try another --gateway-port)"
+                    if exc.errno == errno.EADDRINUSE
+                    else f"gateway: cannot listen on port {port}: {exc.strerror or exc}"
+                ) from None
             self.say(f"gateway: port {port} is in use; using a free one")
-            return self._port()
-        self.ports.add(port)
-        return port
+            listener = hold_port(0)
+        self.gateway_sockets.append(listener)
+        bound: int = listener.getsockname()[1]
+        self.ports.add(bound)
+        return bound
 
     async def _bring_up_gateway(self, port: int) -> None:
         began = time.monotonic()
+        listener = self.gateway_sockets[0]
+        admin_listener = hold_port(0)
+        self.gateway_sockets.append(admin_listener)
         settings = GatewaySettings(
             listen=HOST,
             port=port,
-            admin_port=self._port(),
+            admin_port=admin_listener.getsockname()[1],
             workers=self.opts.gateway_workers,
             nats_url=self.nats_url,
             # Within the devstack's own grace, so the gateway drains before it would be killed.
@@ -406,8 +426,8 @@ class Supervisor:
         env = {**self.env, "NATS_URL": self.nats_url, "PYTHONUNBUFFERED": "1"}
         env.setdefault("LOG_FORMAT", "json")
         gateway = self.gateway = GatewayInstance(
-            port=port,
-            admin_port=settings.admin_port,
+            listener=listener,
+            admin_listener=admin_listener,
             workers=settings.workers,
             config_file=path,
             env=env,
@@ -532,19 +552,27 @@ class Supervisor:
         for watcher in self.watchers:
             watcher.cancel()
         await asyncio.gather(*self.watchers, return_exceptions=True)
+        stopping: list[asyncio.Task[None]] = []
+        for sock in self.gateway_sockets:
+            sock.close()  # the gateway holds its own copies until it has drained
         if self.gateway is not None:
             # First: clients stop getting in before the services behind it go.
             if self.gateway.running():
                 self.say("stopping the gateway")
-            await self._all([self.gateway.stop(self.opts.grace, self.force)])
-            self.gateway.info.state = "stopped"
+            await self._stop_stage([self.gateway], stopping)
         if any(inst.running() for inst in self.instances):
             self.say(f"stopping {len(self.instances)} service instance(s)")
         # Reverse start order, so a service that calls others (listed later) stops taking
         # requests before the services behind it go.
         for service in reversed(self.opts.services):
             group = [inst for inst in self.instances if inst.service is service]
-            await self._all(inst.stop(self.opts.grace, self.force) for inst in group)
+            await self._stop_stage(group, stopping)
+        # Nothing that needs NATS or PostgreSQL may outlive them.
+        for result in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(result, BaseException):
+                self.say(f"error while stopping: {result!r}")
+        if self.gateway is not None:
+            self.gateway.info.state = "stopped"
         for inst in self.instances:
             inst.info.state = "stopped"
         await asyncio.gather(*self.threads, return_exceptions=True)
@@ -556,15 +584,26 @@ class Supervisor:
         for sink in self.sinks.values():
             sink.close()
 
-    async def _all(self, coros: Iterable[Awaitable[Any]]) -> None:
-        for result in await asyncio.gather(*coros, return_exceptions=True):
-            if isinstance(result, BaseException):
-                self.say(f"error while stopping: {result!r}")
+    async def _stop_stage(
+        self, parts: Iterable[Instance], stopping: list[asyncio.Task[None]]
+    ) -> None:
+        """Start stopping `parts` (each: SIGTERM, its grace, SIGKILL) and give them a head start.
+
+        Returns once they all exited or after `STOP_HEAD_START`; the stops go on in `stopping`.
+        """
+        started = [asyncio.create_task(part.stop(self.opts.grace, self.force)) for part in parts]
+        stopping.extend(started)
+        if started:
+            await asyncio.wait(started, timeout=STOP_HEAD_START)
 
     async def _stop_server(self, what: str, server: EmbeddedPostgres | EmbeddedNats | None) -> None:
         if server is None or server.process is None:
             return
         self.say(f"stopping {what}")
+        # A server stopped by SIGSTOP (a debugger, a fault test) cannot act on SIGTERM until it
+        # runs again: continue it, so it shuts down cleanly now rather than being killed later.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.process.pid, signal.SIGCONT)
         try:
             await asyncio.to_thread(server.stop)
         except Exception as exc:
