@@ -184,6 +184,17 @@ def exposures(config: GatewayConfig) -> list[Exposure]:
     return out
 
 
+# The 400s of the gateway's request checks, whichever route the request was for: every one
+# problems.py defines, so a check added there is documented too.
+_REFUSED_CODES = tuple(
+    dict.fromkeys(
+        problem.code
+        for problem in vars(problems).values()
+        if isinstance(problem, problems.GatewayProblem) and problem.status == 400
+    )
+)
+
+
 def gateway_problems(exposure: Exposure) -> dict[int, list[str]]:
     """The statuses (and codes) the gateway itself may answer on a route, from its policy."""
     found: dict[int, list[str]] = {}
@@ -193,7 +204,7 @@ def gateway_problems(exposure: Exposure) -> dict[int, list[str]]:
         known += [code for code in codes if code not in known]
 
     # Refused before routing (bad framing, a '.'/'..' or encoded separator in the path...).
-    add(400, problems.BAD_REQUEST.code, problems.BAD_PATH.code)
+    add(400, *_REFUSED_CODES)
     if exposure.api_key != "off":
         if exposure.api_key == "required":
             add(401, ApiKeyMissing.problem.code)
