@@ -16,8 +16,13 @@ NUL = "\x00"
 NUL_MESSAGE = "Value error, must not contain the NUL character (U+0000)"
 
 
+# Written only by the consumer of auth's events, which keeps applying the fixtures' sign-ups while
+# the test runs: no request writes them, so their counts say nothing about the requests.
+_EVENT_TABLES = frozenset({"authors", "processed_events"})
+
+
 async def _row_counts(platform: Platform) -> dict[str, int]:
-    """Rows of every table of the service's schema: a write of any kind changes one of them."""
+    """Rows of every table a request can write: a write of any kind changes one of them."""
     db = platform.blog_apps[0].state.db  # type: ignore[attr-defined]
     async with db.connect() as conn:
         tables = (
@@ -29,6 +34,7 @@ async def _row_counts(platform: Platform) -> dict[str, int]:
         return {
             name: int(await conn.scalar(text(f'SELECT count(*) FROM "{name}"')))
             for name in list(tables)
+            if name not in _EVENT_TABLES
         }
 
 
