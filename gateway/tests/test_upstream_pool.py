@@ -1,11 +1,14 @@
 """The upstream connection pool's bookkeeping, driven directly (races the process tests cannot
-time): idle stack order, sweeping, waiters, and a paused connection returning to the pool."""
+time): idle stack order, sweeping, waiters, a paused connection returning to the pool, and the
+rule that only a connection at a message boundary both ways is pooled."""
 
 from __future__ import annotations
 
 import asyncio
 
-from mosaic_gateway.upstream import Pool, UpstreamConnection, UpstreamError
+import pytest
+
+from mosaic_gateway.upstream import BODY_CHUNKED, Pool, UpstreamConnection, UpstreamError
 
 
 class RecordingTransport:
@@ -103,7 +106,7 @@ async def test_a_connection_paused_when_its_response_completed_is_resumed_on_reu
     conn, transport = connected(pool)
     sink = Sink()
     conn.bind(sink)  # type: ignore[arg-type]
-    conn.request_sent = True
+    conn.send_request(b"GET / HTTP/1.1\r\n\r\n", 0)
     # The client stopped reading just as the last bytes of the response came in.
     conn.pause_reading()
     conn.data_received(RESPONSE)
@@ -153,3 +156,84 @@ async def test_waiters_get_released_connections_in_order_skipping_those_gone() -
     pool.release(conn)
     assert gone.got == []
     assert waiting.got == [(conn, True)]
+
+
+HEAD = b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\n"
+
+
+@pytest.mark.parametrize("end_body", [False, True])
+async def test_a_connection_owing_body_bytes_is_closed_not_pooled(end_body: bool) -> None:
+    pool = make_pool()
+    conn, transport = connected(pool)
+    sink = Sink()
+    conn.bind(sink)  # type: ignore[arg-type]
+    conn.send_request(HEAD, 5)
+    conn.send_body(b"abc")  # two bytes short of what the head declared
+    if end_body:
+        # The instance would wait for the rest, or take it from the next request.
+        conn.end_body()
+        assert "close" in transport.calls
+    conn.data_received(RESPONSE)  # answered without reading its body
+    assert pool.idle == []
+    assert "close" in transport.calls
+    assert transport.written == [HEAD, b"abc"]
+
+
+async def test_a_length_delimited_body_sent_whole_in_pieces_is_pooled() -> None:
+    pool = make_pool()
+    conn, transport = connected(pool)
+    conn.bind(Sink())  # type: ignore[arg-type]
+    conn.send_request(HEAD, 5)
+    conn.send_body(b"abc")
+    conn.send_body(b"de")
+    conn.end_body()
+    conn.data_received(RESPONSE)
+    assert pool.idle == [conn]
+    assert transport.written == [HEAD, b"abc", b"de"]
+
+
+async def test_more_body_than_declared_is_never_written() -> None:
+    pool = make_pool()
+    conn, transport = connected(pool)
+    conn.bind(Sink())  # type: ignore[arg-type]
+    conn.send_request(HEAD, 5)
+    conn.send_body(b"abcdef")  # the sixth byte would start the next request
+    assert transport.written == [HEAD]
+    assert "close" in transport.calls
+    other, other_transport = connected(pool)
+    other.bind(Sink())  # type: ignore[arg-type]
+    other.send_request(HEAD, 5, b"abcdef")  # a whole body that does not match its head
+    assert other_transport.written == []
+    assert "close" in other_transport.calls
+
+
+async def test_a_chunked_body_is_complete_only_with_its_last_chunk() -> None:
+    pool = make_pool()
+    conn, transport = connected(pool)
+    conn.bind(Sink())  # type: ignore[arg-type]
+    conn.send_request(HEAD, BODY_CHUNKED)
+    conn.send_body(b"abc")
+    conn.data_received(RESPONSE)  # answered before the last chunk went out
+    assert pool.idle == []
+    assert transport.written == [HEAD, b"3\r\nabc\r\n"]
+    conn, transport = connected(pool)
+    conn.bind(Sink())  # type: ignore[arg-type]
+    conn.send_request(HEAD, BODY_CHUNKED, b"abc")
+    conn.data_received(RESPONSE)
+    assert pool.idle == [conn]
+    assert transport.written == [HEAD + b"3\r\nabc\r\n0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("stray", [b"H", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", b"junk"])
+async def test_bytes_after_a_response_in_the_same_read_keep_it_out_of_the_pool(
+    stray: bytes,
+) -> None:
+    pool = make_pool()
+    conn, transport = connected(pool)
+    sink = Sink()
+    conn.bind(sink)  # type: ignore[arg-type]
+    conn.send_request(b"GET / HTTP/1.1\r\n\r\n", 0)
+    conn.data_received(RESPONSE + stray)
+    assert sink.ended  # the response itself was complete
+    assert pool.idle == []
+    assert "close" in transport.calls

@@ -44,6 +44,26 @@ HEADERS_TOO_LARGE = GatewayProblem(
 )
 BAD_REQUEST = GatewayProblem(400, "gateway.bad_request", "The request is not valid HTTP/1.1")
 BAD_PATH = GatewayProblem(400, "gateway.bad_path", "The path holds '.' or '..' segments")
+# Requests whose extent the gateway and a backend could disagree on: refused, connection closed.
+BAD_VERSION = GatewayProblem(400, "gateway.bad_version", "Only HTTP/1.1 and HTTP/1.0 are served")
+UPGRADE_WITH_BODY = GatewayProblem(
+    400, "gateway.bad_framing", "A request asking for a protocol upgrade cannot carry a body"
+)
+CONNECT_REFUSED = GatewayProblem(400, "gateway.bad_framing", "CONNECT tunnels are not offered")
+BAD_TRANSFER_ENCODING = GatewayProblem(
+    400,
+    "gateway.bad_framing",
+    "Transfer-Encoding must be one 'chunked' header, on an HTTP/1.1 request",
+)
+# Headers read once by the gateway and possibly otherwise by a backend.
+DUPLICATE_CREDENTIALS = GatewayProblem(
+    400,
+    "gateway.duplicate_credentials",
+    "The request carries more than one Authorization or X-Api-Key header",
+)
+DUPLICATE_HOST = GatewayProblem(
+    400, "gateway.duplicate_host", "The request carries more than one Host header"
+)
 REQUEST_TIMEOUT = GatewayProblem(
     408, "gateway.request_timeout", "The request did not arrive in time"
 )

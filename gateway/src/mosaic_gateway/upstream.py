@@ -1,9 +1,13 @@
 """Keep-alive HTTP/1.1 connections to backend instances, pooled per instance.
 
 A connection carries one exchange at a time (no pipelining upstream: a slow response would hold
-up the ones behind it). It returns to its pool only after a complete response to a completely
-sent request, and only if neither side asked to close; anything else closes it, so a connection
-in the pool is always at a message boundary.
+up the ones behind it). It returns to its pool only if the request bytes written match the
+framing its head declared (exactly `content-length` body bytes, or the last chunk), the response
+was read to its end with nothing after it, and neither side asked to close; anything else closes
+it, so a connection in the pool is always at a message boundary on both sides. The connection
+keeps that account itself (`send_request`, `send_body`, `end_body`): a caller that sends less
+than it declared gets a closed connection, never a pooled one owing bytes that the next request
+on it would pay for.
 
 The response is parsed with httptools and handed to a `ResponseSink` (the proxy) piece by piece;
 the sink batches what one read produced into one write to the client (`response_flush`).
@@ -17,6 +21,13 @@ from collections import deque
 from typing import Protocol, cast
 
 import httptools
+
+from mosaic_gateway.http11 import LAST_CHUNK, chunk
+
+# `send_request`'s body length for a chunked body.
+BODY_CHUNKED = -1
+# The body-bytes-owed counter before a request head is sent.
+_NOT_SENT = -2
 
 
 class UpstreamError:
@@ -75,15 +86,22 @@ class PoolClient(Protocol):
     def connect_failed(self, error: UpstreamError) -> None: ...
 
 
+class _StrayResponse(Exception):  # noqa: N818 - control flow out of a parser callback
+    pass
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_close_delimited",
+        "_ended",
         "_head_done",
         "_head_only_done",
         "_headers",
         "_informational",
         "_now",
+        "_owed",
         "_paused",
+        "_reusable",
         "_tainted",
         "closed",
         "idle_since",
@@ -91,7 +109,6 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "pool",
         "received",
-        "request_sent",
         "sink",
         "transport",
     )
@@ -106,7 +123,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0  # non-zero exactly while the connection sits in its pool's idle stack
         self.last_read = 0.0
         self.received = False
-        self.request_sent = False
+        # Body bytes still owed to the instance under the framing the request head declared:
+        # BODY_CHUNKED until the last chunk is written, _NOT_SENT before the head. Only 0 lets
+        # the connection back into the pool.
+        self._owed = _NOT_SENT
+        # The response ended in the read being parsed; whether the connection may be reused is
+        # settled once the rest of that read is known (`_reusable`).
+        self._ended = False
+        self._reusable = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_done = False
         self._head_only_done = False
@@ -121,15 +145,57 @@ class UpstreamConnection(asyncio.Protocol):
         """Start an exchange on this (idle) connection."""
         self.sink = sink
         self.received = False
-        self.request_sent = False
+        self._owed = _NOT_SENT
         self._head_done = False
         if self._paused:
             # Paused for a slow client in the same read that completed the last response.
             self.resume_reading()
 
-    def send(self, data: bytes) -> None:
+    def send_request(self, head: bytes, body_length: int, body: bytes | None = None) -> None:
+        """Write a request head whose framing announces `body_length` body bytes (0: none;
+        BODY_CHUNKED: a chunked body), with the whole `body` when given (one write, chunked
+        here if so announced); else the body follows through `send_body` and `end_body`."""
+        if body is None:
+            self._owed = body_length
+            data = head
+        elif body_length == BODY_CHUNKED:
+            self._owed = 0
+            data = head + chunk(body) + LAST_CHUNK if body else head + LAST_CHUNK
+        elif len(body) == body_length:
+            self._owed = 0
+            data = head + body if body else head
+        else:
+            self.close()  # the head would promise what the body does not hold
+            return
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def send_body(self, data: bytes) -> None:
+        """Write the next piece of the body announced by `send_request`."""
+        owed = self._owed
+        if owed == BODY_CHUNKED:
+            if data:
+                data = chunk(data)
+        elif len(data) <= owed:
+            self._owed = owed - len(data)
+        else:
+            # More than announced (or no head yet): the excess would be read as a request.
+            self.close()
+            return
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def end_body(self) -> None:
+        """The body is complete: the last chunk goes out; a length-delimited body must have
+        been sent whole, or the instance would wait for (or take from the next request) the
+        bytes still owed, so the connection closes instead."""
+        owed = self._owed
+        if owed == BODY_CHUNKED:
+            self._owed = 0
+            if self.transport is not None and not self.closed:
+                self.transport.write(LAST_CHUNK)
+        elif owed:
+            self.close()
 
     def abandon(self) -> None:
         """Drop the exchange in progress: the connection is in an unknown state, so close it."""
@@ -171,13 +237,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_read = self._now()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._fail(BAD_RESPONSE)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # (HttpParserUpgrade: a 101, to a request that never asks for an upgrade.)
+            if self._ended:
+                # A complete response, then bytes nobody asked for: out of step from here.
+                self._reusable = False
+                self._end()
+            else:
+                self._fail(BAD_RESPONSE)
             return
-        if self._head_only_done:
+        if self._ended:
+            self._end()
+        elif self._head_only_done:
             self._finish_head_only()
-        elif self.sink is not None:
-            self.sink.response_flush()
+        else:
+            sink.response_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -201,9 +275,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
 
-    # No on_message_begin/on_status: each callback httptools does not find is one Python call
-    # saved per response. The reason phrase is optional in HTTP/1.1 (RFC 9112 4) and clients
-    # must ignore it, so the standard phrase is sent; the header list is reset after use.
+    # No on_status: each callback httptools does not find is one Python call saved per
+    # response. The reason phrase is optional in HTTP/1.1 (RFC 9112 4) and clients must ignore
+    # it, so the standard phrase is sent; the header list is reset after use.
+
+    def on_message_begin(self) -> None:
+        if self._ended:
+            # Another message after the response, in the same read: stop parsing it.
+            raise _StrayResponse
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._head_done:
@@ -243,19 +322,24 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._head_only_done:
             return
-        self._complete(self.parser.should_keep_alive())
+        self._ended = True
+        self._reusable = self.parser.should_keep_alive()
 
     # --- internals --------------------------------------------------------------------------
 
     def _finish_head_only(self) -> None:
         self._head_only_done = False
         self.parser = httptools.HttpResponseParser(self)
-        self._complete(not self._tainted)
+        self._reusable = not self._tainted
+        self._end()
 
-    def _complete(self, keep_alive: bool) -> None:
+    def _end(self) -> None:
+        """The response is complete: pool the connection if both directions are at a message
+        boundary, else close it; then tell the sink."""
         sink = self.sink
         self.sink = None
-        if keep_alive and self.request_sent and not self.closed and not self._close_delimited:
+        self._ended = False
+        if self._reusable and not self._owed and not self.closed and not self._close_delimited:
             self.pool.release(self)
         else:
             self.close()

@@ -159,8 +159,7 @@ class Fetch:
         self.conn = conn
         self.reused = reused
         conn.bind(self)
-        conn.request_sent = True
-        conn.send(self.head(self.instance))
+        conn.send_request(self.head(self.instance), 0)
 
     def connect_failed(self, error: UpstreamError) -> None:
         retry = self.retry
