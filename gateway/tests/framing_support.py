@@ -34,6 +34,7 @@ class BackendRequest:
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
     complete: bool = False  # the whole body arrived
+    ended: bool = False  # its connection is closed
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -128,6 +129,14 @@ class RecordingBackend:
             return self._seq
 
     def _serve(self, sock: socket.socket, record: BackendConnection) -> None:
+        try:
+            self._serve_requests(sock, record)
+        finally:
+            with self._lock:
+                for request in record.requests:
+                    request.ended = True
+
+    def _serve_requests(self, sock: socket.socket, record: BackendConnection) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         current: BackendRequest | None = None
         answered = False
