@@ -8,7 +8,13 @@ import asyncio
 
 import pytest
 
-from mosaic_gateway.upstream import BODY_CHUNKED, Pool, UpstreamConnection, UpstreamError
+from mosaic_gateway.upstream import (
+    BAD_RESPONSE,
+    BODY_CHUNKED,
+    Pool,
+    UpstreamConnection,
+    UpstreamError,
+)
 
 
 class RecordingTransport:
@@ -56,6 +62,7 @@ class Sink:
 
     def __init__(self) -> None:
         self.ended = False
+        self.failed: list[UpstreamError] = []
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         return False
@@ -70,7 +77,7 @@ class Sink:
         self.ended = True
 
     def upstream_failed(self, error: UpstreamError, partial: bool) -> None:
-        pass
+        self.failed.append(error)
 
     def request_paused(self) -> None:
         pass
@@ -235,5 +242,20 @@ async def test_bytes_after_a_response_in_the_same_read_keep_it_out_of_the_pool(
     conn.send_request(b"GET / HTTP/1.1\r\n\r\n", 0)
     conn.data_received(RESPONSE + stray)
     assert sink.ended  # the response itself was complete
+    assert pool.idle == []
+    assert "close" in transport.calls
+
+
+async def test_a_switching_protocols_answer_is_a_bad_response() -> None:
+    # The gateway never forwards Upgrade, so a 101 is the instance out of step.
+    pool = make_pool()
+    conn, transport = connected(pool)
+    sink = Sink()
+    conn.bind(sink)  # type: ignore[arg-type]
+    conn.send_request(b"GET / HTTP/1.1\r\n\r\n", 0)
+    conn.data_received(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+    )
+    assert sink.failed == [BAD_RESPONSE]
     assert pool.idle == []
     assert "close" in transport.calls
