@@ -17,7 +17,10 @@ is kept for the retry). A retry happens on a connection error (refused, connect 
 connection lost before any response byte) or on a listed status, before anything was relayed to
 the client; it goes to another instance when one admits it, within the overall route deadline,
 and only while the backend's retry budget has a token. A retried status's response is read and
-dropped rather than the connection closed, so the pooled connection stays usable.
+dropped rather than the connection closed, so the pooled connection stays usable. With
+`retries.per_try_timeout`, a try that has had no response byte by then (a hung instance) is given
+up, its connection closed, and retried the same way; the last try has until the route's deadline.
+The per-try deadline rides on the same ticker as the route's: no timer for a quick request.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ from mosaic_gateway.http11 import (
     connection_tokens,
     status_line,
 )
+from mosaic_gateway.paths import refusal as path_refusal
 from mosaic_gateway.router import Router
 from mosaic_gateway.server import Exchange
 from mosaic_gateway.upstream import (
+    BODY_CHUNKED,
     CONNECTION_RESET,
     UpstreamConnection,
     UpstreamError,
@@ -94,6 +99,8 @@ class RetryPolicy:
     attempts: int  # retries after the first try
     on_connect_error: bool
     statuses: frozenset[int]
+    # A try with no response byte by then is retried elsewhere (Forward.on_timeout); None: off.
+    per_try_timeout: float | None = None
 
 
 @dataclass(eq=False)
@@ -138,14 +145,6 @@ def _cors_preflight(exchange: Exchange, routes: Mapping[bytes, CompiledRoute]) -
     return False
 
 
-def _has_dot_segment(path: bytes) -> bool:
-    for raw in path.split(b"/"):
-        segment = raw.replace(b"%2e", b".").replace(b"%2E", b".")
-        if segment in (b".", b".."):
-            return True
-    return False
-
-
 class Proxy:
     """The gateway's request handler."""
 
@@ -175,13 +174,17 @@ class Proxy:
         call_at = self.loop.call_at
         for forward in self.active:
             if forward.timer is None:
-                forward.timer = call_at(forward.deadline, forward.on_timeout)
+                # The try's own limit first, if it has one (retries.per_try_timeout).
+                forward.timer = call_at(
+                    forward.try_deadline or forward.deadline, forward.on_timeout
+                )
         self._ticker = self.loop.call_later(_TICK, self._tick)
 
     def handle(self, exchange: Exchange) -> None:
         path = exchange.path
-        if (b"/." in path or b"%2" in path) and _has_dot_segment(path):
-            exchange.send_problem(problems.BAD_PATH)
+        refused = path_refusal(path)  # encoded separators, dot segments (paths.py)
+        if refused is not None:
+            exchange.send_problem(refused)
             return
         found = self.router.match(path)
         if found is None:
@@ -355,6 +358,7 @@ class Forward:
         "route",
         "timer",
         "to_client_chunked",
+        "try_deadline",
     )
 
     def __init__(
@@ -387,7 +391,14 @@ class Forward:
         self.done = False
         self.failure_status = False
         self.out: list[bytes] = []
-        self.deadline = proxy.loop.time() + route.timeout
+        now = proxy.loop.time()
+        self.deadline = now + route.timeout
+        # When this try is given up for another instance (0.0: never, it may take until
+        # `deadline`); the ticker arms the timer, as for `deadline`.
+        per_try = retry.per_try_timeout if retry is not None and self.retries_left else None
+        self.try_deadline = (
+            now + per_try if per_try is not None and per_try < route.timeout else 0.0
+        )
         self.timer: asyncio.TimerHandle | None = None
         # Told about the response (x-cache label, teeing into the cache); cache.py.
         self.capture: ResponseCapture | None = None
@@ -410,24 +421,22 @@ class Forward:
             conn.pause_reading()  # the client stopped reading before this connection came
         head, self.body_chunked = self.proxy.request_head(exchange, self.route, self.instance)
         if not exchange.has_body:
-            conn.request_sent = True
-            conn.send(head)
+            conn.send_request(head, 0)
             return
+        # The framing `head` declares; the connection holds the body sent to it.
+        length = BODY_CHUNKED if self.body_chunked else exchange.content_length or 0
         body = self.body
         if body is None and exchange.body_done and exchange.sink is None:
             # The whole body is here already (the usual small JSON body): one write.
             body = exchange.take_body(self)
-            if self.body_chunked:
-                body = (chunk(body) if body else b"") + LAST_CHUNK
             if self.retries_left:
                 self.body = body  # a retry sends it again; the exchange gave it away
         if body is not None:
-            conn.request_sent = True
-            conn.send(head + body)
+            conn.send_request(head, length, body)
             return
         # Streamed as it arrives: once bytes went upstream they cannot be replayed.
         self.retries_left = 0
-        conn.send(head)
+        conn.send_request(head, length)
         exchange.accept_body(self)
 
     def connect_failed(self, error: UpstreamError) -> None:
@@ -451,7 +460,7 @@ class Forward:
             return
         conn = self.conn
         if conn is not None:
-            conn.send(chunk(data) if self.body_chunked else data)
+            conn.send_body(data)
 
     def body_end(self) -> None:
         buffered = self.buffered
@@ -462,11 +471,8 @@ class Forward:
                 self.instance.pool.acquire(self)
             return
         conn = self.conn
-        if conn is None:
-            return
-        if self.body_chunked:
-            conn.send(LAST_CHUNK)
-        conn.request_sent = True
+        if conn is not None:
+            conn.end_body()
 
     # --- Responder --------------------------------------------------------------------------
 
@@ -664,13 +670,52 @@ class Forward:
         self.failure_status = False
         self.reused = False
         self.retried = False
+        if self.timer is not None:
+            # Armed for the failed try; the ticker arms the next one's.
+            self.timer.cancel()
+            self.timer = None
+        self.try_deadline = self._next_try_deadline()
         following.pool.acquire(self)
+
+    def _next_try_deadline(self) -> float:
+        """`try_deadline` for a try starting now: a try's time if one more retry may follow it
+        and that ends before the route's deadline, else 0.0."""
+        per_try = self.route.retry.per_try_timeout if self.route.retry is not None else None
+        if per_try is None or not self.retries_left:
+            return 0.0
+        at = self.proxy.loop.time() + per_try
+        return at if at < self.deadline else 0.0
+
+    def _try_expired(self) -> bool:
+        """The try's time is up (`try_deadline`). With no response byte yet, give it up for
+        another instance and return True; else it runs on (to a later `try_deadline`, or to the
+        route's deadline) and False."""
+        conn = self.conn
+        if conn is None:
+            # Not at the instance yet (connecting, queued for a connection, the body still
+            # arriving): judged a try's time later instead.
+            self.try_deadline = self._next_try_deadline()
+            return False
+        if conn.received or not self._may_retry():
+            # An answer has begun (relayed as it comes), or no retry is left or affordable.
+            return False
+        self.conn = None
+        conn.abandon()  # it may still answer: the connection cannot carry another exchange
+        self._retry(_TRY_TIMEOUT)
+        return True
 
     # --- endings ----------------------------------------------------------------------------
 
     def on_timeout(self) -> None:
         self.timer = None
         if self.done:
+            return
+        if self.try_deadline:
+            self.try_deadline = 0.0
+            if not self._try_expired():
+                self.timer = self.proxy.loop.call_at(
+                    self.try_deadline or self.deadline, self.on_timeout
+                )
             return
         conn = self.conn
         if self.exchange.head_sent and conn is not None:
@@ -737,5 +782,7 @@ class Forward:
 
 
 _TIMEOUT = UpstreamError("timeout", 504)
+# A try that had no response byte within retries.per_try_timeout (retried if it can be).
+_TRY_TIMEOUT = UpstreamError("per_try_timeout", 504)
 # A try answered with a status in the retry list; if no instance is left, the client gets 503.
 _RETRIED_STATUS = UpstreamError("retried_status", 503)

@@ -27,6 +27,7 @@ import httptools
 
 from mosaic_gateway import problems
 from mosaic_gateway.http11 import CRLF, STATUS_LINES, DateHeader, RequestIds
+from mosaic_gateway.listener import Acceptor
 from mosaic_gateway.problems import GatewayProblem
 from mosaic_kit.logging import get_logger
 
@@ -40,7 +41,16 @@ _BODY_HIGH_WATER = 256 * 1024
 
 # Header names the server itself looks at while parsing.
 _SPECIAL_HEADERS = frozenset(
-    {b"content-length", b"transfer-encoding", b"x-request-id", b"expect", b"host", b"traceparent"}
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-request-id",
+        b"expect",
+        b"traceparent",
+        b"authorization",
+        b"x-api-key",
+    }
 )
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -269,8 +279,10 @@ class Exchange:
     def will_close(self) -> bool:
         """Decide, when the response head is written, whether the connection ends after it.
 
-        A request body not fully read by then cannot be skipped reliably, so it closes too."""
-        if not self.keep_alive or self.conn.closing or not self.body_done:
+        A request body not fully read by then cannot be skipped reliably, so it closes too. A
+        closing connection ends after the last request it had parsed, not before it."""
+        conn = self.conn
+        if not self.keep_alive or not self.body_done or (conn.closing and len(conn.queue) <= 1):
             self.close_after = True
         return self.close_after
 
@@ -424,7 +436,8 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             # Upgrades (WebSocket, h2c) are not offered: the request was answered as plain
-            # HTTP/1.1 (the Upgrade header is hop-by-hop and dropped). Keep parsing after it.
+            # HTTP/1.1 (the Upgrade header is hop-by-hop and dropped). Keep parsing after it:
+            # it has no body (one with a body, and CONNECT, were refused with the head).
             offset = exc.args[0] if exc.args else len(data)
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data):
@@ -497,6 +510,15 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         parser = self.parser
+        version = parser.get_http_version()
+        if version not in {"1.1", "1.0"}:
+            # llhttp also takes 0.9 and 2.0 request lines, whose framing rules are not HTTP/1.x's.
+            self._reject = problems.BAD_VERSION
+            raise _Rejected
+        method = parser.get_method()
+        if method == b"CONNECT":
+            self._reject = problems.CONNECT_REFUSED
+            raise _Rejected
         url = self._url
         query: bytes | None = None
         if url[:1] == b"/":
@@ -515,30 +537,63 @@ class ClientConnection(asyncio.Protocol):
             query = parsed.query
         exchange = Exchange(
             self,
-            parser.get_method(),
+            method,
             url,
             query,
             self._headers,
-            parser.get_http_version() == "1.1",
+            version == "1.1",
             parser.should_keep_alive(),
         )
+        # The body's extent must be read here exactly as llhttp reads it (which already refuses
+        # a second Content-Length, Content-Length with Transfer-Encoding, and non-digits), and as
+        # the backend will read what is forwarded. Headers used once (Host, credentials) must be
+        # there once, or the gateway and a backend could each read a different one.
+        authorization = api_key = False
         for name, value in self._headers:
             if name in _SPECIAL_HEADERS:
-                if name == b"content-length":
+                if name == b"host":
+                    if exchange.host is not None:
+                        exchange.rejected = problems.DUPLICATE_HOST
+                    exchange.host = value
+                elif name == b"content-length":
                     exchange.content_length = int(value)
+                elif name == b"authorization":
+                    if authorization:
+                        exchange.rejected = problems.DUPLICATE_CREDENTIALS
+                    authorization = True
+                elif name == b"x-api-key":
+                    if api_key:
+                        exchange.rejected = problems.DUPLICATE_CREDENTIALS
+                    api_key = True
                 elif name == b"transfer-encoding":
-                    exchange.chunked = b"chunked" in value.lower()
+                    # llhttp also takes `gzip, chunked` or two headers ending in chunked as
+                    # chunked; the codings before it would be lost when the body is re-chunked.
+                    if (
+                        exchange.chunked
+                        or value.rstrip(b" ").lower() != b"chunked"
+                        or version != "1.1"
+                    ):
+                        self._reject = problems.BAD_TRANSFER_ENCODING
+                        raise _Rejected
+                    exchange.chunked = True
                 elif name == b"x-request-id":
                     exchange.request_id = value
-                elif name == b"host":
-                    exchange.host = value
                 elif name == b"expect":
-                    exchange.expect_continue = value.lower() == b"100-continue"
+                    # An HTTP/1.0 client would take an interim 100 for its response (RFC 9110
+                    # 10.1.1: ignore the expectation).
+                    exchange.expect_continue = value.lower() == b"100-continue" and version == "1.1"
                 elif name == b"traceparent":
                     exchange.traceparent = value
         exchange.request_id = self.server.request_ids.accept_or_new(exchange.request_id or None)
         exchange.has_body = exchange.chunked or bool(exchange.content_length)
-        if not exchange.has_body:
+        if exchange.has_body:
+            if parser.should_upgrade():
+                # llhttp skips the body of an upgrade request (what follows the head belongs to
+                # the new protocol), so the body would be parsed as requests here, while the
+                # backend is told to wait for it.
+                self._reject = problems.UPGRADE_WITH_BODY
+                raise _Rejected
+        else:
             exchange.body_done = True
         self._incoming = exchange
         self.queue.append(exchange)
@@ -576,7 +631,8 @@ class ClientConnection(asyncio.Protocol):
                 exchange.abort()
 
     def _reject_request(self, problem: GatewayProblem) -> None:
-        """The byte stream is unusable: answer what was parsed before it, then close."""
+        """The byte stream is unusable: answer what was parsed before it, then the problem,
+        then close."""
         self.closing = True
         self.pause_reading(_PAUSE_CLOSING)
         broken = self._incoming
@@ -584,14 +640,25 @@ class ClientConnection(asyncio.Protocol):
         if broken is not None and broken in self.queue:
             # The head arrived but the body is broken: whatever was forwarded is unusable.
             if self.queue[0] is broken:
+                # Told first, so it drops an upstream connection left owing the rest of the
+                # body at once rather than at its timeout.
+                responder = broken.responder
+                broken.responder = None
+                if responder is not None:
+                    responder.client_gone()
                 broken.abort()
                 return
-            self.queue.remove(broken)
-        if not self.queue:
-            exchange = Exchange(self, b"", b"", None, [], True, False)
-            exchange.request_id = self.server.request_ids.accept_or_new(None)
-            self.queue.append(exchange)
+            # Waiting behind others, never dispatched: answered with the problem in its turn.
+            broken.rejected = problem
+            broken.body_chunks = []
+            return
+        exchange = Exchange(self, b"", b"", None, [], True, False)
+        exchange.request_id = self.server.request_ids.accept_or_new(None)
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
             exchange.send_problem(problem)
+        else:
+            exchange.rejected = problem
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
@@ -696,17 +763,17 @@ class Server:
         self.on_dispatch: Callable[[Exchange], None] | None = None
         self.on_end: Callable[[Exchange, bool], None] | None = None
         self._drained = asyncio.Event()
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[Acceptor] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
     def log_exception(self, event: str) -> None:
         _log.exception(event)
 
     async def listen(self, sock: socket.socket, handler: Handler) -> None:
-        server = await self.loop.create_server(
-            lambda: ClientConnection(self, handler), sock=sock, backlog=2048
-        )
-        self._servers.append(server)
+        # Not loop.create_server: the socket is shared by the workers (listener.py).
+        acceptor = Acceptor(self.loop, sock, lambda: ClientConnection(self, handler))
+        acceptor.start()
+        self._servers.append(acceptor)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(1.0, self._sweep)
 
