@@ -133,6 +133,7 @@ async def test_the_breaker_opens_rejects_fast_half_opens_and_closes(
         response = await client.get("/x")
         assert response.status_code == 503
         assert response.json()["code"] == "gateway.circuit_open"
+        assert response.headers["retry-after"] == "1"
     assert time.monotonic() - started < 1.0
     assert only.stats()["requests"] == before
     # Half-open after the open time: one probe reaches the instance; it fails, so the breaker

@@ -90,6 +90,7 @@ async def test_instance_down_is_a_503_problem(gateways: GatewayFactory) -> None:
     assert response.status_code == 503
     assert response.json()["code"] == "gateway.unavailable"
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
 
 
 async def test_connection_closed_without_answer_is_a_502(

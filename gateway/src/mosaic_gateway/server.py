@@ -54,6 +54,7 @@ _SPECIAL_HEADERS = frozenset(
 )
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RETRY_AFTER = (b"retry-after", b"1")
 
 _log = get_logger("mosaic_gateway.server")
 
@@ -357,6 +358,10 @@ class Exchange:
         self, problem: GatewayProblem, extra_headers: Iterable[tuple[bytes, bytes]] = ()
     ) -> None:
         instance = self.path.decode("latin-1") if self.path else None
+        if problem.status == 503:
+            # Every 503 of the gateway's (no instance, circuit open, auth out of reach) is a
+            # moment's unavailability, as the services' own 503s say too: tell clients when.
+            extra_headers = (*extra_headers, _RETRY_AFTER)
         self.respond(
             problem.status, problem.body(instance), problems.PROBLEM_CONTENT_TYPE, extra_headers
         )
