@@ -40,6 +40,7 @@ __all__ = [
     "problem_codes",
     "problem_response",
     "problem_responses",
+    "route_responses",
     "sort_responses",
 ]
 
@@ -125,6 +126,18 @@ def problem_responses(*problems: ProblemSpec) -> dict[int | str, dict[str, Any]]
     for status, codes in _flatten(problems):
         _merge(out.setdefault(status, {}), status, codes)
     return out
+
+
+def route_responses(
+    *specs: ProblemSpec, answer: type[Any] | None = None, status: int = 200
+) -> dict[int | str, dict[str, Any]]:
+    """A route's FastAPI `responses=`: its answer's shape (`answer`, a pydantic model, under
+    `status`) and the problems it raises, so that the OpenAPI document lists every status a
+    client must handle. Every route of a service reads its database, and losing it is a 503."""
+    documented = problem_responses(UNAVAILABLE_PROBLEMS, *specs)
+    if answer is not None:
+        documented[status] = {"model": answer}
+    return documented
 
 
 def add_problem_response(responses: dict[str, Any], status: int, codes: Iterable[str] = ()) -> None:

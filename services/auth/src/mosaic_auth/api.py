@@ -18,9 +18,7 @@ from mosaic_kit.openapi import (
     IDEMPOTENCY_PROBLEMS,
     ROLE_PROBLEMS,
     TOKEN_PROBLEMS,
-    UNAVAILABLE_PROBLEMS,
-    ProblemSpec,
-    problem_responses,
+    route_responses,
 )
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from mosaic_kit.types import RequestBody, Text
@@ -181,18 +179,6 @@ Client = Annotated[ClientInfo, Depends(client_info)]
 router = APIRouter(prefix="/v1")
 
 
-def problems(
-    *specs: ProblemSpec, answer: type[BaseModel] | None = None, status: int = 200
-) -> dict[int | str, dict[str, Any]]:
-    """A route's `responses=`: its answer's shape and what it raises, so that the OpenAPI
-    document lists every status a client must handle; every route reads the database, and
-    losing it is a 503."""
-    documented = problem_responses(UNAVAILABLE_PROBLEMS, *specs)
-    if answer is not None:
-        documented[status] = {"model": answer}
-    return documented
-
-
 USER_NOT_FOUND = {404: "auth.user_not_found"}
 SELF_LOCKOUT = {409: "auth.self_lockout"}
 SIGNIN_REFUSED = {
@@ -208,7 +194,7 @@ SIGNIN_REFUSED = {
     tags=["auth"],
     summary="Create an account",
     # A replay of an Idempotency-Key signs in again, with sign-in's answers.
-    responses=problems(
+    responses=route_responses(
         {409: "auth.email_taken"},
         IDEMPOTENCY_PROBLEMS,
         SIGNIN_REFUSED,
@@ -245,7 +231,7 @@ async def signup(
     "/auth/signin",
     tags=["auth"],
     summary="Sign in with e-mail and password",
-    responses=problems(SIGNIN_REFUSED, answer=SignedIn),
+    responses=route_responses(SIGNIN_REFUSED, answer=SignedIn),
 )
 async def signin(body: SigninBody, svc: Service, client: Client) -> dict[str, Any]:
     user, tokens = await svc.signin(body.email, body.password, client)
@@ -256,7 +242,9 @@ async def signin(body: SigninBody, svc: Service, client: Client) -> dict[str, An
     "/auth/refresh",
     tags=["auth"],
     summary="Trade a refresh token for new tokens",
-    responses=problems({401: ("auth.refresh_invalid", "auth.refresh_reused")}, answer=Refreshed),
+    responses=route_responses(
+        {401: ("auth.refresh_invalid", "auth.refresh_reused")}, answer=Refreshed
+    ),
 )
 async def refresh(body: RefreshBody, svc: Service) -> dict[str, Any]:
     tokens = await svc.refresh(body.refresh_token)
@@ -268,7 +256,7 @@ async def refresh(body: RefreshBody, svc: Service) -> dict[str, Any]:
     status_code=204,
     tags=["auth"],
     summary="End this session",
-    responses=problems(TOKEN_PROBLEMS),
+    responses=route_responses(TOKEN_PROBLEMS),
 )
 async def signout(svc: Service, me: Me) -> Response:
     await svc.signout(me)
@@ -279,7 +267,7 @@ async def signout(svc: Service, me: Me) -> Response:
     "/auth/jwks.json",
     tags=["auth"],
     summary="Public keys that verify access tokens",
-    responses=problems(answer=Jwks),
+    responses=route_responses(answer=Jwks),
 )
 async def jwks(svc: Service, response: Response) -> dict[str, Any]:
     response.headers["Cache-Control"] = "public, max-age=300"
@@ -290,7 +278,7 @@ async def jwks(svc: Service, response: Response) -> dict[str, Any]:
     "/users/me",
     tags=["users"],
     summary="My private profile",
-    responses=problems(TOKEN_PROBLEMS, answer=PrivateProfile),
+    responses=route_responses(TOKEN_PROBLEMS, answer=PrivateProfile),
 )
 async def get_me(
     svc: Service, principal: Annotated[Principal, Depends(current_principal)]
@@ -303,7 +291,7 @@ async def get_me(
     "/users/me",
     tags=["users"],
     summary="Change my name or picture",
-    responses=problems(TOKEN_PROBLEMS, answer=PrivateProfile),
+    responses=route_responses(TOKEN_PROBLEMS, answer=PrivateProfile),
 )
 async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object]:
     changes: dict[str, Any] = {}
@@ -319,7 +307,7 @@ async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object
     status_code=204,
     tags=["users"],
     summary="Change my password (signs out my other sessions)",
-    responses=problems(TOKEN_PROBLEMS, {403: "auth.bad_credentials"}),
+    responses=route_responses(TOKEN_PROBLEMS, {403: "auth.bad_credentials"}),
 )
 async def change_password(body: PasswordChange, svc: Service, me: Me) -> Response:
     await svc.change_password(me, body.current_password, body.new_password)
@@ -330,7 +318,7 @@ async def change_password(body: PasswordChange, svc: Service, me: Me) -> Respons
     "/users",
     tags=["admin"],
     summary="List users (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=UsersPage),
+    responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=UsersPage),
 )
 async def list_users(
     svc: Service,
@@ -347,7 +335,7 @@ async def list_users(
     "/users/{user_id}",
     tags=["users"],
     summary="A user's public profile",
-    responses=problems(USER_NOT_FOUND, answer=PublicProfile),
+    responses=route_responses(USER_NOT_FOUND, answer=PublicProfile),
 )
 async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
     return (await svc.public_profile(user_id)).public_view()
@@ -357,7 +345,7 @@ async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
     "/users/{user_id}/roles",
     tags=["admin"],
     summary="Set a user's roles (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT, answer=AdminProfile),
+    responses=route_responses(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT, answer=AdminProfile),
 )
 async def put_roles(
     user_id: uuid.UUID, body: RolesBody, svc: Service, admin: Admin
@@ -370,7 +358,7 @@ async def put_roles(
     status_code=204,
     tags=["admin"],
     summary="Disable a user and end their sessions (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT),
+    responses=route_responses(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT),
 )
 async def disable_user(user_id: uuid.UUID, svc: Service, admin: Admin) -> Response:
     await svc.set_disabled(user_id, True, acting=admin)
@@ -382,7 +370,7 @@ async def disable_user(user_id: uuid.UUID, svc: Service, admin: Admin) -> Respon
     status_code=204,
     tags=["admin"],
     summary="Enable a disabled user (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, USER_NOT_FOUND),
+    responses=route_responses(ROLE_PROBLEMS, USER_NOT_FOUND),
 )
 async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.set_disabled(user_id, False)
@@ -394,7 +382,9 @@ async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Respon
     status_code=201,
     tags=["api-keys"],
     summary="Create an API key (ADMIN); the key is shown only here",
-    responses=problems(ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS, answer=CreatedApiKey, status=201),
+    responses=route_responses(
+        ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS, answer=CreatedApiKey, status=201
+    ),
 )
 async def create_api_key(
     body: ApiKeyBody, svc: Service, _admin: Admin, idem: IdempotencyGuard
@@ -416,7 +406,7 @@ async def create_api_key(
     "/api-keys",
     tags=["api-keys"],
     summary="List active API keys (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=ApiKeysPage),
+    responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=ApiKeysPage),
 )
 async def list_api_keys(
     svc: Service,
@@ -433,7 +423,7 @@ async def list_api_keys(
     status_code=204,
     tags=["api-keys"],
     summary="Revoke an API key (ADMIN)",
-    responses=problems(ROLE_PROBLEMS, {404: "auth.apikey_not_found"}),
+    responses=route_responses(ROLE_PROBLEMS, {404: "auth.apikey_not_found"}),
 )
 async def revoke_api_key(key_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.revoke_api_key(key_id)

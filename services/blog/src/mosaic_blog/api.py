@@ -18,9 +18,7 @@ from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
     IDEMPOTENCY_PROBLEMS,
     ROLE_PROBLEMS,
-    UNAVAILABLE_PROBLEMS,
-    ProblemSpec,
-    problem_responses,
+    route_responses,
 )
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from mosaic_kit.types import RequestBody, Text
@@ -168,21 +166,9 @@ def _columns(fields: dict[str, Any]) -> dict[str, Any]:
 router = APIRouter(prefix="/v1")
 
 
-def problems(
-    *specs: ProblemSpec, answer: type[BaseModel] | None = None, status: int = 200
-) -> dict[int | str, dict[str, Any]]:
-    """A route's `responses=`: its answer's shape and what it raises, so that the OpenAPI
-    document lists every status a client must handle; every route reads the database, and
-    losing it is a 503."""
-    documented = problem_responses(UNAVAILABLE_PROBLEMS, *specs)
-    if answer is not None:
-        documented[status] = {"model": answer}
-    return documented
-
-
 # An author's or editor's blog by id (another author's is not found).
-MINE = problems(ROLE_PROBLEMS, {404: "blog.not_found"}, answer=FullBlog)
-TRANSITION = problems(
+MINE = route_responses(ROLE_PROBLEMS, {404: "blog.not_found"}, answer=FullBlog)
+TRANSITION = route_responses(
     ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.bad_state"}, answer=FullBlog
 )
 
@@ -193,7 +179,7 @@ TRANSITION = problems(
     "/blogs",
     tags=["public"],
     summary="Published blogs, newest first",
-    responses=problems(CURSOR_PROBLEMS, answer=PublicPage),
+    responses=route_responses(CURSOR_PROBLEMS, answer=PublicPage),
 )
 async def list_blogs(
     svc: Service,
@@ -208,7 +194,7 @@ async def list_blogs(
     "/blogs/by-slug/{slug}",
     tags=["public"],
     summary="A published blog by its slug",
-    responses=problems({404: "blog.not_found"}, answer=PublicBlog),
+    responses=route_responses({404: "blog.not_found"}, answer=PublicBlog),
 )
 async def blog_by_slug(
     slug: Annotated[Text, StringConstraints(max_length=200)], svc: Service
@@ -220,7 +206,7 @@ async def blog_by_slug(
     "/blogs/{blog_id}",
     tags=["public"],
     summary="A published blog",
-    responses=problems({404: "blog.not_found"}, answer=PublicBlog),
+    responses=route_responses({404: "blog.not_found"}, answer=PublicBlog),
 )
 async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.public_by_id(blog_id))
@@ -230,7 +216,7 @@ async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
     "/blogs/{blog_id}/similar",
     tags=["public"],
     summary="Up to 6 published blogs most like it",
-    responses=problems({404: "blog.not_found"}, answer=Similar),
+    responses=route_responses({404: "blog.not_found"}, answer=Similar),
 )
 async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.similar(blog_id))
@@ -244,7 +230,7 @@ async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
     status_code=201,
     tags=["author"],
     summary="Write a new draft",
-    responses=problems(
+    responses=route_responses(
         ROLE_PROBLEMS,
         IDEMPOTENCY_PROBLEMS,
         {409: "blog.slug_taken"},
@@ -266,7 +252,7 @@ async def create_blog(
     "/author/blogs",
     tags=["author"],
     summary="My blogs",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
+    responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
 )
 async def my_blogs(
     svc: Service,
@@ -292,7 +278,7 @@ async def my_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str,
     "/author/blogs/{blog_id}",
     tags=["author"],
     summary="Change my blog's fields",
-    responses=problems(
+    responses=route_responses(
         ROLE_PROBLEMS, {404: "blog.not_found", 409: "blog.slug_taken"}, answer=FullBlog
     ),
 )
@@ -308,7 +294,7 @@ async def edit_blog(
     status_code=204,
     tags=["author"],
     summary="Delete my blog",
-    responses=problems(ROLE_PROBLEMS, {404: "blog.not_found"}),
+    responses=route_responses(ROLE_PROBLEMS, {404: "blog.not_found"}),
 )
 async def delete_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> Response:
     await svc.delete(_uid(author), blog_id)
@@ -342,7 +328,7 @@ async def withdraw_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dic
     "/editor/blogs",
     tags=["editor"],
     summary="Every author's blogs awaiting or published",
-    responses=problems(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
+    responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
 )
 async def editor_blogs(
     svc: Service,
