@@ -120,3 +120,20 @@ async def schema_database(
         async with database.transaction() as conn:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         await database.dispose()
+
+
+async def row_counts(db: Database, skip: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Rows of every table of `db`'s schema but `skip`: a write of any kind changes one of them
+    (how a test shows that refused input changed nothing)."""
+    async with db.connect() as conn:
+        tables = (
+            await conn.execute(
+                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+                {"s": db.schema},
+            )
+        ).scalars()
+        return {
+            name: int(await conn.scalar(text(f'SELECT count(*) FROM "{name}"')))
+            for name in list(tables)
+            if name not in skip
+        }

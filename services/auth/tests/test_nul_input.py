@@ -12,25 +12,13 @@ import httpx
 import pytest
 from auth_support import PASSWORD, signup, unique_email
 from fastapi import FastAPI
-from sqlalchemy import text
+from kit_support import row_counts
 
 NUL = "\x00"
 
 
 async def _row_counts(app: FastAPI) -> dict[str, int]:
-    """Rows of every table of the service's schema: a write of any kind changes one of them."""
-    db = app.state.db
-    async with db.connect() as conn:
-        tables = (
-            await conn.execute(
-                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
-                {"s": db.schema},
-            )
-        ).scalars()
-        return {
-            name: int(await conn.scalar(text(f'SELECT count(*) FROM "{name}"')))
-            for name in list(tables)
-        }
+    return await row_counts(app.state.db)
 
 
 def _assert_names(response: httpx.Response, field: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 from blog_support import Platform, blog_body
-from sqlalchemy import text
+from kit_support import row_counts
 
 NUL = "\x00"
 NUL_MESSAGE = "Value error, must not contain the NUL character (U+0000)"
@@ -22,20 +22,8 @@ _EVENT_TABLES = frozenset({"authors", "processed_events"})
 
 
 async def _row_counts(platform: Platform) -> dict[str, int]:
-    """Rows of every table a request can write: a write of any kind changes one of them."""
-    db = platform.blog_apps[0].state.db  # type: ignore[attr-defined]
-    async with db.connect() as conn:
-        tables = (
-            await conn.execute(
-                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
-                {"s": db.schema},
-            )
-        ).scalars()
-        return {
-            name: int(await conn.scalar(text(f'SELECT count(*) FROM "{name}"')))
-            for name in list(tables)
-            if name not in _EVENT_TABLES
-        }
+    """Rows of every table a request can write."""
+    return await row_counts(platform.blog_apps[0].state.db, _EVENT_TABLES)  # type: ignore[attr-defined]
 
 
 def _assert_names(response: httpx.Response, field: str) -> None:
