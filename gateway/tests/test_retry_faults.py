@@ -170,3 +170,30 @@ async def test_when_every_instance_answers_503_the_client_gets_it_with_retry_aft
     assert response.status_code == 503
     assert response.headers["retry-after"] == "2"
     assert response.json()["code"] == "service.unavailable"
+
+
+async def test_an_aggregated_call_gives_up_a_hung_instance_after_one_try(
+    backends: BackendFactory, gateways: GatewayFactory, hung: str
+) -> None:
+    ok = backends("ok")
+    retries = {"attempts": 1, "per_try_timeout": "500ms"}
+    route = {
+        "path": "/agg/{id}",
+        "methods": ["GET"],
+        "timeout": "5s",
+        "aggregate": {"backends": [{"backend": "svc", "path": "/item/{id}", "group": "item"}]},
+    }
+    gateway = gateways(gateway_config(svc([hung, ok.url], retries=retries, **PATIENT), [route]))
+    client = gateway.client()
+
+    # Round robin: every other call meets the hung instance first, and is retried on `ok`.
+    answers = [await timed(client.get(f"/agg/{index}")) for index in range(4)]
+    took = sorted(seconds for _, seconds in answers)
+    print("aggregate seconds:", [round(seconds, 2) for seconds in took])
+    assert [r.status_code for r, _ in answers] == [200] * 4
+    assert all(r.json()["item"]["instance"] == "ok" for r, _ in answers)
+    assert {r.headers["x-mosaic-completed"] for r, _ in answers} == {"true"}
+    assert sum(seconds >= 0.45 for seconds in took) == 2  # the two that met the hung one
+    assert took[-1] < 2.0  # not the route's 5 s
+    instances = gateway.admin("/admin/backends")["backends"]["svc"]["instances"]
+    assert {i["url"]: i["consecutive_failures"] for i in instances}[hung] == 2

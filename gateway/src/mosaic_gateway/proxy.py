@@ -49,6 +49,7 @@ from mosaic_gateway.server import Exchange
 from mosaic_gateway.upstream import (
     BODY_CHUNKED,
     CONNECTION_RESET,
+    TRY_TIMEOUT,
     UpstreamConnection,
     UpstreamError,
 )
@@ -701,7 +702,7 @@ class Forward:
             return False
         self.conn = None
         conn.abandon()  # it may still answer: the connection cannot carry another exchange
-        self._retry(_TRY_TIMEOUT)
+        self._retry(TRY_TIMEOUT)
         return True
 
     # --- endings ----------------------------------------------------------------------------
@@ -782,7 +783,5 @@ class Forward:
 
 
 _TIMEOUT = UpstreamError("timeout", 504)
-# A try that had no response byte within retries.per_try_timeout (retried if it can be).
-_TRY_TIMEOUT = UpstreamError("per_try_timeout", 504)
 # A try answered with a status in the retry list; if no instance is left, the client gets 503.
 _RETRIED_STATUS = UpstreamError("retried_status", 503)

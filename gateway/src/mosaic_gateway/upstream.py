@@ -47,6 +47,8 @@ CONNECT_FAILED = UpstreamError("connect_failed", 503)  # refused, unreachable: t
 CONNECT_TIMEOUT = UpstreamError("connect_timeout", 504)
 CONNECTION_RESET = UpstreamError("connection_reset", 502)  # closed before a complete response
 BAD_RESPONSE = UpstreamError("bad_response", 502)  # not parseable as HTTP/1.1
+# No response byte within retries.per_try_timeout (a hung instance): retried if it can be.
+TRY_TIMEOUT = UpstreamError("per_try_timeout", 504)
 
 
 class ResponseSink(Protocol):

@@ -9,7 +9,8 @@ future; a transport failure, a timeout or an oversized body resolve it too, with
 awaiting a fetch never raises.
 
 Only bodyless requests are sent (the caller renders the whole head), so a retry is always safe
-to send again: connection errors and listed statuses are retried on another instance, within
+to send again: connection errors, listed statuses and a try with no answer within
+`retries.per_try_timeout` are retried on another instance, within
 the deadline and the backend's retry budget, as `Forward` does for idempotent methods.
 """
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from mosaic_gateway.balancer import Backend, Instance
 from mosaic_gateway.upstream import (
     CONNECTION_RESET,
+    TRY_TIMEOUT,
     UpstreamConnection,
     UpstreamError,
 )
@@ -93,6 +95,7 @@ class Fetch:
         "reused",
         "status",
         "timer",
+        "try_timer",
     )
 
     def __init__(
@@ -122,6 +125,8 @@ class Fetch:
         self.done = False
         self.head_only = False
         self.timer: asyncio.TimerHandle | None = None
+        # A try's own limit (retries.per_try_timeout), armed when its request is sent.
+        self.try_timer: asyncio.TimerHandle | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -160,6 +165,11 @@ class Fetch:
         self.reused = reused
         conn.bind(self)
         conn.send_request(self.head(self.instance), 0)
+        per_try = self.retry.per_try_timeout if self.retry is not None else None
+        if per_try is not None and self.retries_left:
+            at = self.loop.time() + per_try
+            if at < self.deadline:
+                self.try_timer = self.loop.call_at(at, self._on_try_timeout)
 
     def connect_failed(self, error: UpstreamError) -> None:
         retry = self.retry
@@ -171,6 +181,7 @@ class Fetch:
     # --- ResponseSink -----------------------------------------------------------------------
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        self._cancel_try_timer()
         retry = self.retry
         self.discarding = retry is not None and status in retry.statuses and self._may_retry()
         self.status = status
@@ -253,6 +264,7 @@ class Fetch:
         )
 
     def _retry(self, error: UpstreamError) -> None:
+        self._cancel_try_timer()
         self.retries_left -= 1
         self.discarding = False
         self.status = 0
@@ -285,6 +297,22 @@ class Fetch:
         self._drop_connection()
         self._settle(False, TIMEOUT)
 
+    def _on_try_timeout(self) -> None:
+        """The try had no response head within `per_try_timeout` (a hung instance): give it
+        up for another instance, as `proxy.Forward` does, when a retry is allowed; else it runs
+        on to the call's deadline."""
+        self.try_timer = None
+        conn = self.conn
+        if self.done or conn is None or conn.received or not self._may_retry():
+            return
+        self._drop_connection()
+        self._retry(TRY_TIMEOUT)
+
+    def _cancel_try_timer(self) -> None:
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+
     def _drop_connection(self) -> None:
         conn = self.conn
         self.conn = None
@@ -298,6 +326,7 @@ class Fetch:
         if self.done:
             return
         self.done = True
+        self._cancel_try_timer()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
