@@ -371,6 +371,7 @@ class ClientConnection(asyncio.Protocol):
     """One client TCP connection: parses requests, answers them in order."""
 
     __slots__ = (
+        "_head_read",
         "_header_bytes",
         "_headers",
         "_incoming",
@@ -412,6 +413,9 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        # Bytes of the reads that fell wholly inside the current head (-1: it began in the
+        # read being parsed); see `data_received`.
+        self._head_read = 0
         self._reject: GatewayProblem | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -447,12 +451,25 @@ class ClientConnection(asyncio.Protocol):
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data):
                 self.data_received(data[offset:])
+            return
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__context__, _Rejected):
                 raise
             self._reject_request(self._reject or problems.BAD_REQUEST)
         except httptools.HttpParserError:
             self._reject_request(problems.BAD_REQUEST)
+            return
+        if self.in_message and self._incoming is None and not self._paused & _PAUSE_CLOSING:
+            # Still in a head. httptools buffers a header line whole before `on_header` can
+            # measure it, so a line that never ends would be held in memory for the whole head
+            # timeout: count the reads instead (all but the first, which may hold the request
+            # before it; it bounds the overshoot).
+            if self._head_read < 0:
+                self._head_read = 0
+            else:
+                self._head_read += len(data)
+                if self._head_read > self.server.limits.max_header_bytes:
+                    self._reject_request(problems.HEADERS_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -494,6 +511,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._head_read = -1
 
     def on_url(self, url: bytes) -> None:
         self._url += url

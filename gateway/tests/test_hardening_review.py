@@ -1,0 +1,88 @@
+"""An adversarial review of the issue 8 hardening, through a real gateway process in front of a
+recording backend (framing_support.py): what was found, each as a regression test, and the
+probes that found nothing kept as standing checks.
+
+- A header line is buffered whole by the parser before the gateway sees it (httptools calls
+  `on_header` once the value ends), so `max_header_bytes` was checked only after the whole line
+  had arrived: one connection could make a worker hold gigabytes for the head timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from framing_support import RecordingBackend, parse_responses
+from gateway_support import Gateway, GatewayFactory, gateway_config
+
+pytestmark = pytest.mark.timeout(60)
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE"]
+_MAX_HEADER_BYTES = 8 * 1024
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[RecordingBackend]:
+    server = RecordingBackend()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    backend: RecordingBackend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    factory = GatewayFactory(tmp_path_factory.mktemp("gateway"))
+    config = gateway_config(
+        {"rec": {"instances": [backend.url]}},
+        [
+            {"path": "/r/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
+            {"path": "/early/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
+        ],
+        limits={"max_header_bytes": _MAX_HEADER_BYTES},
+        # Long enough that a 408 cannot be what ends the endless header below.
+        timeouts={"header": 30},
+    )
+    gw = factory(config, workers=1)
+    yield gw
+    gw.process.stop()
+
+
+def _read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(OSError):
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    return bytes(received)
+
+
+@pytest.mark.parametrize("part", ["value", "name"])
+def test_an_endless_header_line_is_refused_once_it_passes_the_limit(
+    gateway: Gateway, backend: RecordingBackend, part: str
+) -> None:
+    """A header line that never ends is answered 431 after about the limit, not buffered."""
+    mark = backend.seq
+    head = b"GET /r/endless HTTP/1.1\r\nhost: x\r\n"
+    head += b"x-big: " if part == "value" else b"x-"
+    filler = b"a" * 16 * 1024
+    sent = 0
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(head)
+        # 64 times the limit, in pieces: the gateway must refuse within a read or two of the
+        # limit (writing stops being possible once it closes the connection).
+        with contextlib.suppress(OSError):
+            while sent < 64 * _MAX_HEADER_BYTES:
+                sock.sendall(filler)
+                sent += len(filler)
+        received = _read_until_closed(sock, 3.0)
+    responses = parse_responses(received, [])
+    assert [r.status for r in responses] == [431], received[:200]
+    assert backend.requests_after(mark) == []
