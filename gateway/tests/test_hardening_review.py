@@ -5,6 +5,7 @@ probes that found nothing kept as standing checks.
 - A header line is buffered whole by the parser before the gateway sees it (httptools calls
   `on_header` once the value ends), so `max_header_bytes` was checked only after the whole line
   had arrived: one connection could make a worker hold gigabytes for the head timeout.
+- A `?` inside a request target's fragment started the forwarded query string.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from framing_support import RecordingBackend, parse_responses
+from framing_support import (
+    BackendRequest,
+    ClientResponse,
+    RecordingBackend,
+    parse_responses,
+    send_and_read,
+    wait_for,
+)
 from gateway_support import Gateway, GatewayFactory, gateway_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,3 +94,37 @@ def test_an_endless_header_line_is_refused_once_it_passes_the_limit(
     responses = parse_responses(received, [])
     assert [r.status for r in responses] == [431], received[:200]
     assert backend.requests_after(mark) == []
+
+
+def _forwarded(
+    gateway: Gateway, backend: RecordingBackend, raw: bytes, methods: list[bytes] | None = None
+) -> tuple[list[ClientResponse], list[BackendRequest]]:
+    """Send `raw` (ending with a `connection: close` request) and return the responses and
+    the requests the backend received meanwhile."""
+    mark = backend.seq
+    responses, closed = send_and_read(gateway.port, raw, methods=methods)
+    assert closed
+    wait_for(lambda: all(r.complete or r.ended for r in backend.requests_after(mark)))
+    assert backend.take_errors() == []
+    return responses, backend.requests_after(mark)
+
+
+@pytest.mark.parametrize(
+    ("target", "forwarded"),
+    [
+        (b"/r/f#frag", b"/r/f"),
+        (b"/r/f#?admin=1", b"/r/f"),
+        (b"/r/f#a?b=1", b"/r/f"),
+        (b"/r/f?q=1#frag?x=2", b"/r/f?q=1"),
+        (b"/r/f?", b"/r/f?"),
+    ],
+)
+def test_a_fragment_is_dropped_whole_never_read_as_a_query(
+    gateway: Gateway, backend: RecordingBackend, target: bytes, forwarded: bytes
+) -> None:
+    """Found: a `?` inside the fragment started the forwarded query (`/r/f#?admin=1` went
+    upstream as `/r/f?admin=1`), and a fragment alone added an empty query (`/r/f?`)."""
+    raw = b"GET " + target + b" HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    responses, requests = _forwarded(gateway, backend, raw)
+    assert [r.status for r in responses] == [200]
+    assert [r.target for r in requests] == [forwarded]

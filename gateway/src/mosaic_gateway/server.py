@@ -546,10 +546,10 @@ class ClientConnection(asyncio.Protocol):
         query: bytes | None = None
         if url[:1] == b"/":
             if b"?" in url or b"#" in url:
-                url, _, query = url.partition(b"?")
-                url = url.partition(b"#")[0]
-                if query is not None:
-                    query = query.partition(b"#")[0]
+                # The fragment first: a `?` inside it starts no query.
+                url, question, query = url.partition(b"#")[0].partition(b"?")
+                if not question:
+                    query = None
         else:
             try:
                 parsed = httptools.parse_url(url)
