@@ -6,14 +6,18 @@ probes that found nothing kept as standing checks.
   `on_header` once the value ends), so `max_header_bytes` was checked only after the whole line
   had arrived: one connection could make a worker hold gigabytes for the head timeout.
 - A `?` inside a request target's fragment started the forwarded query string.
+- An upstream response whose transfer coding only ended in the letters `chunked` (`xchunked`) was
+  relayed as chunked while the parser read it to the close: the client's response was cut off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from framing_support import (
@@ -128,3 +132,68 @@ def test_a_fragment_is_dropped_whole_never_read_as_a_query(
     responses, requests = _forwarded(gateway, backend, raw)
     assert [r.status for r in responses] == [200]
     assert [r.target for r in requests] == [forwarded]
+
+
+class _ScriptedBackend:
+    """Answers every request head with `answer`, then closes the connection."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            with sock:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    received += data
+                with contextlib.suppress(OSError):
+                    sock.sendall(self.answer)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize("coding", [b"xchunked", b"gzip, notchunked", b"chunked, identity"])
+def test_an_upstream_body_not_chunked_by_its_last_coding_is_read_to_the_close(
+    tmp_path: Path, coding: bytes
+) -> None:
+    """Found: a response whose transfer coding merely ended in the letters `chunked` was taken
+    for chunked by the proxy, while the parser (rightly, RFC 9112 6.3) read its body to the
+    connection's close: the client's response was cut off instead of completed."""
+    upstream = _ScriptedBackend(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: " + coding + b"\r\n\r\nhello, world"
+    )
+    factory = GatewayFactory(tmp_path)
+    gw = factory(
+        gateway_config(
+            {"b": {"instances": [upstream.url]}},
+            [{"path": "/x/*", "methods": ["GET"], "backend": "b", "timeout": 3}],
+        )
+    )
+    try:
+        responses, closed = send_and_read(
+            gw.port, b"GET /x/y HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+    finally:
+        gw.process.stop()
+        upstream.close()
+    assert closed
+    assert [(r.status, r.body) for r in responses] == [(200, b"hello, world")]

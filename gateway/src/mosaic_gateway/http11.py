@@ -46,6 +46,12 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def is_chunked(transfer_encoding: bytes) -> bool:
+    """Whether a Transfer-Encoding value makes the body chunked: its last coding is (RFC 9112
+    6.3, as llhttp reads it); `xchunked` is not, and such a response is read to the close."""
+    return transfer_encoding.rpartition(b",")[2].strip().lower() == b"chunked"
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     """Lower-cased option names of a Connection header."""
     return {token.strip().lower() for token in value.split(b",") if token.strip()}

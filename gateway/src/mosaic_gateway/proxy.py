@@ -41,6 +41,7 @@ from mosaic_gateway.http11 import (
     LAST_CHUNK,
     chunk,
     connection_tokens,
+    is_chunked,
     status_line,
 )
 from mosaic_gateway.paths import refusal as path_refusal
@@ -518,7 +519,7 @@ class Forward:
             lower = name.lower()
             if lower in skip:
                 if lower == b"transfer-encoding":
-                    upstream_chunked = value.lower().endswith(b"chunked")
+                    upstream_chunked = is_chunked(value)
                 elif lower == b"connection":
                     tokens = connection_tokens(value) - {b"close", b"keep-alive"}
                     if tokens:

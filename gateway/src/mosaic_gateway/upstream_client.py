@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mosaic_gateway.balancer import Backend, Instance
+from mosaic_gateway.http11 import is_chunked
 from mosaic_gateway.upstream import (
     CONNECTION_RESET,
     TRY_TIMEOUT,
@@ -196,7 +197,7 @@ class Fetch:
                 if not self.discarding and value.isdigit() and int(value) > self.max_bytes:
                     # Known too big before reading it: give up on this response at once.
                     self.loop.call_soon(self._too_large)
-            elif lower == b"transfer-encoding":
+            elif lower == b"transfer-encoding" and is_chunked(value):
                 framed = True
         return not framed and status not in (204, 304)
 
