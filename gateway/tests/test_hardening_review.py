@@ -8,10 +8,13 @@ probes that found nothing kept as standing checks.
 - A `?` inside a request target's fragment started the forwarded query string.
 - An upstream response whose transfer coding only ended in the letters `chunked` (`xchunked`) was
   relayed as chunked while the parser read it to the close: the client's response was cut off.
+- An aggregated call sent again on a fresh connection (a stale pooled one) left its first
+  per-try timer armed: it fired during the next try, on another instance, and gave that up too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -19,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from framing_support import (
     BackendRequest,
@@ -197,3 +201,87 @@ def test_an_upstream_body_not_chunked_by_its_last_coding_is_read_to_the_close(
         upstream.close()
     assert closed
     assert [(r.status, r.body) for r in responses] == [(200, b"hello, world")]
+
+
+async def _json_answer(writer: asyncio.StreamWriter, name: bytes) -> None:
+    body = b'{"instance": "%b"}' % name
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+        % (len(body), body)
+    )
+    await writer.drain()
+
+
+async def test_an_aggregated_call_after_a_stale_pooled_connection_keeps_whole_tries(
+    tmp_path: Path,
+) -> None:
+    """Found: a call whose pooled connection turned out closed (the instance's keep-alive ended
+    as the request went out) is sent again on a fresh connection, which armed a second per-try
+    timer without cancelling the first. The stray timer then fired during the *next* try, on
+    another instance, a moment after it started: that healthy instance was given up, counted as
+    failed, and the call went on to the hung one until its deadline."""
+    connections = 0
+
+    async def stale_then_hung(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if first:
+                await _json_answer(writer, b"a")  # kept in the gateway's pool
+                await reader.readuntil(b"\r\n\r\n")  # then closed as the next request comes
+            else:
+                await reader.read()  # hung: never answers
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(0.3)  # well within a try (500 ms)
+                await _json_answer(writer, b"b")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    first = await asyncio.start_server(stale_then_hung, "127.0.0.1", 0)
+    second = await asyncio.start_server(slow, "127.0.0.1", 0)
+    urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in (first, second)]
+    backend = {
+        "instances": urls,
+        "balancing": "round_robin",
+        "retries": {"attempts": 2, "per_try_timeout": "500ms"},
+        "ejection": {"consecutive_failures": 1000},
+        "breaker": {"failure_threshold": 1000},
+    }
+    route = {
+        "path": "/agg/{id}",
+        "methods": ["GET"],
+        "timeout": "3s",
+        "aggregate": {"backends": [{"backend": "svc", "path": "/item/{id}", "group": "item"}]},
+    }
+    factory = GatewayFactory(tmp_path)
+    gw = factory(gateway_config({"svc": backend}, [route]))
+    try:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+            # Round robin: a call to the first instance leaves a pooled connection to it; once
+            # the last call went to the other one, the next meets the stale connection.
+            seen = [
+                (await client.get(f"/agg/{index}")).json()["item"]["instance"] for index in (0, 1)
+            ]
+            if seen[-1] == "a":
+                seen.append((await client.get("/agg/2")).json()["item"]["instance"])
+            assert seen[-2:] == ["a", "b"]
+            answer = await client.get("/agg/3")
+    finally:
+        gw.process.stop()
+        for server in (first, second):
+            server.close()
+    assert answer.status_code == 200
+    assert answer.headers["x-mosaic-completed"] == "true"
+    assert answer.json()["item"]["instance"] == "b"

@@ -166,6 +166,9 @@ class Fetch:
         self.reused = reused
         conn.bind(self)
         conn.send_request(self.head(self.instance), 0)
+        # A try sent again on a fresh connection (a stale pooled one) still has the first
+        # sending's timer: left armed, it would fire during a later try on another instance.
+        self._cancel_try_timer()
         per_try = self.retry.per_try_timeout if self.retry is not None else None
         if per_try is not None and self.retries_left:
             at = self.loop.time() + per_try
