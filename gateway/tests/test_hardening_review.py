@@ -10,6 +10,7 @@ probes that found nothing kept as standing checks.
   relayed as chunked while the parser read it to the close: the client's response was cut off.
 - An aggregated call sent again on a fresh connection (a stale pooled one) left its first
   per-try timer armed: it fired during the next try, on another instance, and gave that up too.
+- An upstream's `content-length` on a 204 was relayed to the client (no body follows).
 """
 
 from __future__ import annotations
@@ -285,3 +286,31 @@ async def test_an_aggregated_call_after_a_stale_pooled_connection_keeps_whole_tr
     assert answer.status_code == 200
     assert answer.headers["x-mosaic-completed"] == "true"
     assert answer.json()["item"]["instance"] == "b"
+
+
+def test_a_204_goes_to_the_client_without_the_content_length_its_upstream_gave_it(
+    tmp_path: Path,
+) -> None:
+    """Found: an upstream's `content-length` on a 204 was relayed (with no body, rightly). A
+    client or a proxy in front that honours it (RFC 9110 8.6 forbids it on a 204) takes that
+    many bytes of the next response on the connection as this one's body."""
+    upstream = _ScriptedBackend(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello")
+    factory = GatewayFactory(tmp_path)
+    gw = factory(
+        gateway_config(
+            {"b": {"instances": [upstream.url]}},
+            [{"path": "/x/*", "methods": ["DELETE"], "backend": "b", "timeout": 3}],
+        )
+    )
+    received = b""
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+            sock.sendall(b"DELETE /x/y HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            received = _read_until_closed(sock, 3.0)
+    finally:
+        gw.process.stop()
+        upstream.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 204 "), received
+    assert b"\r\ncontent-length:" not in head.lower() + b"\r\n"
+    assert body == b""

@@ -74,6 +74,7 @@ _REQUEST_SKIP = HOP_BY_HOP | {
 _RESPONSE_SKIP = HOP_BY_HOP | {b"x-request-id"}
 _RESPONSE_SKIP_CACHED = _RESPONSE_SKIP | {b"x-cache"}
 _NO_BODY_STATUSES = frozenset({204, 304})
+_LENGTH = frozenset({b"content-length"})
 _TICK = 0.1
 # A retryable request with a declared body up to this size is read whole before it is sent, so
 # that a retry can send it again; bigger ones stream (and are then not retried).
@@ -515,6 +516,10 @@ class Forward:
         drop: set[bytes] | None = None
         # A cached route's `x-cache` is the gateway's; an upstream's own would contradict it.
         skip = _RESPONSE_SKIP if self.capture is None else _RESPONSE_SKIP_CACHED
+        if status == 204:
+            # Content-Length is forbidden on a 204 (RFC 9110 8.6): a client honouring an
+            # upstream's would take the next response's first bytes as this one's body.
+            skip = skip | _LENGTH
         for name, value in headers:
             lower = name.lower()
             if lower in skip:
