@@ -11,6 +11,7 @@ probes that found nothing kept as standing checks.
 - An aggregated call sent again on a fresh connection (a stale pooled one) left its first
   per-try timer armed: it fired during the next try, on another instance, and gave that up too.
 - An upstream's `content-length` on a 204 was relayed to the client (no body follows).
+- A HEAD's upstream connection went back to the pool despite the instance's `Connection: close`.
 """
 
 from __future__ import annotations
@@ -314,3 +315,61 @@ def test_a_204_goes_to_the_client_without_the_content_length_its_upstream_gave_i
     assert head.startswith(b"HTTP/1.1 204 "), received
     assert b"\r\ncontent-length:" not in head.lower() + b"\r\n"
     assert body == b""
+
+
+async def test_a_head_response_saying_connection_close_is_not_pooled(tmp_path: Path) -> None:
+    """Found: the answer to a HEAD was pooled whatever its `Connection: close` (an instance
+    that ends connections after N requests says so on whichever response is the last), so the
+    next request went out on a connection the instance was closing: a POST got 502."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        await reader.readexactly(int(line.split(b":", 1)[1]))
+                if head.startswith(b"HEAD "):
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
+                    )
+                    await writer.drain()
+                    await asyncio.sleep(0.5)  # closes a moment later, reading nothing more
+                    return
+                await _json_answer(writer, b"a")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    factory = GatewayFactory(tmp_path)
+    gw = factory(
+        gateway_config(
+            {"b": {"instances": [url]}},
+            [{"path": "/x/*", "methods": ["HEAD", "POST"], "backend": "b", "timeout": 3}],
+        )
+    )
+    try:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+            head = await client.head("/x/y")
+            posted = await client.post("/x/y", content=b"{}")
+    finally:
+        gw.process.stop()
+        server.close()
+    assert head.status_code == 200
+    assert posted.status_code == 200
+
+
+def test_a_head_response_keeping_the_connection_is_pooled(
+    gateway: Gateway, backend: RecordingBackend
+) -> None:
+    """The other side of the above: a HEAD's connection is reused when the instance keeps it."""
+    _forwarded(gateway, backend, b"GET /r/warm HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    opened = len(backend.connections)
+    for method in (b"HEAD", b"GET", b"HEAD"):
+        raw = method + b" /r/h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        responses, _ = _forwarded(gateway, backend, raw, [method])
+        assert [r.status for r in responses] == [200]
+    assert len(backend.connections) == opened

@@ -22,7 +22,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from mosaic_gateway.http11 import LAST_CHUNK, chunk
+from mosaic_gateway.http11 import LAST_CHUNK, chunk, connection_tokens
 
 # `send_request`'s body length for a chunked body.
 BODY_CHUNKED = -1
@@ -305,8 +305,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_done = True
         self._close_delimited = sink.response_head(status, headers)
         if sink.head_only:
-            # llhttp would wait for the body announced by Content-Length; there is none.
+            # llhttp would wait for the body announced by Content-Length; there is none. So
+            # whether the instance keeps the connection is read from the head here: llhttp's
+            # own answer comes with the end of a body that never comes.
             self._head_only_done = True
+            self._reusable = self.parser.get_http_version() == "1.1" and not _says_close(headers)
 
     def on_body(self, body: bytes) -> None:
         if self._informational:
@@ -332,7 +335,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish_head_only(self) -> None:
         self._head_only_done = False
         self.parser = httptools.HttpResponseParser(self)
-        self._reusable = not self._tainted
+        self._reusable = self._reusable and not self._tainted
         self._end()
 
     def _end(self) -> None:
@@ -354,6 +357,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
         if sink is not None:
             sink.upstream_failed(error, self.received)
+
+
+def _says_close(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"connection" and b"close" in connection_tokens(value):
+            return True
+    return False
 
 
 class Pool:
