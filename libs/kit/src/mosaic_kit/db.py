@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mosaic_kit.settings import ServiceSettings
@@ -31,17 +32,26 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_engine(
-    url: str, schema: str, pool_size: int = 10, max_overflow: int = 10
-) -> AsyncEngine:
-    return create_async_engine(
+def create_engine(url: str, schema: str, pool_size: int = 10, max_overflow: int = 0) -> AsyncEngine:
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"server_settings": {"search_path": schema}},
     )
+    # Instead of `pool_pre_ping`, which costs three round trips (BEGIN, `;`, ROLLBACK) on every
+    # checkout: asyncpg marks a connection closed as soon as its socket ends (a server restart
+    # or crash), so asking it is free. A connection that dies mid-query is still recognised as a
+    # disconnect by SQLAlchemy, which then drops the whole pool.
+    event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)
+    return engine
+
+
+def _refuse_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    if dbapi_connection.driver_connection.is_closed():
+        # The pool discards this connection and checks out (or opens) another.
+        raise exc.DisconnectionError("connection closed by the server")
 
 
 class Database:
@@ -50,6 +60,9 @@ class Database:
     def __init__(self, engine: AsyncEngine, schema: str) -> None:
         self.engine = engine
         self.schema = schema
+        # Same pool; its connections run each statement in its own implicit transaction, so a
+        # read is one round trip instead of BEGIN, statement, ROLLBACK.
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> Database:
@@ -68,12 +81,14 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads (autobegin; rolled back on exit)."""
-        async with self.engine.connect() as conn:
+        """A connection for reads: each statement is its own transaction (autocommit), which
+        under READ COMMITTED sees exactly what it would inside BEGIN … ROLLBACK. Anything that
+        writes, or needs several statements to agree, uses `transaction()`."""
+        async with self._reads.connect() as conn:
             yield conn
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:

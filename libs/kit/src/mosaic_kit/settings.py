@@ -45,7 +45,12 @@ class ServiceSettings(BaseSettings):
     )
     db_schema: str = Field("public", description="PostgreSQL schema this service owns.")
     db_pool_size: int = Field(10, ge=1, description="Connections kept in the pool.")
-    db_max_overflow: int = Field(10, ge=0, description="Extra connections allowed under load.")
+    db_max_overflow: int = Field(
+        0,
+        ge=0,
+        description="Extra connections allowed under load; each is opened for one checkout and "
+        "closed after it, so under steady load they churn (a handshake per request).",
+    )
     nats_url: str = Field(
         "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated."
     )

@@ -1,0 +1,81 @@
+"""What a database read costs on the wire, and that a connection the server closed is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from mosaic_kit.db import Database, create_engine
+
+
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[Database]:
+    # One connection, so every checkout below gets the same one.
+    database = Database(create_engine(pg_url, "public", pool_size=1), "public")
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def _sent_by(db: Database, *statements: str) -> list[str]:
+    """The queries besides `statements` that the driver sent while `db.connect()` ran them
+    (asyncpg's query log shows simple queries; the prepared statements SQLAlchemy runs are not
+    logged, so the statements themselves need not appear)."""
+    async with db.engine.connect() as conn:  # opens the pool's connection
+        raw: Any = (await conn.get_raw_connection()).driver_connection
+    sent: list[str] = []
+
+    def log(record: Any) -> None:
+        sent.append(record.query)
+
+    raw.add_query_logger(log)
+    try:
+        async with db.connect() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        raw.remove_query_logger(log)
+    return [query for query in sent if query not in statements]
+
+
+async def test_a_read_is_one_round_trip(db: Database) -> None:
+    # A pre-ping (BEGIN, ";", ROLLBACK) or an implicit BEGIN … ROLLBACK around the statement
+    # would show up here: each is a round trip on every request that reads.
+    assert await _sent_by(db, "SELECT 1") == []
+
+
+async def test_reads_do_not_share_a_transaction(db: Database) -> None:
+    async with db.connect() as conn:
+        first = (await conn.execute(text("SELECT pg_current_xact_id()"))).scalar_one()
+        second = (await conn.execute(text("SELECT pg_current_xact_id()"))).scalar_one()
+    assert first != second
+
+
+async def test_transactions_still_span_their_statements(db: Database) -> None:
+    async with db.transaction() as conn:
+        first = (await conn.execute(text("SELECT pg_current_xact_id()"))).scalar_one()
+        second = (await conn.execute(text("SELECT pg_current_xact_id()"))).scalar_one()
+    assert first == second
+
+
+async def test_a_connection_the_server_closed_is_replaced_on_checkout(
+    db: Database, pg_url: str
+) -> None:
+    async with db.connect() as conn:
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    # What a server restart does to every pooled connection, done to this one only.
+    other = Database(create_engine(pg_url, "public", pool_size=1), "public")
+    try:
+        async with other.connect() as conn:
+            assert (await conn.execute(text(f"SELECT pg_terminate_backend({pid})"))).scalar_one()
+    finally:
+        await other.dispose()
+    await asyncio.sleep(0.2)  # the driver sees the socket end on a later loop turn
+    async with db.connect() as conn:
+        again = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    assert again != pid
