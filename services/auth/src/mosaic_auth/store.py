@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -179,27 +179,29 @@ async def get_session(conn: AsyncConnection, session_id: uuid.UUID) -> Session |
     return Session(m["id"], m["user_id"], m["expires_at"], m["revoked_at"])
 
 
-def _active_session_user(session_id: uuid.UUID, issued_at: int) -> Any:
-    """Users whose session `session_id` is live (not revoked, not expired), who are enabled and
-    whose tokens_valid_after does not postdate `issued_at`: the authoritative token check."""
-    return (
-        select(*_user_columns)
-        .join(sessions, sessions.c.user_id == users.c.id)
-        .where(
-            sessions.c.id == session_id,
-            sessions.c.revoked_at.is_(None),
-            sessions.c.expires_at > func.now(),
-            users.c.disabled_at.is_(None),
-            users.c.tokens_valid_after <= issued_at,
-        )
+# Built once: on every authenticated request, building the statement and its cache key cost more
+# than running it. The same statement object keeps its cache key, so SQLAlchemy compiles it once.
+_active_session_user = (
+    select(*_user_columns)
+    .join(sessions, sessions.c.user_id == users.c.id)
+    .where(
+        sessions.c.id == bindparam("session_id", type_=sessions.c.id.type),
+        sessions.c.revoked_at.is_(None),
+        sessions.c.expires_at > func.now(),
+        users.c.disabled_at.is_(None),
+        users.c.tokens_valid_after <= bindparam("issued_at", type_=users.c.tokens_valid_after.type),
     )
+)
 
 
 async def active_session_user(
     conn: AsyncConnection, session_id: uuid.UUID, issued_at: int
 ) -> User | None:
-    """The session's user if the session passes the check above (one round trip for both)."""
-    row = (await conn.execute(_active_session_user(session_id, issued_at))).first()
+    """The user of session `session_id` if it is live (not revoked, not expired), the user is
+    enabled and their tokens_valid_after does not postdate `issued_at`: the authoritative token
+    check, in one round trip."""
+    params = {"session_id": session_id, "issued_at": issued_at}
+    row = (await conn.execute(_active_session_user, params)).first()
     return _user(row) if row else None
 
 
