@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["kit_token_verify.py", "auth_users_me.py", "blog_reads.py", "gateway_proxy.py"]
+BENCHMARKS = [
+    "kit_token_verify.py",
+    "auth_users_me.py",
+    "blog_reads.py",
+    "gateway_proxy.py",
+    "service_chassis.py",
+]
 
 
 def main() -> int:

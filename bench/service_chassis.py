@@ -1,0 +1,303 @@
+"""What the service chassis costs per request: each case beside a bare Starlette twin.
+
+One run, one ASGI server for every app (uvicorn, uvloop, httptools, one process, no access log
+of uvicorn's own), loaded in turn with wrk:
+
+- `GET /ping` on `mosaic_kit.app.create_app` (request id, access log at INFO, RED metrics,
+  problem handlers; tracing off) vs the same route on bare Starlette;
+- `GET /v1/users/me` on the real auth service (`mosaic-auth serve`) vs a bare Starlette +
+  asyncpg handler that verifies the bearer token with the kit's `TokenVerifier` (its cached path
+  after the first request: the same work the service does per request) and runs the service's
+  own users ⋈ sessions query, compiled from `mosaic_auth.store`, on an asyncpg pool.
+
+Logs are JSON at INFO written to /dev/null (the service's real cost of its access line).
+Starts its own embedded PostgreSQL and NATS. Writes bench/results/service_chassis.json.
+Run: .venv/bin/python bench/service_chassis.py [--seconds 8] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from loadgen import LoadResult, print_table, run_wrk, wait_ready
+
+from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "service_chassis.json"
+GOALS = {"trivial": 0.85, "users_me": 0.7}
+
+
+# --- the apps under test (built by uvicorn through `--factory`) ------------------------------
+
+
+def kit_trivial() -> Any:
+    """`GET /ping` on the full chassis, logging configured as a service configures it."""
+    from fastapi import APIRouter
+
+    from mosaic_kit.app import create_app
+    from mosaic_kit.logging import configure_logging
+    from mosaic_kit.metrics import new_registry
+    from mosaic_kit.settings import ServiceSettings
+
+    settings = ServiceSettings.load(service_name="bench", instance_id="bench-kit")
+    configure_logging("bench", "bench-kit", settings.log_level, settings.log_format)
+    router = APIRouter()
+
+    @router.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "ok"}
+
+    return create_app(
+        settings,
+        title="bench",
+        description="chassis cost",
+        version="0",
+        routers=[router],
+        commit="bench",
+        registry=new_registry(),
+    )
+
+
+def bare_trivial() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def ping(_request: Request) -> JSONResponse:
+        return JSONResponse({"pong": "ok"})
+
+    return Starlette(routes=[Route("/ping", ping)])
+
+
+def bare_users_me() -> Any:
+    """The users/me twin: kit token verification + the service's query on an asyncpg pool."""
+    import asyncpg
+    import orjson
+    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from mosaic_auth.store import _active_session_user as statement
+    from mosaic_kit.jwks import JwksCache, StaticKeySource
+    from mosaic_kit.problem import Problem
+    from mosaic_kit.revocation import RevocationSet
+    from mosaic_kit.tokens import TokenVerifier
+
+    if callable(statement):  # before the statement was built once (to bench the old code)
+        statement = statement(uuid.uuid4(), 0)
+    sql = str(statement.compile(dialect=asyncpg_dialect.dialect()))  # type: ignore[no-untyped-call]
+    jwks = json.loads(os.environ["BENCH_JWKS"])
+    verifier = TokenVerifier(
+        JwksCache(StaticKeySource(jwks)),
+        revocations=RevocationSet(),
+        issuer=os.environ.get("AUTH_ISSUER", "mosaic-auth"),
+        audience=os.environ.get("AUTH_AUDIENCE", "mosaic"),
+    )
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        state["pool"] = await asyncpg.create_pool(
+            os.environ["BENCH_DSN"],
+            min_size=10,
+            max_size=10,
+            server_settings={"search_path": "auth"},
+        )
+        yield
+        await state["pool"].close()
+
+    async def me(request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            principal = await verifier.verify(token.strip() if scheme.lower() == "bearer" else None)
+        except Problem:
+            return Response(status_code=401)
+        row = await state["pool"].fetchrow(
+            sql, [], uuid.UUID(principal.session_id), principal.issued_at
+        )
+        if row is None or str(row["id"]) != principal.user_id:
+            return Response(status_code=401)
+        body = {
+            "id": str(row["id"]),
+            "email": row["email"],
+            "name": row["name"],
+            "profilePicUrl": row["profile_pic_url"],
+            "roles": sorted(row["roles"]),
+            "createdAt": row["created_at"].isoformat(),
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/users/me", me)], lifespan=lifespan)
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def _uvicorn(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The same server settings `mosaic_kit.cli` gives `serve`."""
+    args = [sys.executable, "-m", "uvicorn", f"service_chassis:{factory}", "--factory"]
+    args += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header"]
+    args += ["--log-level", "warning"]
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer in {timeout:.0f} s")
+
+
+def _load(
+    name: str, url: str, args: argparse.Namespace, headers: dict[str, str] | None = None
+) -> LoadResult:
+    run_wrk("warmup", url, headers=headers, seconds=args.warmup, connections=args.connections)
+    return run_wrk(name, url, headers=headers, seconds=args.seconds, connections=args.connections)
+
+
+def _serve_and_load(
+    factory: str, path: str, name: str, env: dict[str, str], args: argparse.Namespace, **kw: Any
+) -> LoadResult:
+    port = free_port()
+    proc = _uvicorn(factory, port, env)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}{path}")
+        return _load(name, f"http://127.0.0.1:{port}{path}", args, **kw)
+    finally:
+        stop_process(proc.pid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    root = Path(tempfile.mkdtemp(prefix="mosaic-bench-"))
+    pg, nats = EmbeddedPostgres(root / "pg", durable=False), EmbeddedNats(root / "nats")
+    pg.start()
+    nats.start()
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg.url,
+        "NATS_URL": nats.url,
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        # auth refuses to keep its signing keys in plaintext
+        "AUTH_SIGNING_KEY_SECRET": os.urandom(32).hex(),
+    }
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # tracing off
+    results: list[LoadResult] = []
+    try:
+        results.append(_serve_and_load("kit_trivial", "/ping", "GET /ping  kit chassis", env, args))
+        results.append(
+            _serve_and_load("bare_trivial", "/ping", "GET /ping  bare Starlette", env, args)
+        )
+
+        bin_ = str(Path(sys.executable).parent / "mosaic-auth")
+        subprocess.run([bin_, "migrate"], env=env, check=True, capture_output=True)
+        port = free_port()
+        server = subprocess.Popen(
+            [bin_, "serve", "--port", str(port), "--instance-id", "auth-bench"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url)
+            signup = httpx.post(
+                url + "/v1/auth/signup",
+                json={"email": "bench@example.com", "password": "bench-password", "name": "Bench"},
+                timeout=10,
+            )
+            signup.raise_for_status()
+            token = signup.json()["tokens"]["accessToken"]
+            bearer = {"Authorization": f"Bearer {token}"}
+            jwks = httpx.get(url + "/v1/auth/jwks.json", timeout=10).text
+            if os.environ.get("BENCH_PAUSE"):
+                # Lets a profiler attach to the service (py-spy record --pid ...) before its run.
+                print(
+                    f"auth pid {server.pid}; loading in {os.environ['BENCH_PAUSE']} s", flush=True
+                )
+                time.sleep(float(os.environ["BENCH_PAUSE"]))
+            results.append(
+                _load("GET /v1/users/me  auth service", url + "/v1/users/me", args, bearer)
+            )
+        finally:
+            stop_process(server.pid)
+        twin_env = {**env, "BENCH_DSN": pg.url.replace("+asyncpg", ""), "BENCH_JWKS": jwks}
+        results.append(
+            _serve_and_load(
+                "bare_users_me",
+                "/v1/users/me",
+                "GET /v1/users/me  bare Starlette+asyncpg",
+                twin_env,
+                args,
+                headers=bearer,
+            )
+        )
+    finally:
+        nats.stop()
+        pg.stop()
+
+    ratios = {
+        "trivial": results[0].requests_per_second / results[1].requests_per_second,
+        "users_me": results[2].requests_per_second / results[3].requests_per_second,
+    }
+    load_after = os.getloadavg()
+    print_table("service chassis vs bare Starlette (uvicorn + httptools, 1 process)", results)
+    for case, ratio in ratios.items():
+        verdict = "meets" if ratio >= GOALS[case] else "MISSES"
+        print(f"{case:<10} {ratio:5.2f}x bare  ({verdict} the goal of {GOALS[case]}x)")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "benchmark": "service_chassis",
+                "measured_at": datetime.now(UTC).isoformat(),
+                "machine": {"cpus": os.cpu_count(), "load_average_before": load_before[0]},
+                "load": {
+                    "tool": "wrk",
+                    "threads": 2,
+                    "connections": args.connections,
+                    "seconds": args.seconds,
+                    "warmup_seconds": args.warmup,
+                },
+                "results": [r.to_json() for r in results],
+                "ratios": ratios,
+                "goals": GOALS,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
