@@ -42,6 +42,44 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE"]
 _MAX_HEADER_BYTES = 8 * 1024
 
 
+class _ScriptedBackend:
+    """Answers every request head with `answer` (set by each test), then closes the
+    connection."""
+
+    def __init__(self) -> None:
+        self.answer = b""
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            with sock:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    received += data
+                with contextlib.suppress(OSError):
+                    sock.sendall(self.answer)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
+
+
 @pytest.fixture(scope="module")
 def backend() -> Iterator[RecordingBackend]:
     server = RecordingBackend()
@@ -50,15 +88,33 @@ def backend() -> Iterator[RecordingBackend]:
 
 
 @pytest.fixture(scope="module")
+def scripted() -> Iterator[_ScriptedBackend]:
+    server = _ScriptedBackend()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def gateway(
-    backend: RecordingBackend, tmp_path_factory: pytest.TempPathFactory
+    backend: RecordingBackend,
+    scripted: _ScriptedBackend,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
     factory = GatewayFactory(tmp_path_factory.mktemp("gateway"))
     config = gateway_config(
-        {"rec": {"instances": [backend.url]}},
+        {"rec": {"instances": [backend.url]}, "scripted": {"instances": [scripted.url]}},
         [
             {"path": "/r/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
             {"path": "/early/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
+            {"path": "/s/*", "methods": _METHODS, "backend": "scripted", "timeout": 3},
+            {"path": "/small/*", "methods": _METHODS, "backend": "rec", "max_body_bytes": 100},
+            {
+                "path": "/small-early/*",
+                "methods": _METHODS,
+                "backend": "rec",
+                "max_body_bytes": 100,
+                "rewrite": {"strip_prefix": "/small-early", "add_prefix": "/early"},
+            },
         ],
         limits={"max_header_bytes": _MAX_HEADER_BYTES},
         # Long enough that a 408 cannot be what ends the endless header below.
@@ -140,67 +196,17 @@ def test_a_fragment_is_dropped_whole_never_read_as_a_query(
     assert [r.target for r in requests] == [forwarded]
 
 
-class _ScriptedBackend:
-    """Answers every request head with `answer`, then closes the connection."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            with sock:
-                received = b""
-                while b"\r\n\r\n" not in received:
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-                    received += data
-                with contextlib.suppress(OSError):
-                    sock.sendall(self.answer)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._thread.join(5)
-
-
 @pytest.mark.parametrize("coding", [b"xchunked", b"gzip, notchunked", b"chunked, identity"])
 def test_an_upstream_body_not_chunked_by_its_last_coding_is_read_to_the_close(
-    tmp_path: Path, coding: bytes
+    gateway: Gateway, scripted: _ScriptedBackend, coding: bytes
 ) -> None:
     """Found: a response whose transfer coding merely ended in the letters `chunked` was taken
     for chunked by the proxy, while the parser (rightly, RFC 9112 6.3) read its body to the
     connection's close: the client's response was cut off instead of completed."""
-    upstream = _ScriptedBackend(
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: " + coding + b"\r\n\r\nhello, world"
+    scripted.answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: " + coding + b"\r\n\r\nhello, world"
+    responses, closed = send_and_read(
+        gateway.port, b"GET /s/y HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
     )
-    factory = GatewayFactory(tmp_path)
-    gw = factory(
-        gateway_config(
-            {"b": {"instances": [upstream.url]}},
-            [{"path": "/x/*", "methods": ["GET"], "backend": "b", "timeout": 3}],
-        )
-    )
-    try:
-        responses, closed = send_and_read(
-            gw.port, b"GET /x/y HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-    finally:
-        gw.process.stop()
-        upstream.close()
     assert closed
     assert [(r.status, r.body) for r in responses] == [(200, b"hello, world")]
 
@@ -290,27 +296,15 @@ async def test_an_aggregated_call_after_a_stale_pooled_connection_keeps_whole_tr
 
 
 def test_a_204_goes_to_the_client_without_the_content_length_its_upstream_gave_it(
-    tmp_path: Path,
+    gateway: Gateway, scripted: _ScriptedBackend
 ) -> None:
     """Found: an upstream's `content-length` on a 204 was relayed (with no body, rightly). A
     client or a proxy in front that honours it (RFC 9110 8.6 forbids it on a 204) takes that
     many bytes of the next response on the connection as this one's body."""
-    upstream = _ScriptedBackend(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello")
-    factory = GatewayFactory(tmp_path)
-    gw = factory(
-        gateway_config(
-            {"b": {"instances": [upstream.url]}},
-            [{"path": "/x/*", "methods": ["DELETE"], "backend": "b", "timeout": 3}],
-        )
-    )
-    received = b""
-    try:
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
-            sock.sendall(b"DELETE /x/y HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            received = _read_until_closed(sock, 3.0)
-    finally:
-        gw.process.stop()
-        upstream.close()
+    scripted.answer = b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello"
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"DELETE /s/y HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        received = _read_until_closed(sock, 3.0)
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 204 "), received
     assert b"\r\ncontent-length:" not in head.lower() + b"\r\n"
@@ -373,3 +367,80 @@ def test_a_head_response_keeping_the_connection_is_pooled(
         responses, _ = _forwarded(gateway, backend, raw, [method])
         assert [r.status for r in responses] == [200]
     assert len(backend.connections) == opened
+
+
+# --- probes that found nothing, kept as standing checks -----------------------------------------
+
+_BIG_CHUNKED = b"32\r\n" + b"a" * 50 + b"\r\n" + b"32\r\n" + b"a" * 50 + b"\r\n" + b"32\r\n"
+_BIG_CHUNKED += b"a" * 50 + b"\r\n0\r\n\r\n"
+_CLOSE = b"GET /r/after HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("prefix", [b"/small/", b"/small-early/"])
+def test_a_chunked_body_over_the_route_limit_leaves_only_an_incomplete_request_upstream(
+    gateway: Gateway, backend: RecordingBackend, prefix: bytes
+) -> None:
+    """Streamed until it passes the limit (to a backend that answers before reading it, too):
+    413, the connection closed, and upstream at most the one request, never completed."""
+    mark = backend.seq
+    raw = b"POST " + prefix + b"a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    responses, closed = send_and_read(gateway.port, raw + _BIG_CHUNKED + _CLOSE)
+    assert closed
+    assert [r.status for r in responses] == [413]
+    wait_for(lambda: all(r.ended for r in backend.requests_after(mark)))
+    requests = backend.requests_after(mark)
+    assert [r.complete for r in requests] in ([], [False])
+    assert backend.take_errors() == []
+
+
+def test_a_refused_expect_100_continue_request_then_its_body_smuggles_nothing(
+    gateway: Gateway, backend: RecordingBackend
+) -> None:
+    """A client that sends the body anyway after a refusal (no 100 was sent): the connection
+    closes, the body is never read as a request."""
+    smuggled = b"GET /r/smuggled HTTP/1.1\r\nhost: x\r\n\r\n"
+    raw = b"POST /nowhere HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+    raw += b"content-length: %d\r\n\r\n" % (len(smuggled) + 10)
+    responses, requests = _forwarded(gateway, backend, raw + smuggled + _CLOSE)
+    assert [r.status for r in responses] == [404]
+    assert requests == []
+
+
+def test_trailers_never_reach_the_backend(gateway: Gateway, backend: RecordingBackend) -> None:
+    """Trailers of a chunked body are dropped (an identity header there is no way around the
+    strip), and the request after it is parsed where it starts."""
+    raw = b"POST /r/t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n"
+    raw += b"0\r\nx-user-id: admin\r\nx-user-roles: admin\r\n\r\n" + _CLOSE
+    responses, requests = _forwarded(gateway, backend, raw)
+    assert [r.status for r in responses] == [200, 200]
+    assert [(r.target, r.body) for r in requests] == [(b"/r/t", b"abc"), (b"/r/after", b"")]
+    assert all(r.header(b"x-user-id") is None for r in requests)
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "forwarded"),
+    [
+        (b"http://evil.example/r/abs?q=1", b"good", b"/r/abs?q=1"),
+        (b"https://u:p@evil.example:99/r/abs", b"good", b"/r/abs"),
+        (b"http://evil.example", b"good", None),  # "/": no route
+        (b"//evil.example/r/x", b"good", None),  # a path with an empty first segment
+        (b"http://evil.example/r/x/%2e%2e", b"good", None),  # 400 bad_path
+    ],
+)
+def test_an_absolute_form_target_is_served_for_the_host_header_only(
+    gateway: Gateway,
+    backend: RecordingBackend,
+    target: bytes,
+    host: bytes,
+    forwarded: bytes | None,
+) -> None:
+    """The target's authority is ignored: routing, the cache key and the forwarded `Host` all
+    use the client's `Host` header (one rule, so no two readings of one request)."""
+    raw = b"GET " + target + b" HTTP/1.1\r\nhost: " + host + b"\r\nconnection: close\r\n\r\n"
+    responses, requests = _forwarded(gateway, backend, raw)
+    if forwarded is None:
+        assert requests == []
+        assert responses[0].status in (400, 404)
+        return
+    assert [r.status for r in responses] == [200]
+    assert [(r.target, r.header(b"host")) for r in requests] == [(forwarded, host)]
