@@ -12,6 +12,9 @@ probes that found nothing kept as standing checks.
   per-try timer armed: it fired during the next try, on another instance, and gave that up too.
 - An upstream's `content-length` on a 204 was relayed to the client (no body follows).
 - A HEAD's upstream connection went back to the pool despite the instance's `Connection: close`.
+- A header the client named in `Connection` was kept in the cache key but not forwarded (an
+  answer made without `Accept-Language: fr` was stored as the French one), and `Connection: host`
+  sent the request upstream with no `Host` at all.
 """
 
 from __future__ import annotations
@@ -107,6 +110,18 @@ def gateway(
             {"path": "/r/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
             {"path": "/early/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
             {"path": "/s/*", "methods": _METHODS, "backend": "scripted", "timeout": 3},
+            {
+                "path": "/policy/*",
+                "methods": ["GET"],
+                "backend": "rec",
+                "rate_limit": {"requests": 1000, "per": 1},
+            },
+            {
+                "path": "/cached/*",
+                "methods": ["GET"],
+                "backend": "rec",
+                "cache": {"ttl": "60s", "vary_headers": ["accept-language"]},
+            },
             {"path": "/small/*", "methods": _METHODS, "backend": "rec", "max_body_bytes": 100},
             {
                 "path": "/small-early/*",
@@ -367,6 +382,50 @@ def test_a_head_response_keeping_the_connection_is_pooled(
         responses, _ = _forwarded(gateway, backend, raw, [method])
         assert [r.status for r in responses] == [200]
     assert len(backend.connections) == opened
+
+
+@pytest.mark.parametrize(
+    ("header", "connection"),
+    [
+        (b"accept-language: fr", b"accept-language"),  # a header the cache key varies on
+        (b"host: x", b"host"),  # always in the key
+        (b"host: x", b"keep-alive, Host"),
+    ],
+)
+def test_a_header_named_in_connection_is_keyed_as_forwarded(
+    gateway: Gateway, backend: RecordingBackend, header: bytes, connection: bytes
+) -> None:
+    """Found: a header the client named in `Connection` (hop-by-hop, RFC 9110 7.6.1) was left
+    out of the forwarded request but kept in the cache key: an answer made without it (another
+    language; no `Host` at all) was stored as the answer for requests that carry it."""
+    name = header.partition(b":")[0]
+    target = b"/cached/conn-" + name + b"-" + connection.replace(b" ", b"").replace(b",", b"-")
+    raw = b"GET " + target + b" HTTP/1.1\r\n" + header + b"\r\n"
+    if name != b"host":
+        raw += b"host: x\r\n"
+    sneaky = raw + b"connection: " + connection + b"\r\n\r\n"
+    plain = raw + b"connection: close\r\n\r\n"
+    responses, requests = _forwarded(gateway, backend, sneaky + plain)
+    assert [r.status for r in responses] == [200, 200]
+    value = header.partition(b": ")[2]
+    forwarded = [r.header(name) for r in requests]
+    if name == b"host":
+        assert forwarded[0] == value  # never left out: every request upstream has a Host
+    if responses[1].header(b"x-cache") == b"HIT":
+        # Served the first one's answer: only if the first went upstream as the second would.
+        assert forwarded == [value]
+    else:
+        assert forwarded == [None, value]
+
+
+def test_a_host_named_in_connection_still_goes_upstream_on_a_filtered_route(
+    gateway: Gateway, backend: RecordingBackend
+) -> None:
+    """The same on a route with a policy (its header filter, HeaderPolicy, dropped it too)."""
+    raw = b"GET /policy/conn-host HTTP/1.1\r\nhost: x\r\nconnection: close, host\r\n\r\n"
+    responses, requests = _forwarded(gateway, backend, raw)
+    assert [r.status for r in responses] == [200]
+    assert [r.header(b"host") for r in requests] == [b"x"]
 
 
 # --- probes that found nothing, kept as standing checks -----------------------------------------

@@ -91,6 +91,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 # Control characters other than tab: a value holding one could split or smuggle a header.
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONNECTION_KEEP = frozenset({b"close", b"keep-alive"})
+_HOST = frozenset({b"host"})
 _EMPTY: HeaderPairs = ()
 _RENDERED_MAX = 10_000
 
@@ -194,7 +195,8 @@ class HeaderPolicy:
             name = item[0]
             if name in drop:
                 if name == b"connection":
-                    tokens = connection_tokens(item[1]) - _CONNECTION_KEEP
+                    # `Host` stays: always forwarded, and part of every cache key.
+                    tokens = connection_tokens(item[1]) - _CONNECTION_KEEP - _HOST
                     if tokens:
                         named = tokens if named is None else named | tokens
                 continue

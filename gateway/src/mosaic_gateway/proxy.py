@@ -279,22 +279,15 @@ class Proxy:
             parts += (b"?", exchange.query)
         parts.append(b" HTTP/1.1\r\n")
         forwarded_for: bytes | None = None
-        drop: set[bytes] | None = None
+        # (Headers the client named in `Connection` were taken out by the server already.)
         for name, value in exchange.headers:
             if name in _REQUEST_SKIP:
-                if name == b"connection":
-                    tokens = connection_tokens(value) - {b"close", b"keep-alive"}
-                    if tokens:
-                        drop = tokens if drop is None else drop | tokens
-                elif name == b"x-forwarded-for" and self.trust_forwarded:
+                if name == b"x-forwarded-for" and self.trust_forwarded:
                     forwarded_for = (
                         value if forwarded_for is None else forwarded_for + b", " + value
                     )
                 continue
             parts += (name, b": ", value, CRLF)
-        if drop:
-            # Rare: the client named extra hop-by-hop headers in Connection; take them out.
-            parts = _without_headers(parts, drop)
         chunked = exchange.chunked
         if chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -324,16 +317,6 @@ def append_forwarded(parts: list[bytes], exchange: Exchange, forwarded_for: byte
             b"\r\nx-forwarded-proto: http\r\nx-request-id: ",
         )
     parts += (exchange.request_id, CRLF, exchange.upstream_headers)
-
-
-def _without_headers(parts: list[bytes], drop: set[bytes]) -> list[bytes]:
-    # parts = [method, sp, target, (?, query), " HTTP/1.1\r\n", then name, ": ", value, CRLF...]
-    head_len = parts.index(b" HTTP/1.1\r\n") + 1
-    kept = parts[:head_len]
-    for index in range(head_len, len(parts), 4):
-        if parts[index] not in drop:
-            kept += parts[index : index + 4]
-    return kept
 
 
 class Forward:

@@ -26,7 +26,7 @@ from typing import Protocol, cast
 import httptools
 
 from mosaic_gateway import problems
-from mosaic_gateway.http11 import CRLF, STATUS_LINES, DateHeader, RequestIds
+from mosaic_gateway.http11 import CRLF, STATUS_LINES, DateHeader, RequestIds, connection_tokens
 from mosaic_gateway.listener import Acceptor
 from mosaic_gateway.problems import GatewayProblem
 from mosaic_kit.logging import get_logger
@@ -50,7 +50,14 @@ _SPECIAL_HEADERS = frozenset(
         b"traceparent",
         b"authorization",
         b"x-api-key",
+        b"connection",
     }
+)
+
+# What a `Connection` header may name without the header going (RFC 9110 7.6.1): its own
+# options, `Host` (always forwarded, part of every cache key) and the framing (re-done upstream).
+_CONNECTION_KEEP = frozenset(
+    {b"close", b"keep-alive", b"host", b"content-length", b"transfer-encoding"}
 )
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -572,6 +579,7 @@ class ClientConnection(asyncio.Protocol):
         # the backend will read what is forwarded. Headers used once (Host, credentials) must be
         # there once, or the gateway and a backend could each read a different one.
         authorization = api_key = False
+        hop: set[bytes] | None = None
         for name, value in self._headers:
             if name in _SPECIAL_HEADERS:
                 if name == b"host":
@@ -607,6 +615,16 @@ class ClientConnection(asyncio.Protocol):
                     exchange.expect_continue = value.lower() == b"100-continue" and version == "1.1"
                 elif name == b"traceparent":
                     exchange.traceparent = value
+                elif name == b"connection":
+                    lowered = value.lower()
+                    if lowered not in _CONNECTION_KEEP:
+                        named = connection_tokens(lowered) - _CONNECTION_KEEP
+                        if named:
+                            hop = named if hop is None else hop | named
+        if hop is not None:
+            # Headers the client made hop-by-hop go here, once, so that admission, the cache
+            # key and the forwarded request all see the same ones.
+            exchange.headers = [item for item in self._headers if item[0] not in hop]
         exchange.request_id = self.server.request_ids.accept_or_new(exchange.request_id or None)
         exchange.has_body = exchange.chunked or bool(exchange.content_length)
         if exchange.has_body:
