@@ -305,6 +305,7 @@ async def test_an_aggregated_call_after_a_stale_pooled_connection_keeps_whole_tr
         gw.process.stop()
         for server in (first, second):
             server.close()
+        await asyncio.sleep(0.2)  # the handlers see their connections end
     assert answer.status_code == 200
     assert answer.headers["x-mosaic-completed"] == "true"
     assert answer.json()["item"]["instance"] == "b"
@@ -367,6 +368,7 @@ async def test_a_head_response_saying_connection_close_is_not_pooled(tmp_path: P
     finally:
         gw.process.stop()
         server.close()
+        await asyncio.sleep(0.2)
     assert head.status_code == 200
     assert posted.status_code == 200
 
