@@ -4,7 +4,8 @@ One run, one ASGI server for every app (uvicorn, uvloop, httptools, one process,
 of uvicorn's own), loaded in turn with wrk:
 
 - `GET /ping` on `mosaic_kit.app.create_app` (request id, access log at INFO, RED metrics,
-  problem handlers; tracing off) vs the same route on bare Starlette;
+  problem handlers; tracing off) vs the same route on bare Starlette (and, for reference, on
+  FastAPI without the chassis);
 - `GET /v1/users/me` on the real auth service (`mosaic-auth serve`) vs a bare Starlette +
   asyncpg handler that verifies the bearer token with the kit's `TokenVerifier` (its cached path
   after the first request: the same work the service does per request) and runs the service's
@@ -70,6 +71,19 @@ def kit_trivial() -> Any:
         commit="bench",
         registry=new_registry(),
     )
+
+
+def fastapi_trivial() -> Any:
+    """The same route on FastAPI without the chassis: what the framework alone costs."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "ok"}
+
+    return app
 
 
 def bare_trivial() -> Any:
@@ -217,6 +231,10 @@ def main() -> None:
         results.append(
             _serve_and_load("bare_trivial", "/ping", "GET /ping  bare Starlette", env, args)
         )
+        # Not part of the goal; it splits the chassis' cost into FastAPI's and the kit's.
+        framework = _serve_and_load(
+            "fastapi_trivial", "/ping", "GET /ping  FastAPI, no chassis", env, args
+        )
 
         bin_ = str(Path(sys.executable).parent / "mosaic-auth")
         subprocess.run([bin_, "migrate"], env=env, check=True, capture_output=True)
@@ -269,6 +287,7 @@ def main() -> None:
         "trivial": results[0].requests_per_second / results[1].requests_per_second,
         "users_me": results[2].requests_per_second / results[3].requests_per_second,
     }
+    results.append(framework)
     load_after = os.getloadavg()
     print_table("service chassis vs bare Starlette (uvicorn + httptools, 1 process)", results)
     for case, ratio in ratios.items():

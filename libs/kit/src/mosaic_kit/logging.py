@@ -18,6 +18,9 @@ from opentelemetry import trace
 
 Logger = structlog.stdlib.BoundLogger
 
+# "generation" is bumped by every configure_logging, so loggers bound once can tell they are stale.
+_configured = {"generation": 0}
+
 
 def _add_trace_context(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
@@ -87,6 +90,7 @@ def configure_logging(service: str, instance: str, level: str = "INFO", fmt: str
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    _configured["generation"] += 1
     # uvicorn's own access log duplicates ours (which carries request ids); keep its errors.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
@@ -102,6 +106,27 @@ def get_logger(name: str | None = None) -> Logger:
     """A structlog logger; bound context (request id, trace id) is added on each call."""
     logger: Logger = structlog.stdlib.get_logger(name)
     return logger
+
+
+class PerRequestLogger:
+    """A logger for the lines written on every request (the access log).
+
+    A `get_logger` logger is a lazy proxy that binds a fresh logger on every call, because
+    loggers are not cached (see configure_logging): several microseconds per line, even one the
+    level then drops. This one binds once per `configure_logging` and reuses that logger.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._generation = -1
+        self._logger: Logger | None = None
+
+    def get(self) -> Logger:
+        generation = _configured["generation"]
+        if self._logger is None or self._generation != generation:
+            self._logger = get_logger(self._name).bind()
+            self._generation = generation
+        return self._logger
 
 
 bind_context = structlog.contextvars.bind_contextvars
