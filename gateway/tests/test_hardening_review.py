@@ -105,11 +105,18 @@ def gateway(
 ) -> Iterator[Gateway]:
     factory = GatewayFactory(tmp_path_factory.mktemp("gateway"))
     config = gateway_config(
-        {"rec": {"instances": [backend.url]}, "scripted": {"instances": [scripted.url]}},
+        {
+            "rec": {
+                "instances": [backend.url],
+                "retries": {"attempts": 1, "on": ["connect_error"]},
+            },
+            "scripted": {"instances": [scripted.url]},
+        },
         [
             {"path": "/r/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
             {"path": "/early/*", "methods": _METHODS, "backend": "rec", "timeout": 3},
             {"path": "/s/*", "methods": _METHODS, "backend": "scripted", "timeout": 3},
+            {"path": "/big/*", "methods": _METHODS, "backend": "rec", "max_body_bytes": 0},
             {
                 "path": "/policy/*",
                 "methods": ["GET"],
@@ -505,3 +512,22 @@ def test_an_absolute_form_target_is_served_for_the_host_header_only(
         return
     assert [r.status for r in responses] == [200]
     assert [(r.target, r.header(b"host")) for r in requests] == [(forwarded, host)]
+
+
+@pytest.mark.parametrize("size", [1000, 200_000])  # buffered for a retry / streamed
+def test_a_client_gone_mid_body_leaves_no_complete_request_upstream(
+    gateway: Gateway, backend: RecordingBackend, size: int
+) -> None:
+    """The client sends half its body and closes: the upstream connection (if one was opened)
+    is closed too, with the request incomplete; nothing is answered or reused."""
+    mark = backend.seq
+    head = b"PUT /big/x HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % size
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(head + b"a" * (size // 2))
+        time.sleep(0.3)  # the head (and what body there is) reaches the gateway first
+    wait_for(lambda: all(r.ended for r in backend.requests_after(mark)), timeout=3)
+    requests = backend.requests_after(mark)
+    assert [(r.complete, r.ended) for r in requests] in ([], [(False, True)])
+    # The pool is in step: the next request on it is answered as itself.
+    responses, forwarded = _forwarded(gateway, backend, _CLOSE)
+    assert [r.seq for r in responses] == [r.seq for r in forwarded]
