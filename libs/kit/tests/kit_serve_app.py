@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,11 @@ async def slow(seconds: float = 1.0) -> dict[str, str]:
     _log.info("slow_started")
     await asyncio.sleep(seconds)
     return {"done": "yes"}
+
+
+@router.get("/gc-frozen")
+async def gc_frozen() -> dict[str, int]:
+    return {"frozen": gc.get_freeze_count()}
 
 
 def create(settings: ServiceSettings) -> FastAPI:

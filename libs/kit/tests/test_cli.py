@@ -365,6 +365,17 @@ def served() -> Iterator[tuple[subprocess.Popen[str], _Lines, int]]:
         proc.wait(timeout=30)
 
 
+async def test_serve_freezes_the_startup_heap(
+    served: tuple[subprocess.Popen[str], _Lines, int],
+) -> None:
+    # What lives from startup on is kept out of the collector's full passes (a throughput cost
+    # under load otherwise).
+    _proc, _lines, port = served
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        frozen = (await c.get("/gc-frozen")).json()["frozen"]
+    assert frozen > 10_000
+
+
 async def test_serve_answers_and_drains_on_sigterm(
     served: tuple[subprocess.Popen[str], _Lines, int],
 ) -> None:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import enum
+import gc
 import inspect
 import json
 import math
@@ -118,6 +119,10 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
+            # Modules, the app and its lifespan's objects live as long as the process: moved out
+            # of the collector's generations, the periodic full collections no longer walk them
+            # (about 14 % more requests/s on `GET /v1/users/me`, see docs/operations.md).
+            gc.freeze()
             # With `--port 0` this line is the only place the chosen port shows up.
             ports = [sock.getsockname()[1] for server in self.servers for sock in server.sockets]
             _log.info("http_listening", host=self.config.host, ports=ports)
