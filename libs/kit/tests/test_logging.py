@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import structlog
 from fastapi import APIRouter
 from kit_support import (
     INSTANCE,
@@ -125,3 +126,16 @@ def test_secret_settings_are_not_logged(json_lines: JsonLines) -> None:
     assert len(lines) == 1
     assert password not in json.dumps(lines)
     assert "**********" in json.dumps(lines)
+
+
+async def test_requests_are_answered_and_logged_before_logging_is_configured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A process (or test) that never called configure_logging has structlog's defaults, whose
+    # loggers have no level check: the access line must still be written, not crash the request.
+    structlog.reset_defaults()
+    app = build_app([_router(_fresh_logger())])
+    async with client(app) as c:
+        response = await c.get("/v1/hello")
+    assert response.status_code == 200
+    assert "http_request" in capsys.readouterr().out

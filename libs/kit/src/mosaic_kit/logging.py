@@ -128,6 +128,12 @@ class PerRequestLogger:
             self._generation = generation
         return self._logger
 
+    def is_enabled_for(self, level: int) -> bool:
+        """False when the configuration drops `level`. structlog's default configuration (no
+        `configure_logging` yet, as in some tests) logs everything and has no such check."""
+        check = getattr(self.get(), "isEnabledFor", None)
+        return check is None or bool(check(level))
+
 
 bind_context = structlog.contextvars.bind_contextvars
 clear_context = structlog.contextvars.clear_contextvars

@@ -211,11 +211,11 @@ class RequestMiddleware:
             if status >= 500:
                 span.set_status(StatusCode.ERROR)
             span.end()
-        access_log = _access_log.get()
         quiet = route in self.quiet_routes
         # Asked first: a line the level drops would still run structlog's processor chain.
-        if not access_log.isEnabledFor(logging.DEBUG if quiet else logging.INFO):
+        if not _access_log.is_enabled_for(logging.DEBUG if quiet else logging.INFO):
             return
+        access_log = _access_log.get()
         log = access_log.debug if quiet else access_log.info
         log(
             "http_request",
