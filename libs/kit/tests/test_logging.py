@@ -134,8 +134,13 @@ async def test_requests_are_answered_and_logged_before_logging_is_configured(
     # A process (or test) that never called configure_logging has structlog's defaults, whose
     # loggers have no level check: the access line must still be written, not crash the request.
     structlog.reset_defaults()
-    app = build_app([_router(_fresh_logger())])
-    async with client(app) as c:
-        response = await c.get("/v1/hello")
+    try:
+        app = build_app([_router(_fresh_logger())])
+        async with client(app) as c:
+            response = await c.get("/v1/hello")
+    finally:
+        # As kit_support configured it (PerRequestLogger rebinds on configure_logging only).
+        configure_logging(SERVICE, INSTANCE, "INFO", "json")
+        follow_stderr()
     assert response.status_code == 200
     assert "http_request" in capsys.readouterr().out
