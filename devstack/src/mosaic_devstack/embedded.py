@@ -35,18 +35,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether `port` can be listened on now (nothing listens on it, on `host` or everywhere)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Connections of a previous run lingering in TIME_WAIT do not make it busy.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
