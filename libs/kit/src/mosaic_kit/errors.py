@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from mosaic_kit.logging import get_logger
+from mosaic_kit.openapi import PROBLEM_CONTENT_TYPE
 from mosaic_kit.problem import Problem, default_code
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "validation_failed",
 ]
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
 # Seconds a client is told to wait before retrying a 503: about the time a restarted PostgreSQL
 # or NATS needs to accept connections again, short enough to be harmless if it is back sooner.
 RETRY_AFTER_SECONDS = 2
