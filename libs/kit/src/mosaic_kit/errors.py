@@ -147,8 +147,7 @@ def unexpected_problem(exc: Exception, path: str) -> Problem:
             503,
             "service.unavailable",
             "A dependency of this service is unavailable; retry shortly",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        )  # `problem_response` adds the Retry-After every 503 carries
     _log.exception("unhandled_error", path=path, error=type(exc).__name__)
     return Problem(500, detail="An unexpected error occurred")
 
