@@ -128,11 +128,13 @@ class PerRequestLogger:
             self._generation = generation
         return self._logger
 
-    def is_enabled_for(self, level: int) -> bool:
-        """False when the configuration drops `level`. structlog's default configuration (no
-        `configure_logging` yet, as in some tests) logs everything and has no such check."""
-        check = getattr(self.get(), "isEnabledFor", None)
-        return check is None or bool(check(level))
+    def at(self, level: int) -> Logger | None:
+        """The logger, or None when the configuration drops `level`. structlog's default
+        configuration (no `configure_logging` yet, as in some tests) logs everything and has no
+        such check."""
+        logger = self.get()
+        check = getattr(logger, "isEnabledFor", None)
+        return logger if check is None or check(level) else None
 
 
 bind_context = structlog.contextvars.bind_contextvars

@@ -213,9 +213,9 @@ class RequestMiddleware:
             span.end()
         quiet = route in self.quiet_routes
         # Asked first: a line the level drops would still run structlog's processor chain.
-        if not _access_log.is_enabled_for(logging.DEBUG if quiet else logging.INFO):
+        access_log = _access_log.at(logging.DEBUG if quiet else logging.INFO)
+        if access_log is None:
             return
-        access_log = _access_log.get()
         log = access_log.debug if quiet else access_log.info
         log(
             "http_request",
