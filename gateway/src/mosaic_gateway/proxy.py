@@ -377,14 +377,10 @@ class Forward:
         self.done = False
         self.failure_status = False
         self.out: list[bytes] = []
-        now = proxy.loop.time()
-        self.deadline = now + route.timeout
+        self.deadline = proxy.loop.time() + route.timeout
         # When this try is given up for another instance (0.0: never, it may take until
         # `deadline`); the ticker arms the timer, as for `deadline`.
-        per_try = retry.per_try_timeout if retry is not None and self.retries_left else None
-        self.try_deadline = (
-            now + per_try if per_try is not None and per_try < route.timeout else 0.0
-        )
+        self.try_deadline = self._next_try_deadline()
         self.timer: asyncio.TimerHandle | None = None
         # Told about the response (x-cache label, teeing into the cache); cache.py.
         self.capture: ResponseCapture | None = None
