@@ -10,16 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
-from loadgen import print_table, run_wrk, wait_ready
+from loadgen import auth_with_user, print_table, run_wrk
 
-from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
+from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres
 
 RESULTS = Path(__file__).resolve().parent / "results" / "auth_users_me.json"
 
@@ -34,7 +31,6 @@ def main() -> None:
     pg, nats = EmbeddedPostgres(root / "pg", durable=False), EmbeddedNats(root / "nats")
     pg.start()
     nats.start()
-    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": pg.url,
@@ -44,33 +40,16 @@ def main() -> None:
         "AUTH_SIGNING_KEY_SECRET": os.urandom(32).hex(),
         "LOG_FORMAT": "json",
     }
-    bin_ = str(Path(sys.executable).parent / "mosaic-auth")
-    subprocess.run([bin_, "migrate"], env=env, check=True, capture_output=True)
-    server = subprocess.Popen(
-        [bin_, "serve", "--port", str(port), "--instance-id", "auth-bench"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
-        signup = httpx.post(
-            url + "/v1/auth/signup",
-            json={"email": "bench@example.com", "password": "bench-password", "name": "Bench"},
-            timeout=10,
-        )
-        signup.raise_for_status()
-        token = signup.json()["tokens"]["accessToken"]
-        result = run_wrk(
-            "GET /v1/users/me (1 auth instance)",
-            url + "/v1/users/me",
-            headers={"Authorization": f"Bearer {token}"},
-            seconds=args.seconds,
-            connections=args.connections,
-        )
+        with auth_with_user(env) as (_server, url, token):
+            result = run_wrk(
+                "GET /v1/users/me (1 auth instance)",
+                url + "/v1/users/me",
+                headers={"Authorization": f"Bearer {token}"},
+                seconds=args.seconds,
+                connections=args.connections,
+            )
     finally:
-        stop_process(server.pid)
         nats.stop()
         pg.stop()
     print_table("auth service", [result])

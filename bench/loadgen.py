@@ -10,11 +10,17 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from mosaic_devstack.embedded import free_port, stop_process
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -115,3 +121,30 @@ def wait_ready(url: str, timeout: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"{url} did not become ready in {timeout:.0f} s")
+
+
+@contextmanager
+def auth_with_user(env: Mapping[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
+    """`mosaic-auth` migrated and serving on a free port, once ready, with one user signed up:
+    the server, its URL and that user's access token. The server is stopped on exit."""
+    bin_ = str(Path(sys.executable).parent / "mosaic-auth")
+    subprocess.run([bin_, "migrate"], env=env, check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [bin_, "serve", "--port", str(port), "--instance-id", "auth-bench"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        signup = httpx.post(
+            url + "/v1/auth/signup",
+            json={"email": "bench@example.com", "password": "bench-password", "name": "Bench"},
+            timeout=10,
+        )
+        signup.raise_for_status()
+        yield server, url, signup.json()["tokens"]["accessToken"]
+    finally:
+        stop_process(server.pid)

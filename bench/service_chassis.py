@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from loadgen import LoadResult, print_table, run_wrk, wait_ready
+from loadgen import LoadResult, auth_with_user, print_table, run_wrk
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
 
@@ -236,25 +236,7 @@ def main() -> None:
             "fastapi_trivial", "/ping", "GET /ping  FastAPI, no chassis", env, args
         )
 
-        bin_ = str(Path(sys.executable).parent / "mosaic-auth")
-        subprocess.run([bin_, "migrate"], env=env, check=True, capture_output=True)
-        port = free_port()
-        server = subprocess.Popen(
-            [bin_, "serve", "--port", str(port), "--instance-id", "auth-bench"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url)
-            signup = httpx.post(
-                url + "/v1/auth/signup",
-                json={"email": "bench@example.com", "password": "bench-password", "name": "Bench"},
-                timeout=10,
-            )
-            signup.raise_for_status()
-            token = signup.json()["tokens"]["accessToken"]
+        with auth_with_user(env) as (server, url, token):
             bearer = {"Authorization": f"Bearer {token}"}
             jwks = httpx.get(url + "/v1/auth/jwks.json", timeout=10).text
             if os.environ.get("BENCH_PAUSE"):
@@ -266,8 +248,6 @@ def main() -> None:
             results.append(
                 _load("GET /v1/users/me  auth service", url + "/v1/users/me", args, bearer)
             )
-        finally:
-            stop_process(server.pid)
         twin_env = {**env, "BENCH_DSN": pg.url.replace("+asyncpg", ""), "BENCH_JWKS": jwks}
         results.append(
             _serve_and_load(
