@@ -195,6 +195,16 @@ async def test_parallel_calls_are_shaped_and_merged(gateway: Gateway) -> None:
     assert no_query["query"] == ""
 
 
+async def test_a_header_the_client_named_in_connection_reaches_no_call(gateway: Gateway) -> None:
+    response = await gateway.client().get(
+        "/v1/blogs/42/page", headers={"x-custom": "hop", "connection": "x-custom"}
+    )
+    assert response.status_code == 200
+    headers = dict(response.json()["seen"]["headers"])
+    assert "x-custom" not in headers  # allow-listed, but made hop-by-hop by the client
+    assert headers["x-request-id"] == response.headers["x-request-id"]
+
+
 async def test_failed_parts_are_left_out_and_marked(gateway: Gateway) -> None:
     client = gateway.client()
     response = await client.get("/v1/partial/7")

@@ -36,7 +36,7 @@ import orjson
 from mosaic_gateway import problems
 from mosaic_gateway.balancer import Backend, Instance
 from mosaic_gateway.config import AggregateCall, Placeholder, Route
-from mosaic_gateway.http11 import CRLF, HOP_BY_HOP, connection_tokens
+from mosaic_gateway.http11 import CRLF, HOP_BY_HOP
 from mosaic_gateway.paths import refusal as path_refusal
 from mosaic_gateway.problems import GatewayProblem
 from mosaic_gateway.proxy import append_forwarded
@@ -461,24 +461,15 @@ class _Run:
         exchange = self.exchange
         parts: list[bytes] = []
         forwarded_for: bytes | None = None
-        drop: set[bytes] = set()
+        # (Headers the client named in `Connection` were taken out by the server already.)
         for name, value in exchange.headers:
             if name in _SKIP:
-                if name == b"connection":
-                    drop |= connection_tokens(value)
-                elif name == b"x-forwarded-for" and self.proxy.trust_forwarded:
+                if name == b"x-forwarded-for" and self.proxy.trust_forwarded:
                     forwarded_for = (
                         value if forwarded_for is None else forwarded_for + b", " + value
                     )
                 continue
             parts += (name, b": ", value, CRLF)
-        if drop:
-            parts = [
-                piece
-                for index in range(0, len(parts), 4)
-                if parts[index] not in drop
-                for piece in parts[index : index + 4]
-            ]
         parts.append(b"accept: application/json\r\n")
         if exchange.host is not None:
             parts += (b"x-forwarded-host: ", exchange.host, CRLF)
