@@ -58,6 +58,13 @@ def stop_process(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> 
         os.kill(pid, signal.SIGKILL)
 
 
+def _continue(process: subprocess.Popen[bytes]) -> None:
+    """SIGCONT: a server stopped by SIGSTOP (a debugger, a fault test) acts on the signal just
+    sent only once it runs again; continued, it shuts down cleanly now instead of being killed
+    after the timeout."""
+    process.send_signal(signal.SIGCONT)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
@@ -258,6 +265,7 @@ class EmbeddedPostgres:
         if self.process and self.process.poll() is None:
             # SIGINT is PostgreSQL's "fast" shutdown: roll back clients, checkpoint, exit.
             self.process.send_signal(signal.SIGINT)
+            _continue(self.process)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -329,6 +337,7 @@ class EmbeddedNats:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
+            _continue(self.process)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

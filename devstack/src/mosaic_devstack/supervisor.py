@@ -11,7 +11,6 @@ or after a short head start, so a part that hangs costs one grace period in all,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import signal
@@ -600,10 +599,6 @@ class Supervisor:
         if server is None or server.process is None:
             return
         self.say(f"stopping {what}")
-        # A server stopped by SIGSTOP (a debugger, a fault test) cannot act on SIGTERM until it
-        # runs again: continue it, so it shuts down cleanly now rather than being killed later.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server.process.pid, signal.SIGCONT)
         try:
             await asyncio.to_thread(server.stop)
         except Exception as exc:
