@@ -9,7 +9,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from mosaic_auth import keys
 from mosaic_auth.app import build_service
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
+from mosaic_devstack.embedded import free_port
 from mosaic_kit.db import Database
 from mosaic_kit.migrations import upgrade_async
 from mosaic_kit.revocation import RevocationSet
@@ -51,12 +51,6 @@ def _env(pg_url: str, nats_url: str, schema: str, **extra: str) -> dict[str, str
         "LOG_FORMAT": "json",
         **extra,
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _key_rows(pg_url: str, schema: str) -> dict[str, bytes]:
@@ -109,7 +103,7 @@ async def test_without_a_secret_the_service_refuses_to_start_unless_plaintext_is
     settings = make_settings(pg_url, nats_url, auth_signing_key_secret=None)
     await upgrade_async(settings, "mosaic_auth")
     env = _env(pg_url, nats_url, settings.db_schema)
-    port = _free_port()
+    port = free_port()
     serve = [str(BIN), "serve", "--port", str(port)]
 
     refused = await asyncio.create_subprocess_exec(
