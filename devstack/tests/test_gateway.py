@@ -12,6 +12,7 @@ import time
 import psutil
 from devstack_support import Stack, family, get, occupy, under, wait_all_gone
 
+from mosaic_devstack.embedded import free_port
 from mosaic_devstack.procs import ProcessRef
 from mosaic_gateway.config import load_config
 
@@ -150,9 +151,7 @@ def test_the_gateway_port_is_held_from_the_check_on(
     ready) no other stack may take the port: a second `mosaic up` asking for it fails at once."""
     stack.use_services("auth", "blog")
     stack.env.update(DATABASE_URL=pg_url, NATS_URL=nats_url, FAKE_NEVER_READY="1")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = stack.up_foreground("--replicas", "1", "--gateway-port", str(port))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the services are starting: the port was checked
