@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
 from mosaic_blog.settings import BlogSettings
 
@@ -54,6 +55,14 @@ class Platform:
         self.blog_a = blog_a
         self.blog_b = blog_b
         self.admin: dict[str, str] = {}
+
+    async def sign_in_admin(self, auth_service: AuthService) -> None:
+        """Seed auth's admin (`AuthService.seed`) and sign it in: `self.admin` then holds its
+        headers, which `user` needs to grant roles."""
+        seeded = await auth_service.seed()
+        signin = await self.auth.post("/v1/auth/signin", json=seeded["admin"])
+        assert signin.status_code == 200, signin.text
+        self.admin = bearer(signin.json()["tokens"]["accessToken"])
 
     async def user(self, *roles: str, name: str = "Some Writer") -> dict[str, Any]:
         """A signed-up user holding `roles`, with a token that carries them."""

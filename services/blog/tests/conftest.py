@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest_asyncio
-from blog_support import PASSWORD, Platform, auth_settings, bearer, blog_settings
+from blog_support import PASSWORD, Platform, auth_settings, blog_settings
 
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
@@ -40,12 +40,7 @@ async def platform(pg_url: str, nats_url: str) -> AsyncIterator[Platform]:
         result = Platform(*clients)
         result.blog_apps = apps  # type: ignore[attr-defined]
         result.auth_app = auth_app  # type: ignore[attr-defined]
-        seeded = await auth_app.state.auth_service.seed()
-        signin = await result.auth.post(
-            "/v1/auth/signin",
-            json={"email": seeded["admin"]["email"], "password": seeded["admin"]["password"]},
-        )
-        result.admin = bearer(signin.json()["tokens"]["accessToken"])
+        await result.sign_in_admin(auth_app.state.auth_service)
         assert PASSWORD
         yield result
 

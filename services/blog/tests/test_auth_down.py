@@ -36,9 +36,7 @@ async def test_public_reads_keep_working_with_author_names_while_auth_is_down(
             # second on its own (see JwksCache), the test just does not wait for that.
             await blog_app.state.token_verifier.jwks.refresh()
             platform = Platform(auth, blog, blog)
-            seeded = await auth_app.state.auth_service.seed()
-            admin = await auth.post("/v1/auth/signin", json=seeded["admin"])
-            platform.admin = {"Authorization": f"Bearer {admin.json()['tokens']['accessToken']}"}
+            await platform.sign_in_admin(auth_app.state.auth_service)
             writer = await platform.user("AUTHOR", name="Offline Writer")
             editor = await platform.user("EDITOR")
             published = await platform.published(writer, editor)

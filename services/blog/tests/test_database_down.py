@@ -48,9 +48,7 @@ async def test_postgres_restart_is_503_with_retry_after_then_writes_succeed_agai
             ]
             await blog_app.state.token_verifier.jwks.refresh()
             platform = Platform(auth, blog, blog)
-            seeded = await auth_app.state.auth_service.seed()
-            admin = await auth.post("/v1/auth/signin", json=seeded["admin"])
-            platform.admin = {"Authorization": f"Bearer {admin.json()['tokens']['accessToken']}"}
+            await platform.sign_in_admin(auth_app.state.auth_service)
             writer = await platform.user("AUTHOR", name="Restart Writer")
             first = await platform.draft(writer)
 

@@ -44,9 +44,7 @@ async def test_writes_do_not_wait_for_a_frozen_nats_and_replicas_see_them_after_
         for app in apps[1:]:
             await app.state.token_verifier.jwks.refresh()
         platform = Platform(*clients)
-        seeded = await apps[0].state.auth_service.seed()
-        admin = await platform.auth.post("/v1/auth/signin", json=seeded["admin"])
-        platform.admin = {"Authorization": f"Bearer {admin.json()['tokens']['accessToken']}"}
+        await platform.sign_in_admin(apps[0].state.auth_service)
         writer = await platform.user("AUTHOR", name="Frozen Writer")
         editor = await platform.user("EDITOR")
         blog = await platform.published(writer, editor)

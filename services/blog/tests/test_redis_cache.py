@@ -40,9 +40,7 @@ async def redis_platform(pg_url: str, nats_url: str, redis_url: str) -> AsyncIte
         ]
         platform = Platform(*clients)
         platform.blog_apps = apps  # type: ignore[attr-defined]
-        seeded = await auth_app.state.auth_service.seed()
-        admin = await platform.auth.post("/v1/auth/signin", json=seeded["admin"])
-        platform.admin = {"Authorization": f"Bearer {admin.json()['tokens']['accessToken']}"}
+        await platform.sign_in_admin(auth_app.state.auth_service)
         yield platform
 
 
