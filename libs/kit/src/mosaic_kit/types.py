@@ -10,6 +10,9 @@ a 500; here it is a 422 `validation_failed` naming the field, like any other inv
   their wire names (camelCase).
 * Query and path parameters that are text are declared as `Text` (add `Query(...)` or
   `StringConstraints(...)` around it as usual: `Annotated[Text, Query(max_length=50)]`).
+
+The models that document answers (`route_responses(answer=...)`) derive from `ResponseBody`,
+for the same wire names.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator
 from pydantic.alias_generators import to_camel
 
-__all__ = ["NUL_MESSAGE", "RequestBody", "Text", "reject_nul"]
+__all__ = ["NUL_MESSAGE", "RequestBody", "ResponseBody", "Text", "reject_nul"]
 
 NUL_MESSAGE = "must not contain the NUL character (U+0000)"
 # Deeper than any request body nests lists; bounds the walk of a hostile one.
@@ -60,3 +63,9 @@ class RequestBody(BaseModel):
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
         return reject_nul(value)
+
+
+class ResponseBody(BaseModel):
+    """Base of the models documenting an answer: camelCase on the wire, as the bodies are."""
+
+    model_config = ConfigDict(alias_generator=to_camel)

@@ -7,8 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
-from pydantic.alias_generators import to_camel
+from pydantic import AnyHttpUrl, EmailStr, Field, StringConstraints
 
 from mosaic_auth.service import AuthService, ClientInfo
 from mosaic_kit.auth import Principal, current_principal, require_roles
@@ -21,7 +20,7 @@ from mosaic_kit.openapi import (
     route_responses,
 )
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from mosaic_kit.types import RequestBody, Text
+from mosaic_kit.types import RequestBody, ResponseBody, Text
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
@@ -68,11 +67,7 @@ class ApiKeyBody(RequestBody):
 # fuzzing in tests/contract checks the real answers against these) ---------------------------
 
 
-class View(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel)
-
-
-class PublicProfile(View):
+class PublicProfile(ResponseBody):
     id: uuid.UUID
     name: str
     profile_pic_url: str | None
@@ -88,23 +83,23 @@ class AdminProfile(PrivateProfile):
     disabled: bool
 
 
-class Tokens(View):
+class Tokens(ResponseBody):
     access_token: str
     refresh_token: str
     token_type: Literal["Bearer"]
     expires_in: int = Field(description="Seconds the access token lives.")
 
 
-class SignedIn(View):
+class SignedIn(ResponseBody):
     user: PrivateProfile
     tokens: Tokens
 
 
-class Refreshed(View):
+class Refreshed(ResponseBody):
     tokens: Tokens
 
 
-class Jwk(View):
+class Jwk(ResponseBody):
     kty: Literal["OKP"]
     crv: Literal["Ed25519"]
     x: str
@@ -113,11 +108,11 @@ class Jwk(View):
     alg: Literal["EdDSA"]
 
 
-class Jwks(View):
+class Jwks(ResponseBody):
     keys: list[Jwk]
 
 
-class ApiKeyView(View):
+class ApiKeyView(ResponseBody):
     id: uuid.UUID
     name: str
     comment: str | None
@@ -130,12 +125,12 @@ class CreatedApiKey(ApiKeyView):
     key: str | None = Field(description="Shown once; null in an idempotent replay.")
 
 
-class UsersPage(View):
+class UsersPage(ResponseBody):
     items: list[AdminProfile]
     next_cursor: str | None
 
 
-class ApiKeysPage(View):
+class ApiKeysPage(ResponseBody):
     items: list[ApiKeyView]
     next_cursor: str | None
 

@@ -7,8 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AnyHttpUrl, Field, StringConstraints, field_validator
 
 from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
 from mosaic_blog.workflow import Action, State
@@ -21,7 +20,7 @@ from mosaic_kit.openapi import (
     route_responses,
 )
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from mosaic_kit.types import RequestBody, Text
+from mosaic_kit.types import RequestBody, ResponseBody, Text
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]
 Description = Annotated[
@@ -89,17 +88,13 @@ class BlogPatch(RequestBody):
 # fuzzing in tests/contract checks the real answers against these) ---------------------------
 
 
-class View(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel)
-
-
-class AuthorView(View):
+class AuthorView(ResponseBody):
     id: uuid.UUID
     name: str | None = Field(description="null until the blog service has the profile.")
     profile_pic_url: str | None
 
 
-class PublicBlog(View):
+class PublicBlog(ResponseBody):
     id: uuid.UUID
     slug: str
     title: str
@@ -119,16 +114,16 @@ class FullBlog(PublicBlog):
     state: State
 
 
-class PublicPage(View):
+class PublicPage(ResponseBody):
     items: list[PublicBlog]
     next_cursor: str | None
 
 
-class Similar(View):
+class Similar(ResponseBody):
     items: list[PublicBlog] = Field(max_length=6)
 
 
-class FullPage(View):
+class FullPage(ResponseBody):
     items: list[FullBlog]
     next_cursor: str | None
 
