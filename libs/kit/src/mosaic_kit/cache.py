@@ -733,13 +733,19 @@ class Invalidator:
         if self._closed:
             raise RuntimeError("the invalidator is closed")
         self._pending.add(group)
-        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(landed)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="cache-invalidator")
         self._wake.set()
-        if self._patience > 0 and not self._overdue():
+        if self._patience <= 0 or self._overdue():
+            return
+        # Only a caller that waits leaves a waiter, and drops it when it stops waiting: while the
+        # backend hangs, writes leave nothing behind them.
+        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(landed)
+        try:
             await asyncio.wait({landed}, timeout=self._patience)
+        finally:
+            landed.cancel()  # a no-op once it landed
 
     async def settle(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
         """Wait up to `timeout` seconds for every asked bump to land; whether they did."""
@@ -792,7 +798,7 @@ class Invalidator:
                 except Exception:  # a CacheError is logged by the cache itself
                     # Whatever failed, this task must live on: it is the only one bumping.
                     self._pending |= groups
-                    self._waiters = waiters + self._waiters
+                    self._waiters = [w for w in waiters if not w.done()] + self._waiters
                     if self._failing_since is None:
                         self._failing_since = time.monotonic()
                         _log.warning("cache_invalidation_delayed", groups=sorted(groups))
