@@ -451,3 +451,43 @@ def test_discovery_configuration_is_checked() -> None:
         "nats: {url: 'nats://x'}\nbackends:\n  b:\n"
         "    discovery: {nats: {service: blog, interval: 1s, timeout: 1s}}\n" + ROUTES
     ) == ["gw.yaml:4:17: backends.b.discovery.nats: timeout must be shorter than interval"]
+
+
+class _LosesOneCancel(DiscoveryWatcher):
+    """A watcher whose round swallows the first cancellation, as a library call can when it
+    finishes at the moment it is cancelled (asyncio.wait_for on Python 3.11)."""
+
+    kind = "scripted"
+
+    def __init__(self, backend: Backend) -> None:
+        self.round_started = asyncio.Event()
+        self.swallowed = 0
+        super().__init__(backend, interval=0.01)
+
+    async def discover(self) -> list[Address]:
+        self.round_started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+        return []
+
+
+async def test_stop_ends_a_round_that_lost_its_cancellation() -> None:
+    watcher = _LosesOneCancel(_backend())
+    watcher._task = asyncio.get_running_loop().create_task(watcher._run())
+    await asyncio.wait_for(watcher.round_started.wait(), 5)
+    # One cancel was all the old stop() sent: it waited for the loop forever (a reload's old
+    # runtime never retired). Not wait_for: its own cancel would reach the task and end it.
+    stopping = asyncio.get_running_loop().create_task(watcher.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=1)
+    if not done:
+        task = watcher._task
+        assert task is not None
+        task.cancel()  # the test's own cleanup, then the verdict
+        await asyncio.wait({stopping}, timeout=1)
+    assert done, "stop() was still waiting for the round after 1 s"
+    assert watcher.swallowed == 1
+    assert watcher._task is None

@@ -37,6 +37,7 @@ _log = get_logger("mosaic_gateway.discovery")
 _FAMILIES = {"any": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 # How long the first round may take before the runtime starts without it.
 _FIRST_ROUND_LIMIT = 5.0
+_STOP_RECHECK = 0.1  # s: how often `stop` asks again while a round ignores its cancellation
 
 
 def http_address(url: str) -> Address | None:
@@ -89,10 +90,18 @@ class DiscoveryWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            while not task.done():
+                # A cancellation can be lost in a library call that finished at the same moment
+                # (asyncio.wait_for on Python 3.11, inside nats-py's next_msg): the loop then
+                # carries on, and one cancel would wait for it forever (seen as a reload whose
+                # old runtime never retired). Ask again until the task has really ended.
+                await asyncio.wait({task}, timeout=_STOP_RECHECK)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
             self._task = None
 
     async def _run(self) -> None:
