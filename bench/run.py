@@ -13,6 +13,7 @@ BENCHMARKS = [
     "blog_reads.py",
     "gateway_proxy.py",
     "service_chassis.py",
+    "gateway_worker_start.py",
 ]
 
 
