@@ -35,10 +35,11 @@ status: $(STAMP) ## show what `make run` started
 test: $(STAMP) ## run the whole test suite (starts its own PostgreSQL and NATS)
 	$(PY) -m pytest $(ARGS)
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
+lint: $(STAMP) ## ruff (lint + format check), mypy --strict and the import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -1,4 +1,4 @@
-"""Micro-benchmark of `mosaic_kit.auth.TokenVerifier.verify`.
+"""Micro-benchmark of `mosaic_kit.tokens.TokenVerifier.verify`.
 
 Measures verifications per second for
   (a) a cache hit: a token verified before (hash + dict lookup + revocation check),
@@ -27,9 +27,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mosaic_kit.auth import TokenVerifier
 from mosaic_kit.jwks import JwksCache, StaticKeySource
 from mosaic_kit.revocation import RevocationSet
+from mosaic_kit.tokens import TokenVerifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kit_token_verify.json"
 

@@ -3,7 +3,7 @@
 One run, one ASGI server for every app (uvicorn, uvloop, httptools, one process, no access log
 of uvicorn's own), loaded in turn with wrk:
 
-- `GET /ping` on `mosaic_kit.app.create_app` (request id, access log at INFO, RED metrics,
+- `GET /ping` on `mosaic_kit.fastapi.app.create_app` (request id, access log at INFO, RED metrics,
   problem handlers; tracing off) vs the same route on bare Starlette (and, for reference, on
   FastAPI without the chassis);
 - `GET /v1/users/me` on the real auth service (`mosaic-auth serve`) vs a bare Starlette +
@@ -49,7 +49,7 @@ def kit_trivial() -> Any:
     """`GET /ping` on the full chassis, logging configured as a service configures it."""
     from fastapi import APIRouter
 
-    from mosaic_kit.app import create_app
+    from mosaic_kit.fastapi.app import create_app
     from mosaic_kit.logging import configure_logging
     from mosaic_kit.metrics import new_registry
     from mosaic_kit.settings import ServiceSettings
@@ -165,7 +165,7 @@ def bare_users_me() -> Any:
 
 
 def _uvicorn(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The same server settings `mosaic_kit.cli` gives `serve`."""
+    """The same server settings `mosaic_kit.fastapi.cli` gives `serve`."""
     args = [sys.executable, "-m", "uvicorn", f"service_chassis:{factory}", "--factory"]
     args += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)]
     args += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header"]

@@ -1,6 +1,6 @@
 """Helpers for the discovery and reload tests: gateways started with extra CLI flags, their
 JSON logs, configuration files rewritten the way editors do, and `nats.micro` services that
-announce an HTTP instance the way Mosaic's services do (`mosaic_kit.rpc.discovery_metadata`)."""
+announce an HTTP instance the way Mosaic's services do (`mosaic_kit.nats.rpc.discovery_metadata`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import httpx
 import yaml
 from gateway_support import Gateway, GatewayFactory
 
-from mosaic_kit.nats import Client
-from mosaic_kit.rpc import RpcService, serve
+from mosaic_kit.nats.connection import Client
+from mosaic_kit.nats.rpc import RpcService, serve
 
 # The server section each gateway was started with (its file may be broken on purpose).
 _servers: dict[Path, dict[str, Any]] = {}

@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mosaic_devstack.embedded import EmbeddedNats
-from mosaic_kit.events import ensure_stream, new_event, publish
-from mosaic_kit.nats import Client, connect
+from mosaic_kit.events import new_event
+from mosaic_kit.nats.connection import Client, connect
+from mosaic_kit.nats.jetstream import ensure_stream, publish
+from mosaic_kit.nats.rpc import RpcService, serve
 from mosaic_kit.problem import Problem
-from mosaic_kit.rpc import RpcService, serve
 
 
 def _b64url(raw: bytes) -> str:

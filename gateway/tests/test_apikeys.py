@@ -17,10 +17,11 @@ from mosaic_gateway.apikeys import (
     ApiKeyUnavailable,
     ApiKeyVerifier,
 )
-from mosaic_kit.errors import Problem
-from mosaic_kit.events import ensure_stream, new_event, publish
-from mosaic_kit.nats import Client, connect
-from mosaic_kit.rpc import RpcService, serve
+from mosaic_kit.events import new_event
+from mosaic_kit.nats.connection import Client, connect
+from mosaic_kit.nats.jetstream import ensure_stream, publish
+from mosaic_kit.nats.rpc import RpcService, serve
+from mosaic_kit.problem import Problem
 
 
 class FakeAuth:

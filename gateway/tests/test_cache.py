@@ -27,7 +27,7 @@ from gateway_support import (
 
 from mosaic_devstack.embedded import EmbeddedNats
 from mosaic_gateway.config import ConfigError, parse_config
-from mosaic_kit.nats import Client, connect
+from mosaic_kit.nats.connection import Client, connect
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -25,7 +25,7 @@ from mosaic_gateway.breaker import CircuitBreaker
 from mosaic_gateway.config import ConfigError, parse_config
 from mosaic_gateway.discovery import DiscoveryWatcher, NatsWatcher, http_address
 from mosaic_gateway.upstream import Pool
-from mosaic_kit.nats import Client, connect
+from mosaic_kit.nats.connection import Client, connect
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ from mosaic_gateway.headers import (
     cors_request,
     strip_hop_by_hop,
 )
-from mosaic_kit.auth import Principal
+from mosaic_kit.tokens import Principal
 
 Headers = list[tuple[bytes, bytes]]
 

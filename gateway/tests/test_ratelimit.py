@@ -18,8 +18,8 @@ from mosaic_gateway.ratelimit import (
     SharedRateLimiter,
     retry_after_header,
 )
-from mosaic_kit.cache import encode_kv_key
-from mosaic_kit.nats import Client, connect
+from mosaic_kit.nats.connection import Client, connect
+from mosaic_kit.nats.kv import encode_kv_key
 
 
 class Clock:

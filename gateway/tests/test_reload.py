@@ -26,7 +26,7 @@ from disco_support import (
 )
 from gateway_support import Backend, BackendFactory, Gateway, free_port, gateway_config
 
-from mosaic_kit.nats import Client, connect
+from mosaic_kit.nats.connection import Client, connect
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -34,7 +34,8 @@ from mosaic_blog.settings import BlogSettings
 from mosaic_devstack.gateway_config import ROUTES, GatewaySettings, gateway_config, render
 from mosaic_gateway.config import parse_config
 from mosaic_gateway.docs import Merger
-from mosaic_kit import auth, idempotency, pagination
+from mosaic_kit import pagination
+from mosaic_kit.fastapi import auth, idempotency
 from mosaic_kit.openapi import (
     BODY_PROBLEMS,
     CURSOR_PROBLEMS,
@@ -62,7 +63,7 @@ SERVICES: dict[str, Callable[[], FastAPI]] = {
     "auth": lambda: create_auth_app(AuthSettings()),
     "blog": lambda: create_blog_app(BlogSettings()),
 }
-# The kit's problem helpers (mosaic_kit.errors) and the status each one answers.
+# The kit's problem helpers (mosaic_kit.problem) and the status each one answers.
 HELPER_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,

@@ -23,7 +23,7 @@ from e2e_support import (
     with_roles,
 )
 
-from mosaic_kit.rpc import request
+from mosaic_kit.nats.rpc import request
 
 
 def test_status_reports_the_gateway_two_ready_replicas_and_the_seeded_secrets(

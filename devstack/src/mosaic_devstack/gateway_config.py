@@ -144,7 +144,7 @@ def backend_section(name: str) -> dict[str, Any]:
     """How the gateway finds and treats the instances of one service.
 
     Found through NATS: every instance announces itself as a `nats.micro` service named after
-    its service, with its HTTP URL in the metadata (`mosaic_kit.rpc.discovery_metadata`), and
+    its service, with its HTTP URL in the metadata (`mosaic_kit.nats.rpc.discovery_metadata`), and
     the gateway asks `$SRV.INFO.<name>` every couple of seconds. So replicas started or
     restarted later are found without a new configuration. (A static list would be
     `{"instances": [url, ...]}` here.)

@@ -35,9 +35,10 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mosaic_gateway.problems import GatewayProblem
-from mosaic_kit.events import Event, RecentEventsSubscription, subscribe_recent
+from mosaic_kit.events import Event
 from mosaic_kit.logging import get_logger
-from mosaic_kit.rpc import RpcError, request
+from mosaic_kit.nats.jetstream import RecentEventsSubscription, subscribe_recent
+from mosaic_kit.nats.rpc import RpcError, request
 
 __all__ = [
     "API_KEY_HEADER",

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mosaic_gateway.config import GatewayConfig
-from mosaic_kit.nats import connect
+from mosaic_kit.nats.connection import connect
 
 if TYPE_CHECKING:
     from mosaic_gateway.security import SecurityServices

@@ -14,7 +14,7 @@ every replica gone at once; if they really are gone, ejection and the breakers d
   and/or AAAA records; each address is an instance `http://address:port`.
 - NATS (`nats: {service}`): the `nats.micro` discovery pattern: publish `$SRV.INFO.<service>`
   with a reply inbox and gather every reply for `timeout`. Each reply is one running service
-  instance; its `metadata.http` (published by `mosaic_kit.rpc.discovery_metadata`) is where its
+  instance; its `metadata.http` (published by `mosaic_kit.nats.rpc.discovery_metadata`) is where its
   HTTP API answers. An instance that misses `missing_rounds` rounds in a row is taken out.
 """
 

@@ -1,6 +1,6 @@
 """The gateway's own errors as RFC 9457 `application/problem+json`.
 
-Same shape as `mosaic_kit.errors.Problem.to_dict` (type `urn:mosaic:problem:<code>`, title,
+Same shape as `mosaic_kit.problem.Problem.to_dict` (type `urn:mosaic:problem:<code>`, title,
 status, detail, code, instance), built here because that module pulls FastAPI into every worker.
 Upstream errors are never rewritten: only responses the gateway itself produces use these.
 """

@@ -51,8 +51,8 @@ from nats.js.kv import KeyValue
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from mosaic_gateway.problems import GatewayProblem
-from mosaic_kit.cache import encode_kv_key
 from mosaic_kit.logging import get_logger
+from mosaic_kit.nats.kv import encode_kv_key
 
 __all__ = [
     "RATE_LIMITED",

@@ -79,10 +79,12 @@ from mosaic_gateway.ratelimit import (
     WindowCounter,
     retry_after_header,
 )
-from mosaic_kit.jwks import JwksCache, NatsKeySource
+from mosaic_kit.jwks import JwksCache
 from mosaic_kit.logging import get_logger
+from mosaic_kit.nats.keys import NatsKeySource
+from mosaic_kit.nats.revocation import RevocationFeed, follow_revocations
 from mosaic_kit.problem import Problem
-from mosaic_kit.revocation import RevocationFeed, RevocationSet, follow_revocations
+from mosaic_kit.revocation import RevocationSet
 from mosaic_kit.tokens import Principal, TokenVerifier
 
 if TYPE_CHECKING:

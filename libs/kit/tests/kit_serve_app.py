@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from mosaic_kit.app import create_app
-from mosaic_kit.cli import ServiceCLI
+from mosaic_kit.fastapi.app import create_app
+from mosaic_kit.fastapi.cli import ServiceCLI
 from mosaic_kit.logging import get_logger
 from mosaic_kit.settings import ServiceSettings
 

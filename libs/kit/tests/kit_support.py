@@ -20,11 +20,11 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import MetaData, text
 
 from mosaic_kit import tracing
-from mosaic_kit.app import create_app
-from mosaic_kit.db import Database, create_engine
+from mosaic_kit.fastapi.app import create_app
 from mosaic_kit.logging import configure_logging
 from mosaic_kit.metrics import new_registry
 from mosaic_kit.settings import ServiceSettings
+from mosaic_kit.sql.db import Database, create_engine
 
 SERVICE = "kit-test"
 INSTANCE = "kit-test-1"

@@ -10,9 +10,9 @@ from fastapi import APIRouter, FastAPI
 from kit_support import client, settings
 from pydantic import BaseModel
 
-from mosaic_kit.app import OrjsonResponse, create_app
-from mosaic_kit.errors import PROBLEM_CONTENT_TYPE
+from mosaic_kit.fastapi.app import OrjsonResponse, create_app
 from mosaic_kit.metrics import new_registry
+from mosaic_kit.openapi import PROBLEM_CONTENT_TYPE
 
 
 class NewItem(BaseModel):

@@ -18,17 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import Depends, FastAPI
 
-from mosaic_kit.auth import (
-    Principal,
-    TokenVerifier,
-    current_principal,
-    optional_principal,
-    require_roles,
-)
-from mosaic_kit.errors import Problem, install_problem_handlers
 from mosaic_kit.events import new_event
+from mosaic_kit.fastapi.auth import current_principal, optional_principal, require_roles
+from mosaic_kit.fastapi.errors import install_problem_handlers
 from mosaic_kit.jwks import JwksCache, StaticKeySource
+from mosaic_kit.problem import Problem
 from mosaic_kit.revocation import RevocationSet
+from mosaic_kit.tokens import Principal, TokenVerifier
 
 NOW = 1_750_000_000
 

@@ -18,17 +18,12 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from mosaic_devstack.embedded import EmbeddedNats, free_port
-from mosaic_kit.cache import (
-    Cache,
-    CacheError,
-    NatsKvCache,
-    RedisCache,
-    cache_from_settings,
-    cached,
-    encode_kv_key,
-)
+from mosaic_kit.cache import Cache, CacheError, cached
+from mosaic_kit.chassis.cache import cache_from_settings
 from mosaic_kit.metrics import new_registry
-from mosaic_kit.nats import connect
+from mosaic_kit.nats.connection import connect
+from mosaic_kit.nats.kv import NatsKvCache, encode_kv_key
+from mosaic_kit.redis.cache import RedisCache
 from mosaic_kit.settings import ServiceSettings
 
 NATS_KV_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")

@@ -24,8 +24,8 @@ from pydantic import Field, SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from mosaic_kit.app import create_app
-from mosaic_kit.cli import ServiceCLI
+from mosaic_kit.fastapi.app import create_app
+from mosaic_kit.fastapi.cli import ServiceCLI
 from mosaic_kit.metrics import new_registry
 from mosaic_kit.settings import ServiceSettings
 from mosaic_kit.version import build_info
@@ -250,7 +250,7 @@ def _migration_package(root: Path) -> str:
     (root / name / "migrations" / "__init__.py").write_text("")
     (root / name / "migrations" / "env.py").write_text(
         "from sqlalchemy import MetaData\n"
-        "from mosaic_kit.migrations import run_env\n"
+        "from mosaic_kit.sql.migrations import run_env\n"
         "run_env(MetaData())\n"
     )
     (versions / "0001_widgets.py").write_text(

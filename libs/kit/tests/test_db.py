@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import exc, text
 
-from mosaic_kit.db import Database, create_engine
+from mosaic_kit.sql.db import ConstraintError, Database, create_engine
 
 
 @pytest.fixture
@@ -80,3 +81,41 @@ async def test_a_connection_the_server_closed_is_replaced_on_checkout(
     async with db.connect() as conn:
         again = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
     assert again != pid
+
+
+async def test_a_broken_constraint_is_a_constraint_error_and_nothing_is_written(
+    db: Database,
+) -> None:
+    name = f"probe_{uuid.uuid4().hex[:8]}"
+    async with db.transaction() as conn:
+        await conn.execute(
+            text(f"CREATE TABLE {name} (id int CONSTRAINT uq_{name}_id UNIQUE, note text)")
+        )
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(text(f"INSERT INTO {name} VALUES (1, 'first')"))
+
+        async def second_then_duplicate() -> None:
+            async with db.transaction() as conn:
+                await conn.execute(text(f"INSERT INTO {name} VALUES (2, 'second')"))
+                await conn.execute(text(f"INSERT INTO {name} VALUES (1, 'again')"))
+
+        with pytest.raises(ConstraintError) as caught:
+            await second_then_duplicate()
+        assert caught.value.constraint == f"uq_{name}_id"
+        assert isinstance(caught.value.__cause__, exc.IntegrityError)
+        async with db.connect() as conn:
+            notes = (await conn.execute(text(f"SELECT note FROM {name} ORDER BY id"))).scalars()
+            assert list(notes) == ["first"]  # the whole transaction was rolled back
+    finally:
+        async with db.transaction() as conn:
+            await conn.execute(text(f"DROP TABLE {name}"))
+
+
+async def test_other_database_errors_pass_through_unchanged(db: Database) -> None:
+    async def query_a_missing_table() -> None:
+        async with db.transaction() as conn:
+            await conn.execute(text("SELECT * FROM no_such_table_here"))
+
+    with pytest.raises(exc.ProgrammingError):
+        await query_a_missing_table()

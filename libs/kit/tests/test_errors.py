@@ -9,13 +9,9 @@ from fastapi import APIRouter, FastAPI, Query
 from kit_support import build_app
 from pydantic import BaseModel, Field
 
-from mosaic_kit.errors import (
-    PROBLEM_CONTENT_TYPE,
-    Problem,
-    conflict,
-    install_problem_handlers,
-    unauthorized,
-)
+from mosaic_kit.fastapi.errors import install_problem_handlers
+from mosaic_kit.openapi import PROBLEM_CONTENT_TYPE
+from mosaic_kit.problem import Problem, conflict, unauthorized
 
 
 class Address(BaseModel):

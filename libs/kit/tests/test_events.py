@@ -18,22 +18,20 @@ from sqlalchemy import Column, Integer, String, Table, func, make_url, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_devstack.embedded import free_port
-from mosaic_kit.db import Database, create_engine, new_metadata
 from mosaic_kit.events import (
     DLQ_STREAM,
-    DurableConsumer,
     Event,
     MalformedEventError,
     RejectEventError,
     dlq_subject,
-    ensure_stream,
     new_event,
-    processed_events_table,
-    publish,
     stream_name,
-    subscribe_recent,
 )
-from mosaic_kit.nats import Client, connect
+from mosaic_kit.nats.connection import Client, connect
+from mosaic_kit.nats.consumer import DurableConsumer
+from mosaic_kit.nats.jetstream import ensure_stream, publish, subscribe_recent
+from mosaic_kit.sql.db import Database, create_engine, new_metadata
+from mosaic_kit.sql.processed import processed_events_table
 
 metadata = new_metadata()
 processed_events_table(metadata)

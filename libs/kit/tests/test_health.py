@@ -6,7 +6,7 @@ import pytest
 from fastapi import FastAPI
 from kit_support import INSTANCE, SERVICE, build_app, client
 
-from mosaic_kit.health import run_checks
+from mosaic_kit.fastapi.health import run_checks
 from mosaic_kit.metrics import gauge, new_registry
 
 

@@ -16,9 +16,11 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from starlette.responses import Response
 
-from mosaic_kit.db import Database, new_metadata
-from mosaic_kit.errors import Problem, install_problem_handlers
-from mosaic_kit.idempotency import Idempotency, IdempotencyGuard, idempotency_table
+from mosaic_kit.fastapi.errors import install_problem_handlers
+from mosaic_kit.fastapi.idempotency import Idempotency, IdempotencyGuard
+from mosaic_kit.problem import Problem
+from mosaic_kit.sql.db import Database, new_metadata
+from mosaic_kit.sql.idempotency import idempotency_table
 
 
 class Thing(BaseModel):

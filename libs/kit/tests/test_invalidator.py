@@ -12,8 +12,9 @@ import uuid
 from pathlib import Path
 
 from mosaic_devstack.embedded import EmbeddedNats
-from mosaic_kit.cache import Invalidator, NatsKvCache
-from mosaic_kit.nats import connect
+from mosaic_kit.cache import Invalidator
+from mosaic_kit.nats.connection import connect
+from mosaic_kit.nats.kv import NatsKvCache
 
 
 def _freeze(pid: int) -> None:

@@ -16,20 +16,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
-from mosaic_kit.auth import TokenVerifier
-from mosaic_kit.errors import Problem
 from mosaic_kit.jwks import (
     HttpKeySource,
     JwksCache,
     JwksUnavailable,
-    NatsKeySource,
     StaticKeySource,
     parse_ed25519_jwk,
     validate_jwks,
 )
-from mosaic_kit.nats import connect
+from mosaic_kit.nats.connection import connect
+from mosaic_kit.nats.keys import NatsKeySource
+from mosaic_kit.nats.rpc import RpcUnavailable, serve
+from mosaic_kit.problem import Problem
 from mosaic_kit.revocation import RevocationSet
-from mosaic_kit.rpc import RpcUnavailable, serve
+from mosaic_kit.tokens import TokenVerifier
 
 
 class Clock:

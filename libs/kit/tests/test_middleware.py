@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request, Response
 from kit_support import build_app, client, records
 from starlette.types import Receive, Scope, Send
 
-from mosaic_kit.errors import PROBLEM_CONTENT_TYPE
+from mosaic_kit.fastapi.middleware import RequestMiddleware
 from mosaic_kit.logging import get_logger
 from mosaic_kit.metrics import http_metrics, new_registry
-from mosaic_kit.middleware import RequestMiddleware
+from mosaic_kit.openapi import PROBLEM_CONTENT_TYPE
 
 _log = get_logger("kit_test.handler")
 

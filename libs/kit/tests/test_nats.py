@@ -9,7 +9,7 @@ import nats.errors
 import pytest
 
 from mosaic_devstack.embedded import EmbeddedNats, free_port
-from mosaic_kit.nats import connect, redact_url
+from mosaic_kit.nats.connection import connect, redact_url
 
 
 def test_redact_url_drops_credentials() -> None:
@@ -68,7 +68,7 @@ async def test_connection_comes_back_after_a_server_restart(own_nats: EmbeddedNa
 
 
 async def test_readiness_check_follows_the_connection(own_nats: Any) -> None:
-    from mosaic_kit.nats import readiness_check
+    from mosaic_kit.nats.connection import readiness_check
 
     client = await connect(own_nats.url, "readiness-test", max_wait=5.0)
     check = readiness_check(client)

@@ -18,17 +18,14 @@ from sqlalchemy import Column, String, Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_devstack.embedded import EmbeddedNats
-from mosaic_kit.db import Database, new_metadata
-from mosaic_kit.events import (
-    DurableConsumer,
-    Event,
-    ensure_stream,
-    new_event,
-    processed_events_table,
-    stream_name,
-)
-from mosaic_kit.nats import Client, connect
-from mosaic_kit.outbox import OutboxRelay, add, outbox_table
+from mosaic_kit.events import Event, new_event, stream_name
+from mosaic_kit.nats.connection import Client, connect
+from mosaic_kit.nats.consumer import DurableConsumer
+from mosaic_kit.nats.jetstream import ensure_stream
+from mosaic_kit.nats.relay import OutboxRelay
+from mosaic_kit.sql.db import Database, new_metadata
+from mosaic_kit.sql.outbox import add, outbox_table
+from mosaic_kit.sql.processed import processed_events_table
 
 metadata = new_metadata()
 outbox = outbox_table(metadata)

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mosaic_kit.errors import Problem
 from mosaic_kit.pagination import (
     decode_time_uuid_cursor,
     encode_cursor,
     next_cursor_for,
 )
+from mosaic_kit.problem import Problem
 
 
 def test_a_cursor_round_trips_time_and_id() -> None:

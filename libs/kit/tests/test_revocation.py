@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from mosaic_devstack.embedded import EmbeddedNats
-from mosaic_kit.auth import Principal
-from mosaic_kit.events import Event, ensure_stream, new_event, publish
-from mosaic_kit.nats import connect
-from mosaic_kit.revocation import RevocationSet, follow_revocations
+from mosaic_kit.events import Event, new_event
+from mosaic_kit.nats.connection import connect
+from mosaic_kit.nats.jetstream import ensure_stream, publish
+from mosaic_kit.nats.revocation import follow_revocations
+from mosaic_kit.revocation import RevocationSet
+from mosaic_kit.tokens import Principal
 
 NOW = 1_750_000_000
 

@@ -13,9 +13,9 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from mosaic_kit.errors import Problem
-from mosaic_kit.nats import Client, connect
-from mosaic_kit.rpc import RpcError, RpcTimeout, RpcUnavailable, request, serve
+from mosaic_kit.nats.connection import Client, connect
+from mosaic_kit.nats.rpc import RpcError, RpcTimeout, RpcUnavailable, request, serve
+from mosaic_kit.problem import Problem
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from kit_support import build_app, records
 from sqlalchemy import text
 
 from mosaic_devstack.embedded import EmbeddedNats, free_port
-from mosaic_kit.db import Database, create_engine
-from mosaic_kit.errors import PROBLEM_CONTENT_TYPE
+from mosaic_kit.openapi import PROBLEM_CONTENT_TYPE
+from mosaic_kit.sql.db import Database, create_engine
 
 Route = Callable[[], Coroutine[Any, Any, object]]
 

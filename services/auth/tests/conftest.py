@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from mosaic_auth.app import create_auth_app
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
-from mosaic_kit.migrations import upgrade_async
+from mosaic_kit.sql.migrations import upgrade_async
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from auth_support import PASSWORD, bearer, make_settings, signup
 
 from mosaic_auth.app import create_auth_app
-from mosaic_kit.migrations import upgrade_async
+from mosaic_kit.sql.migrations import upgrade_async
 
 BIN = Path(sys.executable).parent / "mosaic-auth"
 

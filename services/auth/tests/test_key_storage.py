@@ -26,9 +26,9 @@ from mosaic_auth.app import build_service
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
 from mosaic_devstack.embedded import free_port
-from mosaic_kit.db import Database
-from mosaic_kit.migrations import upgrade_async
 from mosaic_kit.revocation import RevocationSet
+from mosaic_kit.sql.db import Database
+from mosaic_kit.sql.migrations import upgrade_async
 
 BIN = Path(sys.executable).parent / "mosaic-auth"
 REFUSAL = "AUTH_SIGNING_KEY_SECRET is not set"

@@ -16,7 +16,7 @@ from auth_support import bearer, signup
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
-from mosaic_kit.rpc import RpcError, request
+from mosaic_kit.nats.rpc import RpcError, request
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -133,10 +133,12 @@ async def test_another_service_verifies_locally_and_sees_signout_within_a_second
     """What every other service does: JWKS over NATS, revocations from the event stream."""
     from datetime import timedelta
 
-    from mosaic_kit.auth import TokenVerifier
-    from mosaic_kit.errors import Problem
-    from mosaic_kit.jwks import JwksCache, NatsKeySource
-    from mosaic_kit.revocation import RevocationSet, follow_revocations
+    from mosaic_kit.jwks import JwksCache
+    from mosaic_kit.nats.keys import NatsKeySource
+    from mosaic_kit.nats.revocation import follow_revocations
+    from mosaic_kit.problem import Problem
+    from mosaic_kit.revocation import RevocationSet
+    from mosaic_kit.tokens import TokenVerifier
 
     revocations = RevocationSet()
     jwks = JwksCache(NatsKeySource(nc))

@@ -12,7 +12,7 @@ from blog_support import PASSWORD, Platform, auth_settings, blog_settings
 
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
-from mosaic_kit.migrations import upgrade_async
+from mosaic_kit.sql.migrations import upgrade_async
 
 
 def _client(app: Any, host: str) -> httpx.AsyncClient:

@@ -12,7 +12,7 @@ from blog_support import Platform, auth_settings, blog_settings
 
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
-from mosaic_kit.migrations import upgrade_async
+from mosaic_kit.sql.migrations import upgrade_async
 
 
 async def test_public_reads_keep_working_with_author_names_while_auth_is_down(

@@ -11,7 +11,8 @@ import nats
 from blog_support import Platform, eventually
 from sqlalchemy import text
 
-from mosaic_kit.events import Event, publish
+from mosaic_kit.events import Event
+from mosaic_kit.nats.jetstream import publish
 
 
 async def test_a_renamed_author_shows_the_new_name_in_public_views(

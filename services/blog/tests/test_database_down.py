@@ -16,7 +16,7 @@ from blog_support import PASSWORD, Platform, auth_settings, blog_body, blog_sett
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
 from mosaic_devstack.embedded import EmbeddedPostgres
-from mosaic_kit.migrations import upgrade_async
+from mosaic_kit.sql.migrations import upgrade_async
 
 
 def _assert_unavailable(response: httpx.Response) -> None:

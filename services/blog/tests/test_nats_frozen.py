@@ -18,7 +18,7 @@ from blog_support import Platform, auth_settings, blog_settings, eventually
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
 from mosaic_devstack.embedded import EmbeddedNats
-from mosaic_kit.migrations import upgrade_async
+from mosaic_kit.sql.migrations import upgrade_async
 
 
 async def test_writes_do_not_wait_for_a_frozen_nats_and_replicas_see_them_after_thaw(

@@ -13,8 +13,8 @@ from blog_support import Platform, auth_settings, blog_settings
 
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
-from mosaic_kit.cache import RedisCache
-from mosaic_kit.migrations import upgrade_async
+from mosaic_kit.redis.cache import RedisCache
+from mosaic_kit.sql.migrations import upgrade_async
 
 
 @pytest_asyncio.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from mosaic_blog.service import normalise_slug, normalise_tags, valid_slug
 from mosaic_blog.workflow import TRANSITIONS, Action, State, next_state
-from mosaic_kit.errors import Problem
+from mosaic_kit.problem import Problem
 
 LEGAL = {
     (State.DRAFT, Action.SUBMIT): State.SUBMITTED,

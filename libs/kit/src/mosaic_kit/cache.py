@@ -1,7 +1,8 @@
 """Shared caches for public reads: one interface, Redis or a NATS JetStream key-value bucket.
 
-`cache_from_settings` picks Redis when `REDIS_URL` is set and otherwise a JetStream key-value
-bucket on the service's NATS connection. Either way the cache is shared by every replica, so an
+The backends are adapters: `mosaic_kit.redis.cache.RedisCache` and
+`mosaic_kit.nats.kv.NatsKvCache`; `mosaic_kit.chassis.cache.cache_from_settings` picks Redis when
+`REDIS_URL` is set and otherwise a JetStream key-value bucket on the service's NATS connection. Either way the cache is shared by every replica, so an
 invalidation made by one replica is seen by all of them on their next read. Keys carry the
 namespace given at construction (`"blog:"`), so services sharing one server never collide.
 
@@ -37,52 +38,42 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import hashlib
-import math
 import random
-import re
 import secrets
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
-import nats.errors
-import nats.js.errors
-import redis.exceptions
-from nats.js import JetStreamContext
-from nats.js.api import StorageType
-from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from mosaic_kit import metrics
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
+    pass
 
-    from mosaic_kit.settings import ServiceSettings
 
 __all__ = [
+    "BaseCache",
     "Cache",
     "CacheError",
     "Invalidator",
-    "NatsKvCache",
-    "RedisCache",
-    "cache_from_settings",
     "cached",
-    "encode_kv_key",
+    "describe_error",
+    "new_generation",
 ]
+
 
 _log = get_logger("mosaic_kit.cache")
 
+
 _LOG_EVERY = 10.0
+
+
 # Internal sub-namespaces, so that a caller's key can never name a generation and vice versa.
 _VALUE = "v:"
+
+
 _GENERATION = "g:"
 
 
@@ -119,16 +110,16 @@ class Cache(Protocol):
         ...
 
 
-def _new_generation() -> str:
+def new_generation() -> str:
     return secrets.token_hex(8)
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class _BaseCache(abc.ABC):
+class BaseCache(abc.ABC):
     """The failure policy, metrics and namespacing; backends implement the `_raw_*` methods."""
 
     backend: ClassVar[str]
@@ -224,17 +215,17 @@ class _BaseCache(abc.ABC):
 
     async def get_generation(self, group: str) -> str:
         if self._bypassing():
-            return _new_generation()
+            return new_generation()
         try:
             async with asyncio.timeout(self._read_timeout):
                 return await self._raw_get_generation(self.namespace + _GENERATION + group)
         except Exception as exc:
             self._read_failed("get_generation", exc)
             # Never cached under by anyone else: the read misses, and what it stores is orphaned.
-            return _new_generation()
+            return new_generation()
 
     async def bump_generation(self, group: str) -> str:
-        generation = _new_generation()
+        generation = new_generation()
         try:
             async with asyncio.timeout(self._write_timeout):
                 await self._raw_set_generation(self.namespace + _GENERATION + group, generation)
@@ -259,7 +250,7 @@ class _BaseCache(abc.ABC):
         self._errors.labels(self.namespace, operation).inc()
         self._on_error(exc)
         self._warn(operation, exc)
-        return CacheError(f"cache {operation} failed on {self.backend}: {_describe(exc)}")
+        return CacheError(f"cache {operation} failed on {self.backend}: {describe_error(exc)}")
 
     def _warn(self, operation: str, exc: Exception) -> None:
         now = time.monotonic()
@@ -273,359 +264,14 @@ class _BaseCache(abc.ABC):
             backend=self.backend,
             namespace=self.namespace,
             operation=operation,
-            error=_describe(exc),
+            error=describe_error(exc),
             suppressed=self._suppressed.pop(operation, 0),
         )
 
 
-# --------------------------------------------------------------------------------------- Redis
-
-
-def _redact_redis_url(url: str) -> str:
-    parsed = urlsplit(url)
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.hostname or ''}{port}{parsed.path}"
-
-
-def _as_bytes(value: bytes | str | None) -> bytes | None:
-    # The pool is built without `decode_responses`, so replies are bytes; typed as either.
-    return value.encode() if isinstance(value, str) else value
-
-
-class RedisCache(_BaseCache):
-    """A cache in Redis (`redis://`, `rediss://` or `unix://` URL), with a bounded pool.
-
-    Expiry is Redis' own (`PX`). Generation keys live `generation_ttl` seconds after their last
-    bump; their expiry only hides old entries of the group.
-    """
-
-    backend = "redis"
-    outage_errors = (
-        TimeoutError,
-        OSError,
-        redis.exceptions.ConnectionError,
-        redis.exceptions.TimeoutError,
-    )
-
-    def __init__(
-        self,
-        url: str,
-        namespace: str,
-        *,
-        read_timeout: float = 0.5,
-        write_timeout: float = 2.0,
-        connect_timeout: float = 0.5,
-        cooldown: float = 1.0,
-        max_connections: int = 32,
-        generation_ttl: float = 86_400.0,
-        registry: CollectorRegistry | None = None,
-    ) -> None:
-        super().__init__(
-            namespace,
-            read_timeout=read_timeout,
-            write_timeout=write_timeout,
-            cooldown=cooldown,
-            registry=registry,
-        )
-        self._generation_ms = max(1, int(generation_ttl * 1000))
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            # How long a command waits for a free connection when all are busy.
-            timeout=write_timeout,
-            socket_timeout=write_timeout,
-            socket_connect_timeout=connect_timeout,
-            # One immediate retry, on connection errors only: it replaces a pooled connection the
-            # server closed (a Redis restart) without doubling the wait on a server that is slow.
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
-            health_check_interval=30,
-        )
-        self._redis: Redis = Redis.from_pool(pool)
-        self.where = _redact_redis_url(url)
-
-    async def _raw_get(self, key: str) -> bytes | None:
-        return _as_bytes(await self._redis.get(key))
-
-    async def _raw_set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._redis.set(key, value, px=max(1, math.ceil(ttl * 1000)))
-
-    async def _raw_delete(self, keys: list[str]) -> None:
-        await self._redis.unlink(*keys)
-
-    async def _raw_get_generation(self, key: str) -> str:
-        current = _as_bytes(await self._redis.get(key))
-        if current is None:
-            # First reader of the group: all replicas must agree, so the first SET NX wins and
-            # every racer reads back the winner's token in the same transaction.
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(key, _new_generation(), nx=True, px=self._generation_ms)
-                pipe.get(key)
-                _, stored = await pipe.execute()
-            current = _as_bytes(stored)
-        if current is None:  # evicted between SET and GET: behave as a failed read
-            return _new_generation()
-        return current.decode()
-
-    async def _raw_set_generation(self, key: str, generation: str) -> None:
-        await self._redis.set(key, generation, px=self._generation_ms)
-
-    async def close(self) -> None:
-        await self._redis.aclose()
-
-
-# ---------------------------------------------------------------------------------- NATS KV
-
-_KV_SAFE = frozenset(b"-_/abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_KV_KEY_MAX = 240
-_KV_PREFIX_KEPT = 160
-_BUCKET_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
-
-# Value envelope: format version, absolute expiry (Unix ms). The expiry makes a TTL exact (to the
-# ms) whatever the server supports; the server's per-message TTL only frees the space.
-_ENVELOPE = struct.Struct(">BQ")
-_ENVELOPE_VERSION = 1
-
-
-def encode_kv_key(key: str) -> str:
-    """`key` as a NATS KV key: injective, and at most `_KV_KEY_MAX` characters.
-
-    Bytes outside `[-_/a-zA-Z0-9]` of the UTF-8 form become `=XX` (upper-case hex); `.` is
-    escaped too, so a key is one subject token whatever it holds. A longer result keeps a
-    readable head and ends with `=_` and the SHA-256 of the key: plain encodings never contain
-    `=_`, so a hashed key cannot equal a plain one.
-    """
-    raw = key.encode()
-    encoded = "".join(chr(b) if b in _KV_SAFE else f"={b:02X}" for b in raw)
-    if len(encoded) <= _KV_KEY_MAX:
-        return encoded
-    head = encoded[:_KV_PREFIX_KEPT]
-    cut = head.rfind("=", len(head) - 2)
-    if cut != -1:  # do not leave half an escape in the readable head
-        head = head[:cut]
-    return f"{head}=_{hashlib.sha256(raw).hexdigest()}"
-
-
-def _pack(value: bytes, ttl: float) -> bytes:
-    expires = int((time.time() + ttl) * 1000)
-    return _ENVELOPE.pack(_ENVELOPE_VERSION, expires) + value
-
-
-def _unpack(raw: bytes | None) -> bytes | None:
-    if raw is None or len(raw) < _ENVELOPE.size:
-        return None
-    version, expires = _ENVELOPE.unpack_from(raw)
-    if version != _ENVELOPE_VERSION or expires <= time.time() * 1000:
-        return None
-    return raw[_ENVELOPE.size :]
-
-
-class NatsKvCache(_BaseCache):
-    """A cache in a JetStream key-value bucket (memory storage, one value per key).
-
-    The bucket is created on first use (or by `ensure()`) with `max_ttl` as its max age. When
-    the server accepts per-message TTLs (NATS >= 2.11 and a bucket allowing them), each entry
-    is published with its own TTL and deletions leave a marker that expires after a second;
-    otherwise storage is reclaimed by the bucket's max age, and the expiry stored with each value
-    still makes reads honour every entry's TTL. Keys are encoded with `encode_kv_key`.
-    """
-
-    backend = "nats-kv"
-    outage_errors = (
-        TimeoutError,
-        OSError,
-        nats.errors.ConnectionClosedError,
-        nats.errors.ConnectionReconnectingError,
-        nats.errors.NoRespondersError,
-        nats.errors.OutboundBufferLimitError,
-        nats.errors.StaleConnectionError,
-        nats.js.errors.ServiceUnavailableError,
-    )
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        bucket: str,
-        namespace: str,
-        max_ttl: float = 3600.0,
-        *,
-        read_timeout: float = 0.5,
-        write_timeout: float = 2.0,
-        cooldown: float = 1.0,
-        max_bytes: int | None = None,
-        registry: CollectorRegistry | None = None,
-    ) -> None:
-        super().__init__(
-            namespace,
-            read_timeout=read_timeout,
-            write_timeout=write_timeout,
-            cooldown=cooldown,
-            registry=registry,
-        )
-        if not _BUCKET_RE.match(bucket):
-            raise ValueError(f"invalid bucket name {bucket!r}: use letters, digits, '-', '_'")
-        if max_ttl < 1:
-            raise ValueError("max_ttl must be at least one second")
-        self.bucket = bucket
-        self._js = js
-        self._max_ttl = max_ttl
-        self._max_bytes = max_bytes
-        self._subject_prefix = f"$KV.{bucket}."
-        self._kv: KeyValue | None = None
-        self._lock = asyncio.Lock()
-        self.per_key_ttl = False
-
-    async def ensure(self) -> None:
-        """Create the bucket (or bind to an existing one) and learn whether it has per-key TTL."""
-        if self._bound():
-            return
-        async with self._lock:
-            if self._bound():  # another task bound it while this one waited
-                return
-            try:
-                kv = await self._js.create_key_value(
-                    bucket=self.bucket,
-                    description="Mosaic shared cache",
-                    history=1,
-                    ttl=self._max_ttl,
-                    storage=StorageType.MEMORY,
-                    max_bytes=self._max_bytes,
-                )
-            except nats.js.errors.BadRequestError:
-                # It exists with another configuration (another max_ttl): use it as it is.
-                kv = await self._js.key_value(self.bucket)
-            info = await self._js.stream_info(f"KV_{self.bucket}")
-            self.per_key_ttl = bool(info.config.allow_msg_ttl)
-            if info.config.max_age:
-                self._max_ttl = info.config.max_age
-            self._kv = kv
-
-    def _bound(self) -> bool:
-        return self._kv is not None
-
-    async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            await self.ensure()
-        assert self._kv is not None
-        return self._kv
-
-    def _on_error(self, exc: BaseException) -> None:
-        if isinstance(
-            exc, nats.js.errors.NoStreamResponseError | nats.js.errors.BucketNotFoundError
-        ):
-            # The bucket was deleted under us: create it again on next use.
-            self._kv = None
-
-    def _ttl_header(self, ttl: float) -> dict[str, str]:
-        if not self.per_key_ttl:
-            return {}
-        # The server takes whole seconds, at least one.
-        return {"Nats-TTL": str(max(1, math.ceil(min(ttl, self._max_ttl))))}
-
-    async def _raw_get(self, key: str) -> bytes | None:
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(encode_kv_key(key))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return _unpack(entry.value)
-
-    async def _raw_set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._bucket()
-        ttl = min(ttl, self._max_ttl)
-        await self._js.publish(
-            self._subject_prefix + encode_kv_key(key),
-            _pack(value, ttl),
-            timeout=self._read_timeout,
-            headers=self._ttl_header(ttl) or None,
-        )
-
-    async def _raw_delete(self, keys: list[str]) -> None:
-        await self._bucket()
-        # A purge marker with a rollup drops every earlier value of the key.
-        headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", **self._ttl_header(1)}
-        await asyncio.gather(
-            *(
-                self._js.publish(
-                    self._subject_prefix + encode_kv_key(key),
-                    b"",
-                    timeout=self._write_timeout,
-                    headers=dict(headers),
-                )
-                for key in dict.fromkeys(keys)
-            )
-        )
-
-    async def _raw_get_generation(self, key: str) -> str:
-        kv = await self._bucket()
-        name = encode_kv_key(key)
-        try:
-            return _text(await kv.get(name))
-        except nats.js.errors.KeyNotFoundError:
-            pass
-        generation = _new_generation()
-        try:
-            # Create-if-absent, so that racing replicas agree on the first generation.
-            await kv.create(name, generation.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return _text(await kv.get(name))
-        return generation
-
-    async def _raw_set_generation(self, key: str, generation: str) -> None:
-        kv = await self._bucket()
-        await kv.put(encode_kv_key(key), generation.encode())
-
-    async def close(self) -> None:
-        # The NATS connection belongs to the caller.
-        self._kv = None
-
-
-def _text(entry: KeyValue.Entry) -> str:
-    return (entry.value or b"").decode(errors="replace")
-
-
-# ------------------------------------------------------------------------------- construction
-
-
-async def cache_from_settings(
-    settings: ServiceSettings,
-    nc: Client | None,
-    namespace: str,
-    *,
-    bucket: str = "mosaic_cache",
-    max_ttl: float = 3600.0,
-    registry: CollectorRegistry | None = None,
-) -> Cache:
-    """Redis when `settings.redis_url` is set, else a JetStream KV bucket on `nc`.
-
-    The NATS bucket is created here when possible; if JetStream does not answer yet, the cache
-    is returned anyway (reads miss until it does) rather than failing the service's start.
-    """
-    url = settings.redis_url.get_secret_value().strip() if settings.redis_url else ""
-    if url:
-        redis_cache = RedisCache(url, namespace, registry=registry)
-        _log.info("cache_backend", backend="redis", server=redis_cache.where, namespace=namespace)
-        return redis_cache
-    if nc is None:
-        raise ValueError("REDIS_URL is not set and no NATS connection was given for the cache")
-    kv_cache = NatsKvCache(nc.jetstream(), bucket, namespace, max_ttl, registry=registry)
-    try:
-        async with asyncio.timeout(settings.nats_request_timeout):
-            await kv_cache.ensure()
-    except Exception as exc:
-        _log.warning("cache_bucket_unavailable", bucket=bucket, error=_describe(exc))
-    _log.info(
-        "cache_backend",
-        backend="nats-kv",
-        bucket=bucket,
-        namespace=namespace,
-        per_key_ttl=kv_cache.per_key_ttl,
-    )
-    return kv_cache
-
-
-# ------------------------------------------------------------------------------- read-through
-
 _Flight = tuple[int, int, str]
+
+
 _in_flight: dict[_Flight, asyncio.Future[bytes | None]] = {}
 
 
@@ -676,9 +322,6 @@ async def cached(
             del _in_flight[flight]
 
 
-# ----------------------------------------------------------------------------- invalidation
-
-
 class Invalidator:
     """Generation bumps made after a commit, off the path of the response.
 
@@ -725,7 +368,7 @@ class Invalidator:
     async def generation(self, group: str) -> str:
         """The generation to key `group`'s entries with: a throwaway one while a bump is due."""
         if self.unsettled(group):
-            return _new_generation()
+            return new_generation()
         return await self.cache.get_generation(group)
 
     async def invalidate(self, group: str) -> None:

@@ -21,7 +21,17 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mosaic_kit.logging import get_logger
-from mosaic_kit.rpc import request
+
+__all__ = [
+    "ED25519_KEY_BYTES",
+    "HttpKeySource",
+    "JwksCache",
+    "JwksUnavailable",
+    "KeySource",
+    "StaticKeySource",
+    "parse_ed25519_jwk",
+    "validate_jwks",
+]
 
 _log = get_logger("mosaic_kit.jwks")
 
@@ -64,22 +74,6 @@ class StaticKeySource:
     async def fetch(self) -> dict[str, Any]:
         self.fetches += 1
         return {"keys": [dict(k) for k in self._jwks["keys"]]}
-
-
-class NatsKeySource:
-    """The JWKS from the auth service over NATS request-reply (`auth.jwks.get`).
-
-    Raises `mosaic_kit.rpc.RpcError` (unavailable, timeout, error reply) or ValueError.
-    """
-
-    def __init__(self, nc: Any, subject: str = "auth.jwks.get", *, timeout: float = 2.0) -> None:
-        self._nc = nc
-        self._subject = subject
-        self._timeout = timeout
-
-    async def fetch(self) -> dict[str, Any]:
-        data = await request(self._nc, self._subject, {}, timeout=self._timeout)
-        return validate_jwks(data)
 
 
 class HttpKeySource:

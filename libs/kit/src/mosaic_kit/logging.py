@@ -16,6 +16,15 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+__all__ = [
+    "Logger",
+    "PerRequestLogger",
+    "bind_context",
+    "clear_context",
+    "configure_logging",
+    "get_logger",
+]
+
 Logger = structlog.stdlib.BoundLogger
 
 # "generation" is bumped by every configure_logging, so loggers bound once can tell they are stale.

@@ -38,7 +38,6 @@ __all__ = [
     "add_problem_response",
     "document_problems",
     "problem_codes",
-    "problem_response",
     "problem_responses",
     "route_responses",
     "sort_responses",
@@ -96,7 +95,7 @@ BODY_PROBLEMS: Mapping[int, tuple[str, ...]] = {
 }
 """Any operation with a request body (added by `document_problems`)."""
 UNAVAILABLE_PROBLEMS: Mapping[int, tuple[str, ...]] = {503: ("service.unavailable",)}
-"""Any operation that needs the database (or NATS) to answer (`mosaic_kit.errors`)."""
+"""Any operation that needs the database (or NATS) to answer (`mosaic_kit.problem`)."""
 
 _RETRY_AFTER = {
     "Retry-After": {
@@ -111,13 +110,6 @@ def problem_codes(response: Mapping[str, Any]) -> list[str]:
     """The codes a response object lists (empty when it lists none)."""
     codes = response.get(CODES_KEY)
     return [code for code in codes if isinstance(code, str)] if isinstance(codes, list) else []
-
-
-def problem_response(status: int, codes: Iterable[str] = ()) -> dict[str, Any]:
-    """The response object of `status` answered as a problem with these codes."""
-    response: dict[str, Any] = {}
-    _merge(response, status, codes)
-    return response
 
 
 def problem_responses(*problems: ProblemSpec) -> dict[int | str, dict[str, Any]]:

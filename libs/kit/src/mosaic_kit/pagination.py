@@ -17,7 +17,17 @@ from typing import Any, TypeVar
 
 import orjson
 
-from mosaic_kit.errors import Problem
+from mosaic_kit.problem import Problem
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "decode_cursor",
+    "decode_time_id_cursor",
+    "decode_time_uuid_cursor",
+    "encode_cursor",
+    "next_cursor_for",
+]
 
 T = TypeVar("T")
 

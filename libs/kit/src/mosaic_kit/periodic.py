@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from mosaic_kit.logging import get_logger
 
+__all__ = ["Periodic"]
+
 _log = get_logger("mosaic_kit.periodic")
 
 

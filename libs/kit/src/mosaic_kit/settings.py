@@ -1,6 +1,6 @@
 """12-factor settings shared by every service.
 
-Values come, highest priority first, from CLI flags (passed as init kwargs by `mosaic_kit.cli`),
+Values come, highest priority first, from CLI flags (passed as init kwargs by `mosaic_kit.fastapi.cli`),
 environment variables, a `.env` file, and a secrets directory holding one file per secret (the way
 Kubernetes mounts them; its path is taken from `SECRETS_DIR`). Field names map to upper-case
 environment variables without a prefix, so infrastructure settings read the conventional names
@@ -16,6 +16,8 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServiceSettings"]
 
 
 def _default_instance_id() -> str:

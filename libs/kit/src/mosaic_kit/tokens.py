@@ -1,7 +1,7 @@
 """Verifying Mosaic access tokens: `TokenVerifier` and the `Principal` it yields.
 
 Free of any web framework, so the gateway's workers use the very same verifier as the services
-(`mosaic_kit.auth` adds the FastAPI dependencies on top). A rejected token raises a `Problem`
+(`mosaic_kit.fastapi.auth` adds the FastAPI dependencies on top). A rejected token raises a `Problem`
 (401, or 503 when the signing keys cannot be fetched) saying why.
 """
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AnyHttpUrl, EmailStr, Field, StringConstraints
 
 from mosaic_auth.service import AuthService, ClientInfo
-from mosaic_kit.auth import Principal, current_principal, require_roles
-from mosaic_kit.idempotency import IdempotencyGuard
+from mosaic_kit.fastapi.auth import current_principal, require_roles
+from mosaic_kit.fastapi.idempotency import IdempotencyGuard
 from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
     IDEMPOTENCY_PROBLEMS,
@@ -20,6 +20,7 @@ from mosaic_kit.openapi import (
     route_responses,
 )
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from mosaic_kit.tokens import Principal
 from mosaic_kit.types import RequestBody, ResponseBody, Text
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=200)]

@@ -15,15 +15,16 @@ from mosaic_auth.passwords import Passwords
 from mosaic_auth.rpc import endpoints
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
-from mosaic_kit import events, rpc
-from mosaic_kit.app import create_app
-from mosaic_kit.auth import TokenVerifier
-from mosaic_kit.db import Database
+from mosaic_kit.fastapi.app import create_app
 from mosaic_kit.jwks import JwksCache
-from mosaic_kit.nats import connect, readiness_check
-from mosaic_kit.outbox import OutboxRelay
+from mosaic_kit.nats import jetstream, rpc
+from mosaic_kit.nats.connection import connect, readiness_check
+from mosaic_kit.nats.relay import OutboxRelay
+from mosaic_kit.nats.revocation import follow_revocations
 from mosaic_kit.periodic import Periodic
-from mosaic_kit.revocation import RevocationSet, follow_revocations
+from mosaic_kit.revocation import RevocationSet
+from mosaic_kit.sql.db import Database
+from mosaic_kit.tokens import TokenVerifier
 
 
 class ServiceKeySource:
@@ -54,7 +55,7 @@ def create_auth_app(settings: AuthSettings) -> FastAPI:
             nc = await connect(settings.nats_url, name=f"auth/{settings.instance_id}")
             stack.push_async_callback(nc.drain)
             js = nc.jetstream()
-            await events.ensure_stream(js, "auth")
+            await jetstream.ensure_stream(js, "auth")
 
             revocations = RevocationSet()
             svc = build_service(settings, db, revocations)

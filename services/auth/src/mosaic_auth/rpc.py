@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mosaic_auth.service import AuthService
-from mosaic_kit.errors import Problem
-from mosaic_kit.rpc import Handler
+from mosaic_kit.nats.rpc import Handler
+from mosaic_kit.problem import Problem
 
 MAX_IDS = 100
 

@@ -17,8 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_auth import keys, store
 from mosaic_auth.models import ApiKey, User
@@ -27,13 +25,14 @@ from mosaic_auth.settings import AuthSettings
 from mosaic_auth.tables import ROLES
 from mosaic_auth.throttle import Policy, after_failure, seconds_locked
 from mosaic_auth.tokens import IssuedTokens, Signer, hash_refresh_token, new_refresh_token
-from mosaic_kit import idempotency, outbox
-from mosaic_kit.auth import Principal, RevocationSet
-from mosaic_kit.db import Database
-from mosaic_kit.errors import Problem, conflict, forbidden, not_found, unauthorized
 from mosaic_kit.events import new_event
 from mosaic_kit.logging import get_logger
 from mosaic_kit.pagination import decode_time_uuid_cursor, next_cursor_for
+from mosaic_kit.problem import Problem, conflict, forbidden, not_found, unauthorized
+from mosaic_kit.revocation import RevocationSet
+from mosaic_kit.sql import idempotency, outbox
+from mosaic_kit.sql.db import Connection, ConstraintError, Database
+from mosaic_kit.tokens import Principal
 
 log = get_logger("mosaic_auth.service")
 
@@ -117,7 +116,7 @@ class AuthService:
                 )
                 await outbox.add(conn, new_event("auth.user.created", _user_event(user)))
                 tokens = await self._open_session(conn, user, client)
-        except IntegrityError as exc:
+        except ConstraintError as exc:
             raise conflict("auth.email_taken", "An account with this e-mail exists") from exc
         log.info("user_signed_up", user_id=str(user.id))
         return user, tokens
@@ -173,7 +172,7 @@ class AuthService:
                 await store.put_throttle(conn, key, after_failure(throttles.get(key), now, policy))
             return await store.get_user_by_email(conn, email)
 
-    async def _attempt_succeeded(self, conn: AsyncConnection, throttle_keys: Sequence[str]) -> None:
+    async def _attempt_succeeded(self, conn: Connection, throttle_keys: Sequence[str]) -> None:
         """The right password: the account's count is cleared, the address's takes back the
         attempt counted in advance (other accounts' failures from there still count)."""
         await self._lock_throttles(conn, throttle_keys)
@@ -185,13 +184,11 @@ class AuthService:
                 await store.uncount_attempt(conn, key, self._policies[kind].max_failures)
 
     @staticmethod
-    async def _lock_throttles(conn: AsyncConnection, throttle_keys: Sequence[str]) -> None:
+    async def _lock_throttles(conn: Connection, throttle_keys: Sequence[str]) -> None:
         for key in sorted(throttle_keys):  # one lock order, so two requests never deadlock
             await store.lock(conn, "signin:" + key)
 
-    async def _open_session(
-        self, conn: AsyncConnection, user: User, client: ClientInfo
-    ) -> IssuedTokens:
+    async def _open_session(self, conn: Connection, user: User, client: ClientInfo) -> IssuedTokens:
         session_id = uuid.uuid4()
         expires = _now() + timedelta(seconds=self.settings.auth_refresh_token_ttl)
         await store.create_session(
@@ -199,9 +196,7 @@ class AuthService:
         )
         return await self._issue(conn, user, session_id)
 
-    async def _issue(
-        self, conn: AsyncConnection, user: User, session_id: uuid.UUID
-    ) -> IssuedTokens:
+    async def _issue(self, conn: Connection, user: User, session_id: uuid.UUID) -> IssuedTokens:
         refresh, refresh_hash = new_refresh_token()
         await store.insert_refresh_token(conn, refresh_hash, session_id)
         access = await self.signer.access_token(
@@ -245,7 +240,7 @@ class AuthService:
         session_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
         keep: uuid.UUID | None = None,
-        conn: AsyncConnection | None = None,
+        conn: Connection | None = None,
     ) -> None:
         if conn is None:
             async with self.db.transaction() as own:
@@ -259,7 +254,7 @@ class AuthService:
 
     async def _revoke_in(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         reason: str,
         session_id: uuid.UUID | None,
         user_id: uuid.UUID | None,
@@ -491,7 +486,7 @@ class AuthService:
         log.info("signing_key_rotated", kid=pair.kid)
         return pair.kid
 
-    async def _encrypt_plaintext_keys(self, conn: AsyncConnection) -> None:
+    async def _encrypt_plaintext_keys(self, conn: Connection) -> None:
         encrypted = []
         for kid, pem in await store.signing_key_pems(conn):
             if not keys.is_encrypted(pem):
@@ -501,7 +496,7 @@ class AuthService:
         if encrypted:
             log.info("signing_keys_encrypted_in_place", kids=encrypted)
 
-    async def _insert_key(self, conn: AsyncConnection, pair: keys.KeyPair) -> None:
+    async def _insert_key(self, conn: Connection, pair: keys.KeyPair) -> None:
         await store.insert_signing_key(
             conn,
             pair.kid,

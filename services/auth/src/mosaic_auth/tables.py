@@ -17,10 +17,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import UUID
 
-from mosaic_kit.db import new_metadata
-from mosaic_kit.events import processed_events_table
-from mosaic_kit.idempotency import idempotency_table
-from mosaic_kit.outbox import outbox_table
+from mosaic_kit.sql.db import new_metadata
+from mosaic_kit.sql.idempotency import idempotency_table
+from mosaic_kit.sql.outbox import outbox_table
+from mosaic_kit.sql.processed import processed_events_table
 
 metadata = new_metadata()
 

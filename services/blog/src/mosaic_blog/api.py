@@ -11,8 +11,8 @@ from pydantic import AnyHttpUrl, Field, StringConstraints, field_validator
 
 from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
 from mosaic_blog.workflow import Action, State
-from mosaic_kit.auth import Principal, require_roles
-from mosaic_kit.idempotency import IdempotencyGuard
+from mosaic_kit.fastapi.auth import require_roles
+from mosaic_kit.fastapi.idempotency import IdempotencyGuard
 from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
     IDEMPOTENCY_PROBLEMS,
@@ -20,6 +20,7 @@ from mosaic_kit.openapi import (
     route_responses,
 )
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from mosaic_kit.tokens import Principal
 from mosaic_kit.types import RequestBody, ResponseBody, Text
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=500)]

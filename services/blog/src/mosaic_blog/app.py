@@ -12,18 +12,22 @@ from mosaic_blog import __version__
 from mosaic_blog.api import router
 from mosaic_blog.service import BlogService
 from mosaic_blog.settings import BlogSettings
-from mosaic_kit import events, idempotency, rpc
-from mosaic_kit.app import create_app
-from mosaic_kit.auth import TokenVerifier
-from mosaic_kit.cache import cache_from_settings
-from mosaic_kit.db import Database
-from mosaic_kit.events import DurableConsumer
-from mosaic_kit.jwks import JwksCache, NatsKeySource
+from mosaic_kit import events
+from mosaic_kit.chassis.cache import cache_from_settings
+from mosaic_kit.fastapi.app import create_app
+from mosaic_kit.jwks import JwksCache
 from mosaic_kit.logging import get_logger
-from mosaic_kit.nats import connect, readiness_check
-from mosaic_kit.outbox import OutboxRelay
+from mosaic_kit.nats import jetstream, rpc
+from mosaic_kit.nats.connection import connect, readiness_check
+from mosaic_kit.nats.consumer import DurableConsumer
+from mosaic_kit.nats.keys import NatsKeySource
+from mosaic_kit.nats.relay import OutboxRelay
+from mosaic_kit.nats.revocation import follow_revocations
 from mosaic_kit.periodic import Periodic
-from mosaic_kit.revocation import RevocationSet, follow_revocations
+from mosaic_kit.revocation import RevocationSet
+from mosaic_kit.sql import idempotency
+from mosaic_kit.sql.db import Database
+from mosaic_kit.tokens import TokenVerifier
 
 log = get_logger("mosaic_blog.app")
 
@@ -39,7 +43,7 @@ def create_blog_app(settings: BlogSettings) -> FastAPI:
             nc = await connect(settings.nats_url, name=f"blog/{settings.instance_id}")
             stack.push_async_callback(nc.drain)
             js = nc.jetstream()
-            await events.ensure_stream(js, "blog")
+            await jetstream.ensure_stream(js, "blog")
 
             cache = await cache_from_settings(
                 settings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mosaic_blog.app import create_blog_app
 from mosaic_blog.settings import BlogSettings
-from mosaic_kit.cli import ServiceCLI
+from mosaic_kit.fastapi.cli import ServiceCLI
 
 cli = ServiceCLI("mosaic-blog", BlogSettings, create_blog_app, package="mosaic_blog")
 

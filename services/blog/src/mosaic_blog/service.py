@@ -15,20 +15,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_blog import store
 from mosaic_blog.models import Blog
 from mosaic_blog.workflow import Action, State, next_state
-from mosaic_kit import outbox
 from mosaic_kit.cache import Cache, Invalidator, cached
-from mosaic_kit.db import Database
-from mosaic_kit.errors import Problem, conflict, not_found
 from mosaic_kit.events import Event, new_event
 from mosaic_kit.logging import get_logger
+from mosaic_kit.nats.rpc import RpcError, request
 from mosaic_kit.pagination import decode_time_uuid_cursor, next_cursor_for
-from mosaic_kit.rpc import RpcError, request
+from mosaic_kit.problem import Problem, conflict, not_found
+from mosaic_kit.sql import outbox
+from mosaic_kit.sql.db import Connection, ConstraintError, Database
 
 log = get_logger("mosaic_blog.service")
 
@@ -90,7 +88,7 @@ class BlogService:
             async with self.db.transaction() as conn:
                 await store.insert_blog(conn, values)
                 blog = await store.get_blog(conn, blog_id)
-        except IntegrityError as exc:
+        except ConstraintError as exc:
             raise _slug_taken(fields["slug"]) from exc
         assert blog is not None
         log.info("blog_created", blog_id=str(blog_id))
@@ -130,7 +128,7 @@ class BlogService:
                 public_change = updated.is_public and _public_fields_differ(blog, updated)
                 if public_change:
                     await outbox.add(conn, _event("blog.blog.updated", updated))
-        except IntegrityError as exc:
+        except ConstraintError as exc:
             raise _slug_taken(changes.get("slug", "")) from exc
         if public_change:
             await self._invalidate()
@@ -297,7 +295,7 @@ class BlogService:
                 )
         return bool(profiles)
 
-    async def apply_user_event(self, conn: AsyncConnection, event: Event) -> None:
+    async def apply_user_event(self, conn: Connection, event: Event) -> None:
         """Consumer of auth.user.created / auth.user.updated (runs in the consumer's transaction)."""
         data = event.data
         changed = await store.upsert_author(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from mosaic_kit.errors import Problem
+from mosaic_kit.problem import Problem
 
 
 class State(StrEnum):

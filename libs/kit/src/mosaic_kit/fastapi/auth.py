@@ -18,32 +18,10 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mosaic_kit.errors import forbidden
-from mosaic_kit.jwks import (
-    HttpKeySource,
-    JwksCache,
-    KeySource,
-    NatsKeySource,
-    StaticKeySource,
-)
-from mosaic_kit.revocation import RevocationFeed, RevocationSet, follow_revocations
+from mosaic_kit.problem import forbidden
 from mosaic_kit.tokens import Principal, TokenVerifier, token_invalid, token_missing
 
-__all__ = [
-    "HttpKeySource",
-    "JwksCache",
-    "KeySource",
-    "NatsKeySource",
-    "Principal",
-    "RevocationFeed",
-    "RevocationSet",
-    "StaticKeySource",
-    "TokenVerifier",
-    "current_principal",
-    "follow_revocations",
-    "optional_principal",
-    "require_roles",
-]
+__all__ = ["current_principal", "optional_principal", "require_roles"]
 
 # Declared for OpenAPI ("Authorize" in the docs); the header is parsed below so that a wrong
 # scheme and a missing header get distinct problem codes.

@@ -5,7 +5,7 @@ Every endpoint is a subject such as `auth.users.get`. Requests are JSON objects;
 micro-service error headers so the `nats` CLI shows them. Endpoints of one service name share a
 queue group, so replicas split the load, and are discoverable through `$SRV.PING/INFO/STATS`.
 
-A handler raises `mosaic_kit.errors.Problem` for errors the caller can act on; anything else is
+A handler raises `mosaic_kit.problem.Problem` for errors the caller can act on; anything else is
 logged and answered with a bare internal error. On the calling side, `request` returns the reply's
 `data` or raises `RpcError`, which is itself a `Problem`: an HTTP route that lets it through answers
 with the remote status and code (503 when nobody serves the subject, 504 on a timeout).
@@ -28,8 +28,8 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from opentelemetry import trace
 
 from mosaic_kit import tracing
-from mosaic_kit.errors import Problem
 from mosaic_kit.logging import get_logger
+from mosaic_kit.problem import Problem
 from mosaic_kit.settings import ServiceSettings
 
 __all__ = [

@@ -240,7 +240,7 @@ class ServiceCLI(Generic[S]):
         return 0 if server.started else 3
 
     def _migrate(self, settings: S, args: argparse.Namespace) -> int:
-        from mosaic_kit.migrations import upgrade
+        from mosaic_kit.sql.migrations import upgrade
 
         upgrade(settings, self.package, args.revision)
         _log.info("migrated", schema=settings.db_schema, revision=args.revision)

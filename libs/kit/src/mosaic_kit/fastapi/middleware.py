@@ -30,9 +30,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mosaic_kit import tracing
-from mosaic_kit.errors import Problem, problem_response, unexpected_problem
+from mosaic_kit.fastapi.errors import problem_response
 from mosaic_kit.logging import PerRequestLogger, get_logger
 from mosaic_kit.metrics import UNMATCHED_ROUTE, HttpMetrics
+from mosaic_kit.problem import Problem, unexpected_problem
 
 __all__ = ["REQUEST_ID_HEADER", "BodyTooLarge", "RequestMiddleware", "route_template"]
 

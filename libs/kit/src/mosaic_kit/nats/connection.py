@@ -20,8 +20,13 @@ import nats.errors
 from nats.aio.client import Client
 
 from mosaic_kit.logging import get_logger
+from mosaic_kit.nats import outages
+from mosaic_kit.problem import treat_as_unreachable
 
-__all__ = ["Client", "connect", "redact_url"]
+__all__ = ["Client", "connect", "readiness_check", "redact_url"]
+
+# Any process that talks to NATS answers its outages as 503s, not as bugs.
+treat_as_unreachable(outages.nats_unreachable)
 
 _log = get_logger("mosaic_kit.nats")
 

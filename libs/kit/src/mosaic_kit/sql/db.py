@@ -16,7 +16,24 @@ from typing import Any
 from sqlalchemy import MetaData, event, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mosaic_kit.problem import treat_as_unreachable
 from mosaic_kit.settings import ServiceSettings
+from mosaic_kit.sql import outages
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Connection",
+    "ConstraintError",
+    "Database",
+    "create_engine",
+    "new_metadata",
+]
+
+# What stores take and services pass along, named so that a service layer needs no SQLAlchemy.
+Connection = AsyncConnection
+
+# Any process that talks to PostgreSQL answers its outages as 503s, not as bugs.
+treat_as_unreachable(outages.postgres_unreachable)
 
 # Names that make Alembic migrations deterministic across environments.
 NAMING_CONVENTION = {
@@ -54,6 +71,25 @@ def _refuse_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         raise exc.DisconnectionError("connection closed by the server")
 
 
+class ConstraintError(Exception):
+    """A write in `Database.transaction()` broke a unique, foreign-key or check constraint.
+
+    Raised in place of SQLAlchemy's `IntegrityError` (its `__cause__`), so a service layer can turn
+    "this e-mail is taken" into a problem without depending on the driver. `constraint` is the
+    constraint's name when PostgreSQL reported it (`uq_users_email`, ...)."""
+
+    def __init__(self, constraint: str | None) -> None:
+        self.constraint = constraint
+        super().__init__(f"constraint violated: {constraint or 'unknown'}")
+
+
+def _constraint_name(error: exc.IntegrityError) -> str | None:
+    # asyncpg's exception, wrapped by SQLAlchemy's adapter, carries the name PostgreSQL sent.
+    driver_error = getattr(error.orig, "__cause__", None)
+    name = getattr(driver_error, "constraint_name", None)
+    return name if isinstance(name, str) else None
+
+
 class Database:
     """The process's engine and its schema."""
 
@@ -73,8 +109,13 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as conn:
-            yield conn
+        """A transaction that commits on success and rolls back on error; a broken constraint
+        (at a statement or at the commit) raises `ConstraintError`."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except exc.IntegrityError as error:
+            raise ConstraintError(_constraint_name(error)) from error
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:

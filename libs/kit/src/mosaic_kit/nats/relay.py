@@ -1,9 +1,7 @@
-"""The transactional outbox: events are written with the state change, then relayed to JetStream.
+"""The outbox relay: committed outbox rows published to JetStream, in order, each once in effect.
 
-`add(conn, event)` inserts the event in the caller's transaction, so an event exists if and only if
-the change that caused it was committed; it also `NOTIFY`s the relays, which PostgreSQL delivers
-only on commit. `OutboxRelay` publishes unpublished rows in creation order, waits for each
-JetStream acknowledgement and marks the rows published. Rows are claimed with
+`OutboxRelay` publishes unpublished rows (`mosaic_kit.sql.outbox`) in creation order, waits for
+each JetStream acknowledgement and marks the rows published. Rows are claimed with
 `FOR UPDATE SKIP LOCKED`, so every replica can run a relay; the event id travels as `Nats-Msg-Id`,
 so a row published again after a crash (published, but not yet marked) is dropped by the stream's
 duplicate window. While NATS is unreachable rows simply stay and are retried with backoff.
@@ -17,94 +15,28 @@ import random
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Identity,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    Uuid,
     delete,
     func,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mosaic_kit import tracing
-from mosaic_kit.db import Database, new_metadata
-from mosaic_kit.events import Event, publish
+from mosaic_kit.events import Event
 from mosaic_kit.logging import get_logger
-
-__all__ = ["NOTIFY_CHANNEL", "OutboxRelay", "add", "outbox_table"]
-
-# One channel for every schema; the payload names the schema so relays ignore other services.
-NOTIFY_CHANNEL = "mosaic_outbox"
-
-_log = get_logger("mosaic_kit.outbox")
-
-
-def outbox_table(metadata: MetaData) -> Table:
-    """The outbox of a service's schema (add it to the service's metadata for its migrations)."""
-    existing = metadata.tables.get("outbox")
-    if existing is not None:
-        return existing
-    table = Table(
-        "outbox",
-        metadata,
-        Column("id", Uuid(as_uuid=False), primary_key=True),
-        # Creation order; timestamps tie within a transaction.
-        Column("seq", BigInteger, Identity(), nullable=False, unique=True),
-        Column("type", String(200), nullable=False),
-        Column("subject", String(255), nullable=False),
-        Column("payload", JSONB, nullable=False),
-        Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("published_at", DateTime(timezone=True), nullable=True),
-        Column("attempts", Integer, nullable=False, server_default=text("0")),
-        Column("last_error", Text, nullable=True),
-    )
-    Index(
-        "ix_outbox_unpublished",
-        table.c.seq,
-        postgresql_where=table.c.published_at.is_(None),
-    )
-    Index(
-        "ix_outbox_published_at",
-        table.c.published_at,
-        postgresql_where=table.c.published_at.is_not(None),
-    )
-    return table
-
+from mosaic_kit.nats.jetstream import publish
+from mosaic_kit.sql.db import Database, new_metadata
+from mosaic_kit.sql.outbox import NOTIFY_CHANNEL, outbox_table
 
 _outbox = outbox_table(new_metadata())
 
 
-async def add(conn: AsyncConnection, event: Event) -> None:
-    """Record `event` in the caller's transaction, with the current trace context."""
-    await conn.execute(
-        _outbox.insert().values(
-            id=event.id,
-            type=event.type,
-            subject=event.subject,
-            # Plain JSON types, whatever the data held (datetimes, UUIDs).
-            payload=orjson.loads(event.to_json()),
-            headers=tracing.inject({}),
-        )
-    )
-    await conn.execute(
-        text("SELECT pg_notify(:channel, current_schema())"), {"channel": NOTIFY_CHANNEL}
-    )
+__all__ = ["OutboxRelay"]
+
+
+_log = get_logger("mosaic_kit.outbox")
 
 
 class OutboxRelay:

@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import JSONResponse
 from starlette.types import Lifespan
 
-from mosaic_kit.errors import install_problem_handlers
-from mosaic_kit.health import health_router
+from mosaic_kit.fastapi.errors import install_problem_handlers
+from mosaic_kit.fastapi.health import health_router
+from mosaic_kit.fastapi.middleware import RequestMiddleware
 from mosaic_kit.metrics import default_registry, http_metrics
-from mosaic_kit.middleware import RequestMiddleware
 from mosaic_kit.openapi import document_problems
 from mosaic_kit.settings import ServiceSettings
 from mosaic_kit.version import BuildInfo, resolve_commit

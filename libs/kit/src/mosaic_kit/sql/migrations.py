@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from mosaic_kit.settings import ServiceSettings
 
+__all__ = ["VERSION_TABLE", "alembic_config", "downgrade", "run_env", "upgrade", "upgrade_async"]
+
 VERSION_TABLE = "alembic_version"
 
 
