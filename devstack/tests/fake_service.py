@@ -5,7 +5,9 @@
     fake_service.py serve --host H --port P --instance-id I
                                 HTTP: /readyz (200 when its table answers and NATS is connected),
                                 /env (what it was given), /verify?password=... (checks the admin's),
-                                /v1/auth/jwks.json (an empty key set: what the gateway probes);
+                                /v1/<service>/jwks.json (an empty key set: what the gateway probes
+                                at /v1/auth/jwks.json), /openapi.json (that route, exposed through
+                                the gateway with no API key: its `x-mosaic-gateway` policy);
                                 announced on NATS as a `nats.micro` service named like the
                                 instance without its number (auth-1: auth) with its URL in the
                                 metadata, as the real services do for the gateway's discovery
@@ -159,8 +161,16 @@ class App:
         if path == "/verify":
             ok = await self.verify(query.get("password", [""])[0])
             return (200 if ok else 401), {"ok": ok}
-        if path == "/v1/auth/jwks.json":
+        service = self.instance.rsplit("-", 1)[0]
+        if path == f"/v1/{service}/jwks.json":
             return 200, {"keys": []}
+        if path == "/openapi.json":
+            exposed = {"x-mosaic-gateway": {"api_key": "off"}, "responses": {"200": {}}}
+            return 200, {
+                "openapi": "3.1.0",
+                "info": {"title": service, "version": "0.0.1"},
+                "paths": {f"/v1/{service}/jwks.json": {"get": exposed}},
+            }
         return 404, {"error": "not found"}
 
 

@@ -126,9 +126,9 @@ def test_second_up_reuses_data_and_credentials_and_down_stops_everything(stack: 
     secret = secret_file.read_text().strip()
     assert len(secret) >= 40
     assert psutil.Process(stack.state()["instances"][0]["pid"]).environ()[SECRET] == secret
-    # No auth and blog among the services: nothing for the gateway to front.
+    # No auth among the services: nothing to verify keys and tokens with.
     assert stack.state()["gateway"] is None
-    assert "gateway: not started, it fronts auth and blog" in stack.log("mosaic")
+    assert "gateway: not started, it verifies API keys and tokens with auth" in stack.log("mosaic")
     password = stack.status_json()["credentials"]["admin"]["password"]
     assert password in first.stdout  # `up` prints the admin's password ...
     refused = stack.up_detached()  # ... and refuses a second supervisor on the same data

@@ -1,8 +1,8 @@
 """The gateway process `mosaic up` puts in front of the services: `mosaic-gateway serve`.
 
 Supervised like a service instance (same log handling, restarts and stop), but started from the
-configuration file the devstack writes (gateway_config.py), and ready only when it can really
-route: its admin `/readyz` answers, every worker sees an available instance of every backend, and
+configuration file the devstack writes (gateway_config.py, from the services' OpenAPI), and
+ready only when it can really route: its admin `/readyz` answers, every worker sees an available instance of every backend, and
 a request through it reaches the auth service.
 
 Its ports are bound here, by `hold_port`, when `mosaic up` picks them, and the gateway is handed

@@ -32,7 +32,7 @@ from mosaic_devstack.embedded import (
 )
 from mosaic_devstack.gateway import GatewayInstance, hold_port
 from mosaic_devstack.gateway_config import (
-    BACKENDS,
+    IDENTITY,
     GatewayConfigError,
     GatewaySettings,
     gateway_config,
@@ -371,12 +371,10 @@ class Supervisor:
         if not self.opts.gateway:
             self.say("gateway: off (--no-gateway); clients call the instances directly")
             return False
-        names = {service.name for service in self.opts.services}
-        missing = [name for name in BACKENDS if name not in names]
-        if missing:
+        if IDENTITY not in {service.name for service in self.opts.services}:
             self.say(
-                f"gateway: not started, it fronts {' and '.join(BACKENDS)} and the service list "
-                f"has no {', '.join(missing)}"
+                f"gateway: not started, it verifies API keys and tokens with {IDENTITY} and the "
+                f"service list has no {IDENTITY}"
             )
             return False
         GatewayInstance.check_installed()
@@ -402,6 +400,28 @@ class Supervisor:
         self.ports.add(bound)
         return bound
 
+    async def _openapi_documents(self) -> dict[str, dict[str, Any]]:
+        """Each service's OpenAPI document, from its first instance: the routes it declares for
+        the gateway (`x-mosaic-gateway`) are the gateway's routes. A service without a document
+        (404) exposes nothing."""
+        documents: dict[str, dict[str, Any]] = {}
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            for service in self.opts.services:
+                first = next((i for i in self.instances if i.service is service), None)
+                if first is None:  # no replicas
+                    continue
+                url = first.url + "/openapi.json"
+                try:
+                    answer = await client.get(url)
+                    if answer.status_code == 404:
+                        self.say(f"gateway: {service.name} has no /openapi.json; no routes to it")
+                        continue
+                    answer.raise_for_status()
+                    documents[service.name] = answer.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    raise StartupError(f"gateway: cannot read {url}: {exc}") from None
+        return documents
+
     async def _bring_up_gateway(self, port: int) -> None:
         began = time.monotonic()
         listener = self.gateway_sockets[0]
@@ -419,9 +439,10 @@ class Supervisor:
             jwt_audience=self.env.get("AUTH_AUDIENCE"),
             otlp_endpoint=self.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
         )
+        documents = await self._openapi_documents()
         path = self.data.gateway_config
         # Private like the state: an external NATS_URL may carry a password.
-        write_private_text(path, render(gateway_config(settings), str(path)))
+        write_private_text(path, render(gateway_config(settings, documents), str(path)))
         env = {**self.env, "NATS_URL": self.nats_url, "PYTHONUNBUFFERED": "1"}
         env.setdefault("LOG_FORMAT", "json")
         gateway = self.gateway = GatewayInstance(

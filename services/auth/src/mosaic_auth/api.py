@@ -6,12 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AnyHttpUrl, EmailStr, Field, StringConstraints
 
 from mosaic_auth.service import AuthService, ClientInfo
 from mosaic_kit.fastapi.auth import current_principal, require_roles
+from mosaic_kit.fastapi.gateway import through_gateway
 from mosaic_kit.fastapi.idempotency import IdempotencyGuard
+from mosaic_kit.gateway_policy import JSON_BODY
 from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
     IDEMPOTENCY_PROBLEMS,
@@ -144,14 +146,19 @@ async def service(request: Request) -> AuthService:
 Service = Annotated[AuthService, Depends(service)]
 
 
-async def client_info(request: Request) -> ClientInfo:
+async def client_info(
+    request: Request,
+    user_agent: Annotated[
+        str | None, Header(description="Recorded with the session it opens.")
+    ] = None,
+) -> ClientInfo:
     address = request.client.host if request.client else None
     if request.app.state.settings.auth_trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
             # The nearest proxy appends the address it saw; that is the one a client can't forge.
             address = forwarded.split(",")[-1].strip() or address
-    return ClientInfo(address=address, user_agent=request.headers.get("user-agent"))
+    return ClientInfo(address=address, user_agent=user_agent)
 
 
 async def active_principal(
@@ -174,6 +181,16 @@ Client = Annotated[ClientInfo, Depends(client_info)]
 
 router = APIRouter(prefix="/v1")
 
+# Sign-in is what a password-guessing client hammers: a budget per client address (per gateway
+# worker), far above what a person or the end-to-end tests use; this service's own throttle (per
+# account and per address, in its database) is what bounds the guesses.
+CREDENTIALS_RATE_LIMIT: dict[str, Any] = {"requests": 120, "per": "1m", "by": "address"}
+# Sign-up answers 409 auth.email_taken for a registered address (the API contract), which makes
+# it an oracle of who has an account. One budget per client address for the whole cluster
+# (every gateway worker and replica counts in the shared store), small for enumeration, ample for
+# people (a class signing up behind one NAT included).
+SIGNUP_RATE_LIMIT: dict[str, Any] = {"requests": 30, "per": "10m", "by": "address", "shared": True}
+
 
 USER_NOT_FOUND = {404: "auth.user_not_found"}
 SELF_LOCKOUT = {409: "auth.self_lockout"}
@@ -186,6 +203,7 @@ SIGNIN_REFUSED = {
 
 @router.post(
     "/auth/signup",
+    openapi_extra=through_gateway(body=JSON_BODY, rate_limit=SIGNUP_RATE_LIMIT),
     status_code=201,
     tags=["auth"],
     summary="Create an account",
@@ -225,6 +243,7 @@ async def signup(
 
 @router.post(
     "/auth/signin",
+    openapi_extra=through_gateway(body=JSON_BODY, rate_limit=CREDENTIALS_RATE_LIMIT),
     tags=["auth"],
     summary="Sign in with e-mail and password",
     responses=route_responses(SIGNIN_REFUSED, answer=SignedIn),
@@ -236,6 +255,7 @@ async def signin(body: SigninBody, svc: Service, client: Client) -> dict[str, An
 
 @router.post(
     "/auth/refresh",
+    openapi_extra=through_gateway(body=JSON_BODY),
     tags=["auth"],
     summary="Trade a refresh token for new tokens",
     responses=route_responses(
@@ -249,6 +269,7 @@ async def refresh(body: RefreshBody, svc: Service) -> dict[str, Any]:
 
 @router.post(
     "/auth/signout",
+    openapi_extra=through_gateway(),
     status_code=204,
     tags=["auth"],
     summary="End this session",
@@ -261,6 +282,7 @@ async def signout(svc: Service, me: Me) -> Response:
 
 @router.get(
     "/auth/jwks.json",
+    openapi_extra=through_gateway(api_key=False),
     tags=["auth"],
     summary="Public keys that verify access tokens",
     responses=route_responses(answer=Jwks),
@@ -272,6 +294,7 @@ async def jwks(svc: Service, response: Response) -> dict[str, Any]:
 
 @router.get(
     "/users/me",
+    openapi_extra=through_gateway(),
     tags=["users"],
     summary="My private profile",
     responses=route_responses(TOKEN_PROBLEMS, answer=PrivateProfile),
@@ -285,6 +308,7 @@ async def get_me(
 
 @router.patch(
     "/users/me",
+    openapi_extra=through_gateway(body=JSON_BODY),
     tags=["users"],
     summary="Change my name or picture",
     responses=route_responses(TOKEN_PROBLEMS, answer=PrivateProfile),
@@ -300,6 +324,7 @@ async def patch_me(body: ProfilePatch, svc: Service, me: Me) -> dict[str, object
 
 @router.put(
     "/users/me/password",
+    openapi_extra=through_gateway(body=JSON_BODY),
     status_code=204,
     tags=["users"],
     summary="Change my password (signs out my other sessions)",
@@ -312,6 +337,7 @@ async def change_password(body: PasswordChange, svc: Service, me: Me) -> Respons
 
 @router.get(
     "/users",
+    openapi_extra=through_gateway(),
     tags=["admin"],
     summary="List users (ADMIN)",
     responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=UsersPage),
@@ -329,6 +355,7 @@ async def list_users(
 
 @router.get(
     "/users/{user_id}",
+    openapi_extra=through_gateway(),
     tags=["users"],
     summary="A user's public profile",
     responses=route_responses(USER_NOT_FOUND, answer=PublicProfile),
@@ -339,6 +366,7 @@ async def get_user(user_id: uuid.UUID, svc: Service) -> dict[str, object]:
 
 @router.put(
     "/users/{user_id}/roles",
+    openapi_extra=through_gateway(body=JSON_BODY),
     tags=["admin"],
     summary="Set a user's roles (ADMIN)",
     responses=route_responses(ROLE_PROBLEMS, USER_NOT_FOUND, SELF_LOCKOUT, answer=AdminProfile),
@@ -351,6 +379,7 @@ async def put_roles(
 
 @router.post(
     "/users/{user_id}/disable",
+    openapi_extra=through_gateway(),
     status_code=204,
     tags=["admin"],
     summary="Disable a user and end their sessions (ADMIN)",
@@ -363,6 +392,7 @@ async def disable_user(user_id: uuid.UUID, svc: Service, admin: Admin) -> Respon
 
 @router.post(
     "/users/{user_id}/enable",
+    openapi_extra=through_gateway(),
     status_code=204,
     tags=["admin"],
     summary="Enable a disabled user (ADMIN)",
@@ -375,6 +405,7 @@ async def enable_user(user_id: uuid.UUID, svc: Service, _admin: Admin) -> Respon
 
 @router.post(
     "/api-keys",
+    openapi_extra=through_gateway(body=JSON_BODY),
     status_code=201,
     tags=["api-keys"],
     summary="Create an API key (ADMIN); the key is shown only here",
@@ -400,6 +431,7 @@ async def create_api_key(
 
 @router.get(
     "/api-keys",
+    openapi_extra=through_gateway(),
     tags=["api-keys"],
     summary="List active API keys (ADMIN)",
     responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=ApiKeysPage),
@@ -416,6 +448,7 @@ async def list_api_keys(
 
 @router.delete(
     "/api-keys/{key_id}",
+    openapi_extra=through_gateway(),
     status_code=204,
     tags=["api-keys"],
     summary="Revoke an API key (ADMIN)",

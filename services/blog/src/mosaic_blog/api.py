@@ -12,6 +12,7 @@ from pydantic import AnyHttpUrl, Field, StringConstraints, field_validator
 from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
 from mosaic_blog.workflow import Action, State
 from mosaic_kit.fastapi.auth import require_roles
+from mosaic_kit.fastapi.gateway import through_gateway
 from mosaic_kit.fastapi.idempotency import IdempotencyGuard
 from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
@@ -37,6 +38,18 @@ Tags = Annotated[list[Tag], Field(min_length=1, max_length=10)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 Cursor = Annotated[Text | None, Query(max_length=500)]
 JSON = "application/json"
+
+# A draft's text is up to 50,000 characters, which JSON may escape to six bytes each.
+BLOG_JSON = "512KiB"
+# Public reads are cached at the gateway and dropped by the events that change what they show:
+# the blog's own (publish, update, unpublish, delete) at once. An author's new name reaches the
+# blog's read model by an event the gateway sees too, possibly before this service has applied
+# it, so such a change may show up to one TTL late; hence a short TTL.
+PUBLIC_READ_CACHE: dict[str, Any] = {
+    "ttl": "10s",
+    "vary_headers": ["accept"],
+    "invalidate_on": ["blog.blog.*", "auth.user.updated"],
+}
 
 
 def _slug(value: str) -> str:
@@ -173,6 +186,7 @@ TRANSITION = route_responses(
 
 @router.get(
     "/blogs",
+    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
     tags=["public"],
     summary="Published blogs, newest first",
     responses=route_responses(CURSOR_PROBLEMS, answer=PublicPage),
@@ -188,6 +202,7 @@ async def list_blogs(
 
 @router.get(
     "/blogs/by-slug/{slug}",
+    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
     tags=["public"],
     summary="A published blog by its slug",
     responses=route_responses({404: "blog.not_found"}, answer=PublicBlog),
@@ -200,6 +215,7 @@ async def blog_by_slug(
 
 @router.get(
     "/blogs/{blog_id}",
+    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
     tags=["public"],
     summary="A published blog",
     responses=route_responses({404: "blog.not_found"}, answer=PublicBlog),
@@ -210,6 +226,7 @@ async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
 
 @router.get(
     "/blogs/{blog_id}/similar",
+    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
     tags=["public"],
     summary="Up to 6 published blogs most like it",
     responses=route_responses({404: "blog.not_found"}, answer=Similar),
@@ -223,6 +240,7 @@ async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
 
 @router.post(
     "/author/blogs",
+    openapi_extra=through_gateway(body=BLOG_JSON),
     status_code=201,
     tags=["author"],
     summary="Write a new draft",
@@ -246,6 +264,7 @@ async def create_blog(
 
 @router.get(
     "/author/blogs",
+    openapi_extra=through_gateway(),
     tags=["author"],
     summary="My blogs",
     responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
@@ -262,6 +281,7 @@ async def my_blogs(
 
 @router.get(
     "/author/blogs/{blog_id}",
+    openapi_extra=through_gateway(),
     tags=["author"],
     summary="One of my blogs, any state",
     responses=MINE,
@@ -272,6 +292,7 @@ async def my_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[str,
 
 @router.patch(
     "/author/blogs/{blog_id}",
+    openapi_extra=through_gateway(body=BLOG_JSON),
     tags=["author"],
     summary="Change my blog's fields",
     responses=route_responses(
@@ -287,6 +308,7 @@ async def edit_blog(
 
 @router.delete(
     "/author/blogs/{blog_id}",
+    openapi_extra=through_gateway(),
     status_code=204,
     tags=["author"],
     summary="Delete my blog",
@@ -299,6 +321,7 @@ async def delete_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> Respo
 
 @router.post(
     "/author/blogs/{blog_id}/submit",
+    openapi_extra=through_gateway(),
     tags=["author"],
     summary="Submit for review",
     responses=TRANSITION,
@@ -309,6 +332,7 @@ async def submit_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dict[
 
 @router.post(
     "/author/blogs/{blog_id}/withdraw",
+    openapi_extra=through_gateway(),
     tags=["author"],
     summary="Take back a submission",
     responses=TRANSITION,
@@ -322,6 +346,7 @@ async def withdraw_blog(blog_id: uuid.UUID, svc: Service, author: Author) -> dic
 
 @router.get(
     "/editor/blogs",
+    openapi_extra=through_gateway(),
     tags=["editor"],
     summary="Every author's blogs awaiting or published",
     responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=FullPage),
@@ -338,13 +363,20 @@ async def editor_blogs(
     return _page(await svc.list_for_editors(states, limit, cursor))
 
 
-@router.get("/editor/blogs/{blog_id}", tags=["editor"], summary="Any blog", responses=MINE)
+@router.get(
+    "/editor/blogs/{blog_id}",
+    openapi_extra=through_gateway(),
+    tags=["editor"],
+    summary="Any blog",
+    responses=MINE,
+)
 async def editor_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dict[str, Any]:
     return (await svc.any_blog(blog_id)).full_view()
 
 
 @router.post(
     "/editor/blogs/{blog_id}/publish",
+    openapi_extra=through_gateway(),
     tags=["editor"],
     summary="Publish a submission",
     responses=TRANSITION,
@@ -355,6 +387,7 @@ async def publish_blog(blog_id: uuid.UUID, svc: Service, _editor: Editor) -> dic
 
 @router.post(
     "/editor/blogs/{blog_id}/unpublish",
+    openapi_extra=through_gateway(),
     tags=["editor"],
     summary="Take a blog back to draft",
     responses=TRANSITION,

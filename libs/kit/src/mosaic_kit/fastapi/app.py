@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Lifespan
 
 from mosaic_kit.fastapi.errors import install_problem_handlers
+from mosaic_kit.fastapi.gateway import publish_policies
 from mosaic_kit.fastapi.health import health_router
 from mosaic_kit.fastapi.middleware import RequestMiddleware
 from mosaic_kit.metrics import default_registry, http_metrics
@@ -92,12 +93,13 @@ def create_app(
 
 
 def _document_problems(app: FastAPI) -> None:
-    """Document errors as the problem+json they are (see `mosaic_kit.openapi`)."""
+    """Document errors as the problem+json they are (see `mosaic_kit.openapi`), and each exposed
+    route's gateway policy (`mosaic_kit.fastapi.gateway`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_problems(generate())
+            app.openapi_schema = publish_policies(app, document_problems(generate()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

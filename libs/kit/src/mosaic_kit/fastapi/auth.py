@@ -12,7 +12,6 @@ read the verifier from `app.state.token_verifier`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -21,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from mosaic_kit.problem import forbidden
 from mosaic_kit.tokens import Principal, TokenVerifier, token_invalid, token_missing
 
-__all__ = ["current_principal", "optional_principal", "require_roles"]
+__all__ = ["RequireRoles", "current_principal", "optional_principal", "require_roles"]
 
 # Declared for OpenAPI ("Authorize" in the docs); the header is parsed below so that a wrong
 # scheme and a missing header get distinct problem codes.
@@ -70,20 +69,30 @@ async def optional_principal(
     return await current_principal(request)
 
 
-def require_roles(*roles: str) -> Callable[..., Awaitable[Principal]]:
+class RequireRoles:
     """A dependency admitting callers holding ANY of `roles` (403 `auth.forbidden` otherwise).
 
-    No role implies another: a route open to admins too must list "ADMIN" explicitly.
+    No role implies another: a route open to admins too must list "ADMIN" explicitly. A class, not
+    a closure, so that what a route requires can be read back (`mosaic_kit.fastapi.gateway`
+    publishes it as the route's gateway policy).
     """
-    if not roles:
-        raise ValueError("require_roles needs at least one role")
-    wanted = frozenset(roles)
 
-    async def dependency(
-        principal: Annotated[Principal, Depends(current_principal)],
+    def __init__(self, *roles: str) -> None:
+        if not roles:
+            raise ValueError("require_roles needs at least one role")
+        self.roles = roles
+        self._wanted = frozenset(roles)
+
+    async def __call__(
+        self, principal: Annotated[Principal, Depends(current_principal)]
     ) -> Principal:
-        if principal.roles.isdisjoint(wanted):
-            raise forbidden("auth.forbidden", "This requires one of the roles: " + ", ".join(roles))
+        if principal.roles.isdisjoint(self._wanted):
+            raise forbidden(
+                "auth.forbidden", "This requires one of the roles: " + ", ".join(self.roles)
+            )
         return principal
 
-    return dependency
+
+def require_roles(*roles: str) -> RequireRoles:
+    """A dependency admitting callers holding ANY of `roles`; see `RequireRoles`."""
+    return RequireRoles(*roles)
