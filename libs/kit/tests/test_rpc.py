@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from mosaic_kit.nats.connection import Client, connect
-from mosaic_kit.nats.rpc import RpcError, RpcTimeout, RpcUnavailable, request, serve
+from mosaic_kit.nats.rpc import RpcError, RpcTimeout, RpcUnavailable, request, serve, typed
 from mosaic_kit.problem import Problem
 
 
@@ -250,3 +250,61 @@ async def test_trace_context_reaches_the_handler(nc: Client, prefix: str) -> Non
         await service.stop()
     assert seen[0] == trace_id
     assert seen[1] != trace_id
+
+
+class Lookup(pydantic.BaseModel):
+    ids: list[uuid.UUID] = pydantic.Field(max_length=3)
+
+
+class Found(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(populate_by_name=True)
+    count: int
+    first_id: str | None = pydantic.Field(None, alias="firstId")
+
+
+async def test_a_typed_endpoint_validates_answers_its_model_and_publishes_its_schemas(
+    nc: Client, prefix: str
+) -> None:
+    calls: list[Lookup] = []
+
+    async def lookup(query: Lookup) -> Found:
+        calls.append(query)
+        return Found(count=len(query.ids), first_id=str(query.ids[0]) if query.ids else None)
+
+    async def wrong(_query: Lookup) -> Found:
+        return {"count": 1}  # type: ignore[return-value]  # a handler's bug
+
+    service = await serve(
+        nc,
+        name=prefix,
+        version="1.0.0",
+        description="t",
+        endpoints={
+            f"{prefix}.lookup": typed(Lookup, Found, lookup),
+            f"{prefix}.wrong": typed(Lookup, Found, wrong),
+        },
+    )
+    try:
+        one = str(uuid.uuid4())
+        assert await request(nc, f"{prefix}.lookup", {"ids": [one]}, timeout=2) == {
+            "count": 1,
+            "firstId": one,
+        }
+        for bad in ({"ids": ["not-a-uuid"]}, {"ids": [one] * 4}, {}):
+            with pytest.raises(RpcError) as invalid:
+                await request(nc, f"{prefix}.lookup", bad, timeout=2)
+            assert (invalid.value.status, invalid.value.code) == (422, "validation_failed")
+            assert "ids" in invalid.value.detail
+        assert len(calls) == 1  # an invalid request never reaches the handler
+        with pytest.raises(RpcError) as broken:
+            await request(nc, f"{prefix}.wrong", {"ids": []}, timeout=2)
+        assert (broken.value.status, broken.value.code) == (500, "internal")
+
+        info = orjson.loads((await nc.request(f"$SRV.INFO.{prefix}", b"", timeout=2)).data)
+        by_subject = {e["subject"]: e for e in info["endpoints"]}
+        metadata = by_subject[f"{prefix}.lookup"]["metadata"]
+        assert orjson.loads(metadata["request_schema"]) == Lookup.model_json_schema()
+        response_schema = orjson.loads(metadata["response_schema"])
+        assert set(response_schema["properties"]) == {"count", "firstId"}
+    finally:
+        await service.stop()

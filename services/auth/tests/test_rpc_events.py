@@ -71,6 +71,16 @@ async def test_service_is_discoverable(nc: Client) -> None:
     info = orjson.loads(reply.data)
     subjects = {e["subject"] for e in info["endpoints"]}
     assert {"auth.users.get", "auth.apikeys.verify", "auth.jwks.get"} <= subjects
+    # Each endpoint publishes its contract: the request's and the reply's JSON Schema.
+    by_subject = {e["subject"]: e["metadata"] for e in info["endpoints"]}
+    users = by_subject["auth.users.get"]
+    request_schema = orjson.loads(users["request_schema"])
+    assert request_schema["required"] == ["ids"]
+    assert request_schema["properties"]["ids"]["maxItems"] == 100
+    reply = orjson.loads(users["response_schema"])
+    assert "profilePicUrl" in reply["$defs"]["PublicUser"]["properties"]
+    verify = orjson.loads(by_subject["auth.apikeys.verify"]["response_schema"])
+    assert set(verify["properties"]) == {"id", "name"}
 
 
 async def _next_event(sub: Any, event_type: str, match: dict[str, Any]) -> dict[str, Any]:

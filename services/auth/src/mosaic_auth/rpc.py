@@ -1,4 +1,9 @@
-"""NATS request-reply endpoints of the auth service (transport only)."""
+"""NATS request-reply endpoints of the auth service (transport only).
+
+Each endpoint takes and answers a pydantic model (`mosaic_kit.nats.rpc.typed`), so a request is
+validated before the service sees it (422 `validation_failed`) and both JSON Schemas are published
+in the endpoint's `$SRV.INFO` metadata.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +11,68 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from mosaic_auth.service import AuthService
-from mosaic_kit.nats.rpc import Handler
-from mosaic_kit.problem import Problem
+from mosaic_kit.nats.rpc import Endpoint, typed
 
 MAX_IDS = 100
 
 
-def _bad(field: str, message: str) -> Problem:
-    return Problem(422, "validation_failed", message, errors=[{"field": field, "message": message}])
+class UsersQuery(BaseModel):
+    """`auth.users.get`: the users to describe."""
+
+    ids: list[uuid.UUID] = Field(
+        max_length=MAX_IDS, description="User ids; unknown ones are left out."
+    )
 
 
-def endpoints(svc: AuthService) -> Mapping[str, Handler]:
-    async def users_get(request: dict[str, Any]) -> dict[str, Any]:
-        raw = request.get("ids")
-        if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
-            raise _bad("ids", "ids must be a list of user ids")
-        if len(raw) > MAX_IDS:
-            raise _bad("ids", f"at most {MAX_IDS} ids per request")
-        ids: list[uuid.UUID] = []
-        for value in raw:
-            try:
-                ids.append(uuid.UUID(value))
-            except ValueError as exc:
-                raise _bad("ids", f"not a user id: {value[:64]}") from exc
-        users = await svc.public_profiles(ids)
-        return {"users": [u.public_view() for u in users]}
+class PublicUser(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
 
-    async def apikeys_verify(request: dict[str, Any]) -> dict[str, Any]:
-        key = request.get("key")
-        if not isinstance(key, str) or not key:
-            raise _bad("key", "key is required")
-        record = await svc.verify_api_key(key)
-        return {"id": str(record.id), "name": record.name}
+    id: str
+    name: str
+    profile_pic_url: str | None = Field(alias="profilePicUrl")
 
-    async def jwks_get(_request: dict[str, Any]) -> dict[str, Any]:
-        return await svc.jwks()
+
+class Users(BaseModel):
+    users: list[PublicUser]
+
+
+class KeyQuery(BaseModel):
+    """`auth.apikeys.verify`: the key a client sent (`x-api-key`)."""
+
+    # No upper bound here: an over-long key is an invalid key (403), as the service decides.
+    key: str = Field(min_length=1)
+
+
+class VerifiedKey(BaseModel):
+    id: str
+    name: str
+
+
+class NoArguments(BaseModel):
+    pass
+
+
+class Jwks(BaseModel):
+    keys: list[dict[str, Any]]
+
+
+def endpoints(svc: AuthService) -> Mapping[str, Endpoint]:
+    async def users_get(query: UsersQuery) -> Users:
+        users = await svc.public_profiles(query.ids)
+        return Users.model_validate({"users": [u.public_view() for u in users]})
+
+    async def apikeys_verify(query: KeyQuery) -> VerifiedKey:
+        record = await svc.verify_api_key(query.key)
+        return VerifiedKey(id=str(record.id), name=record.name)
+
+    async def jwks_get(_query: NoArguments) -> Jwks:
+        return Jwks.model_validate(await svc.jwks())
 
     return {
-        "auth.users.get": users_get,
-        "auth.apikeys.verify": apikeys_verify,
-        "auth.jwks.get": jwks_get,
+        "auth.users.get": typed(UsersQuery, Users, users_get),
+        "auth.apikeys.verify": typed(KeyQuery, VerifiedKey, apikeys_verify),
+        "auth.jwks.get": typed(NoArguments, Jwks, jwks_get),
     }

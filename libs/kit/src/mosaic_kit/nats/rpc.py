@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import orjson
@@ -33,6 +34,7 @@ from mosaic_kit.problem import Problem
 from mosaic_kit.settings import ServiceSettings
 
 __all__ = [
+    "Endpoint",
     "Handler",
     "RpcError",
     "RpcService",
@@ -40,9 +42,52 @@ __all__ = [
     "RpcUnavailable",
     "request",
     "serve",
+    "typed",
 ]
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+In = TypeVar("In", bound=pydantic.BaseModel)
+Out = TypeVar("Out", bound=pydantic.BaseModel)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A handler with its request and reply models, published in `$SRV.INFO`.
+
+    The request is validated into `request_model` before the handler runs (422
+    `validation_failed` otherwise, the handler never called); the reply is the handler's model as
+    JSON (by alias). The endpoint's metadata in `$SRV.INFO` holds both JSON Schemas
+    (`request_schema`, `response_schema`), so a caller can read the contract from the bus.
+    """
+
+    request_model: type[pydantic.BaseModel]
+    response_model: type[pydantic.BaseModel]
+    handler: Handler
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "request_schema": orjson.dumps(self.request_model.model_json_schema()).decode(),
+            "response_schema": orjson.dumps(
+                self.response_model.model_json_schema(mode="serialization")
+            ).decode(),
+        }
+
+
+def typed(
+    request_model: type[In], response_model: type[Out], handler: Callable[[In], Awaitable[Out]]
+) -> Endpoint:
+    """`handler` as an endpoint taking `request_model` and answering `response_model`."""
+
+    async def run(payload: dict[str, Any]) -> Any:
+        answer = await handler(request_model.model_validate(payload))
+        if not isinstance(answer, response_model):
+            # The handler's bug, not the caller's: a 500, never a 422.
+            raise TypeError(f"answered {type(answer).__name__}, not {response_model.__name__}")
+        return answer.model_dump(mode="json", by_alias=True)
+
+    return Endpoint(request_model, response_model, run)
+
 
 _log = get_logger("mosaic_kit.rpc")
 _tracer = tracing.tracer("mosaic_kit.rpc")
@@ -139,15 +184,22 @@ class RpcService(Service):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
 
-    async def add_rpc_endpoint(self, subject: str, handler: Handler) -> None:
+    async def add_rpc_endpoint(self, subject: str, handler: Handler | Endpoint) -> None:
+        metadata = None
+        if isinstance(handler, Endpoint):
+            metadata, handler = handler.metadata(), handler.handler
+        run = handler
+
         async def dispatch(req: Request) -> None:
             await self._slots.acquire()
-            task = asyncio.create_task(_answer(req, subject, handler), name=f"rpc {subject}")
+            task = asyncio.create_task(_answer(req, subject, run), name=f"rpc {subject}")
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
 
         name = _INVALID_NAME_CHARS.sub("_", subject)
-        await self.add_endpoint(EndpointConfig(name=name, subject=subject, handler=dispatch))
+        await self.add_endpoint(
+            EndpointConfig(name=name, subject=subject, handler=dispatch, metadata=metadata)
+        )
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -171,7 +223,7 @@ async def serve(
     name: str,
     version: str,
     description: str,
-    endpoints: Mapping[str, Handler],
+    endpoints: Mapping[str, Handler | Endpoint],
     queue_group: str | None = None,
     max_in_flight: int = 64,
     metadata: Mapping[str, str] | None = None,
