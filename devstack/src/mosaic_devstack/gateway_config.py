@@ -117,7 +117,8 @@ def gateway_config(
 ) -> dict[str, Any]:
     """The configuration document fronting every service of `documents` (service name -> its
     OpenAPI document) that exposes an operation."""
-    backends = [name for name, document in documents.items() if routes_of(name, document)]
+    routes = {name: routes_of(name, document) for name, document in documents.items()}
+    backends = [name for name, found in routes.items() if found]
     jwt: dict[str, Any] = {}
     if settings.jwt_issuer:
         jwt["issuer"] = settings.jwt_issuer
@@ -144,7 +145,7 @@ def gateway_config(
             "query": {"allow": []},
         },
         "backends": {name: backend_section(name) for name in backends},
-        "routes": [route for name in backends for route in routes_of(name, documents[name])],
+        "routes": [route for name in backends for route in routes[name]],
     }
 
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 from prometheus_client import CollectorRegistry
 
 from mosaic_kit import metrics
-from mosaic_kit.logging import get_logger
+from mosaic_kit.logging import describe_error, get_logger
 
 if TYPE_CHECKING:
     pass
@@ -59,7 +59,6 @@ __all__ = [
     "CacheError",
     "Invalidator",
     "cached",
-    "describe_error",
     "new_generation",
 ]
 
@@ -112,11 +111,6 @@ class Cache(Protocol):
 
 def new_generation() -> str:
     return secrets.token_hex(8)
-
-
-def describe_error(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class BaseCache(abc.ABC):

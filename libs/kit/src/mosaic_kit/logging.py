@@ -22,6 +22,7 @@ __all__ = [
     "bind_context",
     "clear_context",
     "configure_logging",
+    "describe_error",
     "get_logger",
 ]
 
@@ -109,6 +110,12 @@ def configure_logging(service: str, instance: str, level: str = "INFO", fmt: str
 
 def _noop(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
+
+
+def describe_error(exc: BaseException) -> str:
+    """`exc` in one log field: its type, and its message when it has one (never a traceback)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def get_logger(name: str | None = None) -> Logger:

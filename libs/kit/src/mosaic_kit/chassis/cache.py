@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from mosaic_kit.logging import get_logger
+from mosaic_kit.logging import describe_error, get_logger
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
     from mosaic_kit.settings import ServiceSettings
 
-from mosaic_kit.cache import Cache, describe_error
+from mosaic_kit.cache import Cache
 from mosaic_kit.nats.kv import NatsKvCache
 from mosaic_kit.redis.cache import RedisCache
 

@@ -32,7 +32,6 @@ class Idempotency:
     """Runs a creating handler at most once per (scope, key)."""
 
     def __init__(self, db: Database, key: str | None, scope: str) -> None:
-        self._key = key
         self._store = IdempotencyStore(db, scope, key) if key is not None else None
 
     async def run(

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import nats.errors
 from nats.aio.client import Client
 
-from mosaic_kit.logging import get_logger
+from mosaic_kit.logging import describe_error, get_logger
 from mosaic_kit.nats import outages
 from mosaic_kit.problem import treat_as_unreachable
 
@@ -93,7 +93,7 @@ async def connect(
             with contextlib.suppress(Exception):
                 await client.close()
             # The client reports "no servers available"; the reason is the error before it.
-            error = _describe(causes[-1] if causes else exc)
+            error = describe_error(causes[-1] if causes else exc)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 _log.error("nats_connect_failed", server=where, attempts=attempt, error=error)
@@ -132,9 +132,9 @@ async def _connect_once(
     async def on_error(exc: Exception) -> None:
         if client.is_reconnecting:
             # Each failed attempt during an outage; the disconnection itself was logged.
-            _log.debug("nats_reconnect_failed", server=where, error=_describe(exc))
+            _log.debug("nats_reconnect_failed", server=where, error=describe_error(exc))
         elif connected:
-            _log.warning("nats_error", server=where, error=_describe(exc))
+            _log.warning("nats_error", server=where, error=describe_error(exc))
         else:
             # Failures of the first connection are reported once, by the retry loop.
             causes.append(exc)
@@ -171,11 +171,6 @@ def _current(client: Client) -> str:
         return ""
     port = f":{current.port}" if current.port else ""
     return f"{current.scheme}://{current.hostname or ''}{port}"
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def readiness_check(client: Client) -> Callable[[], Awaitable[None]]:

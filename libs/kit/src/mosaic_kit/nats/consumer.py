@@ -45,7 +45,8 @@ from mosaic_kit.events import (
 )
 from mosaic_kit.logging import get_logger
 from mosaic_kit.sql.db import Database, new_metadata
-from mosaic_kit.sql.processed import connection_lost, processed_events_table
+from mosaic_kit.sql.outages import connection_lost
+from mosaic_kit.sql.processed import processed_events_table
 
 _processed_table = processed_events_table(new_metadata())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 import sqlalchemy.exc
 
-__all__ = ["postgres_unreachable"]
+__all__ = ["connection_lost", "postgres_unreachable"]
 
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     # SQLAlchemy's pool found no connection within its timeout, or a connection it had died.
@@ -31,3 +31,12 @@ def postgres_unreachable(exc: BaseException) -> bool:
         return True
     # The dialect recognised a lost connection ("connection is closed", ...).
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The database connection failed (as opposed to a statement, which may fail every time):
+    what a consumer retries rather than dead-letters."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return exc.connection_invalidated
+    # Refused connections surface unwrapped; a full pool is SQLAlchemy's own TimeoutError.
+    return isinstance(exc, ConnectionError | sqlalchemy.exc.TimeoutError)

@@ -7,9 +7,8 @@ the primary key makes a second delivery of the same event a no-op.
 from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, func
-from sqlalchemy import exc as sa_exc
 
-__all__ = ["connection_lost", "processed_events_table"]
+__all__ = ["processed_events_table"]
 
 
 def processed_events_table(metadata: MetaData) -> Table:
@@ -25,11 +24,3 @@ def processed_events_table(metadata: MetaData) -> Table:
         Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Index("ix_processed_events_processed_at", "processed_at"),
     )
-
-
-def connection_lost(exc: BaseException) -> bool:
-    """The database connection failed (as opposed to a statement, which may fail every time)."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        return exc.connection_invalidated
-    # Refused connections surface unwrapped; a full pool is SQLAlchemy's own TimeoutError.
-    return isinstance(exc, ConnectionError | sa_exc.TimeoutError)
