@@ -19,7 +19,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import Depends, FastAPI
 
 from mosaic_kit.events import new_event
-from mosaic_kit.fastapi.auth import current_principal, optional_principal, require_roles
+from mosaic_kit.fastapi.auth import (
+    TOKEN_VERIFIER,
+    current_principal,
+    optional_principal,
+    require_roles,
+)
 from mosaic_kit.fastapi.errors import install_problem_handlers
 from mosaic_kit.jwks import JwksCache, StaticKeySource
 from mosaic_kit.problem import Problem
@@ -394,7 +399,7 @@ async def test_unreachable_key_source_is_503_not_401() -> None:
 def build_app(verifier: TokenVerifier) -> FastAPI:
     app = FastAPI()
     install_problem_handlers(app)
-    app.state.token_verifier = verifier
+    TOKEN_VERIFIER.provide(app, verifier)
 
     @app.get("/me")
     async def me(principal: Annotated[Principal, Depends(current_principal)]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from mosaic_kit.fastapi.errors import install_problem_handlers
 from mosaic_kit.fastapi.idempotency import Idempotency, IdempotencyGuard
+from mosaic_kit.fastapi.parts import DATABASE
 from mosaic_kit.problem import Problem
 from mosaic_kit.sql.db import Database, new_metadata
 from mosaic_kit.sql.idempotency import idempotency_table
@@ -68,7 +69,7 @@ async def app(db: Database) -> tuple[FastAPI, Recorder]:
     application = FastAPI()
     install_problem_handlers(application)
     application.include_router(router)
-    application.state.db = db
+    DATABASE.provide(application, db)
     return application, recorder
 
 

@@ -10,6 +10,7 @@ import pytest_asyncio
 from auth_support import bearer, make_settings
 from fastapi import FastAPI
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
@@ -38,7 +39,7 @@ async def client(auth_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="module")
 def service(auth_app: FastAPI) -> AuthService:
-    svc: AuthService = auth_app.state.auth_service
+    svc: AuthService = AUTH_SERVICE.of(auth_app)
     return svc
 
 

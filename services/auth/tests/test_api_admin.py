@@ -9,6 +9,8 @@ import jwt
 import pytest
 from auth_support import PASSWORD, bearer, signup, unique_email
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
+
 
 async def test_admin_routes_need_the_admin_role(
     client: httpx.AsyncClient, admin: dict[str, str]
@@ -169,7 +171,7 @@ async def test_api_keys_are_shown_once_listed_without_secret_and_revocable(
     assert record["id"] in entries
     assert "key" not in entries[record["id"]]
     assert record["key"] not in listed.text
-    service = client._transport.app.state.auth_service  # type: ignore[attr-defined]
+    service = AUTH_SERVICE.of(client._transport.app)  # type: ignore[attr-defined]
     assert (await service.verify_api_key(record["key"])).name == "mobile app"
     deleted = await client.delete(f"/v1/api-keys/{record['id']}", headers=admin)
     assert deleted.status_code == 204

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from auth_support import PASSWORD, bearer, make_settings, signup
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
 from mosaic_kit.sql.migrations import upgrade_async
 
@@ -118,7 +119,7 @@ async def test_rotate_keys_keeps_issued_tokens_valid(pg_url: str, nats_url: str)
             published = {k["kid"] for k in (await client.get("/v1/auth/jwks.json")).json()["keys"]}
             assert {old_kid, new_kid} <= published
             assert (await client.get("/v1/users/me", headers=bearer(old_token))).status_code == 200
-            app.state.auth_service.signer.forget_key()  # as after the re-read interval
+            AUTH_SERVICE.of(app).signer.forget_key()  # as after the re-read interval
             signin = await client.post(
                 "/v1/auth/signin", json={"email": body["user"]["email"], "password": PASSWORD}
             )

@@ -14,11 +14,13 @@ from auth_support import PASSWORD, signup, unique_email
 from fastapi import FastAPI
 from kit_support import row_counts
 
+from mosaic_kit.fastapi.parts import DATABASE
+
 NUL = "\x00"
 
 
 async def _row_counts(app: FastAPI) -> dict[str, int]:
-    return await row_counts(app.state.db)
+    return await row_counts(DATABASE.of(app))
 
 
 def _assert_names(response: httpx.Response, field: str) -> None:

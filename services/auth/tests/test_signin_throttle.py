@@ -17,6 +17,7 @@ import pytest_asyncio
 from auth_support import PASSWORD, make_settings, signup, unique_email
 from fastapi import FastAPI
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
 from mosaic_auth.passwords import Passwords
 from mosaic_auth.settings import AuthSettings
@@ -68,7 +69,7 @@ async def replicas(
     ):
         for app, client in ((auth_app, a), (second_replica, b)):
             counted = CountedPasswords(auth_settings)
-            app.state.auth_service.passwords = counted
+            AUTH_SERVICE.of(app).passwords = counted
             pairs.append((client, counted))
         yield pairs
 

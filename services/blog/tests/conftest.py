@@ -10,6 +10,7 @@ import httpx
 import pytest_asyncio
 from blog_support import PASSWORD, Platform, auth_settings, blog_settings
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
 from mosaic_kit.sql.migrations import upgrade_async
@@ -40,7 +41,7 @@ async def platform(pg_url: str, nats_url: str) -> AsyncIterator[Platform]:
         result = Platform(*clients)
         result.blog_apps = apps  # type: ignore[attr-defined]
         result.auth_app = auth_app  # type: ignore[attr-defined]
-        await result.sign_in_admin(auth_app.state.auth_service)
+        await result.sign_in_admin(AUTH_SERVICE.of(auth_app))
         assert PASSWORD
         yield result
 

@@ -10,8 +10,11 @@ from contextlib import AsyncExitStack
 import httpx
 from blog_support import Platform, auth_settings, blog_settings
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
+from mosaic_blog.api import SERVICE as BLOG_SERVICE
 from mosaic_blog.app import create_blog_app
+from mosaic_kit.fastapi.auth import TOKEN_VERIFIER
 from mosaic_kit.sql.migrations import upgrade_async
 
 
@@ -34,16 +37,16 @@ async def test_public_reads_keep_working_with_author_names_while_auth_is_down(
             )
             # The blog service started first, so it has no keys yet; it would retry within a
             # second on its own (see JwksCache), the test just does not wait for that.
-            await blog_app.state.token_verifier.jwks.refresh()
+            await TOKEN_VERIFIER.of(blog_app).jwks.refresh()
             platform = Platform(auth, blog, blog)
-            await platform.sign_in_admin(auth_app.state.auth_service)
+            await platform.sign_in_admin(AUTH_SERVICE.of(auth_app))
             writer = await platform.user("AUTHOR", name="Offline Writer")
             editor = await platform.user("EDITOR")
             published = await platform.published(writer, editor)
             await auth.aclose()
         # Auth is gone (no responder on auth.*): public reads still answer, with the name.
         for path in (f"/v1/blogs/{published['id']}", "/v1/blogs?limit=5"):
-            await blog_app.state.blog_service._invalidate()  # force a read from the database
+            await BLOG_SERVICE.of(blog_app)._invalidate()  # force a read from the database
             response = await blog.get(path)
             assert response.status_code == 200
             assert response.headers["x-cache"] == "MISS"

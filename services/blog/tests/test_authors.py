@@ -12,6 +12,7 @@ from blog_support import Platform, eventually
 from sqlalchemy import text
 
 from mosaic_kit.events import Event
+from mosaic_kit.fastapi.parts import DATABASE
 from mosaic_kit.nats.jetstream import publish
 
 
@@ -38,7 +39,7 @@ async def test_the_same_user_event_delivered_twice_is_applied_once(
     platform: Platform, nats_url: str
 ) -> None:
     app = platform.blog_apps[0]  # type: ignore[attr-defined]
-    db = app.state.db
+    db = DATABASE.of(app)
     author_id = str(uuid.uuid4())
     occurred = datetime.now(UTC)
     event = Event(
@@ -116,7 +117,7 @@ async def test_an_event_that_changes_nothing_keeps_the_cache(
     consumer = app.state.settings.blog_authors_consumer
 
     async def processed() -> bool:
-        async with app.state.db.connect() as conn:
+        async with DATABASE.of(app).connect() as conn:
             found = (
                 await conn.execute(
                     text("SELECT 1 FROM processed_events WHERE consumer = :c AND event_id = :e"),

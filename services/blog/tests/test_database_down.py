@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 from blog_support import PASSWORD, Platform, auth_settings, blog_body, blog_settings
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
 from mosaic_blog.app import create_blog_app
 from mosaic_devstack.embedded import EmbeddedPostgres
+from mosaic_kit.fastapi.auth import TOKEN_VERIFIER
 from mosaic_kit.sql.migrations import upgrade_async
 
 
@@ -46,9 +48,9 @@ async def test_postgres_restart_is_503_with_retry_after_then_writes_succeed_agai
                 )
                 for app, base in ((auth_app, "http://auth"), (blog_app, "http://blog"))
             ]
-            await blog_app.state.token_verifier.jwks.refresh()
+            await TOKEN_VERIFIER.of(blog_app).jwks.refresh()
             platform = Platform(auth, blog, blog)
-            await platform.sign_in_admin(auth_app.state.auth_service)
+            await platform.sign_in_admin(AUTH_SERVICE.of(auth_app))
             writer = await platform.user("AUTHOR", name="Restart Writer")
             first = await platform.draft(writer)
 

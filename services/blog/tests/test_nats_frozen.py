@@ -15,9 +15,12 @@ from contextlib import AsyncExitStack
 import httpx
 from blog_support import Platform, auth_settings, blog_settings, eventually
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
+from mosaic_blog.api import SERVICE as BLOG_SERVICE
 from mosaic_blog.app import create_blog_app
 from mosaic_devstack.embedded import EmbeddedNats
+from mosaic_kit.fastapi.auth import TOKEN_VERIFIER
 from mosaic_kit.sql.migrations import upgrade_async
 
 
@@ -42,9 +45,9 @@ async def test_writes_do_not_wait_for_a_frozen_nats_and_replicas_see_them_after_
                 )
             )
         for app in apps[1:]:
-            await app.state.token_verifier.jwks.refresh()
+            await TOKEN_VERIFIER.of(app).jwks.refresh()
         platform = Platform(*clients)
-        await platform.sign_in_admin(apps[0].state.auth_service)
+        await platform.sign_in_admin(AUTH_SERVICE.of(apps[0]))
         writer = await platform.user("AUTHOR", name="Frozen Writer")
         editor = await platform.user("EDITOR")
         blog = await platform.published(writer, editor)
@@ -76,6 +79,6 @@ async def test_writes_do_not_wait_for_a_frozen_nats_and_replicas_see_them_after_
             return bool(response.json()["title"] == "Written while frozen 2")
 
         await eventually(replica_b_sees_it, timeout=15, interval=0.1)
-        assert await apps[1].state.blog_service.invalidator.settle(5)
+        assert await BLOG_SERVICE.of(apps[1]).invalidator.settle(5)
         again = await platform.blog_b.get(public)
         assert again.json()["title"] == "Written while frozen 2"

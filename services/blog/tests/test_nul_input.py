@@ -12,6 +12,8 @@ import httpx
 from blog_support import Platform, blog_body
 from kit_support import row_counts
 
+from mosaic_kit.fastapi.parts import DATABASE
+
 NUL = "\x00"
 NUL_MESSAGE = "Value error, must not contain the NUL character (U+0000)"
 
@@ -23,7 +25,7 @@ _EVENT_TABLES = frozenset({"authors", "processed_events"})
 
 async def _row_counts(platform: Platform) -> dict[str, int]:
     """Rows of every table a request can write."""
-    return await row_counts(platform.blog_apps[0].state.db, _EVENT_TABLES)  # type: ignore[attr-defined]
+    return await row_counts(DATABASE.of(platform.blog_apps[0]), _EVENT_TABLES)  # type: ignore[attr-defined]
 
 
 def _assert_names(response: httpx.Response, field: str) -> None:

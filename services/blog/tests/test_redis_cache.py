@@ -11,7 +11,9 @@ import httpx
 import pytest_asyncio
 from blog_support import Platform, auth_settings, blog_settings
 
+from mosaic_auth.api import SERVICE as AUTH_SERVICE
 from mosaic_auth.app import create_auth_app
+from mosaic_blog.api import SERVICE as BLOG_SERVICE
 from mosaic_blog.app import create_blog_app
 from mosaic_kit.redis.cache import RedisCache
 from mosaic_kit.sql.migrations import upgrade_async
@@ -40,7 +42,7 @@ async def redis_platform(pg_url: str, nats_url: str, redis_url: str) -> AsyncIte
         ]
         platform = Platform(*clients)
         platform.blog_apps = apps  # type: ignore[attr-defined]
-        await platform.sign_in_admin(auth_app.state.auth_service)
+        await platform.sign_in_admin(AUTH_SERVICE.of(auth_app))
         yield platform
 
 
@@ -48,7 +50,7 @@ async def test_redis_backed_reads_are_shared_and_invalidated_at_once(
     redis_platform: Platform,
 ) -> None:
     p = redis_platform
-    assert isinstance(p.blog_apps[0].state.blog_service.cache, RedisCache)  # type: ignore[attr-defined]
+    assert isinstance(BLOG_SERVICE.of(p.blog_apps[0]).cache, RedisCache)  # type: ignore[attr-defined]
     author: dict[str, Any] = await p.user("AUTHOR")
     editor: dict[str, Any] = await p.user("EDITOR")
     blog = await p.published(author, editor, title=f"Redis {uuid.uuid4().hex[:6]} post")

@@ -10,9 +10,11 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import AnyHttpUrl, EmailStr, Field, StringConstraints
 
 from mosaic_auth.service import AuthService, ClientInfo
+from mosaic_auth.settings import AuthSettings
 from mosaic_kit.fastapi.auth import current_principal, require_roles
 from mosaic_kit.fastapi.gateway import through_gateway
 from mosaic_kit.fastapi.idempotency import IdempotencyGuard
+from mosaic_kit.fastapi.parts import Part
 from mosaic_kit.gateway_policy import JSON_BODY
 from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
@@ -138,22 +140,22 @@ class ApiKeysPage(ResponseBody):
     next_cursor: str | None
 
 
-async def service(request: Request) -> AuthService:
-    svc: AuthService = request.app.state.auth_service
-    return svc
+SERVICE: Part[AuthService] = Part("the auth service")
+SETTINGS: Part[AuthSettings] = Part("the auth settings")
 
-
-Service = Annotated[AuthService, Depends(service)]
+Service = Annotated[AuthService, Depends(SERVICE)]
+Settings = Annotated[AuthSettings, Depends(SETTINGS)]
 
 
 async def client_info(
     request: Request,
+    settings: Settings,
     user_agent: Annotated[
         str | None, Header(description="Recorded with the session it opens.")
     ] = None,
 ) -> ClientInfo:
     address = request.client.host if request.client else None
-    if request.app.state.settings.auth_trust_forwarded_for:
+    if settings.auth_trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
             # The nearest proxy appends the address it saw; that is the one a client can't forge.

@@ -13,13 +13,12 @@ import sys
 import orjson
 
 from mosaic_auth import keys
-from mosaic_auth.app import build_service, create_auth_app
+from mosaic_auth.app import AUTH, build_service
 from mosaic_auth.settings import AuthSettings
-from mosaic_kit.fastapi.cli import ServiceCLI
 from mosaic_kit.revocation import RevocationSet
 from mosaic_kit.sql.db import Database
 
-cli = ServiceCLI("mosaic-auth", AuthSettings, create_auth_app, package="mosaic_auth")
+cli = AUTH.cli()
 
 
 async def _seed(settings: AuthSettings) -> dict[str, object]:

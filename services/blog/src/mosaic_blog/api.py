@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AnyHttpUrl, Field, StringConstraints, field_validator
 
 from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
@@ -14,6 +14,7 @@ from mosaic_blog.workflow import Action, State
 from mosaic_kit.fastapi.auth import require_roles
 from mosaic_kit.fastapi.gateway import through_gateway
 from mosaic_kit.fastapi.idempotency import IdempotencyGuard
+from mosaic_kit.fastapi.parts import Part
 from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
     IDEMPOTENCY_PROBLEMS,
@@ -142,12 +143,9 @@ class FullPage(ResponseBody):
     next_cursor: str | None
 
 
-async def service(request: Request) -> BlogService:
-    svc: BlogService = request.app.state.blog_service
-    return svc
+SERVICE: Part[BlogService] = Part("the blog service")
 
-
-Service = Annotated[BlogService, Depends(service)]
+Service = Annotated[BlogService, Depends(SERVICE)]
 Author = Annotated[Principal, Depends(require_roles("AUTHOR"))]
 Editor = Annotated[Principal, Depends(require_roles("EDITOR"))]
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from mosaic_blog.app import create_blog_app
-from mosaic_blog.settings import BlogSettings
-from mosaic_kit.fastapi.cli import ServiceCLI
+from mosaic_blog.app import BLOG
 
-cli = ServiceCLI("mosaic-blog", BlogSettings, create_blog_app, package="mosaic_blog")
+cli = BLOG.cli()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ runs on every call so that a sign-out takes effect on tokens verified before it.
 
 The verifier itself lives in `mosaic_kit.tokens` (no framework there, so the gateway uses it too).
 FastAPI routes depend on `current_principal`, `optional_principal` or `require_roles(...)`; they
-read the verifier from `app.state.token_verifier`.
+use the verifier provided to the app as `TOKEN_VERIFIER` (the chassis does it at start-up).
 """
 
 from __future__ import annotations
@@ -17,10 +17,19 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from mosaic_kit.fastapi.parts import Part
 from mosaic_kit.problem import forbidden
 from mosaic_kit.tokens import Principal, TokenVerifier, token_invalid, token_missing
 
-__all__ = ["RequireRoles", "current_principal", "optional_principal", "require_roles"]
+__all__ = [
+    "TOKEN_VERIFIER",
+    "RequireRoles",
+    "current_principal",
+    "optional_principal",
+    "require_roles",
+]
+
+TOKEN_VERIFIER: Part[TokenVerifier] = Part("the token verifier")
 
 # Declared for OpenAPI ("Authorize" in the docs); the header is parsed below so that a wrong
 # scheme and a missing header get distinct problem codes.
@@ -39,10 +48,7 @@ def _bearer_token(request: Request) -> str | None:
 
 
 def _verifier(request: Request) -> TokenVerifier:
-    verifier = getattr(request.app.state, "token_verifier", None)
-    if not isinstance(verifier, TokenVerifier):
-        raise RuntimeError("app.state.token_verifier is not set up")
-    return verifier
+    return TOKEN_VERIFIER.of(request.app)
 
 
 async def current_principal(

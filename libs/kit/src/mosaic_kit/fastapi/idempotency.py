@@ -19,6 +19,7 @@ import orjson
 from fastapi import Depends, Header, Request
 from starlette.responses import Response
 
+from mosaic_kit.fastapi.parts import DATABASE
 from mosaic_kit.problem import Problem
 from mosaic_kit.sql.db import Database
 from mosaic_kit.sql.idempotency import MAX_KEY_LENGTH, IdempotencyStore
@@ -88,7 +89,7 @@ async def idempotency(
         ),
     ] = None,
 ) -> Idempotency:
-    """FastAPI dependency; needs `app.state.db` (the service's `Database`).
+    """FastAPI dependency; needs the service's `Database` provided as `DATABASE`.
 
     The scope is the route and the caller (the bearer token's subject if the route has already
     authenticated it, else the API key or nobody), so two callers never share a key.
@@ -107,8 +108,7 @@ async def idempotency(
         api_key = request.headers.get("x-api-key", "")
         caller = hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else "-"
     scope = f"{request.method} {request.url.path} {caller}"
-    db: Database = request.app.state.db
-    return Idempotency(db, key, scope)
+    return Idempotency(DATABASE.of(request.app), key, scope)
 
 
 IdempotencyGuard = Annotated[Idempotency, Depends(idempotency)]
