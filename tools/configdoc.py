@@ -12,12 +12,12 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from mosaic_auth.settings import AuthSettings
-from mosaic_blog.settings import BlogSettings
+from mosaic_devstack.services import SERVICES as REGISTRY
 from mosaic_kit.settings import ServiceSettings
 
+# Every service of the registry, in its order (a generated service appears without an edit here).
 SERVICES: list[tuple[str, type[ServiceSettings]]] = [
-    ("auth (`mosaic-auth`)", AuthSettings),
-    ("blog (`mosaic-blog`)", BlogSettings),
+    (f"{s.name} (`{s.command[0]}`)", s.load_definition().settings) for s in REGISTRY
 ]
 
 PREAMBLE = """# Configuration

@@ -64,6 +64,7 @@ def test_registry_file(tmp_path: Path) -> None:
         ([{"name": "a", "command": ["x"], "secrets": ["../X"]}], "'secrets' must be"),
         ([{"name": "a", "command": ["x"], "secrets": "X"}], "'secrets' must be"),
         ([], "non-empty JSON list"),
+        ([{"name": "a", "command": ["x"], "definition": "no colon"}], "module:NAME"),
     ],
 )
 def test_registry_file_errors_say_what_is_wrong(
@@ -73,6 +74,19 @@ def test_registry_file_errors_say_what_is_wrong(
     path.write_text(json.dumps(entries))
     with pytest.raises(RegistryError, match=complaint):
         load_services(path)
+
+
+def test_the_registry_names_each_service_definition() -> None:
+    # Tools read a service's settings and OpenAPI through it without running the service.
+    for service in SERVICES:
+        definition = service.load_definition()
+        assert definition.name == service.name
+        assert service.command == (f"mosaic-{service.name}",)
+
+
+def test_a_registry_entry_without_a_loadable_definition_is_named() -> None:
+    with pytest.raises(RegistryError, match=r"cannot load mosaic_nope\.app:NOPE"):
+        Service("nope", ("x",), definition="mosaic_nope.app:NOPE").load_definition()
 
 
 def test_a_missing_program_is_named() -> None:

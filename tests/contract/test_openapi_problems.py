@@ -27,11 +27,11 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from mosaic_auth.app import create_auth_app
-from mosaic_auth.settings import AuthSettings
 from mosaic_blog.app import create_blog_app
 from mosaic_blog.settings import BlogSettings
 from mosaic_devstack.gateway_config import GatewaySettings, gateway_config, render
+from mosaic_devstack.services import SERVICES as REGISTRY
+from mosaic_devstack.services import Service
 from mosaic_gateway.config import parse_config
 from mosaic_gateway.docs import Merger
 from mosaic_kit import pagination
@@ -59,10 +59,15 @@ NOT_REACHED: dict[str, Expected] = {
     "GET /v1/blogs": {404: {"blog.not_found"}},
 }
 
-SERVICES: dict[str, Callable[[], FastAPI]] = {
-    "auth": lambda: create_auth_app(AuthSettings()),
-    "blog": lambda: create_blog_app(BlogSettings()),
-}
+
+def _app_factory(service: Service) -> Callable[[], FastAPI]:
+    definition = service.load_definition()
+    return lambda: definition.app(definition.settings())
+
+
+REGISTRY_BY_NAME = {s.name: s for s in REGISTRY}
+# Every service of the registry: a generated one is held to the same contract without an edit here.
+SERVICES: dict[str, Callable[[], FastAPI]] = {s.name: _app_factory(s) for s in REGISTRY}
 # The kit's problem helpers (mosaic_kit.problem) and the status each one answers.
 HELPER_STATUS = {
     "bad_request": 400,
@@ -231,7 +236,7 @@ def test_every_operation_of_a_service_documents_what_its_code_raises(service: st
     app = SERVICES[service]()
     document = app.openapi()
     assert document["components"]["schemas"]["Problem"] == PROBLEM_SCHEMA
-    package = sys.modules[f"mosaic_{service}"]
+    package = sys.modules[REGISTRY_BY_NAME[service].load_definition().package]
     modules = [
         sys.modules[name]
         for name in sorted(sys.modules)

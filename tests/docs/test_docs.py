@@ -24,12 +24,11 @@ def test_configuration_reference_is_current() -> None:
 
 
 def test_every_setting_is_documented_with_its_variable() -> None:
-    from mosaic_auth.settings import AuthSettings
-    from mosaic_blog.settings import BlogSettings
+    from mosaic_devstack.services import SERVICES
 
     text = (ROOT / "docs" / "configuration.md").read_text()
-    for cls in (AuthSettings, BlogSettings):
-        for name in cls.model_fields:
+    for service in SERVICES:
+        for name in service.load_definition().settings.model_fields:
             assert f"`{name.upper()}`" in text
 
 

@@ -1,9 +1,10 @@
-"""The services `mosaic up` runs, in start order.
+"""The services `mosaic up` runs, in start order: the registry, `services.toml` beside this file.
 
 Each one is a CLI following the service contract: `<cmd> migrate`, `<cmd> seed` (prints one JSON
 object of secrets to keep), `<cmd> serve --host H --port P --instance-id I`, ready when
-`GET /readyz` answers 200. Adding a service is one line in `SERVICES`. Secrets a service needs
-but does not make itself (`secrets`) are generated once per data folder and kept there.
+`GET /readyz` answers 200. Adding a service is one `[[service]]` entry (`mosaic new service`
+writes it). Secrets a service needs but does not make itself (`secrets`) are generated once per
+data folder and kept there.
 
 A JSON file with the same fields (`--services FILE`) replaces the list, so the devstack can run
 other builds of a service, or the fake service its own tests use.
@@ -11,14 +12,17 @@ other builds of a service, or the fake service its own tests use.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+REGISTRY = Path(__file__).with_name("services.toml")
 _NAME = re.compile(r"[a-z][a-z0-9]*")
 _SETTING = re.compile(r"[A-Z][A-Z0-9_]*")
 # Names the devstack uses for its own processes and log files.
@@ -34,6 +38,8 @@ class Service:
     name: str
     command: tuple[str, ...]
     """Program and leading arguments; a bare name is looked up next to the running Python first."""
+    definition: str | None = None
+    """`module:NAME` of its `ServiceDefinition`, for tools that read its settings or OpenAPI."""
     schema: str | None = None
     """PostgreSQL schema the service owns (passed as DB_SCHEMA)."""
     migrate: bool = True
@@ -53,13 +59,15 @@ class Service:
     def argv(self, *args: str) -> list[str]:
         return [resolve_program(self.command[0]), *self.command[1:], *args]
 
-
-SERVICES: tuple[Service, ...] = (
-    # In start order (their migrations and seeds run concurrently all the same).
-    # Encrypts auth's private signing keys in the database; without it auth refuses to start.
-    Service("auth", ("mosaic-auth",), schema="auth", secrets=("AUTH_SIGNING_KEY_SECRET",)),
-    Service("blog", ("mosaic-blog",), schema="blog", seed=False),
-)
+    def load_definition(self) -> Any:
+        """The service's `ServiceDefinition`, imported (which loads the whole service)."""
+        if self.definition is None:
+            raise RegistryError(f"{self.name}: the registry names no 'definition'")
+        module, _, attribute = self.definition.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise RegistryError(f"{self.name}: cannot load {self.definition}: {exc}") from exc
 
 
 def resolve_program(program: str) -> str:
@@ -80,14 +88,27 @@ def resolve_program(program: str) -> str:
     return found
 
 
+def load_registry(path: Path = REGISTRY) -> tuple[Service, ...]:
+    """Read the registry: `[[service]]` tables with the fields of `Service`."""
+    try:
+        raw = tomllib.loads(path.read_text()).get("service")
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read the service registry {path}: {exc}") from exc
+    return _services(raw, path, "a non-empty list of [[service]] tables")
+
+
 def load_services(path: Path) -> tuple[Service, ...]:
-    """Read a registry file: a JSON list of objects with the fields of `Service`."""
+    """Read a services file: a JSON list of objects with the fields of `Service`."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RegistryError(f"cannot read services file {path}: {exc}") from exc
+    return _services(raw, path, "a non-empty JSON list of services")
+
+
+def _services(raw: Any, path: Path, expected: str) -> tuple[Service, ...]:
     if not isinstance(raw, list) or not raw:
-        raise RegistryError(f"{path}: expected a non-empty JSON list of services")
+        raise RegistryError(f"{path}: expected {expected}")
     services = tuple(_service_from_json(item, path) for item in raw)
     names = [s.name for s in services]
     if len(set(names)) != len(names):
@@ -95,7 +116,7 @@ def load_services(path: Path) -> tuple[Service, ...]:
     return services
 
 
-def _service_from_json(item: Any, path: Path) -> Service:
+def _service_from_json(item: Any, path: Path) -> Service:  # a JSON object or a TOML table
     if not isinstance(item, dict):
         raise RegistryError(f"{path}: each service must be an object")
     name = item.get("name")
@@ -122,6 +143,7 @@ def _service_from_json(item: Any, path: Path) -> Service:
         return Service(
             name=name,
             command=tuple(command),
+            definition=_definition(item.get("definition"), path, name),
             schema=item.get("schema"),
             migrate=bool(item.get("migrate", True)),
             seed=bool(item.get("seed", True)),
@@ -131,3 +153,14 @@ def _service_from_json(item: Any, path: Path) -> Service:
         )
     except KeyError as exc:
         raise RegistryError(f"{path}: service is missing {exc}") from exc
+
+
+def _definition(value: Any, path: Path, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.]+:\w+", value):
+        raise RegistryError(f"{path}: {name}: 'definition' must look like 'module:NAME'")
+    return value
+
+
+SERVICES: tuple[Service, ...] = load_registry()
