@@ -12,12 +12,15 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres
+from mosaic_devstack.issuer import TokenIssuer
+from mosaic_kit.nats.connection import connect
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +110,16 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def fresh_schema() -> str:
     """A schema name no other test uses."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def token_issuer(nats_url: str) -> AsyncIterator[TokenIssuer]:
+    """Signs access tokens as auth does and serves their JWKS on `token_issuer.jwks_subject`."""
+    issuer = TokenIssuer()
+    nc = await connect(nats_url, "test-token-issuer")
+    await issuer.serve(nc)
+    try:
+        yield issuer
+    finally:
+        await issuer.stop()
+        await nc.close()

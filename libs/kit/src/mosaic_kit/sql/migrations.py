@@ -9,16 +9,27 @@ Concurrent replicas starting at once are serialised by a PostgreSQL advisory loc
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import command, context
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from mosaic_kit.settings import ServiceSettings
 
-__all__ = ["VERSION_TABLE", "alembic_config", "downgrade", "run_env", "upgrade", "upgrade_async"]
+__all__ = [
+    "VERSION_TABLE",
+    "alembic_config",
+    "downgrade",
+    "run_env",
+    "schema_drift",
+    "upgrade",
+    "upgrade_async",
+]
 
 VERSION_TABLE = "alembic_version"
 
@@ -42,6 +53,28 @@ def downgrade(settings: ServiceSettings, package: str, revision: str) -> None:
 
 async def upgrade_async(settings: ServiceSettings, package: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, settings, package, revision)
+
+
+async def schema_drift(settings: ServiceSettings, metadata: MetaData) -> list[Any]:
+    """What autogenerate would change to make the migrated schema match `metadata`: empty when
+    the migrations create exactly the tables the code declares (a test of every service)."""
+    schema = settings.db_schema
+
+    def compare(connection: Connection) -> list[Any]:
+        migration = MigrationContext.configure(
+            connection,
+            opts={"include_object": _not_version_table, "compare_type": True},
+        )
+        return list(compare_metadata(migration, metadata))
+
+    engine = create_async_engine(
+        settings.sqlalchemy_url(), connect_args={"server_settings": {"search_path": schema}}
+    )
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(compare)
+    finally:
+        await engine.dispose()
 
 
 def _not_version_table(
