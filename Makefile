@@ -9,7 +9,7 @@ STAMP := $(VENV)/.synced
 PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help run test test-fast lint format typecheck bench down status clean
+.PHONY: help run test test-fast lint format typecheck bench down status clean lock docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,13 @@ lint: $(STAMP) ## ruff (lint + format check), mypy --strict and the import contr
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+lock: | $(UV) ## update uv.lock after editing a package manifest (`mosaic new service` runs it)
+	$(UV) lock --quiet
+
+docs: $(STAMP) ## regenerate docs/configuration.md from the settings classes
+	$(PY) tools/configdoc.py > docs/configuration.md.tmp
+	mv docs/configuration.md.tmp docs/configuration.md
 
 bench: $(STAMP) ## run the benchmarks, print tables, write bench/results/*.json
 	$(PY) bench/run.py $(ARGS)

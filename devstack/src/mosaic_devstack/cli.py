@@ -5,6 +5,7 @@ mosaic up [--replicas N] [--data DIR] [--detach]   start everything (the gateway
 mosaic status [--json]                             what runs, and whether it is ready
 mosaic down                                        stop everything `up` started
 mosaic logs [SERVICE|INSTANCE] [--follow]          the log files, prefixed
+mosaic new service NAME [--root DIR]               generate a service on the kit's chassis
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from mosaic_devstack.down import down
 from mosaic_devstack.logs import logs
 from mosaic_devstack.output import Console
+from mosaic_devstack.scaffold import ScaffoldError, new_service, route_prefixes
 from mosaic_devstack.services import SERVICES, RegistryError, Service, load_services
 from mosaic_devstack.state import DataDir
 from mosaic_devstack.status import status
@@ -156,7 +158,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="lines per file to start with (0: all)",
     )
+
+    new = commands.add_parser("new", help="generate a new part of the workspace")
+    kinds = new.add_subparsers(dest="kind", required=True, metavar="KIND")
+    service = kinds.add_parser(
+        "service",
+        help="a complete service on the kit's chassis (docs/new-service.md)",
+        description="Generate services/NAME (package, migrations, tests, docs page), register "
+        "it in the workspace and the service registry, lock and sync the environment.",
+    )
+    service.add_argument("name", metavar="NAME", help="lower-case letters and digits, e.g. reco")
+    service.add_argument(
+        "--root",
+        type=Path,
+        default=Path.cwd(),
+        metavar="DIR",
+        help="the workspace (default: the current directory)",
+    )
     return parser
+
+
+def _new(args: argparse.Namespace) -> int:
+    root = args.root.resolve()
+    try:
+        new_service(root, args.name, taken_prefixes=route_prefixes(root))
+    except ScaffoldError as exc:
+        print(f"mosaic new service: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
@@ -199,6 +228,8 @@ def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "new":
+        return _new(args)
     data = DataDir.at(args.data)
     console = Console()
     try:

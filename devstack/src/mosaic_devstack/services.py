@@ -26,7 +26,7 @@ REGISTRY = Path(__file__).with_name("services.toml")
 _NAME = re.compile(r"[a-z][a-z0-9]*")
 _SETTING = re.compile(r"[A-Z][A-Z0-9_]*")
 # Names the devstack uses for its own processes and log files.
-_RESERVED = frozenset({"mosaic", "postgres", "nats", "gateway"})
+RESERVED = frozenset({"mosaic", "postgres", "nats", "gateway"})
 
 
 class RegistryError(ValueError):
@@ -121,7 +121,7 @@ def _service_from_json(item: Any, path: Path) -> Service:  # a JSON object or a 
         raise RegistryError(f"{path}: each service must be an object")
     name = item.get("name")
     # The name becomes instance names, log file names and a command-line filter.
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in _RESERVED:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED:
         raise RegistryError(f"{path}: service name must match {_NAME.pattern}, got {name!r}")
     replicas = item.get("replicas")
     if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
