@@ -9,7 +9,7 @@ STAMP := $(VENV)/.synced
 PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help run test test-fast lint format typecheck bench down status clean lock docs
+.PHONY: help run test test-fast lint format typecheck bench down status clean lock docs service
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ lint: $(STAMP) ## ruff (lint + format check), mypy --strict and the import contr
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+service: $(STAMP) ## generate a new service: make service NAME=reco (docs/new-service.md)
+	$(VENV)/bin/mosaic new service $(NAME)
 
 lock: | $(UV) ## update uv.lock after editing a package manifest (`mosaic new service` runs it)
 	$(UV) lock --quiet
