@@ -144,3 +144,34 @@ async def test_requests_are_answered_and_logged_before_logging_is_configured(
         follow_stderr()
     assert response.status_code == 200
     assert "http_request" in capsys.readouterr().out
+
+
+def test_an_exception_is_rendered_with_its_traceback(json_lines: JsonLines) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        _fresh_logger().exception("it_failed")
+    (line,) = json_lines()
+    assert line["event"] == "it_failed"
+    assert "ValueError: boom" in line["exception"]
+    assert "Traceback" in line["exception"]
+
+
+def test_values_json_cannot_hold_are_rendered_not_dropped(json_lines: JsonLines) -> None:
+    when = uuid.UUID(int=7)
+    _fresh_logger().info("odd_values", ident=when, huge=2**80, keys={1: "one"}, raw=object())
+    (line,) = json_lines()
+    assert line["ident"] == str(when)
+    assert line["huge"] == 2**80  # beyond orjson's 64 bits: the standard library renders it
+    assert line["keys"] == {"1": "one"}
+    assert line["raw"].startswith("<object object")
+
+
+def test_the_record_pytest_captures_keeps_the_event_dict(
+    json_lines: JsonLines, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fresh_logger().info("captured", n=1)
+    (record,) = [r for r in caplog.records if isinstance(r.msg, dict)]
+    assert record.msg["event"] == "captured"
+    assert record.msg["n"] == 1
+    assert json_lines()[0]["n"] == 1

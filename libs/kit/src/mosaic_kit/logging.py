@@ -8,11 +8,15 @@ are routed through the same renderer so a process writes one format only.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
+import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 
@@ -24,6 +28,7 @@ __all__ = [
     "configure_logging",
     "describe_error",
     "get_logger",
+    "render_json",
 ]
 
 Logger = structlog.stdlib.BoundLogger
@@ -40,6 +45,45 @@ def _add_trace_context(
         event["trace_id"] = format(span_context.trace_id, "032x")
         event["span_id"] = format(span_context.span_id, "016x")
     return event
+
+
+def _fallback(value: Any) -> Any:
+    """What JSON cannot hold as is: its `__structlog__()` if it has one, else its repr (which is
+    how `SecretStr` shows as `SecretStr('**********')`). UUIDs and times as orjson writes them,
+    so a line that takes the standard library's path reads the same."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    render = getattr(value, "__structlog__", None)
+    return render() if callable(render) else repr(value)
+
+
+def render_json(event: MutableMapping[str, Any], **_kw: Any) -> str:
+    """One JSON line (orjson: datetimes and UUIDs as strings; ~10x the standard library's speed)."""
+    try:
+        return orjson.dumps(event, default=_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):  # an int beyond 64 bits, a cycle...
+        return json.dumps(event, default=_fallback)
+
+
+class _JsonFormatter(structlog.stdlib.ProcessorFormatter):
+    """The JSON formatter, with a short path for structlog's own records (nearly every line).
+
+    structlog's formatter copies each record first (so that other handlers see it unchanged) and
+    then runs its chain; for a record that structlog made, the event dict is already complete: a
+    copy of it, the exception rendered, and the line. The record itself is left untouched, so
+    pytest's log capture still sees the event dict. Other records (uvicorn, alembic) take the
+    general path, through the same pre-chain and renderer.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "_logger", None) is None or not isinstance(record.msg, dict):
+            return super().format(record)
+        event: MutableMapping[str, Any] = dict(record.msg)
+        if "exc_info" in event:
+            event = structlog.processors.format_exc_info(None, "", event)
+        return render_json(event)
 
 
 def configure_logging(service: str, instance: str, level: str = "INFO", fmt: str = "auto") -> None:
@@ -63,7 +107,7 @@ def configure_logging(service: str, instance: str, level: str = "INFO", fmt: str
         _add_trace_context,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=render_json)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
@@ -80,7 +124,8 @@ def configure_logging(service: str, instance: str, level: str = "INFO", fmt: str
         # Not cached: loggers created at import time must pick up configure_logging() later.
         cache_logger_on_first_use=False,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter_class = _JsonFormatter if use_json else structlog.stdlib.ProcessorFormatter
+    formatter = formatter_class(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

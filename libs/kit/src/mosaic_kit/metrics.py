@@ -215,11 +215,26 @@ class HttpMetrics:
         self.in_flight = gauge(
             "http_requests_in_flight", "HTTP requests being handled now.", registry=registry
         )
+        # `labels()` takes a lock and builds its key on every call; the label values are bounded
+        # (known methods, route templates, status codes), so each pair of children is looked up
+        # once and kept.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        method = method if method in _KNOWN_METHODS else "OTHER"
-        self.requests.labels(method, route, str(status)).inc()
-        self.duration.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            known = method in _KNOWN_METHODS
+            label = method if known else "OTHER"
+            children = (
+                self.requests.labels(label, route, str(status)),
+                self.duration.labels(label, route),
+            )
+            if known:  # any other method a client sends would grow the cache without bound
+                self._children[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
 
 def http_metrics(registry: CollectorRegistry | None = None) -> HttpMetrics:
