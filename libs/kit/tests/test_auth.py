@@ -20,8 +20,10 @@ from fastapi import Depends, FastAPI
 
 from mosaic_kit.events import new_event
 from mosaic_kit.fastapi.auth import (
+    BEARER_SCHEME,
     TOKEN_VERIFIER,
     current_principal,
+    document_bearer,
     optional_principal,
     require_roles,
 )
@@ -508,7 +510,10 @@ def test_require_roles_needs_a_role() -> None:
 
 
 def test_openapi_declares_bearer_auth_on_protected_routes(env: Env) -> None:
-    schema = build_app(env.verifier).openapi()
-    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # create_app installs document_bearer; this app is bare FastAPI, so it is applied here.
+    app = build_app(env.verifier)
+    schema = document_bearer(app, app.openapi())
+    assert schema["components"]["securitySchemes"] == {"HTTPBearer": BEARER_SCHEME}
     assert schema["paths"]["/me"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert schema["paths"]["/maybe"]["get"]["security"] == [{"HTTPBearer": []}]
     assert schema["paths"]["/editing"]["get"]["security"] == [{"HTTPBearer": []}]

@@ -8,7 +8,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import (
+    Column,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    bindparam,
+    exc,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from mosaic_kit.sql.db import ConstraintError, Database, create_engine
 
@@ -119,3 +131,70 @@ async def test_other_database_errors_pass_through_unchanged(db: Database) -> Non
 
     with pytest.raises(exc.ProgrammingError):
         await query_a_missing_table()
+
+
+# --- read_one: the hot read in one round trip ----------------------------------------------------
+
+_metadata = MetaData()
+_things = Table(
+    "read_one_things",
+    _metadata,
+    Column("id", Uuid(as_uuid=True), primary_key=True),
+    Column("name", String(50), nullable=False),
+    Column("tags", ARRAY(String(20)), nullable=False),
+    Column("doc", JSONB, nullable=True),
+)
+_by_id = select(
+    _things.c.id,
+    _things.c.name,
+    func.coalesce(_things.c.tags, []).label("tags"),  # a literal bound by SQLAlchemy
+).where(_things.c.id == bindparam("thing_id", type_=_things.c.id.type))
+
+
+@pytest.fixture
+async def things(db: Database) -> AsyncIterator[uuid.UUID]:
+    thing = uuid.uuid4()
+    async with db.transaction() as conn:
+        await conn.run_sync(_metadata.create_all)
+        await conn.execute(_things.insert().values(id=thing, name="first", tags=["a", "b"]))
+    try:
+        yield thing
+    finally:
+        async with db.transaction() as conn:
+            await conn.run_sync(_metadata.drop_all)
+
+
+async def test_read_one_answers_what_sqlalchemy_answers(db: Database, things: uuid.UUID) -> None:
+    async with db.connect() as conn:
+        expected = dict((await conn.execute(_by_id, {"thing_id": things})).one()._mapping)
+    assert await db.read_one(_by_id, {"thing_id": things}) == expected
+    assert expected == {"id": things, "name": "first", "tags": ["a", "b"]}
+    assert await db.read_one(_by_id, {"thing_id": uuid.uuid4()}) is None
+
+
+async def test_read_one_is_one_statement_without_a_transaction(
+    db: Database, things: uuid.UUID
+) -> None:
+    await db.read_one(_by_id, {"thing_id": things})  # compiled and prepared
+    async with db.engine.connect() as conn:
+        raw: Any = (await conn.get_raw_connection()).driver_connection
+    sent: list[str] = []
+
+    def log(record: Any) -> None:
+        sent.append(record.query)
+
+    raw.add_query_logger(log)
+    try:
+        await db.read_one(_by_id, {"thing_id": things})
+    finally:
+        raw.remove_query_logger(log)
+    assert "BEGIN;" not in sent
+    assert "ROLLBACK;" not in sent
+
+
+async def test_read_one_refuses_what_it_cannot_run_faithfully(db: Database) -> None:
+    with pytest.raises(KeyError, match="thing_id"):
+        await db.read_one(_by_id, {})
+    by_doc = select(_things.c.id).where(_things.c.doc == bindparam("doc", type_=JSONB))
+    with pytest.raises(ValueError, match="needs SQLAlchemy's conversion"):
+        await db.read_one(by_doc, {"doc": {"a": 1}})

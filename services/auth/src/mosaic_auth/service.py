@@ -287,10 +287,9 @@ class AuthService:
 
     async def me(self, principal: Principal) -> User:
         """The token's user, if its session is still live (else 401, revoked)."""
-        async with self.db.connect() as conn:
-            user = await store.active_session_user(
-                conn, _uuid(principal.session_id), principal.issued_at
-            )
+        user = await store.active_session_user(
+            self.db, _uuid(principal.session_id), principal.issued_at
+        )
         if user is None or str(user.id) != principal.user_id:
             raise unauthorized("auth.token_revoked", "The token has been revoked")
         return user

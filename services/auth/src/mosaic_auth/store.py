@@ -4,7 +4,7 @@ service layer decides what runs in one transaction (state change + outbox event)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from mosaic_auth.tables import (
     user_roles,
     users,
 )
+from mosaic_kit.sql.db import Database
 
 _roles_agg = (
     select(func.coalesce(func.array_agg(user_roles.c.role), []))
@@ -34,7 +35,10 @@ _user_columns = [*users.c, _roles_agg.label("roles")]
 
 
 def _user(row: Row[Any]) -> User:
-    m = row._mapping
+    return _user_of(row._mapping)
+
+
+def _user_of(m: Mapping[Any, Any]) -> User:
     return User(
         id=m["id"],
         email=m["email"],
@@ -194,15 +198,14 @@ _active_session_user = (
 )
 
 
-async def active_session_user(
-    conn: AsyncConnection, session_id: uuid.UUID, issued_at: int
-) -> User | None:
+async def active_session_user(db: Database, session_id: uuid.UUID, issued_at: int) -> User | None:
     """The user of session `session_id` if it is live (not revoked, not expired), the user is
     enabled and their tokens_valid_after does not postdate `issued_at`: the authoritative token
-    check, in one round trip."""
+    check that every authenticated auth route makes, so one statement in one round trip
+    (`Database.read_one`)."""
     params = {"session_id": session_id, "issued_at": issued_at}
-    row = (await conn.execute(_active_session_user, params)).first()
-    return _user(row) if row else None
+    row = await db.read_one(_active_session_user, params)
+    return _user_of(row) if row else None
 
 
 async def insert_refresh_token(

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Lifespan
 
+from mosaic_kit.fastapi.auth import document_bearer
 from mosaic_kit.fastapi.errors import install_problem_handlers
 from mosaic_kit.fastapi.gateway import publish_policies
 from mosaic_kit.fastapi.health import health_router
@@ -109,13 +110,15 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
 
 
 def _document_problems(app: FastAPI) -> None:
-    """Document errors as the problem+json they are (see `mosaic_kit.openapi`), and each exposed
-    route's gateway policy (`mosaic_kit.fastapi.gateway`)."""
+    """Document errors as the problem+json they are (see `mosaic_kit.openapi`), the bearer token
+    of the routes that read one, and each exposed route's gateway policy
+    (`mosaic_kit.fastapi.gateway`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = publish_policies(app, document_problems(generate()))
+            document = document_bearer(app, document_problems(generate()))
+            app.openapi_schema = publish_policies(app, document)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -12,28 +12,38 @@ use the verifier provided to the app as `TOKEN_VERIFIER` (the chassis does it at
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, Request
 
 from mosaic_kit.fastapi.parts import Part
+from mosaic_kit.fastapi.routes import api_routes, dependency_calls
 from mosaic_kit.problem import forbidden
 from mosaic_kit.tokens import Principal, TokenVerifier, token_invalid, token_missing
 
 __all__ = [
+    "BEARER_SCHEME",
+    "BEARER_SCHEME_NAME",
     "TOKEN_VERIFIER",
     "RequireRoles",
     "current_principal",
+    "document_bearer",
     "optional_principal",
     "require_roles",
 ]
 
 TOKEN_VERIFIER: Part[TokenVerifier] = Part("the token verifier")
 
-# Declared for OpenAPI ("Authorize" in the docs); the header is parsed below so that a wrong
-# scheme and a missing header get distinct problem codes.
-_bearer_scheme = HTTPBearer(auto_error=False, description="An access token issued by auth")
+# The one security scheme of a service's document ("Authorize" in the docs). Written into the
+# document by `document_bearer` rather than declared as a `Security(HTTPBearer())` parameter,
+# which would run on every request to parse the header that `_bearer_token` parses anyway (and
+# could not tell a wrong scheme from a missing header).
+BEARER_SCHEME_NAME = "HTTPBearer"
+BEARER_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An access token issued by auth",
+}
 
 
 def _bearer_token(request: Request) -> str | None:
@@ -51,10 +61,7 @@ def _verifier(request: Request) -> TokenVerifier:
     return TOKEN_VERIFIER.of(request.app)
 
 
-async def current_principal(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None,
-) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """The authenticated caller; 401 when the bearer token is missing or not acceptable."""
     token = _bearer_token(request)
     if token is None:
@@ -65,10 +72,7 @@ async def current_principal(
     return principal
 
 
-async def optional_principal(
-    request: Request,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)] = None,
-) -> Principal | None:
+async def optional_principal(request: Request) -> Principal | None:
     """The caller if a token was sent, None if none was; a bad token is still a 401."""
     if _bearer_token(request) is None:
         return None
@@ -102,3 +106,22 @@ class RequireRoles:
 def require_roles(*roles: str) -> RequireRoles:
     """A dependency admitting callers holding ANY of `roles`; see `RequireRoles`."""
     return RequireRoles(*roles)
+
+
+def document_bearer(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with `BEARER_SCHEME` required by every operation that reads a token."""
+    readers = (current_principal, optional_principal)
+    used = False
+    for route in api_routes(app):
+        if not any(call in readers for call in dependency_calls(route)):
+            continue
+        item = document.get("paths", {}).get(route.path_format, {})
+        for method in route.methods or ():
+            operation = item.get(method.lower())
+            if operation is not None:
+                operation["security"] = [{BEARER_SCHEME_NAME: []}]
+                used = True
+    if used:
+        schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes[BEARER_SCHEME_NAME] = dict(BEARER_SCHEME)
+    return document

@@ -20,14 +20,14 @@ exposed (the gateway denies by default).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute
 
 from mosaic_kit.fastapi.auth import RequireRoles, current_principal, optional_principal
+from mosaic_kit.fastapi.routes import api_routes, dependency_calls, query_and_header_parameters
 from mosaic_kit.gateway_policy import EXTENSION, JSON_BODY, NO_BODY, GatewayPolicy
 
 __all__ = ["policy_of", "publish_policies", "through_gateway"]
@@ -61,19 +61,12 @@ def through_gateway(
     return {_DECLARED: declared}
 
 
-def _calls(dependant: Dependant) -> Iterator[Dependant]:
-    for sub in dependant.dependencies:
-        yield sub
-        yield from _calls(sub)
-
-
 def policy_of(route: APIRoute) -> GatewayPolicy | None:
     """The route's full policy, or None when it is not exposed."""
     declared = (route.openapi_extra or {}).get(_DECLARED)
     if declared is None:
         return None
-    everything = [route.dependant, *_calls(route.dependant)]
-    calls = [d.call for d in everything]
+    calls = dependency_calls(route)
     roles = sorted({role for c in calls if isinstance(c, RequireRoles) for role in c.roles})
     jwt = "off"
     if current_principal in calls:
@@ -83,10 +76,8 @@ def policy_of(route: APIRoute) -> GatewayPolicy | None:
     headers = list(declared.get("headers", ()))
     if jwt != "off":
         headers.append("authorization")
-    query: list[str] = []
-    for d in everything:
-        headers.extend(p.alias.lower() for p in d.header_params)
-        query.extend(p.alias for p in d.query_params)
+    query, declared_headers = query_and_header_parameters(route)
+    headers.extend(declared_headers)
     has_body = route.body_field is not None
     return GatewayPolicy.model_validate(
         {
@@ -102,12 +93,7 @@ def policy_of(route: APIRoute) -> GatewayPolicy | None:
 
 def publish_policies(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
     """`document` with every exposed operation's `x-mosaic-gateway` written out in full."""
-    # Routes of included routers are reached through their contexts (with the router's prefix
-    # and dependencies applied), as FastAPI builds the document.
-    for context in iter_route_contexts(app.routes):
-        route = context.route
-        if not isinstance(route, APIRoute):
-            continue
+    for route in api_routes(app):
         policy = policy_of(route)
         item = document.get("paths", {}).get(route.path_format, {})
         for method in route.methods or ():

@@ -9,11 +9,12 @@ and the same service code runs against any schema name an operator picks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import MetaData, event, exc, text
+from sqlalchemy import MetaData, Select, event, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mosaic_kit.problem import treat_as_unreachable
@@ -90,12 +91,26 @@ def _constraint_name(error: exc.IntegrityError) -> str | None:
     return name if isinstance(name, str) else None
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A SELECT compiled once for `Database.read_one`: its SQL, where each argument comes from,
+    and how each column is converted (None: as the driver returns it)."""
+
+    sql: str
+    arguments: tuple[tuple[str, Any], ...]  # (parameter name, its default or _REQUIRED)
+    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+
+
+_REQUIRED = object()
+
+
 class Database:
     """The process's engine and its schema."""
 
     def __init__(self, engine: AsyncEngine, schema: str) -> None:
         self.engine = engine
         self.schema = schema
+        self._prepared: dict[Select[Any], _Prepared] = {}
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> Database:
@@ -127,6 +142,55 @@ class Database:
         p99 of 192 against 95 ms), for about 20 % more requests per second."""
         async with self.engine.connect() as conn:
             yield conn
+
+    async def read_one(
+        self, statement: Select[Any], params: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The first row of a hot read, as a dict, in one round trip; None when there is none.
+
+        For the reads every request makes (auth's session check): the statement runs straight on
+        the pooled connection's asyncpg driver, as a single autocommitted statement (one
+        snapshot, like any statement), without the BEGIN/ROLLBACK of `connect()` and without
+        SQLAlchemy's execution and result layers. It is compiled once per statement object, so
+        pass a module-level constant with `bindparam`s. A statement whose parameters would need
+        SQLAlchemy's type conversion (JSON, enums...) is refused with ValueError when first used;
+        column conversions (arrays...) are applied as SQLAlchemy would.
+        """
+        prepared = self._prepared.get(statement)
+        if prepared is None:
+            prepared = self._prepared[statement] = self._prepare(statement)
+        arguments = [params.get(name, default) for name, default in prepared.arguments]
+        if any(value is _REQUIRED for value in arguments):
+            missing = [
+                name
+                for (name, _), value in zip(prepared.arguments, arguments, strict=True)
+                if value is _REQUIRED
+            ]
+            raise KeyError(f"read_one: no value for {missing}")
+        async with self.engine.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            row = await driver.fetchrow(prepared.sql, *arguments)
+        if row is None:
+            return None
+        return {
+            name: value if convert is None else convert(value)
+            for (name, convert), value in zip(prepared.columns, row.values(), strict=True)
+        }
+
+    def _prepare(self, statement: Select[Any]) -> _Prepared:
+        dialect = self.engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        arguments = []
+        for name in compiled.positiontup or ():
+            bind = compiled.binds[name]
+            if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
+                raise ValueError(f"read_one: parameter {name!r} needs SQLAlchemy's conversion")
+            arguments.append((name, _REQUIRED if bind.required else bind.value))
+        columns = tuple(
+            (column.name, column.type.dialect_impl(dialect).result_processor(dialect, None))
+            for column in statement.selected_columns
+        )
+        return _Prepared(str(compiled), tuple(arguments), columns)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -19,6 +19,8 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.DisconnectionError,
     # PostgreSQL closed the connection or refused it (starting up, shutting down, crashed, full).
     asyncpg.PostgresConnectionError,
+    # The connection ended under a statement run on the driver itself (`Database.read_one`).
+    asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
