@@ -11,6 +11,9 @@ of uvicorn's own), loaded in turn with wrk:
   after the first request: the same work the service does per request) and runs the service's
   own users ⋈ sessions query, compiled from `mosaic_auth.store`, on an asyncpg pool.
 
+Then the server choice: the chassis route and its bare twin again on granian and hypercorn (same
+loop, one worker), each beside uvicorn's figure from the same run.
+
 Logs are JSON at INFO written to /dev/null (the service's real cost of its access line).
 Starts its own embedded PostgreSQL and NATS. Writes bench/results/service_chassis.json.
 Run: .venv/bin/python bench/service_chassis.py [--seconds 8] [--connections 64]
@@ -164,13 +167,39 @@ def bare_users_me() -> Any:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def _uvicorn(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The same server settings `mosaic_kit.fastapi.cli` gives `serve`."""
-    args = [sys.executable, "-m", "uvicorn", f"service_chassis:{factory}", "--factory"]
-    args += ["--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header"]
-    args += ["--log-level", "warning"]
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+SERVERS = ("uvicorn", "granian", "hypercorn")
+
+
+def _server_argv(server: str, factory: str, port: int) -> list[str]:
+    """One worker, uvloop, no access log of the server's own; uvicorn as `serve` runs it."""
+    target = f"service_chassis:{factory}"
+    if server == "uvicorn":
+        args = [sys.executable, "-m", "uvicorn", target, "--factory", "--app-dir", str(HERE)]
+        args += ["--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"]
+        args += ["--http", "httptools", "--no-access-log", "--no-server-header"]
+        return [*args, "--log-level", "warning"]
+    if server == "granian":
+        args = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory"]
+        args += ["--working-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--loop", "uvloop", "--workers", "1", "--http", "1", "--no-ws"]
+        return [*args, "--log-level", "warning", target]
+    if server == "hypercorn":
+        args = [sys.executable, "-m", "hypercorn", f"{target}()", "--worker-class", "uvloop"]
+        args += ["--bind", f"127.0.0.1:{port}", "--workers", "1", "--log-level", "warning"]
+        return args
+    raise ValueError(server)
+
+
+def _uvicorn(
+    factory: str, port: int, env: dict[str, str], server: str = "uvicorn"
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        _server_argv(server, factory, port),
+        env={**env, "PYTHONPATH": str(HERE)},
+        cwd=HERE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _wait_http(url: str, timeout: float = 30) -> None:
@@ -192,10 +221,16 @@ def _load(
 
 
 def _serve_and_load(
-    factory: str, path: str, name: str, env: dict[str, str], args: argparse.Namespace, **kw: Any
+    factory: str,
+    path: str,
+    name: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    server: str = "uvicorn",
+    **kw: Any,
 ) -> LoadResult:
     port = free_port()
-    proc = _uvicorn(factory, port, env)
+    proc = _uvicorn(factory, port, env, server)
     try:
         _wait_http(f"http://127.0.0.1:{port}{path}")
         return _load(name, f"http://127.0.0.1:{port}{path}", args, **kw)
@@ -259,6 +294,17 @@ def main() -> None:
                 headers=bearer,
             )
         )
+        servers: list[LoadResult] = []
+        for server in SERVERS[1:]:
+            for factory, label in (
+                ("kit_trivial", "kit chassis"),
+                ("bare_trivial", "bare Starlette"),
+            ):
+                servers.append(
+                    _serve_and_load(
+                        factory, "/ping", f"GET /ping  {label}  [{server}]", env, args, server
+                    )
+                )
     finally:
         nats.stop()
         pg.stop()
@@ -270,6 +316,12 @@ def main() -> None:
     results.append(framework)
     load_after = os.getloadavg()
     print_table("service chassis vs bare Starlette (uvicorn + httptools, 1 process)", results)
+    print_table("the same /ping on other ASGI servers (1 worker, uvloop)", servers)
+    uvicorn_kit = results[0].requests_per_second
+    for result in servers:
+        print(
+            f"{result.name:<45} {result.requests_per_second / uvicorn_kit:5.2f}x uvicorn's chassis row"
+        )
     for case, ratio in ratios.items():
         verdict = "meets" if ratio >= GOALS[case] else "MISSES"
         print(f"{case:<10} {ratio:5.2f}x bare  ({verdict} the goal of {GOALS[case]}x)")
@@ -289,6 +341,7 @@ def main() -> None:
                     "warmup_seconds": args.warmup,
                 },
                 "results": [r.to_json() for r in results],
+                "servers": [r.to_json() for r in servers],
                 "ratios": ratios,
                 "goals": GOALS,
             },
