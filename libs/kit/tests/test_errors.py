@@ -132,6 +132,38 @@ async def test_malformed_json_is_400(app: FastAPI) -> None:
     _assert_problem(resp, 400, "http.malformed_json")
 
 
+PERSON = b'{"name": "Ada", "age": 36, "address": {"city": "London"}}'
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/xml"]
+)
+async def test_a_json_body_sent_as_another_type_is_415(
+    app: FastAPI, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    async with _client(app) as c:
+        resp = await c.post("/v1/people", content=PERSON, headers=headers)
+    body = _assert_problem(resp, 415, "http.unsupported_media_type")
+    assert "application/json" in str(body["detail"])
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "application/ld+json"]
+)
+async def test_json_and_json_suffixed_types_are_read(app: FastAPI, content_type: str) -> None:
+    async with _client(app) as c:
+        resp = await c.post("/v1/people", content=PERSON, headers={"content-type": content_type})
+    assert resp.status_code == 200
+    assert resp.json()["name"] == "Ada"
+
+
+async def test_a_route_without_a_body_ignores_the_content_type(app: FastAPI) -> None:
+    async with _client(app) as c:
+        resp = await c.get("/v1/people", params={"limit": 0}, headers={"content-type": "text/x"})
+    _assert_problem(resp, 422, "validation_failed")
+
+
 async def test_business_problems_keep_code_detail_and_headers(app: FastAPI) -> None:
     async with _client(app) as c:
         taken = await c.get("/v1/people/taken")

@@ -92,6 +92,7 @@ IDEMPOTENCY_PROBLEMS: Mapping[int, tuple[str, ...]] = {
 BODY_PROBLEMS: Mapping[int, tuple[str, ...]] = {
     400: ("http.malformed_json",),
     413: ("http.payload_too_large",),
+    415: ("http.unsupported_media_type",),
 }
 """Any operation with a request body (added by `document_problems`)."""
 UNAVAILABLE_PROBLEMS: Mapping[int, tuple[str, ...]] = {503: ("service.unavailable",)}
@@ -143,7 +144,7 @@ def add_problem_response(responses: dict[str, Any], status: int, codes: Iterable
 
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     """Complete a FastAPI document: the `Problem` component, 422 as a problem, and what the
-    kit answers for any operation with a body (400 `http.malformed_json`, 413)."""
+    kit answers for any operation with a body (400 `http.malformed_json`, 413, 415)."""
     for operations in schema.get("paths", {}).values():
         if not isinstance(operations, dict):
             continue

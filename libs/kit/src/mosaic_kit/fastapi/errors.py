@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -63,6 +64,17 @@ def field_errors_from_pydantic(errors: Sequence[Any]) -> list[dict[str, str]]:
     return out
 
 
+def _not_json_for_a_json_body(request: Request) -> bool:
+    """The route reads a JSON body and the request did not say it sent one (no Content-Type, or
+    another type than `application/json` or `*/*+json`)."""
+    route = request.scope.get("route")
+    body = route.body_field if isinstance(route, APIRoute) else None
+    if body is None or isinstance(body.field_info, params.Form):
+        return False
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media != "application/json" and not media.endswith("+json")
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error `app` can produce an RFC 9457 problem."""
 
@@ -78,6 +90,13 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
+        if _not_json_for_a_json_body(request):
+            # Said plainly rather than as "body: field required", which is what FastAPI makes of
+            # a body it did not read.
+            problem = Problem(
+                415, "http.unsupported_media_type", "Send the body as application/json"
+            )
+            return problem_response(problem, request.url.path)
         errors = field_errors_from_pydantic(exc.errors())
         # A body that is not JSON at all is a 400, not a field error.
         if any(e["message"].startswith("JSON decode error") for e in errors):
