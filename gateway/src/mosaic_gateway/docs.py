@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from mosaic_gateway.proxy import CompiledRoute
 from mosaic_gateway.ratelimit import RATE_LIMITED
 from mosaic_gateway.router import Router, RouteSpec, parse_template
 from mosaic_gateway.server import Exchange
+from mosaic_kit import swagger_ui
 from mosaic_kit.logging import get_logger
 from mosaic_kit.openapi import (
     PROBLEM_SCHEMA,
@@ -91,6 +91,7 @@ _MAX_RETRY = 30.0
 _JSON = b"application/json"
 _HTML = b"text/html; charset=utf-8"
 _NO_CACHE = ((b"cache-control", b"no-cache"),)
+_CACHE_A_DAY = ((b"cache-control", b"public, max-age=86400"),)
 
 Json = dict[str, Any]
 
@@ -289,9 +290,19 @@ def _with_path_parameters(operation: Json, path_item: Json) -> Json:
 
 
 def _required_security(operation: Json, exposure: Exposure, document: Json) -> list[Json] | None:
-    """The operation's security requirements with the gateway's added as its route asks."""
+    """The operation's security requirements with the gateway's added as its route asks.
+
+    Where the gateway checks the bearer token itself, the backend's own bearer schemes name the
+    same token (the gateway forwards it): they are left out, so a reader enters it once.
+    """
     own = operation.get("security", document.get("security"))
     alternatives: list[Json] = [dict(item) for item in own or () if isinstance(item, dict)]
+    if exposure.jwt in ("required", "optional"):
+        same_token = _bearer_schemes(document)
+        alternatives = [
+            {name: scopes for name, scopes in item.items() if name not in same_token}
+            for item in alternatives
+        ]
     gateway: dict[str, list[str]] = {}
     if exposure.api_key == "required":
         gateway[API_KEY_SCHEME] = []
@@ -312,6 +323,18 @@ def _required_security(operation: Json, exposure: Exposure, document: Json) -> l
         if item not in unique:
             unique.append(item)
     return None if unique == [{}] else unique
+
+
+def _bearer_schemes(document: Json) -> set[str]:
+    """Names of the document's HTTP bearer security schemes."""
+    schemes = (document.get("components") or {}).get("securitySchemes") or {}
+    return {
+        name
+        for name, scheme in schemes.items()
+        if isinstance(scheme, dict)
+        and scheme.get("type") == "http"
+        and str(scheme.get("scheme", "")).lower() == "bearer"
+    }
 
 
 Kept = tuple[str, str, Json, Exposure]
@@ -511,27 +534,6 @@ def _renamed_schemes(security: list[Json], refs: dict[str, str]) -> list[Json]:
     return out
 
 
-def swagger_page(title: str, document_url: str) -> bytes:
-    """The HTML page: Swagger UI from a CDN, reading the merged document."""
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js" crossorigin></script>
-<script>
-window.ui = SwaggerUIBundle({{url: {orjson.dumps(document_url).decode()}, dom_id: "#swagger-ui"}});
-</script>
-</body>
-</html>
-""".encode()
-
-
 # --- the runtime component ----------------------------------------------------------------------
 
 
@@ -553,7 +555,9 @@ class DocsService:
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self.document_url = spec.path + "/openapi.json"
-        self.page = swagger_page(spec.title, self.document_url)
+        self.assets_url = spec.path + "/assets"
+        # Swagger UI from the installed package, not a CDN: the page works offline.
+        self.page = swagger_ui.page(spec.title, self.document_url, self.assets_url)
         self.body = b""
         self._rebuild()
         # The local routes' stand-in backend: never picked (`local` answers first).
@@ -565,7 +569,21 @@ class DocsService:
         return [
             self._spec(self.spec.path, self.serve_page),
             self._spec(self.document_url, self.serve_document),
+            *(
+                self._spec(f"{self.assets_url}/{name}", self._asset_answer(name))
+                for name in swagger_ui.ASSETS
+            ),
         ]
+
+    @staticmethod
+    def _asset_answer(name: str) -> Callable[[Exchange], None]:
+        body = swagger_ui.asset(name)
+        media = swagger_ui.ASSETS[name].encode()
+
+        def answer(exchange: Exchange) -> None:
+            exchange.respond(200, body, media, _CACHE_A_DAY)
+
+        return answer
 
     def _spec(self, path: str, answer: Callable[[Exchange], None]) -> RouteSpec[CompiledRoute]:
         route = CompiledRoute(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -83,6 +84,29 @@ async def test_docs_and_openapi_are_served() -> None:
     assert "/openapi.json" in docs.text
     assert schema["info"] == {"title": "Items", "description": "Items service", "version": "1.4.0"}
     assert "/v1/items" in schema["paths"]
+
+
+async def test_the_docs_page_loads_swagger_ui_from_the_service_itself() -> None:
+    async with client(_app()) as c:
+        page = (await c.get("/docs")).text
+        # Every asset the page loads is one the service serves: nothing from a CDN.
+        loaded = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert loaded
+        assert all(url.startswith("/docs/assets/") for url in loaded), loaded
+        for url in loaded:
+            answer = await c.get(url)
+            assert answer.status_code == 200, url
+            assert len(answer.content) > 500
+            assert answer.headers["cache-control"] == "public, max-age=86400"
+        script = await c.get("/docs/assets/swagger-ui-bundle.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert b"SwaggerUIBundle" in script.content
+        missing = await c.get("/docs/assets/../openapi.json")
+        unknown = await c.get("/docs/assets/secret.txt")
+    assert missing.status_code == 404
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert "/docs" not in _app().openapi()["paths"]
 
 
 def test_openapi_documents_validation_errors_as_problems() -> None:

@@ -26,7 +26,7 @@ from starlette.types import Lifespan
 from mosaic_kit.fastapi.auth import document_bearer
 from mosaic_kit.fastapi.errors import install_problem_handlers
 from mosaic_kit.fastapi.gateway import publish_policies
-from mosaic_kit.fastapi.health import health_router
+from mosaic_kit.fastapi.health import docs_router, health_router
 from mosaic_kit.fastapi.middleware import RequestMiddleware
 from mosaic_kit.metrics import default_registry, http_metrics
 from mosaic_kit.openapi import document_problems
@@ -74,7 +74,7 @@ def create_app(
         description=description,
         version=version,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served below, from the installed Swagger UI files (no CDN)
         openapi_url="/openapi.json",
         redoc_url=None,
         telemetry=_NO_FASTAPI_TELEMETRY,
@@ -85,7 +85,7 @@ def create_app(
     app.state.readiness = {}
     app.state.metrics_registry = registry
     install_problem_handlers(app)
-    for router in (health_router(), *routers):
+    for router in (health_router(), docs_router(title), *routers):
         _add_routes(app, router)
     app.add_middleware(
         RequestMiddleware, metrics=http_metrics(registry), max_body_bytes=settings.max_body_bytes

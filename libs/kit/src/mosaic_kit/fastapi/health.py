@@ -1,4 +1,4 @@
-"""Liveness, readiness and metrics endpoints.
+"""Liveness, readiness and metrics endpoints, and the docs page.
 
 `/healthz` answers as long as the event loop does: restarting the process is the only cure for it
 failing. `/readyz` runs the checks the service's lifespan put in `app.state.readiness` (say
@@ -18,10 +18,12 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from mosaic_kit import swagger_ui
 from mosaic_kit.logging import get_logger
 from mosaic_kit.metrics import render
+from mosaic_kit.problem import Problem
 
-__all__ = ["ReadinessCheck", "health_router", "run_checks"]
+__all__ = ["ReadinessCheck", "docs_router", "health_router", "run_checks"]
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
 _log = get_logger("mosaic_kit.health")
@@ -98,5 +100,29 @@ def health_router() -> APIRouter:
     async def metrics(request: Request) -> Response:
         registry = getattr(request.app.state, "metrics_registry", None)
         return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def docs_router(title: str) -> APIRouter:
+    """`/docs`: Swagger UI on the service's `/openapi.json`, its assets from the installed
+    package (`mosaic_kit.swagger_ui`), so the page works without internet."""
+    router = APIRouter(include_in_schema=False)
+    page = swagger_ui.page(f"{title} - Swagger UI", "/openapi.json", "/docs/assets")
+
+    @router.get("/docs")
+    async def docs() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    @router.get("/docs/assets/{name}")
+    async def docs_asset(name: str) -> Response:
+        media = swagger_ui.ASSETS.get(name)
+        if media is None:
+            raise Problem(404, detail="No such asset")
+        return Response(
+            swagger_ui.asset(name),
+            media_type=media,
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     return router
