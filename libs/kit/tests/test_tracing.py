@@ -212,3 +212,35 @@ def test_endpoint_exports_spans_over_otlp_http(
     assert b"exported-span" in body
     assert b"exporting-svc" in body
     assert b"exporting-1" in body
+
+
+async def test_probes_and_scrapes_make_no_spans(exporter: InMemorySpanExporter) -> None:
+    app = build_app([_router()])
+    async with client(app) as c:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await c.get(path, headers={"traceparent": TRACEPARENT})).status_code == 200
+        await c.get("/v1/items/7")
+    server_spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert [s.name for s in server_spans] == ["GET /v1/items/{item_id}"]
+
+
+async def test_sql_statements_are_spans_inside_the_request(
+    exporter: InMemorySpanExporter, pg_url: str
+) -> None:
+    from sqlalchemy import text
+
+    from mosaic_kit.settings import ServiceSettings
+    from mosaic_kit.sql.db import Database
+
+    db = Database.from_settings(ServiceSettings(database_url=pg_url))
+    try:
+        with tracing.tracer("test").start_as_current_span("request") as parent:
+            async with db.connect() as conn:
+                await conn.execute(text("SELECT 41 + 1"))
+    finally:
+        await db.dispose()
+    statements = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    (select,) = [s for s in statements if "SELECT 41 + 1" in str((s.attributes or {}).values())]
+    assert select.parent is not None
+    assert select.parent.span_id == parent.get_span_context().span_id
+    assert (select.attributes or {}).get("db.system") == "postgresql"

@@ -131,7 +131,9 @@ class RequestMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         method: str = scope["method"]
 
-        span, token = _enter_trace(trace_headers, method, scope["path"])
+        # Probes and scrapes (every few seconds, from every replica) would be most of the spans.
+        quiet = scope["path"] in self.quiet_routes
+        span, token = _enter_trace(trace_headers, method, scope["path"], record=not quiet)
 
         status = 500
         response_started = False
@@ -230,11 +232,11 @@ class RequestMiddleware:
 
 
 def _enter_trace(
-    trace_headers: dict[str, str], method: str, path: str
+    trace_headers: dict[str, str], method: str, path: str, *, record: bool = True
 ) -> tuple[trace.Span | None, Token[Context] | None]:
-    """Start the server span (tracing on) or adopt the caller's context (tracing off)."""
+    """Start the server span (tracing on, `record`) or adopt the caller's context."""
     parent = tracing.extract(trace_headers) if trace_headers else None
-    if tracing.enabled():
+    if record and tracing.enabled():
         span = _tracer.start_span(
             method,
             context=parent,

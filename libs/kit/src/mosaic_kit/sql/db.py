@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import MetaData, Select, event, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from mosaic_kit import tracing
 from mosaic_kit.problem import treat_as_unreachable
 from mosaic_kit.settings import ServiceSettings
 from mosaic_kit.sql import outages
@@ -28,6 +29,7 @@ __all__ = [
     "Database",
     "create_engine",
     "new_metadata",
+    "trace_statements",
 ]
 
 # What stores take and services pass along, named so that a service layer needs no SQLAlchemy.
@@ -64,6 +66,18 @@ def create_engine(url: str, schema: str, pool_size: int = 10, max_overflow: int 
     # disconnect by SQLAlchemy, which then drops the whole pool.
     event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)
     return engine
+
+
+def trace_statements() -> None:
+    """A client span per statement (`db.system: postgresql`, the SQL text) when this process
+    records traces, so one trace shows the request, its SQL and its NATS calls. Patches asyncpg
+    once per process (raw driver reads included); costs nothing while tracing is off."""
+    if tracing.enabled():
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
 
 
 def _refuse_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -114,6 +128,7 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> Database:
+        trace_statements()
         engine = create_engine(
             settings.sqlalchemy_url(),
             settings.db_schema,
