@@ -177,6 +177,11 @@ async def test_what_a_definition_declares_runs_and_stops_in_order(
                 ready = await http.get("/readyz")
                 assert ready.status_code == 200
                 assert ready.json()["checks"] == {"db": "ok", "nats": "ok", "extra": "ok"}
+                # The messaging contract is served beside the OpenAPI.
+                contract = (await http.get("/asyncapi.json")).json()
+                assert contract["channels"][f"{name}_echo"]["address"] == f"{name}.echo"
+                consumed = f"events.{name}src.thing.made"
+                assert contract["channels"][consumed.replace(".", "_")]["address"] == consumed
                 # The verifier is wired: a token it cannot verify is refused, not a 500.
                 refused = await http.get("/me", headers={"authorization": "Bearer not.a.jwt"})
                 assert refused.status_code == 401

@@ -16,6 +16,9 @@ from auth_support import bearer, signup
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
+from mosaic_kit.contracts import auth as auth_contracts
+from mosaic_kit.contracts.auth import UserCreated, UserUpdated
+from mosaic_kit.events import Event
 from mosaic_kit.nats.rpc import RpcError, request
 
 
@@ -110,11 +113,18 @@ async def test_state_changes_are_published_as_events(
         assert created["data"]["name"] == "Evented"
         assert "email" not in created["data"]
         assert {"id", "type", "occurredAt", "data"} <= set(created)
+        # The payload is the shared contract's, field for field (what consumers read it with).
+        profile = UserCreated.of(Event.from_dict(created))
+        assert (str(profile.id), profile.name, profile.roles) == (user_id, "Evented", ["LEARNER"])
+        assert set(created["data"]) == set(
+            UserCreated.model_json_schema(by_alias=True)["properties"]
+        )
 
         hdr = bearer(body["tokens"]["accessToken"])
         await client.patch("/v1/users/me", json={"name": "Renamed"}, headers=hdr)
         updated = await _next_event(sub, "auth.user.updated", {"id": user_id})
         assert updated["data"]["name"] == "Renamed"
+        assert UserUpdated.of(Event.from_dict(updated)).name == "Renamed"
 
         assert (await client.post("/v1/auth/signout", headers=hdr)).status_code == 204
         revoked = await _next_event(sub, "auth.session.revoked", {"userId": user_id})
@@ -176,3 +186,12 @@ async def test_another_service_verifies_locally_and_sees_signout_within_a_second
     finally:
         await feed.stop()
         await jwks.aclose()
+
+
+async def test_the_asyncapi_document_lists_every_event_and_endpoint(
+    client: httpx.AsyncClient,
+) -> None:
+    contract = (await client.get("/asyncapi.json")).json()
+    addresses = {channel["address"] for channel in contract["channels"].values()}
+    assert {f"events.{event.TYPE}" for event in auth_contracts.AUTH_EVENTS} <= addresses
+    assert {"auth.users.get", "auth.apikeys.verify", "auth.jwks.get"} <= addresses

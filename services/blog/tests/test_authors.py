@@ -11,7 +11,9 @@ import nats
 from blog_support import Platform, eventually
 from sqlalchemy import text
 
-from mosaic_kit.events import Event
+from mosaic_kit.contracts import blog as blog_contracts
+from mosaic_kit.contracts.auth import UserCreated, UserUpdated
+from mosaic_kit.events import DLQ_DELIVERIES, Event
 from mosaic_kit.fastapi.parts import DATABASE
 from mosaic_kit.nats.jetstream import publish
 
@@ -129,3 +131,50 @@ async def test_an_event_that_changes_nothing_keeps_the_cache(
     await eventually(processed)
     await asyncio.sleep(0.1)  # past the after-commit step
     assert (await platform.blog_b.get(path)).headers["x-cache"] == "HIT"
+
+
+async def test_a_user_event_built_from_the_contract_is_applied_and_a_broken_one_dead_lettered(
+    platform: Platform, nats_url: str
+) -> None:
+    app = platform.blog_apps[0]  # type: ignore[attr-defined]
+    db = DATABASE.of(app)
+    author = uuid.uuid4()
+    good = UserCreated(id=author, name="From The Contract", roles=["AUTHOR"]).event()
+    # Outside the contract (no name): it can never be applied, so it is not retried.
+    broken = Event(
+        id=str(uuid.uuid4()),
+        type=UserUpdated.TYPE,
+        occurred_at=datetime.now(UTC) + timedelta(seconds=5),
+        data={"id": str(author)},
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        consumer = app.state.settings.blog_authors_consumer
+        dead = await js.subscribe(f"dlq.{consumer}", ordered_consumer=True)
+        await publish(js, good)
+        await publish(js, broken)
+        message = await dead.next_msg(timeout=10)
+        assert Event.from_json(message.data).id == broken.id
+        assert message.headers is not None
+        assert message.headers.get(DLQ_DELIVERIES) == "1"  # at once, not after five tries
+    finally:
+        await nc.close()
+
+    async def applied() -> bool:
+        async with db.connect() as conn:
+            name = await conn.scalar(text("SELECT name FROM authors WHERE id = :i"), {"i": author})
+        return name == "From The Contract"
+
+    await eventually(applied)
+
+
+async def test_the_asyncapi_document_lists_what_blog_publishes_and_consumes(
+    platform: Platform,
+) -> None:
+    contract = (await platform.blog_a.get("/asyncapi.json")).json()
+    operations = {(op["action"], op["channel"]["$ref"]) for op in contract["operations"].values()}
+    for event in blog_contracts.BLOG_EVENTS:
+        assert ("send", f"#/channels/{event.TYPE.replace('.', '_')}") in operations
+    for event in (UserCreated, UserUpdated):
+        assert ("receive", f"#/channels/{event.TYPE.replace('.', '_')}") in operations

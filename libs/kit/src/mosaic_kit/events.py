@@ -13,9 +13,11 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, ClassVar, Self
 
 import orjson
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic.alias_generators import to_camel
 
 __all__ = [
     "DLQ_CONSUMER",
@@ -28,8 +30,10 @@ __all__ = [
     "DLQ_SUBJECT",
     "EVENT_PREFIX",
     "Event",
+    "EventPayload",
     "MalformedEventError",
     "RejectEventError",
+    "Timestamp",
     "dlq_subject",
     "event_subject",
     "new_event",
@@ -123,6 +127,40 @@ class Event:
         except orjson.JSONDecodeError as exc:
             raise MalformedEventError("the event is not JSON") from exc
         return cls.from_dict(body)
+
+
+Timestamp = Annotated[
+    datetime, PlainSerializer(lambda value: value.isoformat(), return_type=str, when_used="json")
+]
+"""A time in an event payload, written as the HTTP bodies write times (`isoformat()`)."""
+
+
+class EventPayload(BaseModel):
+    """The typed `data` of one event type, shared by its producer and its consumers.
+
+    camelCase on the wire like the HTTP bodies. A reader ignores fields it does not know, so a
+    producer may add one without breaking its consumers (removing or changing one is a new event
+    type). Producers write `outbox.add(conn, UserCreated(...).event())`; consumers read
+    `UserCreated.of(event)`. The models are listed in the service's AsyncAPI document.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    TYPE: ClassVar[str]
+
+    def event(self) -> Event:
+        """A new event of this type carrying this payload."""
+        return new_event(self.TYPE, self.model_dump(mode="json", by_alias=True))
+
+    @classmethod
+    def of(cls, event: Event) -> Self:
+        """The payload of `event`; `RejectEventError` for another type or a payload that does not
+        fit (it never will: the consumer dead-letters it at once rather than retrying)."""
+        if event.type != cls.TYPE:
+            raise RejectEventError(f"expected a {cls.TYPE} event, got {event.type}")
+        try:
+            return cls.model_validate(event.data)
+        except ValueError as exc:  # pydantic's ValidationError
+            raise RejectEventError(f"{cls.TYPE}: {exc}") from exc
 
 
 def new_event(type: str, data: dict[str, Any]) -> Event:

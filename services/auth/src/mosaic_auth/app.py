@@ -17,6 +17,7 @@ from mosaic_auth.rpc import endpoints
 from mosaic_auth.service import AuthService
 from mosaic_auth.settings import AuthSettings
 from mosaic_kit.chassis.assembly import Assembly, ServiceDefinition
+from mosaic_kit.contracts import auth as auth_contracts
 from mosaic_kit.revocation import RevocationSet
 from mosaic_kit.sql.db import Database
 
@@ -66,6 +67,7 @@ AUTH = ServiceDefinition(
     version=__version__,
     routers=[api.router],
     assemble=assemble,
+    publishes=auth_contracts.AUTH_EVENTS,
 )
 
 

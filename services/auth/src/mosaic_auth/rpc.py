@@ -7,36 +7,14 @@ in the endpoint's `$SRV.INFO` metadata.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mosaic_auth.service import AuthService
+from mosaic_kit.contracts.auth import USERS_GET, Users, UsersQuery
 from mosaic_kit.nats.rpc import Endpoint, typed
-
-MAX_IDS = 100
-
-
-class UsersQuery(BaseModel):
-    """`auth.users.get`: the users to describe."""
-
-    ids: list[uuid.UUID] = Field(
-        max_length=MAX_IDS, description="User ids; unknown ones are left out."
-    )
-
-
-class PublicUser(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    id: str
-    name: str
-    profile_pic_url: str | None = Field(alias="profilePicUrl")
-
-
-class Users(BaseModel):
-    users: list[PublicUser]
 
 
 class KeyQuery(BaseModel):
@@ -72,7 +50,7 @@ def endpoints(svc: AuthService) -> Mapping[str, Endpoint]:
         return Jwks.model_validate(await svc.jwks())
 
     return {
-        "auth.users.get": typed(UsersQuery, Users, users_get),
+        USERS_GET: typed(UsersQuery, Users, users_get),
         "auth.apikeys.verify": typed(KeyQuery, VerifiedKey, apikeys_verify),
         "auth.jwks.get": typed(NoArguments, Jwks, jwks_get),
     }

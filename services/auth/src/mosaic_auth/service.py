@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -25,7 +25,18 @@ from mosaic_auth.settings import AuthSettings
 from mosaic_auth.tables import ROLES
 from mosaic_auth.throttle import Policy, after_failure, seconds_locked
 from mosaic_auth.tokens import IssuedTokens, Signer, hash_refresh_token, new_refresh_token
-from mosaic_kit.events import new_event
+from mosaic_kit.contracts.auth import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    KeysRotated,
+    SessionRevoked,
+    UserCreated,
+    UserDisabled,
+    UserEnabled,
+    UserProfile,
+    UserRolesChanged,
+    UserUpdated,
+)
 from mosaic_kit.logging import get_logger
 from mosaic_kit.pagination import decode_time_uuid_cursor, next_cursor_for
 from mosaic_kit.problem import Problem, conflict, forbidden, not_found, unauthorized
@@ -33,6 +44,8 @@ from mosaic_kit.revocation import RevocationSet
 from mosaic_kit.sql import idempotency, outbox
 from mosaic_kit.sql.db import Connection, ConstraintError, Database
 from mosaic_kit.tokens import Principal
+
+P = TypeVar("P", bound=UserProfile)
 
 log = get_logger("mosaic_auth.service")
 
@@ -114,7 +127,7 @@ class AuthService:
                 user = await store.insert_user(
                     conn, uuid.uuid4(), email, name, profile_pic_url, password_hash, roles
                 )
-                await outbox.add(conn, new_event("auth.user.created", _user_event(user)))
+                await outbox.add(conn, _profile(UserCreated, user).event())
                 tokens = await self._open_session(conn, user, client)
         except ConstraintError as exc:
             raise conflict("auth.email_taken", "An account with this e-mail exists") from exc
@@ -267,15 +280,9 @@ class AuthService:
         # revocation that long, and no longer.
         expires_at = int(time.time()) + self.settings.auth_access_token_ttl + 60
         for sid, uid in revoked:
-            event = new_event(
-                "auth.session.revoked",
-                {
-                    "sessionId": str(sid),
-                    "userId": str(uid),
-                    "expiresAt": expires_at,
-                    "reason": reason,
-                },
-            )
+            event = SessionRevoked(
+                session_id=sid, user_id=uid, expires_at=expires_at, reason=reason
+            ).event()
             await outbox.add(conn, event)
         return revoked
 
@@ -303,7 +310,7 @@ class AuthService:
             if user is None:
                 raise unauthorized("auth.token_revoked", "The account no longer exists")
             if changes:
-                await outbox.add(conn, new_event("auth.user.updated", _user_event(user)))
+                await outbox.add(conn, _profile(UserUpdated, user).event())
         return user
 
     async def change_password(self, principal: Principal, current: str, new: str) -> None:
@@ -371,15 +378,12 @@ class AuthService:
                 await store.set_tokens_valid_after(conn, user_id, valid_after)
             await outbox.add(
                 conn,
-                new_event(
-                    "auth.user.roles_changed",
-                    {
-                        "userId": str(user_id),
-                        "roles": wanted,
-                        "removedRoles": removed,
-                        "tokensValidAfter": valid_after,
-                    },
-                ),
+                UserRolesChanged(
+                    user_id=user_id,
+                    roles=wanted,
+                    removed_roles=removed,
+                    tokens_valid_after=valid_after,
+                ).event(),
             )
             updated = await store.get_user(conn, user_id)
         assert updated is not None
@@ -404,12 +408,9 @@ class AuthService:
                 valid_after = _next_cutoff(user)
                 await store.set_tokens_valid_after(conn, user_id, valid_after)
                 await self._revoke_sessions(reason="user_disabled", user_id=user_id, conn=conn)
-                event = new_event(
-                    "auth.user.disabled",
-                    {"userId": str(user_id), "tokensValidAfter": valid_after},
-                )
+                event = UserDisabled(user_id=user_id, tokens_valid_after=valid_after).event()
             else:
-                event = new_event("auth.user.enabled", {"userId": str(user_id)})
+                event = UserEnabled(user_id=user_id).event()
             await outbox.add(conn, event)
 
     # --- API keys -----------------------------------------------------------------------------
@@ -420,9 +421,7 @@ class AuthService:
             record = await store.insert_api_key(
                 conn, uuid.uuid4(), name, comment, _hash_api_key(key), key[:10]
             )
-            await outbox.add(
-                conn, new_event("auth.apikey.created", {"id": str(record.id), "name": name})
-            )
+            await outbox.add(conn, ApiKeyCreated(id=record.id, name=name).event())
         return record, key
 
     async def list_api_keys(
@@ -436,7 +435,7 @@ class AuthService:
         async with self.db.transaction() as conn:
             if not await store.revoke_api_key(conn, key_id):
                 raise not_found("auth.apikey_not_found", "No such API key")
-            await outbox.add(conn, new_event("auth.apikey.revoked", {"id": str(key_id)}))
+            await outbox.add(conn, ApiKeyRevoked(id=key_id).event())
 
     async def verify_api_key(self, key: str) -> ApiKey:
         if not key.startswith(API_KEY_PREFIX) or len(key) > 200:
@@ -480,7 +479,7 @@ class AuthService:
             await store.lock(conn, "auth.signing_keys")
             await self._insert_key(conn, pair)
             await store.retire_signing_keys(conn, pair.kid, publish_until)
-            await outbox.add(conn, new_event("auth.keys.rotated", {"kid": pair.kid}))
+            await outbox.add(conn, KeysRotated(kid=pair.kid).event())
         self.signer.forget_key()
         log.info("signing_key_rotated", kid=pair.kid)
         return pair.kid
@@ -549,7 +548,7 @@ class AuthService:
             user = await store.insert_user(
                 conn, uuid.uuid4(), email.strip().lower(), name, None, password_hash, roles
             )
-            await outbox.add(conn, new_event("auth.user.created", _user_event(user)))
+            await outbox.add(conn, _profile(UserCreated, user).event())
         return user
 
 
@@ -563,5 +562,8 @@ def _next_cutoff(user: User) -> int:
     return max(int(time.time()), user.tokens_valid_after) + 1
 
 
-def _user_event(user: User) -> dict[str, Any]:
-    return {**user.public_view(), "roles": sorted(user.roles)}
+def _profile(kind: type[P], user: User) -> P:
+    """The user's public profile as event `kind` (`mosaic_kit.contracts.auth`)."""
+    return kind(
+        id=user.id, name=user.name, profile_pic_url=user.profile_pic_url, roles=sorted(user.roles)
+    )

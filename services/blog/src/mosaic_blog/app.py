@@ -15,10 +15,10 @@ from mosaic_blog.service import BlogService
 from mosaic_blog.settings import BlogSettings
 from mosaic_kit.chassis.assembly import Assembly, ServiceDefinition
 from mosaic_kit.chassis.cache import cache_from_settings
+from mosaic_kit.contracts import blog as blog_contracts
+from mosaic_kit.contracts.auth import UserCreated, UserUpdated
 from mosaic_kit.nats.keys import NatsKeySource
 from mosaic_kit.sql import idempotency
-
-USER_EVENTS = ["events.auth.user.created", "events.auth.user.updated"]
 
 
 async def assemble(kit: Assembly[BlogSettings]) -> None:
@@ -50,7 +50,7 @@ async def assemble(kit: Assembly[BlogSettings]) -> None:
     kit.consume(
         stream="auth",
         durable=settings.blog_authors_consumer,
-        subjects=USER_EVENTS,
+        events=[UserCreated, UserUpdated],
         handler=svc.apply_user_event,
         after_commit=svc.after_user_event,
     )
@@ -67,6 +67,7 @@ BLOG = ServiceDefinition(
     version=__version__,
     routers=[api.router],
     assemble=assemble,
+    publishes=blog_contracts.BLOG_EVENTS,
 )
 
 

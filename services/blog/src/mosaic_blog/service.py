@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,7 +20,22 @@ from mosaic_blog import store
 from mosaic_blog.models import Blog
 from mosaic_blog.workflow import Action, State, next_state
 from mosaic_kit.cache import Cache, Invalidator, cached
-from mosaic_kit.events import Event, new_event
+from mosaic_kit.contracts.auth import (
+    USERS_GET,
+    UserCreated,
+    UserProfile,
+    Users,
+    UsersQuery,
+    UserUpdated,
+)
+from mosaic_kit.contracts.blog import (
+    BlogDeleted,
+    BlogPublished,
+    BlogUnpublished,
+    BlogUpdated,
+    BlogView,
+)
+from mosaic_kit.events import Event
 from mosaic_kit.logging import get_logger
 from mosaic_kit.nats.rpc import RpcError, request
 from mosaic_kit.pagination import decode_time_uuid_cursor, next_cursor_for
@@ -30,6 +45,11 @@ from mosaic_kit.sql.db import Connection, ConstraintError, Database
 
 log = get_logger("mosaic_blog.service")
 
+V = TypeVar("V", bound=BlogView)
+_USER_EVENTS: dict[str, type[UserProfile]] = {
+    UserCreated.TYPE: UserCreated,
+    UserUpdated.TYPE: UserUpdated,
+}
 PUBLIC = "public"  # the cache generation group of everything the public can read
 SIMILAR_LIMIT = 6
 _SLUG_SEPARATORS = re.compile(r"[\s_]+")
@@ -127,7 +147,7 @@ class BlogService:
                 assert updated is not None
                 public_change = updated.is_public and _public_fields_differ(blog, updated)
                 if public_change:
-                    await outbox.add(conn, _event("blog.blog.updated", updated))
+                    await outbox.add(conn, _view(BlogUpdated, updated).event())
         except ConstraintError as exc:
             raise _slug_taken(changes.get("slug", "")) from exc
         if public_change:
@@ -142,7 +162,7 @@ class BlogService:
             await store.update_blog(conn, blog_id, {"deleted_at": datetime.now(UTC)})
             await outbox.add(
                 conn,
-                new_event("blog.blog.deleted", {"id": str(blog_id), "wasPublic": blog.is_public}),
+                BlogDeleted(id=blog_id, was_public=blog.is_public).event(),
             )
         if blog.is_public:
             await self._invalidate()
@@ -167,9 +187,9 @@ class BlogService:
             updated = await store.get_blog(conn, blog_id)
             assert updated is not None
             if action is Action.PUBLISH:
-                await outbox.add(conn, _event("blog.blog.published", updated))
+                await outbox.add(conn, _view(BlogPublished, updated).event())
             elif action is Action.UNPUBLISH:
-                await outbox.add(conn, new_event("blog.blog.unpublished", {"id": str(blog_id)}))
+                await outbox.add(conn, BlogUnpublished(id=blog_id).event())
         if action in (Action.PUBLISH, Action.UNPUBLISH):
             await self._invalidate()
         log.info("blog_transition", blog_id=str(blog_id), action=action.value, state=target.value)
@@ -276,34 +296,34 @@ class BlogService:
         async with self.db.connect() as conn:
             if await store.author_exists(conn, author_id):
                 return False
+        query = UsersQuery(ids=[author_id]).model_dump(mode="json")
         try:
-            data = await request(
-                self.nc, "auth.users.get", {"ids": [str(author_id)]}, timeout=self.auth_timeout
-            )
+            data = await request(self.nc, USERS_GET, query, timeout=self.auth_timeout)
+            profiles = Users.model_validate(data).users
         except RpcError as exc:
             log.warning("author_profile_unavailable", author_id=str(author_id), error=exc.code)
             return False
-        profiles = data.get("users", []) if isinstance(data, dict) else []
+        except ValueError as exc:  # an answer outside the contract: auth's bug, not ours
+            log.error("author_profile_malformed", author_id=str(author_id), error=str(exc))
+            return False
         for profile in profiles:
             async with self.db.transaction() as conn:
                 await store.upsert_author(
                     conn,
-                    uuid.UUID(profile["id"]),
-                    profile["name"],
-                    profile.get("profilePicUrl"),
+                    uuid.UUID(profile.id),
+                    profile.name,
+                    profile.profile_pic_url,
                     datetime.now(UTC),
                 )
         return bool(profiles)
 
     async def apply_user_event(self, conn: Connection, event: Event) -> None:
-        """Consumer of auth.user.created / auth.user.updated (runs in the consumer's transaction)."""
-        data = event.data
+        """Consumer of auth.user.created / auth.user.updated (runs in the consumer's transaction).
+
+        A payload outside the contract is dead-lettered at once (`RejectEventError`)."""
+        profile = _USER_EVENTS.get(event.type, UserUpdated).of(event)
         changed = await store.upsert_author(
-            conn,
-            uuid.UUID(str(data["id"])),
-            str(data["name"]),
-            data.get("profilePicUrl"),
-            event.occurred_at,
+            conn, profile.id, profile.name, profile.profile_pic_url, event.occurred_at
         )
         if changed:
             self._profiles_changed.add(event.id)
@@ -331,18 +351,16 @@ def _public_fields_differ(before: Blog, after: Blog) -> bool:
     return seen_before != seen_after
 
 
-def _event(event_type: str, blog: Blog) -> Event:
-    return new_event(
-        event_type,
-        {
-            "id": str(blog.id),
-            "slug": blog.slug,
-            "title": blog.title,
-            "description": blog.description,
-            "tags": blog.tags,
-            "authorId": str(blog.author.id),
-            "publishedAt": blog.published_at.isoformat() if blog.published_at else None,
-        },
+def _view(kind: type[V], blog: Blog) -> V:
+    """The blog's public fields as event `kind` (`mosaic_kit.contracts.blog`)."""
+    return kind(
+        id=blog.id,
+        slug=blog.slug,
+        title=blog.title,
+        description=blog.description,
+        tags=blog.tags,
+        author_id=blog.author.id,
+        published_at=blog.published_at,
     )
 
 

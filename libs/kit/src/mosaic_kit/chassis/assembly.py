@@ -31,11 +31,12 @@ from fastapi import APIRouter, FastAPI
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mosaic_kit import events
+from mosaic_kit import asyncapi, events
+from mosaic_kit import events as _events
 from mosaic_kit.fastapi.app import create_app
 from mosaic_kit.fastapi.auth import TOKEN_VERIFIER
 from mosaic_kit.fastapi.cli import ServiceCLI
-from mosaic_kit.fastapi.health import ReadinessCheck
+from mosaic_kit.fastapi.health import ASYNCAPI, ReadinessCheck
 from mosaic_kit.fastapi.parts import DATABASE, Part
 from mosaic_kit.jwks import JwksCache, KeySource
 from mosaic_kit.logging import describe_error, get_logger
@@ -75,6 +76,7 @@ class _Consumer:
     subjects: tuple[str, ...]
     handler: EventHandler
     after_commit: Callable[[events.Event], Awaitable[None]] | None
+    models: tuple[type[events.EventPayload], ...]
 
 
 class Assembly(Generic[S]):
@@ -130,13 +132,20 @@ class Assembly(Generic[S]):
         *,
         stream: str,
         durable: str,
-        subjects: Sequence[str],
         handler: EventHandler,
+        events: Sequence[type[events.EventPayload]] = (),
+        subjects: Sequence[str] = (),
         after_commit: Callable[[events.Event], Awaitable[None]] | None = None,
     ) -> None:
-        """Apply the events of service `stream` matching `subjects` once each, durably
-        (`mosaic_kit.nats.consumer.DurableConsumer`)."""
-        self.consumers.append(_Consumer(stream, durable, tuple(subjects), handler, after_commit))
+        """Apply the events of service `stream` once each, durably
+        (`mosaic_kit.nats.consumer.DurableConsumer`): those of the payload models `events`
+        (their subjects, and listed in the AsyncAPI document), plus any other `subjects`."""
+        wanted = [*(_events.event_subject(model.TYPE) for model in events), *subjects]
+        if not wanted:
+            raise ValueError(f"consumer {durable!r} names no events and no subjects")
+        self.consumers.append(
+            _Consumer(stream, durable, tuple(wanted), handler, after_commit, tuple(events))
+        )
 
     def serve(self, endpoints: Mapping[str, rpc.Handler | rpc.Endpoint]) -> None:
         """Answer these NATS request-reply subjects in the service's micro service."""
@@ -174,6 +183,8 @@ class ServiceDefinition(Generic[S]):
     routers: Sequence[APIRouter]
     assemble: Callable[[Assembly[S]], Awaitable[None]]
     publishes_events: bool = True
+    publishes: Sequence[type[events.EventPayload]] = ()
+    """The payload models of the events it publishes (for its AsyncAPI document)."""
     rpc_description: str = field(default="")
 
     def app(self, settings: S) -> FastAPI:
@@ -242,6 +253,28 @@ class ServiceDefinition(Generic[S]):
         )
         stack.push_async_callback(micro.stop)
         app.state.readiness = {"db": db.ping, "nats": readiness_check(nc), **kit.readiness}
+        ASYNCAPI.provide(app, self._asyncapi(kit))
+
+    def _asyncapi(self, kit: Assembly[S]) -> dict[str, Any]:
+        typed = {
+            subject: (endpoint.request_model, endpoint.response_model)
+            if isinstance(endpoint, rpc.Endpoint)
+            else None
+            for subject, endpoint in kit.endpoints.items()
+        }
+        consumed: list[type[events.EventPayload] | str] = []
+        for consumer in kit.consumers:
+            consumed += consumer.models
+            modelled = {_events.event_subject(m.TYPE) for m in consumer.models}
+            consumed += [s for s in consumer.subjects if s not in modelled]
+        return asyncapi.document(
+            title=self.title,
+            version=self.version,
+            description=self.rpc_description or self.description,
+            publishes=self.publishes,
+            consumes=consumed,
+            endpoints=typed,
+        )
 
 
 async def _verify_tokens(kit: Assembly[Any], check: _TokenCheck, stack: AsyncExitStack) -> None:

@@ -19,13 +19,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from mosaic_kit import swagger_ui
+from mosaic_kit.fastapi.parts import Part
 from mosaic_kit.logging import get_logger
 from mosaic_kit.metrics import render
 from mosaic_kit.problem import Problem
 
-__all__ = ["ReadinessCheck", "docs_router", "health_router", "run_checks"]
+__all__ = ["ASYNCAPI", "ReadinessCheck", "docs_router", "health_router", "run_checks"]
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
+# The service's AsyncAPI document (`mosaic_kit.asyncapi`), provided by the chassis once assembled.
+ASYNCAPI: Part[dict[str, Any]] = Part("the AsyncAPI document")
 _log = get_logger("mosaic_kit.health")
 
 
@@ -113,6 +116,14 @@ def docs_router(title: str) -> APIRouter:
     @router.get("/docs")
     async def docs() -> Response:
         return Response(page, media_type="text/html; charset=utf-8")
+
+    @router.get("/asyncapi.json")
+    async def asyncapi(request: Request) -> Response:
+        try:
+            document = ASYNCAPI.of(request.app)
+        except LookupError:
+            raise Problem(404, detail="This app publishes no AsyncAPI document") from None
+        return _json(document)
 
     @router.get("/docs/assets/{name}")
     async def docs_asset(name: str) -> Response:
