@@ -5,6 +5,7 @@ mosaic up [--replicas N] [--data DIR] [--detach]   start everything (the gateway
 mosaic status [--json]                             what runs, and whether it is ready
 mosaic down                                        stop everything `up` started
 mosaic logs [SERVICE|INSTANCE] [--follow]          the log files, prefixed
+mosaic exec SERVICE COMMAND [ARGS...]              a service's command against the running stack
 mosaic new service NAME [--root DIR]               generate a service on the kit's chassis
 """
 
@@ -17,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mosaic_devstack.down import down
+from mosaic_devstack.execute import exec_in_stack
 from mosaic_devstack.logs import logs
 from mosaic_devstack.output import Console
 from mosaic_devstack.scaffold import ScaffoldError, new_service, route_prefixes
 from mosaic_devstack.services import SERVICES, RegistryError, Service, load_services
-from mosaic_devstack.state import DataDir
+from mosaic_devstack.state import DataDir, StateError
 from mosaic_devstack.status import status
 from mosaic_devstack.supervisor import UpOptions
 from mosaic_devstack.up import run_detached, run_foreground
@@ -159,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="lines per file to start with (0: all)",
     )
 
+    ex = commands.add_parser(
+        "exec",
+        parents=[common],
+        help="run a service's command (migrate, rotate-keys, ...) against the running stack",
+        description="Run `<service command> COMMAND ARGS` with the database, NATS, schema and "
+        "secrets that `mosaic up` gives the service.",
+    )
+    ex.add_argument("service", metavar="SERVICE", help="a service of the registry, e.g. auth")
+    ex.add_argument("arguments", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
+
     new = commands.add_parser("new", help="generate a new part of the workspace")
     kinds = new.add_subparsers(dest="kind", required=True, metavar="KIND")
     service = kinds.add_parser(
@@ -239,8 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status(data, as_json=args.json, console=Console(color=False))
         if args.command == "down":
             return down(data, timeout=args.timeout, console=console)
+        if args.command == "exec":
+            return exec_in_stack(data, SERVICES, args.service, args.arguments)
         return logs(data, args.name, follow=args.follow, lines=args.lines, console=console)
-    except RegistryError as exc:
+    except (RegistryError, StateError) as exc:
         print(f"mosaic: {exc}", file=sys.stderr)
         return 2
 

@@ -48,7 +48,7 @@ def create(settings: ServiceSettings) -> FastAPI:
     )
 
 
-cli = ServiceCLI("kit-serve-test", ServiceSettings, create, package="mosaic_kit")
+cli = ServiceCLI("kit-serve-test", ServiceSettings, create, package="mosaic_kit", database=False)
 
 if __name__ == "__main__":
     sys.exit(cli.main())

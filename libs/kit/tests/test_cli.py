@@ -73,7 +73,7 @@ def cli_and_seen() -> tuple[ServiceCLI[DemoSettings], list[DemoSettings]]:
     cli = ServiceCLI("demo", DemoSettings, _factory, package="mosaic_kit")
     seen: list[DemoSettings] = []
 
-    @cli.command("show", help="record the settings")
+    @cli.command("show", help="record the settings", database=False)
     def show(settings: DemoSettings, _args: argparse.Namespace) -> int:
         seen.append(settings)
         return 0
@@ -134,6 +134,29 @@ def test_flags_override_the_environment(
     assert (from_flags.port, from_flags.demo_flag) == (2222, False)
     # Settings without a flag still come from the environment.
     assert from_flags.db_schema == "from_env"
+
+
+def test_a_database_command_refuses_to_guess_the_database(
+    cli_and_seen: tuple[ServiceCLI[DemoSettings], list[DemoSettings]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli, _ = cli_and_seen
+    ran: list[str] = []
+
+    @cli.command("wipe", help="uses the database")
+    def wipe(settings: DemoSettings, _args: argparse.Namespace) -> int:
+        ran.append(settings.database_url.get_secret_value())
+        return 0
+
+    for command in ("wipe", "migrate", "serve"):
+        assert cli.main([command]) == 2
+    err = capsys.readouterr().err
+    assert "demo wipe: DATABASE_URL is not set" in err
+    assert "mosaic exec demo wipe" in err
+    assert ran == []
+    assert cli.main(["wipe", "--database-url", "postgresql://db.example/x"]) == 0
+    follow_stderr()  # main() configured logging onto capsys' stream, which closes first
+    assert ran == ["postgresql://db.example/x"]
 
 
 def test_flag_types_follow_the_model(
@@ -201,7 +224,7 @@ def test_extra_command_with_arguments_and_async_body(
     def arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("code", type=int)
 
-    @cli.command("exit-with", help="exit with CODE", arguments=arguments)
+    @cli.command("exit-with", help="exit with CODE", arguments=arguments, database=False)
     async def exit_with(settings: DemoSettings, args: argparse.Namespace) -> int:
         await asyncio.sleep(0)
         got.append((args.code, settings.service_name))

@@ -113,6 +113,8 @@ class _Command(Generic[S]):
     help: str
     arguments: ArgumentsFn | None
     logging: bool = True
+    database: bool = True
+    """Whether it uses the database: then DATABASE_URL must be given, never guessed."""
 
 
 class _Server(uvicorn.Server):
@@ -133,7 +135,8 @@ class ServiceCLI(Generic[S]):
 
     `app_factory(settings)` builds the FastAPI app without doing I/O (that happens in its
     lifespan), so `openapi` can build it offline. `package` is the importable package holding
-    `migrations/` and the build stamp, e.g. `mosaic_auth`.
+    `migrations/` and the build stamp, e.g. `mosaic_auth`. `database=False` for an app without
+    one: `serve` then runs without DATABASE_URL.
     """
 
     def __init__(
@@ -142,32 +145,48 @@ class ServiceCLI(Generic[S]):
         settings_cls: type[S],
         app_factory: Callable[[S], FastAPI],
         package: str,
+        *,
+        database: bool = True,
     ) -> None:
         self.name = name
         self.settings_cls = settings_cls
         self.app_factory = app_factory
         self.package = package
         self._commands: dict[str, _Command[S]] = {
-            "serve": _Command(self._serve, "run the HTTP server", None),
+            "serve": _Command(self._serve, "run the HTTP server", None, database=database),
             "migrate": _Command(self._migrate, "apply database migrations", _migrate_arguments),
             "version": _Command(
-                self._version, "print version and commit", _version_arguments, logging=False
+                self._version,
+                "print version and commit",
+                _version_arguments,
+                logging=False,
+                database=False,
             ),
             "openapi": _Command(
-                self._openapi, "print the OpenAPI document", _openapi_arguments, logging=False
+                self._openapi,
+                "print the OpenAPI document",
+                _openapi_arguments,
+                logging=False,
+                database=False,
             ),
         }
 
     def command(
-        self, name: str, help: str, *, arguments: ArgumentsFn | None = None
+        self,
+        name: str,
+        help: str,
+        *,
+        arguments: ArgumentsFn | None = None,
+        database: bool = True,
     ) -> Callable[[CommandFn[S]], CommandFn[S]]:
         """Register `fn(settings, args) -> int` (or an async one) as subcommand `name`.
 
-        `arguments(parser)` may add the subcommand's own arguments.
+        `arguments(parser)` may add the subcommand's own arguments. A command that uses the
+        database (`database=True`, the default) refuses to run without DATABASE_URL given.
         """
 
         def register(fn: CommandFn[S]) -> CommandFn[S]:
-            self._commands[name] = _Command(fn, help, arguments)
+            self._commands[name] = _Command(fn, help, arguments, database=database)
             return fn
 
         return register
@@ -195,6 +214,16 @@ class ServiceCLI(Generic[S]):
             for error in exc.errors(include_input=False, include_url=False):
                 where = ".".join(str(part) for part in error["loc"])
                 print(f"{self.name}: invalid setting {where}: {error['msg']}", file=sys.stderr)
+            return 2
+        if command.database and "database_url" not in settings.model_fields_set:
+            # The default (PostgreSQL on 127.0.0.1:5432) is on many machines someone else's
+            # server: migrating or rotating keys there by accident is not a default to have.
+            print(
+                f"{self.name} {args.command}: DATABASE_URL is not set, and this command will not "
+                "guess a database. Set it (or --database-url), or run it against the stack that "
+                f"`mosaic up` runs: mosaic exec {self.name.removeprefix('mosaic-')} {args.command}",
+                file=sys.stderr,
+            )
             return 2
         if command.logging:
             configure_logging(
