@@ -301,15 +301,22 @@ class Supervisor:
         env = self._service_env(service)
         if service.migrate:
             await self._step(service, "migrate", env)
-        if service.seed:
-            out = await self._step(service, "seed", env)
-            self._keep_credentials(service, parse_seed_output(out, service.name))
         instances = [
             Instance(service, name, self._port(), self._instance_env(env, name), self._sink(name))
             for name in service.instance_names(self.opts.replicas)
         ]
         self.instances.extend(instances)
-        await first_failure(self._start_instance(inst) for inst in instances)
+        # The seed needs the migrated schema, not the instances, nor they the seed (auth's
+        # replicas and its seed agree on the signing key under a lock): side by side, the seed
+        # (an Argon2 hash, a process start) leaves the critical path of `mosaic up`.
+        jobs = [self._start_instance(inst) for inst in instances]
+        if service.seed:
+            jobs.append(self._seed(service, env))
+        await first_failure(jobs)
+
+    async def _seed(self, service: Service, env: Mapping[str, str]) -> None:
+        out = await self._step(service, "seed", env)
+        self._keep_credentials(service, parse_seed_output(out, service.name))
 
     async def _step(self, service: Service, step: str, env: Mapping[str, str]) -> bytes:
         name = f"{service.name}-{step}"
