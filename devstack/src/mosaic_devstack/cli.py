@@ -27,6 +27,7 @@ from mosaic_devstack.state import DataDir, StateError
 from mosaic_devstack.status import status
 from mosaic_devstack.supervisor import UpOptions
 from mosaic_devstack.up import run_detached, run_foreground
+from mosaic_kit.version import add_version_flag, describe
 
 DEFAULT_DATA = ".mosaic"
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mosaic", description="Run the whole Mosaic system on this machine."
     )
+    add_version_flag(parser, lambda: describe("mosaic", "mosaic_devstack"))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(

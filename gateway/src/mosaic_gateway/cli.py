@@ -1,4 +1,4 @@
-"""`mosaic-gateway serve|check --config FILE`.
+"""`mosaic-gateway serve|check --config FILE`, `mosaic-gateway version` (or `--version`).
 
 `check` validates a configuration file and prints every problem as `file:line:column: field:
 message` (exit 1), or a one-line summary (exit 0): usable in CI and before a reload.
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
 from mosaic_kit.logging import configure_logging, get_logger
+from mosaic_kit.version import add_version_flag, describe
 
 _log = get_logger("mosaic_gateway.cli")
 
@@ -25,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mosaic-gateway", description="Mosaic API gateway: one declarative entry point."
     )
+    add_version_flag(parser, _describe)
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("version", help="print the version and commit")
     config_help = "the gateway's YAML configuration (default: $GATEWAY_CONFIG)"
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -84,8 +87,15 @@ def _load(path: str | None) -> GatewayConfig | None:
         return None
 
 
+def _describe() -> str:
+    return describe("mosaic-gateway", "mosaic_gateway")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(_describe())
+        return 0
     config = _load(args.config)
     if config is None:
         return 1

@@ -110,13 +110,50 @@ def test_every_settings_field_has_a_flag_with_help(
     assert "{fast,safe}" in out
 
 
-@pytest.mark.parametrize("command", ["serve", "migrate", "version", "openapi", "show"])
-def test_flags_exist_on_every_subcommand(
+@pytest.mark.parametrize("command", ["serve", "migrate", "show"])
+def test_the_database_flag_exists_where_the_database_is_used(
     cli_and_seen: tuple[ServiceCLI[DemoSettings], list[DemoSettings]], command: str
 ) -> None:
     cli, _ = cli_and_seen
     args = cli.build_parser().parse_args([command, "--database-url", "postgresql://x/y"])
     assert args.setting__database_url == "postgresql://x/y"
+
+
+def test_each_subcommand_lists_only_the_settings_it_reads(
+    cli_and_seen: tuple[ServiceCLI[DemoSettings], list[DemoSettings]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli, _ = cli_and_seen
+
+    def usage(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            cli.main([*argv, "--help"])
+        return capsys.readouterr().out
+
+    migrate = usage("migrate")
+    assert "--database-url DATABASE_URL" in migrate  # the variable as metavar, not SETTING__...
+    assert "--db-schema DB_SCHEMA" in migrate
+    assert "--port" not in migrate
+    assert "SETTING__" not in migrate
+    for command in ("version", "openapi"):
+        assert "--database-url" not in usage(command)
+    assert "--port PORT" in usage("serve")
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["version", "--port", "1"])
+    assert refused.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["serve", "--version"], ["migrate", "--version"]])
+def test_version_flag_on_every_command(
+    cli_and_seen: tuple[ServiceCLI[DemoSettings], list[DemoSettings]],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    cli, _ = cli_and_seen
+    with pytest.raises(SystemExit) as done:
+        cli.main(argv)
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("demo ")
 
 
 def test_flags_override_the_environment(

@@ -21,15 +21,19 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BUILD_FILE",
     "COMMIT_ENV",
     "BuildInfo",
+    "add_version_flag",
     "build_info",
+    "describe",
     "git_commit",
     "resolve_commit",
     "stamp",
@@ -135,3 +139,28 @@ def _main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main())
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: prints `describe()` and exits; the stamp is looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        self.describe: Callable[[], str] = kwargs.pop("describe")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        print(self.describe())
+        parser.exit()
+
+
+def add_version_flag(parser: argparse.ArgumentParser, describe: Callable[[], str]) -> None:
+    """Give `parser` a `--version` flag printing `describe()` (`mosaic-auth 0.1.0 (abc1234)`)."""
+    parser.add_argument(
+        "--version", action=_VersionAction, describe=describe, help="print the version"
+    )
+
+
+def describe(program: str, package: str) -> str:
+    """`<program> <version> (<commit>)` of the installed `package`."""
+    info = build_info(package)
+    return f"{program} {info.version} ({info.commit})"

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import types
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
@@ -33,7 +33,7 @@ from pydantic.fields import FieldInfo
 from mosaic_kit.logging import configure_logging, get_logger
 from mosaic_kit.settings import ServiceSettings
 from mosaic_kit.tracing import configure_tracing, shutdown_tracing
-from mosaic_kit.version import build_info
+from mosaic_kit.version import add_version_flag, build_info, describe
 
 __all__ = ["CommandFn", "ServiceCLI", "settings_arguments"]
 
@@ -80,27 +80,39 @@ def _argument_options(field: FieldInfo) -> dict[str, Any]:
     return {"type": str}
 
 
-def settings_arguments(settings_cls: type[ServiceSettings]) -> argparse.ArgumentParser:
-    """A parent parser with one optional flag per settings field (absent unless given)."""
+def settings_arguments(
+    settings_cls: type[ServiceSettings], only: Collection[str] | None = None
+) -> argparse.ArgumentParser:
+    """A parent parser with one optional flag per settings field (absent unless given), or per
+    field of `only`. Each flag's metavar is its environment variable."""
     parser = argparse.ArgumentParser(add_help=False)
+    if only is not None and not only:
+        return parser
     group = parser.add_argument_group(
         "settings", "each flag overrides its environment variable, .env entry or secret file"
     )
     prefix = str(settings_cls.model_config.get("env_prefix", ""))
     for name, field in settings_cls.model_fields.items():
+        if only is not None and name not in only:
+            continue
         env = (prefix + name).upper()
         help_text = (field.description or name).replace("%", "%%") + f" [env: {env}]"
         if _unwrap_optional(field.annotation) is SecretStr:
             help_text += " (prefer the env var or a secret file: flags show in `ps`)"
         flag = "--" + name.replace("_", "-")
+        options = _argument_options(field)
+        if "choices" not in options and options.get("action") is None:
+            options.setdefault("metavar", env)
         group.add_argument(
-            flag,
-            dest=_DEST + name,
-            default=argparse.SUPPRESS,
-            help=help_text,
-            **_argument_options(field),
+            flag, dest=_DEST + name, default=argparse.SUPPRESS, help=help_text, **options
         )
     return parser
+
+
+# What `migrate` reads: where the database is, and how to log.
+_MIGRATE_SETTINGS = frozenset(
+    {"service_name", "instance_id", "log_level", "log_format", "database_url", "db_schema"}
+)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,6 +127,8 @@ class _Command(Generic[S]):
     logging: bool = True
     database: bool = True
     """Whether it uses the database: then DATABASE_URL must be given, never guessed."""
+    settings: Collection[str] | None = None
+    """The settings it takes flags for (None: all of them)."""
 
 
 class _Server(uvicorn.Server):
@@ -154,13 +168,19 @@ class ServiceCLI(Generic[S]):
         self.package = package
         self._commands: dict[str, _Command[S]] = {
             "serve": _Command(self._serve, "run the HTTP server", None, database=database),
-            "migrate": _Command(self._migrate, "apply database migrations", _migrate_arguments),
+            "migrate": _Command(
+                self._migrate,
+                "apply database migrations",
+                _migrate_arguments,
+                settings=_MIGRATE_SETTINGS,
+            ),
             "version": _Command(
                 self._version,
                 "print version and commit",
                 _version_arguments,
                 logging=False,
                 database=False,
+                settings=(),
             ),
             "openapi": _Command(
                 self._openapi,
@@ -168,6 +188,7 @@ class ServiceCLI(Generic[S]):
                 _openapi_arguments,
                 logging=False,
                 database=False,
+                settings=(),
             ),
         }
 
@@ -192,16 +213,24 @@ class ServiceCLI(Generic[S]):
         return register
 
     def build_parser(self) -> argparse.ArgumentParser:
-        settings_parent = settings_arguments(self.settings_cls)
         parser = argparse.ArgumentParser(prog=self.name)
+        self._add_version(parser)
         sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
         for name, command in self._commands.items():
+            parent = settings_arguments(self.settings_cls, command.settings)
             sub_parser = sub.add_parser(
-                name, help=command.help, description=command.help, parents=[settings_parent]
+                name, help=command.help, description=command.help, parents=[parent]
             )
+            self._add_version(sub_parser)
             if command.arguments is not None:
                 command.arguments(sub_parser)
         return parser
+
+    def _describe(self) -> str:
+        return describe(self.name, self.package)
+
+    def _add_version(self, parser: argparse.ArgumentParser) -> None:
+        add_version_flag(parser, self._describe)
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """Parse `argv` (default: `sys.argv[1:]`), run the subcommand, return its exit code."""
@@ -280,7 +309,7 @@ class ServiceCLI(Generic[S]):
         if args.json:
             print(json.dumps({"name": self.name, "version": info.version, "commit": info.commit}))
         else:
-            print(f"{self.name} {info.version} ({info.commit})")
+            print(self._describe())
         return 0
 
     def _openapi(self, settings: S, args: argparse.Namespace) -> int:
