@@ -195,7 +195,12 @@ def _uvicorn(
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         _server_argv(server, factory, port),
-        env={**env, "PYTHONPATH": str(HERE)},
+        # HERE for the factories, before whatever the caller put first (an older build, to
+        # compare against: PYTHONPATH=<worktree>/libs/kit/src:...).
+        env={
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])),
+        },
         cwd=HERE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
