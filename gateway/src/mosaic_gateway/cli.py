@@ -1,9 +1,12 @@
-"""`mosaic-gateway serve|check --config FILE`, `mosaic-gateway version` (or `--version`).
+"""`mosaic-gateway serve|check|openapi --config FILE`, `mosaic-gateway version` (or `--version`).
 
 `check` validates a configuration file and prints every problem as `file:line:column: field:
 message` (exit 1), or a one-line summary (exit 0): usable in CI and before a reload.
 The file may also be named by the `GATEWAY_CONFIG` environment variable. `serve` reloads it on
-SIGHUP and when it changes (`--no-watch`: on SIGHUP only). `--listen-fd` / `--admin-fd` serve
+SIGHUP and when it changes (`--no-watch`: on SIGHUP only). `openapi` prints the merged OpenAPI
+document the gateway serves at `docs.path` (docs.py), from the sources' documents given as files
+(`--document auth=auth.json`, e.g. from `mosaic-auth openapi`) or fetched once from the backends'
+static instances; exit 1 when a source cannot be had (`--allow-missing`: marked unavailable). `--listen-fd` / `--admin-fd` serve
 sockets bound by the caller and inherited (supervisor.py), so the caller can hold the port.
 """
 
@@ -14,6 +17,9 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
 
 from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
 from mosaic_kit.logging import configure_logging, get_logger
@@ -69,6 +75,24 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a configuration file and exit")
     check.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"), help=config_help)
+
+    openapi = commands.add_parser(
+        "openapi", help="print the merged OpenAPI document the gateway serves at docs.path"
+    )
+    openapi.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG"), help=config_help)
+    openapi.add_argument(
+        "--document",
+        action="append",
+        default=[],
+        metavar="SOURCE=FILE",
+        help="a source's OpenAPI document from a file instead of its instances (repeatable)",
+    )
+    openapi.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="print the document without the sources that cannot be had (marked unavailable)",
+    )
+    openapi.add_argument("--output", metavar="FILE", help="write it here (default: stdout)")
     return parser
 
 
@@ -87,6 +111,52 @@ def _load(path: str | None) -> GatewayConfig | None:
         return None
 
 
+def _fail(message: str) -> int:
+    print(f"mosaic-gateway openapi: {message}", file=sys.stderr)
+    return 1
+
+
+def _openapi(
+    config: GatewayConfig, given: list[str], allow_missing: bool, output: str | None
+) -> int:
+    from mosaic_gateway import docs  # the runtime's modules: only this command needs them
+
+    if config.docs is None:
+        return _fail("the configuration has no docs section (docs.sources names the documents)")
+    documents: dict[str, docs.Json] = {}
+    for item in given:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            return _fail(f"--document {item!r}: expected SOURCE=FILE")
+        if name not in config.docs.sources:
+            known = ", ".join(sorted(config.docs.sources)) or "none"
+            return _fail(f"--document {name}: not a docs source (sources: {known})")
+        try:
+            content = Path(path).read_bytes()
+        except OSError as exc:
+            return _fail(f"--document {name}: cannot read {path}: {exc.strerror or exc}")
+        document = docs.parse_document(content)
+        if isinstance(document, str):
+            return _fail(f"--document {name}: {path}: {document}")
+        documents[name] = document
+    fetched, missing = docs.fetch_documents(config, documents)
+    for line in missing:
+        print(f"mosaic-gateway openapi: {line}", file=sys.stderr)
+    if missing and not allow_missing:
+        return 1
+    text = (
+        orjson.dumps(
+            docs.merged_document(config, dict(fetched)), option=orjson.OPT_INDENT_2
+        ).decode()
+        + "\n"
+    )
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text)
+    return 0
+
+
 def _describe() -> str:
     return describe("mosaic-gateway", "mosaic_gateway")
 
@@ -102,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(config.routes)} routes, {len(config.backends)} backends)")
         return 0
+    if args.command == "openapi":
+        return _openapi(config, args.document, args.allow_missing, args.output)
     workers = args.workers if args.workers is not None else config.worker_count()
     if workers < 1:
         print("mosaic-gateway: --workers must be at least 1", file=sys.stderr)

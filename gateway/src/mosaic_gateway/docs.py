@@ -29,10 +29,13 @@ What the merged document holds is what a client of the gateway can call:
   (`mosaic_kit.openapi`), shared with the services' documents; a backend's different `Problem`
   is renamed like any clashing component.
 
-`GET {path}/openapi.json` answers the merged document, `GET {path}` an HTML page that loads
-Swagger UI from a CDN (the browser fetches it, the gateway does not). Both are answered by the
-gateway itself (`CompiledRoute.local`), with no admission: no API key is needed to read them.
-Both bodies are rendered when a document changes, not per request.
+`GET {path}/openapi.json` answers the merged document, `GET {path}` an HTML page with Swagger UI,
+its assets under `{path}/assets/` from the installed package (no CDN: the page works offline).
+They are answered by the gateway itself (`CompiledRoute.local`), with no admission: no API key
+is needed to read them. The bodies are rendered when a document changes, not per request.
+
+`merged_document` is the same merge offline: `mosaic-gateway openapi` prints it from documents
+given as files or fetched once from the backends' static instances.
 """
 
 from __future__ import annotations
@@ -522,6 +525,63 @@ class Merger:
 _SCHEMES = f"{_COMPONENT_REF}securitySchemes/"
 
 
+def merged_document(config: GatewayConfig, documents: dict[str, Json | None]) -> Json:
+    """The document the gateway would serve at `docs.path`/openapi.json, given the sources'
+    documents (a source missing or None is `unavailable`, as when its fetch fails)."""
+    if config.docs is None:
+        raise ValueError("the configuration has no docs section (docs.sources names the documents)")
+    return Merger(config, config.docs).merge(documents)
+
+
+def fetch_documents(
+    config: GatewayConfig, given: dict[str, Json]
+) -> tuple[dict[str, Json], list[str]]:
+    """Each source's document: `given`, else fetched once from its backend's static instances
+    (the first that answers a valid one). Also what could not be had, one line per source."""
+    assert config.docs is not None
+    documents: dict[str, Json] = {}
+    missing: list[str] = []
+    with httpx.Client(timeout=config.docs.timeout, follow_redirects=False) as client:
+        for name, path in config.docs.sources.items():
+            if name in given:
+                documents[name] = given[name]
+                continue
+            backend = config.backends.get(name)
+            if backend is None or not backend.instances:
+                missing.append(f"{name}: no static instances to fetch {path} from (give a file)")
+                continue
+            problem = "no instance"
+            for instance in backend.instances:
+                try:
+                    response = client.get(instance.url.rstrip("/") + path)
+                except httpx.HTTPError as exc:
+                    problem = f"{instance.url}: {exc.__class__.__name__}"
+                    continue
+                if response.status_code != 200:
+                    problem = f"{instance.url}: status {response.status_code}"
+                    continue
+                document = parse_document(response.content)
+                if isinstance(document, str):
+                    problem = f"{instance.url}: {document}"
+                    continue
+                documents[name] = document
+                break
+            else:
+                missing.append(f"{name}: {problem}")
+    return documents, missing
+
+
+def parse_document(content: bytes) -> Json | str:
+    """A source's document, or why it is not one."""
+    try:
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return "not JSON"
+    if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
+        return "not an OpenAPI document (no paths)"
+    return document
+
+
 def _renamed_schemes(security: list[Json], refs: dict[str, str]) -> list[Json]:
     """Security requirements name schemes without `$ref`: rename them the same way."""
     out: list[Json] = []
@@ -671,13 +731,9 @@ class DocsService:
             if response.status_code != 200:
                 problem = f"{instance.url}: status {response.status_code}"
                 continue
-            try:
-                document = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                problem = f"{instance.url}: not JSON"
-                continue
-            if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
-                problem = f"{instance.url}: not an OpenAPI document (no paths)"
+            document = parse_document(response.content)
+            if isinstance(document, str):
+                problem = f"{instance.url}: {document}"
                 continue
             if self.documents[name] is None or self._retry_in[name] != _FIRST_RETRY:
                 _log.info("docs_fetched", backend=name, url=instance.url + path)
