@@ -9,7 +9,10 @@ of uvicorn's own), loaded in turn with wrk:
 - `GET /v1/users/me` on the real auth service (`mosaic-auth serve`) vs a bare Starlette +
   asyncpg handler that verifies the bearer token with the kit's `TokenVerifier` (its cached path
   after the first request: the same work the service does per request) and runs the service's
-  own users ⋈ sessions query, compiled from `mosaic_auth.store`, on an asyncpg pool.
+  own users ⋈ sessions query, compiled from `mosaic_auth.store`, on an asyncpg pool;
+- `GET /v1/author/blogs/{id}` (an author reading one of their blogs: never cached) on the real
+  blog service (`mosaic-blog serve`, its keys from auth over NATS) vs the same kind of twin
+  running the blog's own blogs ⋈ authors statement, compiled from `mosaic_blog.store`.
 
 Then the server choice: the chassis route and its bare twin again on granian and hypercorn (same
 loop, one worker), each beside uvicorn's figure from the same run.
@@ -29,20 +32,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from loadgen import LoadResult, auth_with_user, print_table, run_wrk
+from loadgen import LoadResult, auth_with_user, print_table, run_wrk, wait_ready
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "service_chassis.json"
-GOALS = {"trivial": 0.85, "users_me": 0.7}
+GOALS = {"trivial": 0.85, "users_me": 0.7, "blog_by_id": 0.7}
 
 
 # --- the apps under test (built by uvicorn through `--factory`) ------------------------------
@@ -162,6 +165,119 @@ def bare_users_me() -> Any:
         return Response(orjson.dumps(body), media_type="application/json")
 
     return Starlette(routes=[Route("/v1/users/me", me)], lifespan=lifespan)
+
+
+def bare_blog_by_id() -> Any:
+    """The author's blog-by-id twin: kit token verification + the blog's statement on asyncpg."""
+    import asyncpg
+    import orjson
+    from sqlalchemy import bindparam
+    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from mosaic_blog import store
+    from mosaic_blog.tables import blogs
+    from mosaic_kit.jwks import JwksCache, StaticKeySource
+    from mosaic_kit.problem import Problem
+    from mosaic_kit.revocation import RevocationSet
+    from mosaic_kit.tokens import TokenVerifier
+
+    # What store.get_blog(conn, id, author_id=...) runs, with the two values as parameters.
+    statement = store._select().where(
+        blogs.c.id == bindparam("id"), store._live, blogs.c.author_id == bindparam("author")
+    )
+    sql = str(statement.compile(dialect=asyncpg_dialect.dialect()))  # type: ignore[no-untyped-call]
+    verifier = TokenVerifier(
+        JwksCache(StaticKeySource(json.loads(os.environ["BENCH_JWKS"]))),
+        revocations=RevocationSet(),
+        issuer=os.environ.get("AUTH_ISSUER", "mosaic-auth"),
+        audience=os.environ.get("AUTH_AUDIENCE", "mosaic"),
+    )
+    state: dict[str, Any] = {}
+
+    class _Row:  # the row shape store._blog reads (SQLAlchemy's `_mapping`)
+        def __init__(self, record: Any) -> None:
+            self._mapping = record
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        state["pool"] = await asyncpg.create_pool(
+            os.environ["BENCH_DSN"],
+            min_size=10,
+            max_size=10,
+            server_settings={"search_path": "blog"},
+        )
+        yield
+        await state["pool"].close()
+
+    async def blog(request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        try:
+            principal = await verifier.verify(token.strip() if scheme.lower() == "bearer" else None)
+        except Problem:
+            return Response(status_code=401)
+        if "AUTHOR" not in principal.roles:
+            return Response(status_code=403)
+        try:
+            blog_id = uuid.UUID(request.path_params["blog_id"])
+        except ValueError:
+            return Response(status_code=422)
+        row = await state["pool"].fetchrow(sql, blog_id, uuid.UUID(principal.user_id))
+        if row is None:
+            return Response(status_code=404)
+        body = store._blog(_Row(row)).full_view()  # type: ignore[arg-type]
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/author/blogs/{blog_id}", blog)], lifespan=lifespan)
+
+
+@contextmanager
+def blog_with_draft(env: dict[str, str], auth_url: str) -> Iterator[tuple[str, str, str]]:
+    """`mosaic-blog` migrated and serving beside the running auth, one draft written by auth's
+    seeded admin (who has the AUTHOR role): the blog's URL, the draft's path, the admin's token."""
+    bin_ = Path(sys.executable).parent
+    seeded = subprocess.run(
+        [str(bin_ / "mosaic-auth"), "seed"], env=env, check=True, capture_output=True
+    )
+    admin = json.loads(seeded.stdout)["admin"]
+    signin = httpx.post(auth_url + "/v1/auth/signin", json=admin, timeout=10)
+    signin.raise_for_status()
+    token = signin.json()["tokens"]["accessToken"]
+    blog_env = {**env, "DB_SCHEMA": "blog"}
+    subprocess.run(
+        [str(bin_ / "mosaic-blog"), "migrate"], env=blog_env, check=True, capture_output=True
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [str(bin_ / "mosaic-blog"), "serve", "--port", str(port), "--instance-id", "blog-bench"],
+        env=blog_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        draft = {
+            "title": "Bench",
+            "description": "A draft read by its author",
+            "draftText": "Some words. " * 40,
+            "slug": f"bench-{uuid.uuid4().hex[:8]}",
+            "imgUrl": None,
+            "tags": ["bench", "python"],
+        }
+        made = httpx.post(
+            url + "/v1/author/blogs",
+            json=draft,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        made.raise_for_status()
+        yield url, f"/v1/author/blogs/{made.json()['id']}", token
+    finally:
+        stop_process(server.pid)
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -288,6 +404,16 @@ def main() -> None:
             results.append(
                 _load("GET /v1/users/me  auth service", url + "/v1/users/me", args, bearer)
             )
+            with blog_with_draft(env, url) as (blog_url, blog_path, author_token):
+                author = {"Authorization": f"Bearer {author_token}"}
+                results.append(
+                    _load(
+                        "GET /v1/author/blogs/{id}  blog service",
+                        blog_url + blog_path,
+                        args,
+                        author,
+                    )
+                )
         twin_env = {**env, "BENCH_DSN": pg.url.replace("+asyncpg", ""), "BENCH_JWKS": jwks}
         results.append(
             _serve_and_load(
@@ -297,6 +423,16 @@ def main() -> None:
                 twin_env,
                 args,
                 headers=bearer,
+            )
+        )
+        results.append(
+            _serve_and_load(
+                "bare_blog_by_id",
+                blog_path,
+                "GET /v1/author/blogs/{id}  bare Starlette+asyncpg",
+                {**twin_env, "BENCH_DSN": pg.url.replace("+asyncpg", "")},
+                args,
+                headers=author,
             )
         )
         servers: list[LoadResult] = []
@@ -316,7 +452,8 @@ def main() -> None:
 
     ratios = {
         "trivial": results[0].requests_per_second / results[1].requests_per_second,
-        "users_me": results[2].requests_per_second / results[3].requests_per_second,
+        "users_me": results[2].requests_per_second / results[4].requests_per_second,
+        "blog_by_id": results[3].requests_per_second / results[5].requests_per_second,
     }
     results.append(framework)
     load_after = os.getloadavg()

@@ -410,24 +410,32 @@ class Supervisor:
     async def _openapi_documents(self) -> dict[str, dict[str, Any]]:
         """Each service's OpenAPI document, from its first instance: the routes it declares for
         the gateway (`x-mosaic-gateway`) are the gateway's routes. A service without a document
-        (404) exposes nothing."""
-        documents: dict[str, dict[str, Any]] = {}
+        (404) exposes nothing. Fetched side by side: each is built on its first request."""
         async with httpx.AsyncClient(timeout=10.0) as client:
-            for service in self.opts.services:
+
+            async def fetch(service: Service) -> dict[str, Any] | None:
                 first = next((i for i in self.instances if i.service is service), None)
                 if first is None:  # no replicas
-                    continue
+                    return None
                 url = first.url + "/openapi.json"
                 try:
                     answer = await client.get(url)
                     if answer.status_code == 404:
                         self.say(f"gateway: {service.name} has no /openapi.json; no routes to it")
-                        continue
+                        return None
                     answer.raise_for_status()
-                    documents[service.name] = answer.json()
+                    document: dict[str, Any] = answer.json()
                 except (httpx.HTTPError, ValueError) as exc:
                     raise StartupError(f"gateway: cannot read {url}: {exc}") from None
-        return documents
+                return document
+
+            services = list(self.opts.services)
+            found = await asyncio.gather(*(fetch(service) for service in services))
+        return {
+            service.name: document
+            for service, document in zip(services, found, strict=True)
+            if document is not None
+        }
 
     async def _bring_up_gateway(self, port: int) -> None:
         began = time.monotonic()

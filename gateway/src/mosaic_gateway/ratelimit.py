@@ -42,17 +42,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 from nats.js.kv import KeyValue
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from mosaic_gateway.problems import GatewayProblem
 from mosaic_kit.logging import get_logger
 from mosaic_kit.nats.kv import encode_kv_key
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = [
     "RATE_LIMITED",
@@ -212,6 +214,9 @@ class RedisWindowCounter:
         timeout: float = 0.5,
         max_connections: int = 32,
     ) -> RedisWindowCounter:
+        # Imported when used: the Redis client is a third of a second of every worker's start.
+        from redis.asyncio import BlockingConnectionPool, Redis
+
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,

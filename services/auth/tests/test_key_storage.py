@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
 from mosaic_auth import keys
-from mosaic_auth.app import build_service
-from mosaic_auth.service import AuthService
+from mosaic_auth.service import AuthService, build_service
 from mosaic_auth.settings import AuthSettings
 from mosaic_devstack.embedded import free_port
 from mosaic_kit.revocation import RevocationSet

@@ -12,14 +12,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from mosaic_auth import __version__, api
-from mosaic_auth.passwords import Passwords
 from mosaic_auth.rpc import endpoints
-from mosaic_auth.service import AuthService
+from mosaic_auth.service import AuthService, build_service
 from mosaic_auth.settings import AuthSettings
 from mosaic_kit.chassis.assembly import Assembly, ServiceDefinition
 from mosaic_kit.contracts import auth as auth_contracts
-from mosaic_kit.revocation import RevocationSet
-from mosaic_kit.sql.db import Database
 
 
 class ServiceKeySource:
@@ -30,15 +27,6 @@ class ServiceKeySource:
 
     async def fetch(self) -> dict[str, Any]:
         return await self._svc.jwks()
-
-
-def build_service(settings: AuthSettings, db: Database, revocations: RevocationSet) -> AuthService:
-    passwords = Passwords(
-        settings.auth_argon2_time_cost,
-        settings.auth_argon2_memory_kib,
-        settings.auth_argon2_parallelism,
-    )
-    return AuthService(db, settings, passwords, revocations)
 
 
 async def assemble(kit: Assembly[AuthSettings]) -> None:

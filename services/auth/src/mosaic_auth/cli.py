@@ -2,6 +2,8 @@
 
 `serve`, `seed` and `rotate-keys` handle private signing keys: without AUTH_SIGNING_KEY_SECRET
 (or AUTH_ALLOW_PLAINTEXT_KEYS=true) they refuse, with the reason on stderr and exit code 2.
+The service's routes and web framework are imported by `serve` and `openapi` only; `seed` and
+`rotate-keys` use the service layer alone.
 """
 
 from __future__ import annotations
@@ -9,32 +11,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 import orjson
 
 from mosaic_auth import keys
-from mosaic_auth.app import AUTH, build_service
 from mosaic_auth.settings import AuthSettings
-from mosaic_kit.revocation import RevocationSet
-from mosaic_kit.sql.db import Database
+from mosaic_kit.fastapi.cli import ServiceCLI
 
-cli = AUTH.cli()
+if TYPE_CHECKING:
+    from mosaic_auth.service import AuthService
+
+cli = ServiceCLI.for_definition("mosaic-auth", AuthSettings, "mosaic_auth.app:AUTH")
+
+
+def _service(settings: AuthSettings) -> AuthService:
+    from mosaic_auth.service import build_service
+    from mosaic_kit.revocation import RevocationSet
+    from mosaic_kit.sql.db import Database
+
+    return build_service(settings, Database.from_settings(settings), RevocationSet())
 
 
 async def _seed(settings: AuthSettings) -> dict[str, object]:
-    db = Database.from_settings(settings)
+    svc = _service(settings)
     try:
-        return await build_service(settings, db, RevocationSet()).seed()
+        return await svc.seed()
     finally:
-        await db.dispose()
+        await svc.db.dispose()
 
 
 async def _rotate(settings: AuthSettings) -> str:
-    db = Database.from_settings(settings)
+    svc = _service(settings)
     try:
-        return await build_service(settings, db, RevocationSet()).rotate_keys()
+        return await svc.rotate_keys()
     finally:
-        await db.dispose()
+        await svc.db.dispose()
 
 
 @cli.command("serve", help="run the HTTP server")

@@ -567,3 +567,13 @@ def _profile(kind: type[P], user: User) -> P:
     return kind(
         id=user.id, name=user.name, profile_pic_url=user.profile_pic_url, roles=sorted(user.roles)
     )
+
+
+def build_service(settings: AuthSettings, db: Database, revocations: RevocationSet) -> AuthService:
+    """The service from its settings: what the app assembles and the operator commands use."""
+    passwords = Passwords(
+        settings.auth_argon2_time_cost,
+        settings.auth_argon2_memory_kib,
+        settings.auth_argon2_parallelism,
+    )
+    return AuthService(db, settings, passwords, revocations)

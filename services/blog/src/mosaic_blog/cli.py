@@ -1,10 +1,14 @@
-"""`mosaic-blog`: serve, migrate, version, openapi (all from the kit)."""
+"""`mosaic-blog`: serve, migrate, version, openapi (all from the kit).
+
+The service (`mosaic_blog.app:BLOG`) is imported by the commands that build it, not by `migrate`.
+"""
 
 from __future__ import annotations
 
-from mosaic_blog.app import BLOG
+from mosaic_blog.settings import BlogSettings
+from mosaic_kit.fastapi.cli import ServiceCLI
 
-cli = BLOG.cli()
+cli = ServiceCLI.for_definition("mosaic-blog", BlogSettings, "mosaic_blog.app:BLOG")
 
 
 def main(argv: list[str] | None = None) -> int:

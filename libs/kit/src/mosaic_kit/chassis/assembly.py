@@ -35,7 +35,6 @@ from mosaic_kit import asyncapi, events
 from mosaic_kit import events as _events
 from mosaic_kit.fastapi.app import create_app
 from mosaic_kit.fastapi.auth import TOKEN_VERIFIER
-from mosaic_kit.fastapi.cli import ServiceCLI
 from mosaic_kit.fastapi.health import ASYNCAPI, ReadinessCheck
 from mosaic_kit.fastapi.parts import DATABASE, Part
 from mosaic_kit.jwks import JwksCache, KeySource
@@ -204,10 +203,6 @@ class ServiceDefinition(Generic[S]):
             routers=self.routers,
             lifespan=lifespan,
         )
-
-    def cli(self) -> ServiceCLI[S]:
-        """`mosaic-<name>` with serve, migrate, version and openapi; services may add commands."""
-        return ServiceCLI(f"mosaic-{self.name}", self.settings, self.app, package=self.package)
 
     async def _start(self, app: FastAPI, settings: S, stack: AsyncExitStack) -> None:
         db = Database.from_settings(settings)
