@@ -234,6 +234,13 @@ def bare_blog_by_id() -> Any:
     return Starlette(routes=[Route("/v1/author/blogs/{blog_id}", blog)], lifespan=lifespan)
 
 
+def _pause_for_profiler(service: str, pid: int) -> None:
+    """With BENCH_PAUSE=SECONDS: time to attach a profiler (py-spy record --pid ...) first."""
+    if os.environ.get("BENCH_PAUSE"):
+        print(f"{service} pid {pid}; loading in {os.environ['BENCH_PAUSE']} s", flush=True)
+        time.sleep(float(os.environ["BENCH_PAUSE"]))
+
+
 @contextmanager
 def blog_with_draft(env: dict[str, str], auth_url: str) -> Iterator[tuple[str, str, str]]:
     """`mosaic-blog` migrated and serving beside the running auth, one draft written by auth's
@@ -265,7 +272,7 @@ def blog_with_draft(env: dict[str, str], auth_url: str) -> Iterator[tuple[str, s
             "description": "A draft read by its author",
             "draftText": "Some words. " * 40,
             "slug": f"bench-{uuid.uuid4().hex[:8]}",
-            "imgUrl": None,
+            "imgUrl": "https://example.com/bench.png",
             "tags": ["bench", "python"],
         }
         made = httpx.post(
@@ -275,6 +282,7 @@ def blog_with_draft(env: dict[str, str], auth_url: str) -> Iterator[tuple[str, s
             timeout=10,
         )
         made.raise_for_status()
+        _pause_for_profiler("blog", server.pid)
         yield url, f"/v1/author/blogs/{made.json()['id']}", token
     finally:
         stop_process(server.pid)
@@ -395,12 +403,7 @@ def main() -> None:
         with auth_with_user(env) as (server, url, token):
             bearer = {"Authorization": f"Bearer {token}"}
             jwks = httpx.get(url + "/v1/auth/jwks.json", timeout=10).text
-            if os.environ.get("BENCH_PAUSE"):
-                # Lets a profiler attach to the service (py-spy record --pid ...) before its run.
-                print(
-                    f"auth pid {server.pid}; loading in {os.environ['BENCH_PAUSE']} s", flush=True
-                )
-                time.sleep(float(os.environ["BENCH_PAUSE"]))
+            _pause_for_profiler("auth", server.pid)
             results.append(
                 _load("GET /v1/users/me  auth service", url + "/v1/users/me", args, bearer)
             )

@@ -115,8 +115,7 @@ class BlogService:
         return blog
 
     async def own(self, author_id: uuid.UUID, blog_id: uuid.UUID) -> Blog:
-        async with self.db.connect() as conn:
-            blog = await store.get_blog(conn, blog_id, author_id=author_id)
+        blog = await store.read_blog(self.db, blog_id, author_id=author_id)
         if blog is None:
             raise _blog_not_found()  # another author's blog is not even admitted to exist
         return blog
@@ -198,8 +197,7 @@ class BlogService:
     # --- editors ------------------------------------------------------------------------------
 
     async def any_blog(self, blog_id: uuid.UUID) -> Blog:
-        async with self.db.connect() as conn:
-            blog = await store.get_blog(conn, blog_id)
+        blog = await store.read_blog(self.db, blog_id)
         if blog is None:
             raise _blog_not_found()
         return blog
@@ -217,8 +215,7 @@ class BlogService:
 
     async def public_by_id(self, blog_id: uuid.UUID) -> tuple[bytes, bool]:
         async def load() -> Blog | None:
-            async with self.db.connect() as conn:
-                return await store.get_blog(conn, blog_id, public=True)
+            return await store.read_blog(self.db, blog_id, public=True)
 
         return await self._cached_one(f"id:{blog_id}", load)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Text, and_, cast, func, select, text, tuple_, update
+from sqlalchemy import Select, Text, and_, bindparam, cast, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from mosaic_blog.models import Author, Blog
 from mosaic_blog.tables import authors, blogs
 from mosaic_blog.workflow import State
+from mosaic_kit.sql.db import Database
 
 _columns = [
     *[c for c in blogs.c if c.name != "search"],
@@ -27,7 +28,10 @@ _public = and_(blogs.c.state == State.PUBLISHED.value, _live)
 
 
 def _blog(row: Row[Any]) -> Blog:
-    m = row._mapping
+    return _blog_of(row._mapping)
+
+
+def _blog_of(m: Mapping[Any, Any]) -> Blog:
     return Blog(
         id=m["id"],
         slug=m["slug"],
@@ -48,6 +52,24 @@ def _blog(row: Row[Any]) -> Blog:
 
 def _select() -> Select[Any]:
     return select(*_columns).select_from(_from)
+
+
+# The reads by id that requests make (an author's blog, an editor's, a public one on a cache
+# miss): built once, run by `Database.read_one` in one round trip.
+_live_by_id = _select().where(blogs.c.id == bindparam("blog_id"), _live)
+_own_by_id = _live_by_id.where(blogs.c.author_id == bindparam("author_id"))
+_public_by_id = _select().where(blogs.c.id == bindparam("blog_id"), _public)
+
+
+async def read_blog(
+    db: Database, blog_id: uuid.UUID, *, public: bool = False, author_id: uuid.UUID | None = None
+) -> Blog | None:
+    """`get_blog` outside a transaction: a live blog (or a public one, or one of the author's)."""
+    if author_id is not None:
+        row = await db.read_one(_own_by_id, {"blog_id": blog_id, "author_id": author_id})
+    else:
+        row = await db.read_one(_public_by_id if public else _live_by_id, {"blog_id": blog_id})
+    return _blog_of(row) if row else None
 
 
 async def insert_blog(conn: AsyncConnection, values: dict[str, Any]) -> None:
