@@ -199,11 +199,18 @@ def test_limits_caching_and_rate_limits_per_route(
         ("GET", "/v1/blogs/by-slug/{}"),
         ("GET", "/v1/blogs/{}/similar"),
     }
+    views = {"/v1/blogs/{}", "/v1/blogs/by-slug/{}"}
     for route in parsed.routes:
         # 0 would mean "no limit" to the gateway.
         assert route.max_body_bytes, route.path
         if route.cache is not None:
-            assert "blog.blog.*" in route.cache.invalidate_on
+            dropped_by = set(route.cache.invalidate_on)
+            # Every change of what the public sees drops the cached reads ...
+            assert dropped_by >= BLOG_CHANGES, route.path
+            # ... a like those of single blogs (the only ones showing counts), and a reader's
+            # other signals none: not `blog.blog.*`, which would take reads and bookmarks too.
+            assert (dropped_by >= LIKES) == (_template(route.path) in views), route.path
+            assert not dropped_by & {"blog.blog.*", "blog.>", "blog.blog.read"}, route.path
             assert route.auth is None or route.auth.jwt != "required"
 
 
@@ -241,6 +248,48 @@ INTENDED: dict[str, dict[str, Any]] = {
 }
 
 
+BLOG_CHANGES = {
+    "blog.blog.published",
+    "blog.blog.updated",
+    "blog.blog.unpublished",
+    "blog.blog.deleted",
+    "auth.user.updated",
+}
+LIKES = {"blog.blog.liked", "blog.blog.unliked"}
+_READ_CACHE = {"ttl": "10s", "vary_headers": ["accept"]}
+_TABLE_CACHE = {**_READ_CACHE, "invalidate_on": ["blog.blog.*", "auth.user.updated"]}
+for _key, _events in (
+    ("GET /v1/blogs", BLOG_CHANGES),
+    ("GET /v1/blogs/{}/similar", BLOG_CHANGES),
+    ("GET /v1/blogs/{}", BLOG_CHANGES | LIKES),
+    ("GET /v1/blogs/by-slug/{}", BLOG_CHANGES | LIKES),
+):
+    # Readers' signals (issue 11) are blog.blog.* events too: the cached reads now name the
+    # events that change them, so a read or a bookmark drops nothing.
+    INTENDED[_key] = {"cache": (_TABLE_CACHE, {**_READ_CACHE, "invalidate_on": _events})}
+
+_SIGNAL_ROUTE = {
+    "backend": "blog",
+    "auth": {"jwt": "required"},
+    "headers": {"accept", "content-type", "x-api-key", "authorization"},
+    "query": set(),
+    "max_body_bytes": "1KiB",
+    "cache": None,
+    "rate_limit": None,
+}
+ADDED: dict[str, dict[str, Any]] = {
+    f"{method} /v1/blogs/{{}}/{what}": _SIGNAL_ROUTE
+    for method, what in (
+        ("PUT", "like"),
+        ("DELETE", "like"),
+        ("PUT", "bookmark"),
+        ("DELETE", "bookmark"),
+        ("POST", "reads"),
+    )
+}
+"""Routes added since the table: readers' signals, any reader with a token."""
+
+
 def _policy(route: dict[str, Any]) -> dict[str, Any]:
     """A route's policy, allow-lists as sets (their order means nothing to the gateway)."""
     return {
@@ -259,7 +308,9 @@ def test_the_generated_routes_hold_the_policies_of_the_table_they_replace(
 ) -> None:
     generated = {f"{method} {path}": _policy(route) for (method, path), route in routes.items()}
     before = {key: _policy({**route, "path": ""}) for key, route in BEFORE.items()}
-    assert set(generated) == set(before)
+    assert set(generated) == set(before) | set(ADDED)
+    for key, policy in ADDED.items():
+        assert generated[key] == policy, key
     for key, was in before.items():
         now = generated[key]
         for field, (old, new) in INTENDED.get(key, {}).items():
@@ -267,6 +318,13 @@ def test_the_generated_routes_hold_the_policies_of_the_table_they_replace(
                 assert old in was["headers"], key
                 assert old not in now["headers"], key
                 was["headers"].discard(old)
+            elif field == "cache":
+                assert was["cache"] == old, key
+                assert {**now["cache"], "invalidate_on": set(now["cache"]["invalidate_on"])} == {
+                    **new,
+                    "invalidate_on": set(new["invalidate_on"]),
+                }, key
+                was["cache"] = now["cache"]
             else:
                 assert (was[field], now[field]) == (old, new), key
                 was[field] = new

@@ -209,3 +209,52 @@ def test_service_errors_pass_through_the_gateway_unchanged(system: System) -> No
             f"/v1/author/blogs/{first.json()['id']}/withdraw", headers=author["headers"]
         )
         assert_problem(withdraw, 409, "blog.bad_state")
+
+
+def test_readers_like_bookmark_and_read_through_the_gateway(system: System) -> None:
+    """A like shows on the blog's cached public view at once (the gateway drops it on the
+    `blog.blog.liked` event), repeats change nothing, and a blog not public is not found."""
+    with system.client() as http, system.client(api_key=None) as anonymous:
+        author = with_roles(http, system, "Lia Kes", "AUTHOR")
+        editor = with_roles(http, system, "Ed Likes", "EDITOR")
+        readers = [bearer(signed_up(http, f"Reader {n}")["tokens"]["accessToken"]) for n in (1, 2)]
+        tag = f"t{uuid.uuid4().hex[:8]}"
+        created = http.post(
+            "/v1/author/blogs",
+            json=_draft(f"e2e-{uuid.uuid4().hex[:8]}", tag),
+            headers=author["headers"],
+        )
+        blog_id = created.json()["id"]
+        # Not public yet: not found for a signal.
+        assert_problem(
+            http.put(f"/v1/blogs/{blog_id}/like", headers=readers[0]), 404, "blog.not_found"
+        )
+        http.post(f"/v1/author/blogs/{blog_id}/submit", headers=author["headers"])
+        assert (
+            http.post(f"/v1/editor/blogs/{blog_id}/publish", headers=editor["headers"]).status_code
+            == 200
+        )
+        view = f"/v1/blogs/{blog_id}"
+        first = eventually(lambda: http.get(view), lambda r: r.status_code == 200, INVALIDATION)
+        assert first.json()["likes"] == 0
+        assert http.get(view).json()["likes"] == 0  # now cached at the gateway
+
+        for reader in (*readers, readers[0]):  # the first reader twice: one like
+            assert http.put(f"{view}/like", headers=reader).status_code == 200
+        liked = eventually(lambda: http.get(view), lambda r: r.json()["likes"] == 2, INVALIDATION)
+        assert liked.json()["likes"] == 2, "the cached view kept the old count"
+        assert http.delete(f"{view}/like", headers=readers[1]).json() == {
+            "liked": False,
+            "likes": 1,
+        }
+        unliked = eventually(lambda: http.get(view), lambda r: r.json()["likes"] == 1, INVALIDATION)
+        assert unliked.json()["likes"] == 1
+
+        assert http.put(f"{view}/bookmark", headers=readers[0]).status_code == 204
+        assert http.post(f"{view}/reads", headers=readers[0]).status_code == 204
+        assert http.post(f"{view}/reads", headers=readers[0]).status_code == 204
+        # A signal needs a reader's token, and an API key like every route.
+        assert_problem(http.put(f"{view}/like"), 401, "auth.token_missing")
+        assert_problem(
+            anonymous.put(f"{view}/like", headers=readers[0]), 401, "auth.apikey_missing"
+        )

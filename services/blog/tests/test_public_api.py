@@ -36,7 +36,9 @@ async def test_only_published_blogs_are_public(
     blog = await platform.published(author, editor)
     by_id = await platform.blog_b.get(f"/v1/blogs/{blog['id']}")
     assert by_id.status_code == 200
-    assert set(by_id.json()) == PUBLIC_FIELDS  # no draftText, no state
+    # No draftText, no state; a single blog shows its like count (lists do not).
+    assert set(by_id.json()) == PUBLIC_FIELDS | {"likes"}
+    assert by_id.json()["likes"] == 0
     assert by_id.json()["author"]["name"] == "Ada Author"
     by_slug = await platform.blog_b.get(f"/v1/blogs/by-slug/{blog['slug'].upper()}")
     assert by_slug.json()["id"] == blog["id"]

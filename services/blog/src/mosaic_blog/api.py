@@ -11,7 +11,7 @@ from pydantic import AnyHttpUrl, Field, StringConstraints, field_validator
 
 from mosaic_blog.service import BlogService, Page, normalise_slug, normalise_tags, valid_slug
 from mosaic_blog.workflow import Action, State
-from mosaic_kit.fastapi.auth import require_roles
+from mosaic_kit.fastapi.auth import current_principal, require_roles
 from mosaic_kit.fastapi.gateway import through_gateway
 from mosaic_kit.fastapi.idempotency import IdempotencyGuard
 from mosaic_kit.fastapi.parts import Part
@@ -19,6 +19,7 @@ from mosaic_kit.openapi import (
     CURSOR_PROBLEMS,
     IDEMPOTENCY_PROBLEMS,
     ROLE_PROBLEMS,
+    TOKEN_PROBLEMS,
     route_responses,
 )
 from mosaic_kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -43,13 +44,26 @@ JSON = "application/json"
 # A draft's text is up to 50,000 characters, which JSON may escape to six bytes each.
 BLOG_JSON = "512KiB"
 # Public reads are cached at the gateway and dropped by the events that change what they show:
-# the blog's own (publish, update, unpublish, delete) at once. An author's new name reaches the
-# blog's read model by an event the gateway sees too, possibly before this service has applied
-# it, so such a change may show up to one TTL late; hence a short TTL.
+# the blog's own (publish, update, unpublish, delete) at once, and for the views of single blogs,
+# which show like counts, likes too (a reader's other signals change no public view). An
+# author's new name reaches the blog's read model by an event the gateway sees too, possibly
+# before this service has applied it, so such a change may show up to one TTL late; hence a short
+# TTL. A new event type that changes what the public sees must be added here.
+_BLOG_CHANGES = [
+    "blog.blog.published",
+    "blog.blog.updated",
+    "blog.blog.unpublished",
+    "blog.blog.deleted",
+    "auth.user.updated",
+]
 PUBLIC_READ_CACHE: dict[str, Any] = {
     "ttl": "10s",
     "vary_headers": ["accept"],
-    "invalidate_on": ["blog.blog.*", "auth.user.updated"],
+    "invalidate_on": _BLOG_CHANGES,
+}
+BLOG_VIEW_CACHE: dict[str, Any] = {
+    **PUBLIC_READ_CACHE,
+    "invalidate_on": [*_BLOG_CHANGES, "blog.blog.liked", "blog.blog.unliked"],
 }
 
 
@@ -124,9 +138,18 @@ class PublicBlog(ResponseBody):
     updated_at: datetime
 
 
-class FullBlog(PublicBlog):
+class BlogDetail(PublicBlog):
+    likes: int = Field(ge=0, description="How many readers like it.")
+
+
+class FullBlog(BlogDetail):
     draft_text: str
     state: State
+
+
+class Liked(ResponseBody):
+    liked: bool
+    likes: int = Field(ge=0, description="Its like count after this request.")
 
 
 class PublicPage(ResponseBody):
@@ -146,6 +169,7 @@ class FullPage(ResponseBody):
 SERVICE: Part[BlogService] = Part("the blog service")
 
 Service = Annotated[BlogService, Depends(SERVICE)]
+Reader = Annotated[Principal, Depends(current_principal)]
 Author = Annotated[Principal, Depends(require_roles("AUTHOR"))]
 Editor = Annotated[Principal, Depends(require_roles("EDITOR"))]
 
@@ -200,10 +224,10 @@ async def list_blogs(
 
 @router.get(
     "/blogs/by-slug/{slug}",
-    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
+    openapi_extra=through_gateway(cache=BLOG_VIEW_CACHE),
     tags=["public"],
     summary="A published blog by its slug",
-    responses=route_responses({404: "blog.not_found"}, answer=PublicBlog),
+    responses=route_responses({404: "blog.not_found"}, answer=BlogDetail),
 )
 async def blog_by_slug(
     slug: Annotated[Text, StringConstraints(max_length=200)], svc: Service
@@ -213,10 +237,10 @@ async def blog_by_slug(
 
 @router.get(
     "/blogs/{blog_id}",
-    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
+    openapi_extra=through_gateway(cache=BLOG_VIEW_CACHE),
     tags=["public"],
     summary="A published blog",
-    responses=route_responses({404: "blog.not_found"}, answer=PublicBlog),
+    responses=route_responses({404: "blog.not_found"}, answer=BlogDetail),
 )
 async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.public_by_id(blog_id))
@@ -231,6 +255,72 @@ async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
 )
 async def similar_blogs(blog_id: uuid.UUID, svc: Service) -> Response:
     return _cached(*await svc.similar(blog_id))
+
+
+# --- readers' signals ---------------------------------------------------------------------------
+
+SIGNAL = route_responses(TOKEN_PROBLEMS, {404: "blog.not_found"})
+
+
+@router.put(
+    "/blogs/{blog_id}/like",
+    openapi_extra=through_gateway(),
+    tags=["readers"],
+    summary="Like a published blog (again: no change)",
+    responses=route_responses(TOKEN_PROBLEMS, {404: "blog.not_found"}, answer=Liked),
+)
+async def like_blog(blog_id: uuid.UUID, svc: Service, reader: Reader) -> dict[str, Any]:
+    return {"liked": True, "likes": await svc.like(_uid(reader), blog_id, True)}
+
+
+@router.delete(
+    "/blogs/{blog_id}/like",
+    openapi_extra=through_gateway(),
+    tags=["readers"],
+    summary="Take back a like (none: no change)",
+    responses=route_responses(TOKEN_PROBLEMS, {404: "blog.not_found"}, answer=Liked),
+)
+async def unlike_blog(blog_id: uuid.UUID, svc: Service, reader: Reader) -> dict[str, Any]:
+    return {"liked": False, "likes": await svc.like(_uid(reader), blog_id, False)}
+
+
+@router.put(
+    "/blogs/{blog_id}/bookmark",
+    openapi_extra=through_gateway(),
+    status_code=204,
+    tags=["readers"],
+    summary="Bookmark a published blog (again: no change)",
+    responses=SIGNAL,
+)
+async def bookmark_blog(blog_id: uuid.UUID, svc: Service, reader: Reader) -> Response:
+    await svc.bookmark(_uid(reader), blog_id, True)
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/blogs/{blog_id}/bookmark",
+    openapi_extra=through_gateway(),
+    status_code=204,
+    tags=["readers"],
+    summary="Remove a bookmark (none: no change)",
+    responses=SIGNAL,
+)
+async def unbookmark_blog(blog_id: uuid.UUID, svc: Service, reader: Reader) -> Response:
+    await svc.bookmark(_uid(reader), blog_id, False)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/blogs/{blog_id}/reads",
+    openapi_extra=through_gateway(),
+    status_code=204,
+    tags=["readers"],
+    summary="Record that I read a published blog (once a day counts)",
+    responses=SIGNAL,
+)
+async def read_blog(blog_id: uuid.UUID, svc: Service, reader: Reader) -> Response:
+    await svc.read(_uid(reader), blog_id)
+    return Response(status_code=204)
 
 
 # --- authors ------------------------------------------------------------------------------------

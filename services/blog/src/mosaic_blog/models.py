@@ -40,6 +40,7 @@ class Blog:
     published_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    likes: int = 0
 
     @property
     def is_public(self) -> bool:
@@ -61,5 +62,10 @@ class Blog:
             "updatedAt": _iso(self.updated_at),
         }
 
+    def detail_view(self) -> dict[str, Any]:
+        """The public view of this one blog: with its like count (lists leave it out, so a like
+        changes only the cached views of single blogs)."""
+        return {**self.public_view(), "likes": self.likes}
+
     def full_view(self) -> dict[str, Any]:
-        return {**self.public_view(), "draftText": self.draft_text, "state": self.state.value}
+        return {**self.detail_view(), "draftText": self.draft_text, "state": self.state.value}

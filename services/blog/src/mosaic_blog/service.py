@@ -1,12 +1,18 @@
 """The blog service's rules: authoring, the editorial workflow, and what the public sees.
 
 Writes commit the change and its event together (outbox); after a commit that changes what the
-public sees, the public cache generation is bumped so every replica's next read misses. The bump
-runs in the background (`Invalidator`): a slow or frozen cache backend never holds a response.
+public sees, the cache generation of what it changed is bumped so every replica's next read
+misses: `PUBLIC` (lists, similar blogs) and `VIEWS` (single blogs) for a blog's own changes,
+`VIEWS` alone for a like (only single-blog views show like counts). The bump runs in the
+background (`Invalidator`): a slow or frozen cache backend never holds a response.
+
+Readers' signals (likes, bookmarks, reads) are rows keyed by (blog, reader[, day]): recording one
+twice changes nothing and publishes nothing, so every signal route is idempotent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,8 +35,13 @@ from mosaic_kit.contracts.auth import (
     UserUpdated,
 )
 from mosaic_kit.contracts.blog import (
+    BlogBookmarked,
     BlogDeleted,
+    BlogLiked,
     BlogPublished,
+    BlogRead,
+    BlogUnbookmarked,
+    BlogUnliked,
     BlogUnpublished,
     BlogUpdated,
     BlogView,
@@ -50,7 +61,8 @@ _USER_EVENTS: dict[str, type[UserProfile]] = {
     UserCreated.TYPE: UserCreated,
     UserUpdated.TYPE: UserUpdated,
 }
-PUBLIC = "public"  # the cache generation group of everything the public can read
+PUBLIC = "public"  # the cache generation group of the public lists and similar blogs
+VIEWS = "views"  # ... of the public views of single blogs (by id, by slug)
 SIMILAR_LIMIT = 6
 _SLUG_SEPARATORS = re.compile(r"[\s_]+")
 _SLUG_DASHES = re.compile(r"-{2,}")
@@ -264,22 +276,68 @@ class BlogService:
             if blog.author.name is None and await self.ensure_author(blog.author.id):
                 blog = await load()
                 assert blog is not None
-            return _encode(blog.public_view())
+            return _encode(blog.detail_view())
 
-        return await self._read(key, load_view)
+        return await self._read(key, load_view, VIEWS)
 
     async def _read(
-        self, key: str, load: Callable[[], Awaitable[bytes | None]]
+        self, key: str, load: Callable[[], Awaitable[bytes | None]], group: str = PUBLIC
     ) -> tuple[bytes, bool]:
-        generation = await self.invalidator.generation(PUBLIC)
+        generation = await self.invalidator.generation(group)
         body, hit = await cached(self.cache, f"{generation}:{key}", self.cache_ttl, load)
         if body is None:
             raise _blog_not_found()
         return body, hit
 
-    async def _invalidate(self) -> None:
-        # After the commit: the bump is retried in the background until it lands.
-        await self.invalidator.invalidate(PUBLIC)
+    async def _invalidate(self, *groups: str) -> None:
+        # After the commit: the bump is retried in the background until it lands. Both groups
+        # are marked before either waits, so they land in one round.
+        await asyncio.gather(*(self.invalidator.invalidate(g) for g in groups or (PUBLIC, VIEWS)))
+
+    # --- readers' signals ---------------------------------------------------------------------
+
+    async def like(self, user_id: uuid.UUID, blog_id: uuid.UUID, liked: bool) -> int:
+        """Like (or unlike) a published blog; its like count after. Idempotent."""
+        async with self.db.transaction() as conn:
+            count = await store.public_like_count(conn, blog_id)
+            if count is None:
+                raise _blog_not_found()
+            if liked:
+                changed = await store.add_signal(conn, "like", blog_id, user_id)
+            else:
+                changed = await store.remove_signal(conn, "like", blog_id, user_id)
+            if changed:
+                count = await store.add_to_like_count(conn, blog_id, 1 if liked else -1)
+                kind = BlogLiked if liked else BlogUnliked
+                await outbox.add(conn, kind(blog_id=blog_id, user_id=user_id, likes=count).event())
+        if changed:
+            await self._invalidate(VIEWS)
+        return count
+
+    async def bookmark(self, user_id: uuid.UUID, blog_id: uuid.UUID, kept: bool) -> None:
+        """Bookmark (or un-bookmark) a published blog. Idempotent; private: no cache changes."""
+        async with self.db.transaction() as conn:
+            if await store.public_like_count(conn, blog_id) is None:
+                raise _blog_not_found()
+            if kept:
+                changed = await store.add_signal(conn, "bookmark", blog_id, user_id)
+            else:
+                changed = await store.remove_signal(conn, "bookmark", blog_id, user_id)
+            if changed:
+                kind = BlogBookmarked if kept else BlogUnbookmarked
+                await outbox.add(conn, kind(blog_id=blog_id, user_id=user_id).event())
+
+    async def read(self, user_id: uuid.UUID, blog_id: uuid.UUID) -> bool:
+        """Record that the reader read a published blog; False when they already did today (UTC):
+        repeated reads within a day count once."""
+        day = datetime.now(UTC).date()
+        async with self.db.transaction() as conn:
+            if await store.public_like_count(conn, blog_id) is None:
+                raise _blog_not_found()
+            counted = await store.add_read(conn, blog_id, user_id, day)
+            if counted:
+                await outbox.add(conn, BlogRead(blog_id=blog_id, user_id=user_id, day=day).event())
+        return counted
 
     # --- authors (read model) -----------------------------------------------------------------
 

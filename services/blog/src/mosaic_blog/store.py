@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from typing import Any, Literal
 
-from sqlalchemy import Select, Text, and_, bindparam, cast, func, select, text, tuple_, update
+from sqlalchemy import (
+    Select,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_blog.models import Author, Blog
-from mosaic_blog.tables import authors, blogs
+from mosaic_blog.tables import authors, blogs, bookmarks, likes, reads
 from mosaic_blog.workflow import State
 from mosaic_kit.sql.db import Database
 
@@ -47,6 +60,7 @@ def _blog_of(m: Mapping[Any, Any]) -> Blog:
         published_at=m["published_at"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
+        likes=m["like_count"],
     )
 
 
@@ -70,6 +84,72 @@ async def read_blog(
     else:
         row = await db.read_one(_public_by_id if public else _live_by_id, {"blog_id": blog_id})
     return _blog_of(row) if row else None
+
+
+# --- readers' signals ---------------------------------------------------------------------------
+
+Signal = Literal["like", "bookmark"]
+_SIGNALS: dict[Signal, Table] = {"like": likes, "bookmark": bookmarks}
+
+
+async def public_like_count(conn: AsyncConnection, blog_id: uuid.UUID) -> int | None:
+    """The like count of a published blog; None when it is not published (or gone)."""
+    row = (
+        await conn.execute(select(blogs.c.like_count).where(blogs.c.id == blog_id, _public))
+    ).first()
+    return None if row is None else int(row[0])
+
+
+async def add_signal(
+    conn: AsyncConnection, signal: Signal, blog_id: uuid.UUID, user_id: uuid.UUID
+) -> bool:
+    """Record it; False when it was already there (a concurrent duplicate waits for the first
+    one's commit on the primary key, then finds it)."""
+    table = _SIGNALS[signal]
+    stmt = (
+        insert(table)
+        .values(blog_id=blog_id, user_id=user_id)
+        .on_conflict_do_nothing()
+        .returning(table.c.blog_id)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def remove_signal(
+    conn: AsyncConnection, signal: Signal, blog_id: uuid.UUID, user_id: uuid.UUID
+) -> bool:
+    """Take it back; False when there was none."""
+    table = _SIGNALS[signal]
+    stmt = (
+        delete(table)
+        .where(table.c.blog_id == blog_id, table.c.user_id == user_id)
+        .returning(table.c.blog_id)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def add_to_like_count(conn: AsyncConnection, blog_id: uuid.UUID, delta: int) -> int:
+    """The count after adding `delta` (its content did not change: `updated_at` stays)."""
+    stmt = (
+        update(blogs)
+        .where(blogs.c.id == blog_id)
+        .values(like_count=blogs.c.like_count + delta)
+        .returning(blogs.c.like_count)
+    )
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def add_read(
+    conn: AsyncConnection, blog_id: uuid.UUID, user_id: uuid.UUID, day: date
+) -> bool:
+    """Record a read on `day`; False when this reader already read it that day."""
+    stmt = (
+        insert(reads)
+        .values(blog_id=blog_id, user_id=user_id, day=day)
+        .on_conflict_do_nothing()
+        .returning(reads.c.blog_id)
+    )
+    return (await conn.execute(stmt)).first() is not None
 
 
 async def insert_blog(conn: AsyncConnection, values: dict[str, Any]) -> None:

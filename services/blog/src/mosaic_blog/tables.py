@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     CheckConstraint,
     Column,
     Computed,
+    Date,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -44,12 +48,15 @@ blogs = Table(
     Column("author_id", UUID(as_uuid=True), nullable=False),
     Column("state", String(16), nullable=False),
     Column("score", Integer, nullable=False, server_default="0"),
+    # Kept by the transaction that adds or removes a like: the public view reads one row.
+    Column("like_count", Integer, nullable=False, server_default="0"),
     Column("published_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("deleted_at", DateTime(timezone=True)),
     Column("search", TSVECTOR, Computed(SEARCH_VECTOR, persisted=True)),
     CheckConstraint("state IN ('draft', 'submitted', 'published')", name="state"),
+    CheckConstraint("like_count >= 0", name="like_count"),
 )
 _live = text("deleted_at IS NULL")
 _public = text("state = 'published' AND deleted_at IS NULL")
@@ -88,6 +95,24 @@ authors = Table(
     # occurredAt of the event this row reflects: an older event never overwrites a newer one.
     Column("as_of", DateTime(timezone=True), nullable=False),
 )
+
+
+def _signal_table(name: str, *extra: Column[Any]) -> Table:
+    """A reader's signal on a blog: one row per (blog, user[, ...]), its key makes it idempotent."""
+    return Table(
+        name,
+        metadata,
+        Column("blog_id", UUID(as_uuid=True), ForeignKey("blogs.id"), primary_key=True),
+        Column("user_id", UUID(as_uuid=True), primary_key=True),
+        *extra,
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+likes = _signal_table("likes")
+bookmarks = _signal_table("bookmarks")
+# One row per reader, blog and UTC day: reading again the same day counts once.
+reads = _signal_table("reads", Column("day", Date, primary_key=True))
 
 outbox = outbox_table(metadata)
 processed_events = processed_events_table(metadata)
