@@ -18,16 +18,13 @@ import pytest
 import yaml
 from fastapi import APIRouter, Depends, Query
 
-from mosaic_auth.app import create_auth_app
-from mosaic_auth.settings import AuthSettings
-from mosaic_blog.app import create_blog_app
-from mosaic_blog.settings import BlogSettings
 from mosaic_devstack.gateway_config import (
     GatewayConfigError,
     GatewaySettings,
     gateway_config,
     render,
 )
+from mosaic_devstack.services import load_registry
 from mosaic_gateway.config import parse_config
 from mosaic_kit.fastapi.app import create_app
 from mosaic_kit.fastapi.auth import require_roles
@@ -49,11 +46,13 @@ def _template(path: str) -> str:
 
 @pytest.fixture(scope="module")
 def documents() -> dict[str, dict[str, Any]]:
-    """The services' OpenAPI documents, as `mosaic up` reads them from the instances."""
-    return {
-        "auth": create_auth_app(AuthSettings.load()).openapi(),
-        "blog": create_blog_app(BlogSettings.load()).openapi(),
-    }
+    """Every registered service's OpenAPI document, as `mosaic up` reads them from the
+    instances."""
+    documents = {}
+    for service in load_registry():
+        definition = service.load_definition()
+        documents[service.name] = definition.app(definition.settings.load()).openapi()
+    return documents
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,9 @@ def test_the_written_file_is_what_the_gateway_accepts(config: dict[str, Any]) ->
     assert (parsed.server.admin.listen, parsed.server.admin.port) == ("127.0.0.1", 9901)
     assert parsed.nats is not None
     assert parsed.nats.url == "nats://127.0.0.1:4222"
-    for name in ("auth", "blog"):
+    names = [service.name for service in load_registry()]
+    assert set(parsed.backends) == set(names)
+    for name in names:
         backend = parsed.backends[name]
         # Instances come from the services' own announcements, not from a list.
         assert backend.instances is None
@@ -103,13 +104,13 @@ def test_the_written_file_is_what_the_gateway_accepts(config: dict[str, Any]) ->
         assert backend.discovery.nats is not None
         assert backend.discovery.nats.service == name
         assert backend.health_check is not None
-    # Operable from the first run: access log, metrics, both APIs documented at /docs.
+    # Operable from the first run: access log, metrics, every API documented at /docs.
     assert parsed.observability.access_log.enabled
     assert parsed.observability.metrics.enabled
     assert not parsed.observability.tracing.enabled  # nowhere to send spans
     assert parsed.docs is not None
     assert parsed.docs.path == "/docs"
-    assert parsed.docs.sources == {"auth": "/openapi.json", "blog": "/openapi.json"}
+    assert parsed.docs.sources == dict.fromkeys(names, "/openapi.json")
     traced = gateway_config(
         GatewaySettings(**{**SETTINGS.__dict__, "otlp_endpoint": "http://otel:4318"}), {}
     )
@@ -222,7 +223,9 @@ def test_a_failing_or_hung_replica_counts_against_it_and_idempotent_requests_go_
     hung case well before the request timeout (gateway/tests/test_retry_faults.py runs it)."""
     parsed = parse_config(render(config, "gateway.yaml"), "gateway.yaml")
     request_timeout = parsed.server.timeouts.request
-    for name in ("auth", "blog"):
+    names = [service.name for service in load_registry()]
+    assert set(parsed.backends) == set(names)
+    for name in names:
         backend = parsed.backends[name]
         assert 503 in backend.ejection.statuses
         assert {"connect_error", 503} <= set(backend.retries.on)
@@ -287,7 +290,31 @@ ADDED: dict[str, dict[str, Any]] = {
         ("POST", "reads"),
     )
 }
-"""Routes added since the table: readers' signals, any reader with a token."""
+ADDED.update(
+    {
+        "GET /v1/recommendations/me": {
+            **_SIGNAL_ROUTE,
+            "backend": "reco",
+            "query": {"limit", "exclude", "tag"},
+        },
+        "GET /v1/recommendations/blogs/{}": {
+            **_SIGNAL_ROUTE,
+            "backend": "reco",
+            "auth": {},
+            "headers": {"accept", "content-type", "x-api-key"},
+            "query": {"limit"},
+        },
+        "GET /v1/recommendations/trending": {
+            **_SIGNAL_ROUTE,
+            "backend": "reco",
+            "auth": {},
+            "headers": {"accept", "content-type", "x-api-key"},
+            "query": {"tag", "window", "limit"},
+        },
+    }
+)
+"""Routes added since the table: readers' signals (any reader with a token) and the reco
+service's."""
 
 
 def _policy(route: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,3 @@
+"""Mosaic reco service."""
+
+__version__ = "0.1.0"
