@@ -127,3 +127,17 @@ def test_invalid_environment_value_is_rejected(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("DB_POOL_SIZE", "zero")
     with pytest.raises(ValidationError, match="db_pool_size"):
         ServiceSettings.load()
+
+
+@pytest.mark.parametrize(
+    "schema", ['auth"; DROP SCHEMA auth; --', "Auth", "1abc", "", "a-b", "x" * 49, "blog schema"]
+)
+def test_a_schema_that_is_not_a_plain_identifier_is_refused(schema: str) -> None:
+    # It is quoted into DDL (migrations, a rebuild's `<schema>_next_<hex>`): identifiers only.
+    with pytest.raises(ValidationError, match="a schema is 1-48 of a-z"):
+        ServiceSettings(db_schema=schema)
+
+
+def test_a_plain_schema_is_taken() -> None:
+    assert ServiceSettings(db_schema="t_0123abcd").db_schema == "t_0123abcd"
+    assert ServiceSettings(db_schema="x" * 48).db_schema == "x" * 48

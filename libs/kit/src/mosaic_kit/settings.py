@@ -11,13 +11,16 @@ field itself (`auth_access_token_ttl` -> `AUTH_ACCESS_TOKEN_TTL`).
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServiceSettings"]
+
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
 
 def _default_instance_id() -> str:
@@ -78,6 +81,15 @@ class ServiceSettings(BaseSettings):
         description="HTTP address other processes reach this instance at, published for "
         "discovery in $SRV.INFO (default: http://HOST:PORT).",
     )
+
+    @field_validator("db_schema", check_fields=False)
+    @classmethod
+    def _check_schema(cls, schema: str) -> str:
+        # Quoted into DDL by migrations and tools (a rebuild's `<schema>_next_<hex>`): an
+        # identifier, short enough for what is derived from it to fit PostgreSQL's 63 bytes.
+        if not _SCHEMA.fullmatch(schema):
+            raise ValueError("a schema is 1-48 of a-z, 0-9 and _, not starting with a digit")
+        return schema
 
     def http_url(self) -> str:
         """Where this instance's HTTP API is reached (for discovery)."""
