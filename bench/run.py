@@ -14,6 +14,7 @@ BENCHMARKS = [
     "gateway_proxy.py",
     "service_chassis.py",
     "gateway_worker_start.py",
+    "reco_eval.py",
 ]
 
 

@@ -187,10 +187,20 @@ def _write_files(root: Path, files: dict[Path, str]) -> None:
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-        for relative in sorted({Path(*p.parts[:2]) for p in files}):
-            destination = root / relative
+        for group in sorted({Path(*p.parts[:2]) for p in files}):
+            destination = root / group
             destination.parent.mkdir(parents=True, exist_ok=True)
-            (staging / relative).rename(destination)
+            if not destination.exists():
+                (staging / group).rename(destination)  # the service's folder: in at once
+                continue
+            # A folder other services share (docs/services): file by file, none replaced (a
+            # name already there was refused before anything was written).
+            for relative in sorted(p for p in files if p.parts[:2] == group.parts):
+                target = root / relative
+                if target.exists():
+                    raise FileExistsError(f"{relative} exists")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (staging / relative).rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
