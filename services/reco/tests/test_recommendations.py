@@ -326,3 +326,40 @@ async def test_other_services_ask_over_nats(
         )
     finally:
         await nc.close()
+
+
+async def test_a_reader_counts_towards_the_pairs_of_their_recent_likes_only(
+    client: httpx.AsyncClient, bus: Bus, app: Any
+) -> None:
+    """Co-likes pair a reader's `CO_LIKE_WINDOW` most recent likes: bounded work per like,
+    and an unlike takes back exactly what its like changed."""
+    from mosaic_reco.service import CO_LIKE_WINDOW
+
+    name = tag()
+    blogs = [await bus.blog(f"Window {n}", [name]) for n in range(CO_LIKE_WINDOW + 1)]
+    reader = uuid.uuid4()
+    start = datetime.now(UTC) - timedelta(hours=1)
+    for n, blog in enumerate(blogs):  # oldest first
+        await bus.emit(
+            BlogLiked(blog_id=blog, user_id=reader, likes=1), at=start + timedelta(seconds=n)
+        )
+    await bus.settled(client)
+
+    async def pairs() -> dict[tuple[uuid.UUID, uuid.UUID], int]:
+        async with DATABASE.of(app).connect() as conn:
+            rows = await conn.execute(select(co_likes).where(co_likes.c.blog_id.in_(blogs)))
+            return {(row.blog_id, row.other_id): row.readers for row in rows}
+
+    oldest, newest = blogs[0], blogs[-1]
+    counted = await pairs()
+    window = set(blogs[1:])
+    assert set(counted) == {(a, b) for a in window for b in window if a != b}
+    assert set(counted.values()) == {1}
+    # The newest like taken back: the oldest is among the reader's recent likes again.
+    await bus.emit(
+        BlogUnliked(blog_id=newest, user_id=reader, likes=0), at=start + timedelta(minutes=5)
+    )
+    await bus.settled(client)
+    window = set(blogs[:-1])
+    assert set(await pairs()) == {(a, b) for a in window for b in window if a != b}
+    assert oldest in {a for a, _ in await pairs()}

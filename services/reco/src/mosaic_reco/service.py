@@ -58,6 +58,7 @@ USER_EVENTS: tuple[type[UserProfile], ...] = (UserCreated, UserUpdated)
 W_CO, W_TAG, W_RECENT = 0.6, 0.3, 0.1
 RECENCY_HALF_LIFE_DAYS = 30.0
 SEEDS = 50  # the reader's most recent signals that seed co-engagement
+CO_LIKE_WINDOW = 20  # a reader's most recent likes that count towards co-likes
 PER_SEED = 20  # neighbours read per seed
 TAG_POOL = 200  # newest live cards read per request for tag affinity
 _TYPES = {model.TYPE: model for model in (*BLOG_EVENTS, *USER_EVENTS)}
@@ -101,15 +102,33 @@ class RecoService:
         elif isinstance(data, BlogUnpublished | BlogDeleted):
             await store.hide_card(conn, data.id, at)
         elif isinstance(data, BlogLiked | BlogUnliked):
-            liked = isinstance(data, BlogLiked)
-            await store.lock_reader(conn, data.user_id)
-            if await store.set_flag(conn, data.user_id, data.blog_id, "liked", liked, at):
-                await store.change_co_likes(conn, data.user_id, data.blog_id, 1 if liked else -1)
+            await self._apply_like(conn, data, at)
         elif isinstance(data, BlogBookmarked | BlogUnbookmarked):
             kept = isinstance(data, BlogBookmarked)
             await store.set_flag(conn, data.user_id, data.blog_id, "bookmarked", kept, at)
         elif isinstance(data, BlogRead):
             await store.add_read(conn, data.user_id, data.blog_id, at)
+
+    async def _apply_like(
+        self, conn: Connection, data: BlogLiked | BlogUnliked, at: datetime
+    ) -> None:
+        """A like appears or goes, and with it the reader's pairs of co-liked blogs.
+
+        A reader counts towards the pairs among their `CO_LIKE_WINDOW` most recent likes only:
+        each event then costs at most that many pair changes, whatever the reader's history,
+        and the pairs follow from the current likes alone (so an unlike takes back exactly
+        what its like added, whatever came between)."""
+        liked = isinstance(data, BlogLiked)
+        user, blog = data.user_id, data.blog_id
+        await store.lock_reader(conn, user)
+        before = await store.liked_window(conn, user, CO_LIKE_WINDOW)
+        if not await store.set_flag(conn, user, blog, "liked", liked, at):
+            return
+        await store.change_like_count(conn, blog, 1 if liked else -1)
+        after = await store.liked_window(conn, user, CO_LIKE_WINDOW)
+        gone, came = set(before) - set(after), set(after) - set(before)
+        await store.change_pairs(conn, [(g, o) for g in gone for o in before if o != g], -1)
+        await store.change_pairs(conn, [(c, o) for c in came for o in after if o != c], 1)
 
     async def apply_user_event(self, conn: Connection, event: Event) -> None:
         """Consumer of auth.user.created / updated: author names for the cards."""

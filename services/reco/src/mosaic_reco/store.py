@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Float, and_, bindparam, case, cast, func, literal, select, text, update
+from sqlalchemy import Float, and_, bindparam, case, cast, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.types import String
 
@@ -187,34 +187,43 @@ async def engagements(conn: Connection, user_id: uuid.UUID, limit: int) -> list[
 # --- co-engagement -------------------------------------------------------------------------------
 
 
-async def change_co_likes(
-    conn: Connection, user_id: uuid.UUID, blog_id: uuid.UUID, delta: Literal[1, -1]
-) -> None:
-    """The reader's like of `blog_id` appeared (+1) or went (-1): each pair of it with the
-    reader's other liked blogs, both ways, and its like count."""
-    others = select(signals.c.blog_id).where(
-        signals.c.user_id == user_id, signals.c.liked, signals.c.blog_id != blog_id
+async def liked_window(conn: Connection, user_id: uuid.UUID, size: int) -> list[uuid.UUID]:
+    """The reader's `size` most recent likes (by the time of the like), newest first."""
+    stmt = (
+        select(signals.c.blog_id)
+        .where(signals.c.user_id == user_id, signals.c.liked)
+        .order_by(signals.c.liked_as_of.desc(), signals.c.blog_id)
+        .limit(size)
     )
+    return [row.blog_id for row in await conn.execute(stmt)]
+
+
+async def change_pairs(
+    conn: Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]], delta: Literal[1, -1]
+) -> None:
+    """Count one reader more (or less) for each pair, both ways; pairs down to none go."""
+    if not pairs:
+        return
+    rows = [
+        {"blog_id": one, "other_id": two, "readers": 1}
+        for a, b in pairs
+        for one, two in ((a, b), (b, a))
+    ]
     if delta > 0:
-        for source, target in (
-            (literal(blog_id), signals.c.blog_id),
-            (signals.c.blog_id, literal(blog_id)),
-        ):
-            pairs = select(source, target, literal(1)).where(
-                signals.c.user_id == user_id, signals.c.liked, signals.c.blog_id != blog_id
-            )
-            stmt = insert(co_likes).from_select(["blog_id", "other_id", "readers"], pairs)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[co_likes.c.blog_id, co_likes.c.other_id],
-                set_={"readers": co_likes.c.readers + 1},
-            )
-            await conn.execute(stmt)
-    else:
-        both_ways = ((co_likes.c.blog_id == blog_id) & co_likes.c.other_id.in_(others)) | (
-            (co_likes.c.other_id == blog_id) & co_likes.c.blog_id.in_(others)
+        stmt = insert(co_likes).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[co_likes.c.blog_id, co_likes.c.other_id],
+            set_={"readers": co_likes.c.readers + 1},
         )
-        await conn.execute(update(co_likes).where(both_ways).values(readers=co_likes.c.readers - 1))
-        await conn.execute(co_likes.delete().where(co_likes.c.readers <= 0))
+        await conn.execute(stmt)
+        return
+    keys = [(row["blog_id"], row["other_id"]) for row in rows]
+    chosen = tuple_(co_likes.c.blog_id, co_likes.c.other_id).in_(keys)
+    await conn.execute(update(co_likes).where(chosen).values(readers=co_likes.c.readers - 1))
+    await conn.execute(co_likes.delete().where(chosen, co_likes.c.readers <= 0))
+
+
+async def change_like_count(conn: Connection, blog_id: uuid.UUID, delta: Literal[1, -1]) -> None:
     count = insert(like_counts).values(blog_id=blog_id, readers=max(delta, 0))
     count = count.on_conflict_do_update(
         index_elements=[like_counts.c.blog_id],
