@@ -153,7 +153,7 @@ async def test_breaker_state_health_and_failures_of_an_instance_that_dies(
     )
     client = gateway.client()
     assert (await client.get("/items/1")).status_code == 200
-    labels = {"backend": "echo", "instance": echo.url, "worker": "0"}
+    labels = {"backend": "echo", "upstream_instance": echo.url, "worker": "0"}
     before = scrape(gateway)
     assert before.value("gateway_breaker_state", **labels) == 0
     assert before.value("gateway_instance_ejected", **labels) == 0
@@ -172,7 +172,7 @@ async def test_breaker_state_health_and_failures_of_an_instance_that_dies(
         after.value(
             "gateway_upstream_failures_total",
             backend="echo",
-            instance=echo.url,
+            upstream_instance=echo.url,
             reason="connect_failed",
         )
         == 2
@@ -198,7 +198,10 @@ async def test_retries_are_counted_per_backend_and_reason(
         "gateway_upstream_retries_total", backend="pair", reason="connect_failed"
     )
     failures = result.value(
-        "gateway_upstream_failures_total", backend="pair", instance=dead, reason="connect_failed"
+        "gateway_upstream_failures_total",
+        backend="pair",
+        upstream_instance=dead,
+        reason="connect_failed",
     )
     assert retries == failures == 3  # round robin: every other request met the dead instance
     assert result.value("gateway_requests_total", route=ITEMS, status="200") == 6

@@ -62,7 +62,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "gateway_upstream_failures_total": (
         "Failed tries to reach an instance, by reason (connection refused, timeout, status...).",
-        ("backend", "instance", "reason"),
+        ("backend", "upstream_instance", "reason"),
     ),
     "gateway_upstream_retries_total": (
         "Requests tried again on another instance, by the reason of the failed try.",
@@ -76,19 +76,19 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_requests_in_flight": ("Client requests received and not answered yet.", ()),
     "gateway_breaker_state": (
         "Circuit breaker of an instance: 0 closed, 1 half-open, 2 open.",
-        ("backend", "instance"),
+        ("backend", "upstream_instance"),
     ),
     "gateway_instance_healthy": (
         "1 while the active health checks find the instance healthy.",
-        ("backend", "instance"),
+        ("backend", "upstream_instance"),
     ),
     "gateway_instance_ejected": (
         "1 while passive ejection keeps the instance out of the rotation.",
-        ("backend", "instance"),
+        ("backend", "upstream_instance"),
     ),
     "gateway_instance_outstanding": (
         "Requests in flight to the instance.",
-        ("backend", "instance"),
+        ("backend", "upstream_instance"),
     ),
     "gateway_backend_panic": (
         "1 while no instance is available and the backend spreads over all of them.",
