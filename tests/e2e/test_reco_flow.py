@@ -76,6 +76,15 @@ def test_a_reader_is_recommended_what_a_like_minded_reader_liked(system: System)
         # The gateway's policies: /me needs a token, every route an API key.
         assert_problem(http.get("/v1/recommendations/me"), 401, "auth.token_missing")
         assert_problem(anonymous.get("/v1/recommendations/trending"), 401, "auth.apikey_missing")
+        forged = {"x-api-key": "mk_nobody"}
+        assert_problem(
+            anonymous.get(f"/v1/recommendations/blogs/{first}", headers=forged),
+            403,
+            "auth.apikey_invalid",
+        )
+        assert_problem(
+            http.get(f"/v1/recommendations/blogs/{uuid.uuid4()}"), 404, "reco.blog_not_found"
+        )
         assert_problem(http.get("/v1/recommendations/trending", params={"window": "1y"}), 422)
 
         # Its routes are in the gateway's merged documentation.
