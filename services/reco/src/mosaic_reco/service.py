@@ -122,9 +122,12 @@ class RecoService:
         user, blog = data.user_id, data.blog_id
         await store.lock_reader(conn, user)
         before = await store.liked_window(conn, user, CO_LIKE_WINDOW)
-        if not await store.set_flag(conn, user, blog, "liked", liked, at):
+        flagged = await store.set_flag(conn, user, blog, "liked", liked, at)
+        if not flagged.taken:
             return
-        await store.change_like_count(conn, blog, 1 if liked else -1)
+        if flagged.flipped:
+            await store.change_like_count(conn, blog, 1 if liked else -1)
+        # Even a repeated like moves the blog up the reader's recent likes.
         after = await store.liked_window(conn, user, CO_LIKE_WINDOW)
         gone, came = set(before) - set(after), set(after) - set(before)
         await store.change_pairs(conn, [(g, o) for g in gone for o in before if o != g], -1)

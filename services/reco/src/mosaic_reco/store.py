@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +17,12 @@ from mosaic_reco.models import Card, Engagement
 from mosaic_reco.tables import authors, cards, co_likes, like_counts, signals
 
 Flag = Literal["liked", "bookmarked"]
+
+
+@dataclass(frozen=True)
+class Flagged:
+    taken: bool  # the event was newer than the flag's time
+    flipped: bool  # and changed the flag
 
 
 async def lock_reader(conn: Connection, user_id: uuid.UUID) -> None:
@@ -131,9 +138,10 @@ async def set_flag(
     flag: Flag,
     value: bool,
     as_of: datetime,
-) -> bool:
-    """Set a reader's like or bookmark as of `as_of`; True when it flipped. An event older than
-    the one that last set the flag changes nothing (events may arrive out of order)."""
+) -> Flagged:
+    """Set a reader's like or bookmark as of `as_of`. An event older than the one that last set
+    the flag changes nothing (events may arrive out of order); a newer one is taken even when it
+    confirms the flag (its time is the flag's time now: a like repeated is a recent like)."""
     stamp = signals.c[f"{flag}_as_of"]
     await conn.execute(
         insert(signals).values(user_id=user_id, blog_id=blog_id).on_conflict_do_nothing()
@@ -146,7 +154,7 @@ async def set_flag(
         )
     ).one()
     if row[1] is not None and row[1] >= as_of:
-        return False
+        return Flagged(taken=False, flipped=False)
     values: dict[str, Any] = {flag: value, stamp.name: as_of}
     if value:
         values["engaged_at"] = func.greatest(signals.c.engaged_at, as_of)
@@ -155,7 +163,7 @@ async def set_flag(
         .where(signals.c.user_id == user_id, signals.c.blog_id == blog_id)
         .values(**values)
     )
-    return bool(row[0]) != value
+    return Flagged(taken=True, flipped=bool(row[0]) != value)
 
 
 async def add_read(conn: Connection, user_id: uuid.UUID, blog_id: uuid.UUID, at: datetime) -> None:
