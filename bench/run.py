@@ -15,6 +15,7 @@ BENCHMARKS = [
     "service_chassis.py",
     "gateway_worker_start.py",
     "reco_eval.py",
+    "reco_latency.py",
 ]
 
 
