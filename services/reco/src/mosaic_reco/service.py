@@ -60,7 +60,7 @@ RECENCY_HALF_LIFE_DAYS = 30.0
 SEEDS = 50  # the reader's most recent signals that seed co-engagement
 CO_LIKE_WINDOW = 20  # a reader's most recent likes that count towards co-likes
 PER_SEED = 20  # neighbours read per seed
-TAG_POOL = 200  # newest live cards read per request for tag affinity
+TAG_POOL = 100  # newest live cards with the reader's top tags read per request
 _TYPES = {model.TYPE: model for model in (*BLOG_EVENTS, *USER_EVENTS)}
 
 

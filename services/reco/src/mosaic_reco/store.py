@@ -115,7 +115,8 @@ async def cards_with_tags(
         select(*_card_columns)
         .select_from(_card_from)
         .where(cards.c.live, cards.c.tags.overlap(cast(list(tags), ARRAY(String(50)))))
-        .order_by(cards.c.published_at.desc().nulls_last())
+        # As `ix_cards_live_published` orders (DESC puts NULLs first): read newest first from it.
+        .order_by(cards.c.published_at.desc())
         .limit(limit)
     )
     if author_not is not None:
@@ -240,31 +241,30 @@ async def change_like_count(conn: Connection, blog_id: uuid.UUID, delta: Literal
     await conn.execute(count)
 
 
+_NEIGHBOURS = text(
+    """
+    SELECT s.seed, top.other_id, top.readers, counts.readers AS likes
+    FROM unnest(CAST(:seeds AS uuid[])) AS s(seed)
+    CROSS JOIN LATERAL (
+        SELECT other_id, readers FROM co_likes
+        WHERE blog_id = s.seed ORDER BY readers DESC LIMIT :per_seed
+    ) AS top
+    JOIN cards ON cards.blog_id = top.other_id AND cards.live
+    JOIN like_counts AS counts ON counts.blog_id = top.other_id
+    """
+)
+
+
 async def neighbours(
     conn: Connection, seeds: Sequence[uuid.UUID], per_seed: int
 ) -> list[tuple[uuid.UUID, uuid.UUID, int, int]]:
-    """For each seed, its most co-liked live blogs: (seed, other, readers of both, other's likes)."""
+    """For each seed, its most co-liked live blogs: (seed, other, readers of both, other's likes).
+
+    One index range per seed (`ix_co_likes_top`), however many partners a popular blog has."""
     if not seeds:
         return []
-    ranked = (
-        select(
-            co_likes.c.blog_id,
-            co_likes.c.other_id,
-            co_likes.c.readers,
-            func.row_number()
-            .over(partition_by=co_likes.c.blog_id, order_by=co_likes.c.readers.desc())
-            .label("rank"),
-        )
-        .where(co_likes.c.blog_id.in_(seeds))
-        .subquery()
-    )
-    stmt = (
-        select(ranked.c.blog_id, ranked.c.other_id, ranked.c.readers, like_counts.c.readers)
-        .join(cards, and_(cards.c.blog_id == ranked.c.other_id, cards.c.live))
-        .join(like_counts, like_counts.c.blog_id == ranked.c.other_id)
-        .where(ranked.c.rank <= per_seed)
-    )
-    return [(r[0], r[1], int(r[2]), int(r[3])) for r in await conn.execute(stmt)]
+    rows = await conn.execute(_NEIGHBOURS, {"seeds": list(seeds), "per_seed": per_seed})
+    return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
 
 # --- trending and text similarity ----------------------------------------------------------------
