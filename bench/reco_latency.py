@@ -191,7 +191,9 @@ def main() -> None:
     parser.add_argument("--blogs", type=int, default=20_000)
     parser.add_argument("--signals", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--connections", default="1,32", help="wrk connection counts, comma-separated"
+    )
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
 
@@ -262,24 +264,32 @@ def main() -> None:
         sample = httpx.get(
             reco_url + PATH, headers={"Authorization": f"Bearer {issuer.token(readers[0])}"}
         ).json()
-        for name, base in (
-            ("through the gateway", gateway_url),
-            ("straight at the service", reco_url),
-        ):
-            script = root / f"rotate-{base.rsplit(':', 1)[1]}.lua"
-            script.write_text(ROTATE_TOKENS % (tokens, PATH))
-            run_wrk(
-                "warmup", base + PATH, seconds=2, connections=args.connections, script=str(script)
-            )
-            results.append(
+        for connections in [int(n) for n in args.connections.split(",")]:
+            for name, base in (
+                ("through the gateway", gateway_url),
+                ("straight at the service", reco_url),
+            ):
+                script = root / f"rotate-{base.rsplit(':', 1)[1]}.lua"
+                script.write_text(ROTATE_TOKENS % (tokens, PATH))
+                threads = min(2, connections)
                 run_wrk(
-                    f"GET /v1/recommendations/me  {name}",
+                    "warmup",
                     base + PATH,
-                    seconds=args.seconds,
-                    connections=args.connections,
+                    seconds=2,
+                    connections=connections,
+                    threads=threads,
                     script=str(script),
                 )
-            )
+                results.append(
+                    run_wrk(
+                        f"/me  {name}  c={connections}",
+                        base + PATH,
+                        seconds=args.seconds,
+                        connections=connections,
+                        threads=threads,
+                        script=str(script),
+                    )
+                )
 
         async def stop_keys() -> None:
             await issuer.stop()
