@@ -159,8 +159,13 @@ async def test_an_event_delivered_twice_or_late_changes_nothing(
     now = datetime.now(UTC)
     await bus.emit(BlogUnliked(blog_id=first, user_id=reader, likes=0), at=now)
     await bus.emit(BlogLiked(blog_id=first, user_id=reader, likes=1), at=now - timedelta(seconds=5))
-    # The bookmark's state, last writer by time: bookmarked.
-    await bus.emit(BlogBookmarked(blog_id=second, user_id=reader), at=now)
+    # Every kind of signal delivered twice: applied once.
+    bookmarked = await bus.emit(BlogBookmarked(blog_id=second, user_id=reader), at=now)
+    await bus.send(bookmarked, msg_id=uuid.uuid4().hex)
+    read = await bus.emit(BlogRead(blog_id=second, user_id=reader, day=now.date()), at=now)
+    await bus.send(read, msg_id=uuid.uuid4().hex)
+    unliked = await bus.emit(BlogUnliked(blog_id=first, user_id=reader, likes=0), at=now)
+    await bus.send(unliked, msg_id=uuid.uuid4().hex)
     await bus.emit(
         BlogUpdated(
             id=second,
@@ -183,6 +188,9 @@ async def test_an_event_delivered_twice_or_late_changes_nothing(
             row.blog_id: (row.liked, row.bookmarked)
             for row in await conn.execute(select(signals).where(signals.c.user_id == reader))
         }
+        reads = await conn.scalar(
+            select(signals.c.reads).where(signals.c.user_id == reader, signals.c.blog_id == second)
+        )
         counts = dict(
             (
                 await conn.execute(
@@ -196,6 +204,7 @@ async def test_an_event_delivered_twice_or_late_changes_nothing(
             await conn.execute(select(co_likes).where(co_likes.c.blog_id.in_([first, second])))
         ).all()
     assert rows == {first: (False, False), second: (True, True)}
+    assert reads == 1  # the read delivered twice counts once
     assert counts == {first: 0, second: 1}  # the second like was applied once
     assert pairs == []  # liked together, then not: no co-engagement left
     titles = {
