@@ -55,8 +55,15 @@ def test_a_reader_is_recommended_what_a_like_minded_reader_liked(system: System)
 
         answer = eventually(
             picks,
+            # The third is a tag match as soon as it is published; co-engagement once Ann's like
+            # of it reached the service too, and its author's name once auth's event did.
             lambda r: (
-                r.status_code == 200 and [i["blog"]["id"] for i in r.json()["items"]][:1] == [third]
+                r.status_code == 200
+                and [
+                    (i["blog"]["id"], i["reason"], i["blog"]["author"]["name"])
+                    for i in r.json()["items"]
+                ][:1]
+                == [(third, "co_engagement", "Rhea Writer")]
             ),
             PROPAGATION,
         )
