@@ -38,7 +38,7 @@ import httpx
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from mosaic_devstack.issuer import TokenIssuer
 from mosaic_kit.contracts.blog import BlogLiked, BlogPublished, BlogRead
-from mosaic_kit.events import Event, EventPayload
+from mosaic_kit.events import Event
 from mosaic_kit.nats import jetstream
 from mosaic_kit.nats.connection import connect
 from mosaic_kit.sql.migrations import upgrade_async
@@ -166,11 +166,6 @@ async def feed(js: Any, events: list[Event]) -> None:
         await asyncio.gather(*acks)
 
 
-def at(payload: EventPayload, when: datetime) -> Event:
-    event = payload.event()
-    return Event(id=event.id, type=event.type, occurred_at=when, data=event.data)
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     catalogue, population, interactions = simulate(args.readers, args.blogs, args.per_reader, rng)
@@ -190,28 +185,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return now - timedelta(days=end - day)
 
     events = [
-        at(
-            BlogPublished(
-                id=b.id,
-                slug=f"b-{b.id.hex[:12]}",
-                title=f"Post {b.id.hex[:6]}",
-                description="A simulated post",
-                tags=b.tags,
-                author_id=uuid.uuid4(),
-                published_at=when(b.published),
-            ),
-            when(b.published),
-        )
+        BlogPublished(
+            id=b.id,
+            slug=f"b-{b.id.hex[:12]}",
+            title=f"Post {b.id.hex[:6]}",
+            description="A simulated post",
+            tags=b.tags,
+            author_id=uuid.uuid4(),
+            published_at=when(b.published),
+        ).event(when(b.published))
         for b in sorted(catalogue, key=lambda b: b.published)
         if b.published <= end
     ]
     for i in training:
         moment = when(i.day)
         events.append(
-            at(BlogRead(blog_id=i.blog.id, user_id=i.reader.id, day=moment.date()), moment)
+            BlogRead(blog_id=i.blog.id, user_id=i.reader.id, day=moment.date()).event(moment)
         )
         if i.liked:
-            events.append(at(BlogLiked(blog_id=i.blog.id, user_id=i.reader.id, likes=1), moment))
+            events.append(BlogLiked(blog_id=i.blog.id, user_id=i.reader.id, likes=1).event(moment))
 
     root = Path(tempfile.mkdtemp(prefix="mosaic-reco-eval-"))
     pg = EmbeddedPostgres(root / "pg", free_port(), durable=False)
@@ -280,19 +272,16 @@ async def settle(client: httpx.AsyncClient, js: Any) -> None:
     await feed(
         js,
         [
-            at(
-                BlogPublished(
-                    id=marker,
-                    slug="marker",
-                    title="Marker",
-                    description="m",
-                    tags=["MARKER"],
-                    author_id=uuid.uuid4(),
-                    published_at=stamp,
-                ),
-                stamp,
-            ),
-            at(BlogLiked(blog_id=marker, user_id=uuid.uuid4(), likes=1), stamp),
+            BlogPublished(
+                id=marker,
+                slug="marker",
+                title="Marker",
+                description="m",
+                tags=["MARKER"],
+                author_id=uuid.uuid4(),
+                published_at=stamp,
+            ).event(stamp),
+            BlogLiked(blog_id=marker, user_id=uuid.uuid4(), likes=1).event(stamp),
         ],
     )
     for _ in range(6000):

@@ -60,11 +60,6 @@ end
 """
 
 
-def at(payload: EventPayload, when: datetime) -> Event:
-    made = payload.event()
-    return Event(id=made.id, type=made.type, occurred_at=when, data=made.data)
-
-
 def generate(args: argparse.Namespace, rng: random.Random) -> tuple[list[Event], list[uuid.UUID]]:
     now = datetime.now(UTC)
     blogs = [uuid.uuid4() for _ in range(args.blogs)]
@@ -73,18 +68,15 @@ def generate(args: argparse.Namespace, rng: random.Random) -> tuple[list[Event],
     for index, cluster in enumerate(cluster_of):
         by_cluster.setdefault(cluster, []).append(index)
     events = [
-        at(
-            BlogPublished(
-                id=blog,
-                slug=f"b-{blog.hex[:12]}",
-                title=f"Post {n}",
-                description="generated",
-                tags=[TAGS[cluster_of[n] % len(TAGS)], rng.choice(TAGS)],
-                author_id=uuid.uuid4(),
-                published_at=now - timedelta(days=rng.uniform(0, 60)),
-            ),
-            now - timedelta(days=60),
-        )
+        BlogPublished(
+            id=blog,
+            slug=f"b-{blog.hex[:12]}",
+            title=f"Post {n}",
+            description="generated",
+            tags=[TAGS[cluster_of[n] % len(TAGS)], rng.choice(TAGS)],
+            author_id=uuid.uuid4(),
+            published_at=now - timedelta(days=rng.uniform(0, 60)),
+        ).event(now - timedelta(days=60))
         for n, blog in enumerate(blogs)
     ]
     readers = [uuid.uuid4() for _ in range(args.readers)]
@@ -105,7 +97,7 @@ def generate(args: argparse.Namespace, rng: random.Random) -> tuple[list[Event],
                 payload = BlogLiked(blog_id=blog, user_id=reader, likes=1)
             else:
                 payload = BlogBookmarked(blog_id=blog, user_id=reader)
-            events.append(at(payload, when))
+            events.append(payload.event(when))
     return events, readers
 
 

@@ -557,10 +557,7 @@ def fetch_documents(
                 except httpx.HTTPError as exc:
                     problem = f"{instance.url}: {exc.__class__.__name__}"
                     continue
-                if response.status_code != 200:
-                    problem = f"{instance.url}: status {response.status_code}"
-                    continue
-                document = parse_document(response.content)
+                document = _answered_document(response)
                 if isinstance(document, str):
                     problem = f"{instance.url}: {document}"
                     continue
@@ -569,6 +566,13 @@ def fetch_documents(
             else:
                 missing.append(f"{name}: {problem}")
     return documents, missing
+
+
+def _answered_document(response: httpx.Response) -> Json | str:
+    """The document an instance answered, or why it is not one."""
+    if response.status_code != 200:
+        return f"status {response.status_code}"
+    return parse_document(response.content)
 
 
 def parse_document(content: bytes) -> Json | str:
@@ -728,10 +732,7 @@ class DocsService:
             except httpx.HTTPError as exc:
                 problem = f"{instance.url}: {exc.__class__.__name__}"
                 continue
-            if response.status_code != 200:
-                problem = f"{instance.url}: status {response.status_code}"
-                continue
-            document = parse_document(response.content)
+            document = _answered_document(response)
             if isinstance(document, str):
                 problem = f"{instance.url}: {document}"
                 continue

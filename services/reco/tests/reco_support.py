@@ -36,10 +36,7 @@ class Bus:
         return event
 
     async def emit(self, payload: EventPayload, at: datetime | None = None) -> Event:
-        event = payload.event()
-        if at is not None:
-            event = Event(id=event.id, type=event.type, occurred_at=at, data=event.data)
-        return await self.send(event)
+        return await self.send(payload.event(at))
 
     async def author(self, name: str) -> uuid.UUID:
         user = uuid.uuid4()

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
 
 from mosaic_kit.contracts.auth import UserCreated, UserUpdated
 from mosaic_kit.contracts.blog import (
@@ -28,6 +27,7 @@ from mosaic_kit.contracts.blog import (
     BlogUpdated,
 )
 from mosaic_kit.events import Event, EventPayload
+from mosaic_kit.sql import processed
 from mosaic_kit.sql.db import Database
 from mosaic_kit.sql.migrations import upgrade_async
 from mosaic_reco.bulk import Feed, bulk_load
@@ -45,8 +45,7 @@ def history(rng: random.Random) -> tuple[list[Event], list[Event]]:
     def event(payload: EventPayload, late: bool = False) -> Event:
         clock[0] += timedelta(seconds=rng.randint(1, 30))
         when = clock[0] - timedelta(minutes=rng.randint(1, 60)) if late else clock[0]
-        made = payload.event()
-        return Event(id=made.id, type=made.type, occurred_at=when, data=made.data)
+        return payload.event(when)
 
     writers = [uuid.uuid4() for _ in range(4)]
     users = [uuid.uuid4() for _ in range(6)]  # many likes each: past the co-like window
@@ -98,13 +97,7 @@ async def incremental(db: Database, svc: RecoService, consumer: str, events: lis
     apply = svc.apply_blog_event if consumer == BLOG else svc.apply_user_event
     for event in events:  # as DurableConsumer does: claim the id, then the handler
         async with db.transaction() as conn:
-            claimed = await conn.execute(
-                insert(processed_events)
-                .values(consumer=consumer, event_id=event.id)
-                .on_conflict_do_nothing()
-                .returning(processed_events.c.event_id)
-            )
-            if claimed.first() is not None:
+            if await processed.claim(conn, consumer, event.id):
                 await apply(conn, event)
 
 

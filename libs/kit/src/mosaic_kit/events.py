@@ -147,9 +147,10 @@ class EventPayload(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
     TYPE: ClassVar[str]
 
-    def event(self) -> Event:
-        """A new event of this type carrying this payload."""
-        return new_event(self.TYPE, self.model_dump(mode="json", by_alias=True))
+    def event(self, occurred_at: datetime | None = None) -> Event:
+        """A new event of this type carrying this payload, happening now (or at `occurred_at`:
+        replays, simulations)."""
+        return new_event(self.TYPE, self.model_dump(mode="json", by_alias=True), occurred_at)
 
     @classmethod
     def of(cls, event: Event) -> Self:
@@ -163,11 +164,12 @@ class EventPayload(BaseModel):
             raise RejectEventError(f"{cls.TYPE}: {exc}") from exc
 
 
-def new_event(type: str, data: dict[str, Any]) -> Event:
-    """An event of `type` (`<service>.<entity>.<what>`) that happens now."""
+def new_event(type: str, data: dict[str, Any], occurred_at: datetime | None = None) -> Event:
+    """An event of `type` (`<service>.<entity>.<what>`) that happens now (or at `occurred_at`)."""
     if not _TYPE.match(type):
         raise ValueError(f"invalid event type {type!r}: expected lower-case dotted tokens")
-    return Event(id=str(uuid.uuid4()), type=type, occurred_at=datetime.now(UTC), data=data)
+    when = datetime.now(UTC) if occurred_at is None else occurred_at
+    return Event(id=str(uuid.uuid4()), type=type, occurred_at=when, data=data)
 
 
 def event_subject(event_type: str) -> str:

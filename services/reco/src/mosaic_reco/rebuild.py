@@ -29,7 +29,6 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_kit.events import (
@@ -41,10 +40,11 @@ from mosaic_kit.events import (
 )
 from mosaic_kit.logging import get_logger
 from mosaic_kit.nats.connection import connect
+from mosaic_kit.sql import processed
 from mosaic_kit.sql.db import Database
 from mosaic_reco.service import BLOG_EVENTS, USER_EVENTS, RecoService
 from mosaic_reco.settings import RecoSettings
-from mosaic_reco.tables import metadata, processed_events
+from mosaic_reco.tables import metadata
 
 log = get_logger("mosaic_reco.rebuild")
 
@@ -53,7 +53,7 @@ Handler = Callable[[AsyncConnection, Event], Awaitable[None]]
 
 
 @dataclass
-class Feed:
+class Replay:
     """One stream replayed into the fresh schema, as one live consumer would apply it."""
 
     service: str
@@ -80,14 +80,14 @@ async def rebuild(settings: RecoSettings) -> Rebuilt:
     into = Database.from_settings(settings.model_copy(update={"db_schema": fresh}))
     nc = await connect(settings.nats_url, f"reco/rebuild-{tag}")
     svc = RecoService(into, trending_half_life_hours=settings.reco_trending_half_life)
-    feeds = [
-        Feed(
+    replays = [
+        Replay(
             "blog",
             settings.reco_blog_consumer,
             [event_subject(model.TYPE) for model in BLOG_EVENTS],
             svc.apply_blog_event,
         ),
-        Feed(
+        Replay(
             "auth",
             settings.reco_authors_consumer,
             [event_subject(model.TYPE) for model in USER_EVENTS],
@@ -100,13 +100,13 @@ async def rebuild(settings: RecoSettings) -> Rebuilt:
         async with into.transaction() as conn:
             await conn.run_sync(metadata.create_all)
         js = nc.jetstream()
-        for feed in feeds:
+        for feed in replays:
             await _replay(js, into, feed)
-        log.info("rebuild_replayed", schema=fresh, events=sum(f.applied for f in feeds))
+        log.info("rebuild_replayed", schema=fresh, events=sum(f.applied for f in replays))
         async with db.transaction() as conn:
             # Writes of the live consumers wait from here to the commit; reads go on.
             await conn.execute(text("LOCK TABLE processed_events IN SHARE ROW EXCLUSIVE MODE"))
-            for feed in feeds:
+            for feed in replays:
                 await _replay(js, into, feed)
             await conn.execute(
                 # The names are identifiers checked by the settings (ServiceSettings.db_schema).
@@ -124,12 +124,12 @@ async def rebuild(settings: RecoSettings) -> Rebuilt:
         await nc.close()
         await into.dispose()
         await db.dispose()
-    done = Rebuilt(live, sum(f.applied for f in feeds), time.monotonic() - began)
+    done = Rebuilt(live, sum(f.applied for f in replays), time.monotonic() - began)
     log.info("rebuild_swapped", schema=live, events=done.events, seconds=round(done.seconds, 2))
     return done
 
 
-async def _replay(js: JetStreamContext, into: Database, feed: Feed) -> None:
+async def _replay(js: JetStreamContext, into: Database, feed: Replay) -> None:
     """Apply the stream's events after `feed.position` up to its current end."""
     stream = stream_name(feed.service)
     try:
@@ -162,18 +162,12 @@ async def _replay(js: JetStreamContext, into: Database, feed: Feed) -> None:
     feed.position = max(feed.position, end)
 
 
-async def _apply(conn: AsyncConnection, feed: Feed, data: bytes) -> bool:
+async def _apply(conn: AsyncConnection, feed: Replay, data: bytes) -> bool:
     try:
         event = Event.from_json(data)
     except MalformedEventError:
         return False  # the live consumer dead-letters it; so does the model: it is left out
-    claimed = await conn.execute(
-        insert(processed_events)
-        .values(consumer=feed.consumer, event_id=event.id)
-        .on_conflict_do_nothing()
-        .returning(processed_events.c.event_id)
-    )
-    if claimed.first() is None:
+    if not await processed.claim(conn, feed.consumer, event.id):
         return False
     try:
         async with conn.begin_nested():

@@ -75,6 +75,13 @@ def _recency(card: Card, now: datetime) -> float:
     return float(0.5 ** (age_days / RECENCY_HALF_LIFE_DAYS))
 
 
+def _fallback_tags(tag: str | None, top_tags: list[str]) -> list[list[str]]:
+    """Where trending fills from, in turn: the asked tag only; else the reader's tags, then all."""
+    if tag is not None:
+        return [[tag]]
+    return [top_tags, []] if top_tags else [[]]
+
+
 class RecoService:
     def __init__(self, db: Database, *, trending_half_life_hours: float = 72.0) -> None:
         self.db = db
@@ -198,14 +205,11 @@ class RecoService:
             picks.sort(key=lambda p: (-p.score, str(p.card.blog_id)))
             picks = picks[:limit]
             if len(picks) < limit:
-                # Cold start, or too few candidates: trending in the reader's tags, then overall.
+                # Cold start, or too few candidates: trending fills the rest.
+                since = now - WINDOWS["30d"]
                 taken = skip | {p.card.blog_id for p in picks}
-                wanted = [tag] if tag is not None else top_tags
-                for tags in ([wanted] if wanted else []) + ([] if tag is not None else [[]]):
-                    more = await self._trending(
-                        conn, now - WINDOWS["30d"], limit + len(taken), tags
-                    )
-                    for pick in more:
+                for tags in _fallback_tags(tag, top_tags):
+                    for pick in await self._trending(conn, since, limit + len(taken), tags):
                         if len(picks) >= limit:
                             break
                         if pick.card.blog_id not in taken and pick.card.author_id != user_id:

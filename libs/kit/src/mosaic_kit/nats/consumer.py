@@ -27,7 +27,6 @@ from nats.js.api import (
 )
 from opentelemetry import trace
 from sqlalchemy import delete, func
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_kit import tracing
@@ -46,7 +45,7 @@ from mosaic_kit.events import (
 from mosaic_kit.logging import get_logger
 from mosaic_kit.sql.db import Database, new_metadata
 from mosaic_kit.sql.outages import connection_lost
-from mosaic_kit.sql.processed import processed_events_table
+from mosaic_kit.sql.processed import claim, processed_events_table
 
 _processed_table = processed_events_table(new_metadata())
 
@@ -275,13 +274,7 @@ class DurableConsumer:
         while True:
             try:
                 async with self._db.transaction() as conn:
-                    claimed = await conn.execute(
-                        pg_insert(_processed_table)
-                        .values(consumer=self.durable, event_id=event.id)
-                        .on_conflict_do_nothing()
-                        .returning(_processed_table.c.event_id)
-                    )
-                    if claimed.first() is None:
+                    if not await claim(conn, self.durable, event.id):
                         return False
                     await self._handler(conn, event)
                 return True
