@@ -16,6 +16,7 @@ BENCHMARKS = [
     "gateway_worker_start.py",
     "reco_eval.py",
     "reco_latency.py",
+    "infra_capacity.py",
 ]
 
 
