@@ -7,6 +7,7 @@ mosaic down                                        stop everything `up` started
 mosaic logs [SERVICE|INSTANCE] [--follow]          the log files, prefixed
 mosaic exec SERVICE COMMAND [ARGS...]              a service's command against the running stack
 mosaic new service NAME [--root DIR]               generate a service on the kit's chassis
+mosaic manifests --overlay dev|prod --out DIR      Kubernetes manifests from the registry
 """
 
 from __future__ import annotations
@@ -189,7 +190,44 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the workspace (default: the current directory)",
     )
+    mf = commands.add_parser(
+        "manifests",
+        help="render Kubernetes manifests from the service registry (docs/kubernetes.md)",
+        description="Write one YAML file per resource and a kustomization.yaml into DIR, for "
+        "`kubectl apply -k DIR`. No secret value is written: DIR/create-secrets.sh lists the "
+        "Secrets to create.",
+    )
+    mf.add_argument("--overlay", required=True, metavar="NAME", help="dev, prod, ... (a TOML)")
+    mf.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    mf.add_argument(
+        "--overlays",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="folder of the overlays (default: deploy/k8s/overlays of the workspace)",
+    )
+    mf.add_argument(
+        "--services",
+        type=Path,
+        metavar="FILE",
+        help="JSON file listing the services instead of the built-in registry",
+    )
     return parser
+
+
+def _manifests(args: argparse.Namespace) -> int:
+    # Imported here: rendering loads every service's app for its OpenAPI document.
+    from mosaic_devstack import manifests
+
+    try:
+        overlay = manifests.load_overlay(args.overlay, args.overlays or manifests.OVERLAYS)
+        services = SERVICES if args.services is None else load_services(args.services)
+        written = manifests.write(services, overlay, args.out)
+    except (manifests.ManifestError, RegistryError) as exc:
+        print(f"mosaic manifests: {exc}", file=sys.stderr)
+        return 2
+    print(f"mosaic manifests: {len(written)} files in {args.out} (kubectl apply -k {args.out})")
+    return 0
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -244,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "new":
         return _new(args)
+    if args.command == "manifests":
+        return _manifests(args)
     data = DataDir.at(args.data)
     console = Console()
     try:
