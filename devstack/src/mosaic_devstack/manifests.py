@@ -35,6 +35,8 @@ GATEWAY_ADMIN_PORT = 9090
 UID = 10001
 SECRETS_DIR = "/var/run/secrets/mosaic"
 GATEWAY_CONFIG_DIR = "/etc/mosaic-gateway"
+# A pod's own emptyDir over a read-only root filesystem, not a shared host directory.
+TMP = "/tmp"  # noqa: S108
 PG_CLUSTER = "mosaic-pg"
 PG_DATABASE = "mosaic"
 # Each service's role is a member, so a service added later can create its schema in the
@@ -54,7 +56,9 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Sizing:
-    replicas: int
+    """How many replicas (the HPA's bounds: the Deployment leaves its count to the HPA, or each
+    `kubectl apply` would reset it) and how big each one is."""
+
     hpa_min: int
     hpa_max: int
     cpu_utilization: int
@@ -81,8 +85,14 @@ class Overlay:
     def image(self, name: str) -> str:
         return f"{self.registry.rstrip('/')}/mosaic-{name}:{self.tag}"
 
-    def sizing(self, service: str) -> Sizing:
-        return self.per_service.get(service, self.service)
+    def sizing(self, service: Service) -> Sizing:
+        sizing = self.per_service.get(service.name, self.service)
+        if service.replicas is not None:
+            # The registry's fixed count (a singleton, say) wins over autoscaling.
+            return Sizing(
+                service.replicas, service.replicas, sizing.cpu_utilization, sizing.resources
+            )
+        return sizing
 
 
 def overlay_names(overlays: Path = OVERLAYS) -> list[str]:
@@ -91,17 +101,15 @@ def overlay_names(overlays: Path = OVERLAYS) -> list[str]:
 
 def _sizing(raw: Mapping[str, Any], base: Sizing | None, where: str) -> Sizing:
     try:
-        hpa = raw.get("hpa", {})
-        replicas = raw.get("replicas", base.replicas if base else None)
+        hpa = dict(raw.get("hpa", {}))
         resources = raw.get("resources", base.resources if base else None)
+        if resources is None:
+            raise ValueError("no resources")
         sizing = Sizing(
-            replicas=int(replicas),  # type: ignore[arg-type]
-            hpa_min=int(hpa.get("min", base.hpa_min if base else replicas)),
-            hpa_max=int(hpa.get("max", base.hpa_max if base else replicas)),
-            cpu_utilization=int(
-                hpa.get("cpu_utilization", base.cpu_utilization if base else 70)
-            ),
-            resources={k: dict(v) for k, v in dict(resources).items()},  # type: ignore[arg-type]
+            hpa_min=int(hpa.get("min", base.hpa_min if base else 2)),
+            hpa_max=int(hpa.get("max", base.hpa_max if base else 2)),
+            cpu_utilization=int(hpa.get("cpu_utilization", base.cpu_utilization if base else 70)),
+            resources={k: dict(v) for k, v in dict(resources).items()},
         )
     except (TypeError, ValueError, AttributeError) as exc:
         raise ManifestError(f"{where}: {exc}") from None
@@ -257,7 +265,7 @@ def _service_container(
         "resources": sizing.resources,
         "securityContext": _security_context(),
         "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": TMP},
             {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
         ],
     }
@@ -327,7 +335,6 @@ def _deployment(
     name: str,
     labels: Mapping[str, str],
     selector: Mapping[str, str],
-    replicas: int,
     pod: dict[str, Any],
     grace: int,
 ) -> dict[str, Any]:
@@ -336,7 +343,6 @@ def _deployment(
         "kind": "Deployment",
         "metadata": _meta(name, labels),
         "spec": {
-            "replicas": replicas,
             "selector": {"matchLabels": dict(selector)},
             # A new pod is ready before an old one goes: capacity never drops during a rollout.
             "strategy": {
@@ -404,7 +410,7 @@ def service_resources(service: Service, overlay: Overlay) -> list[dict[str, Any]
     name = service.name
     labels = _labels(name, "service")
     selector = _selector(name, "service")
-    sizing = overlay.sizing(name)
+    sizing = overlay.sizing(service)
     grace = int(settings_class(service).model_fields["shutdown_grace"].default) + 5
     container = {
         **_service_container(service, overlay, ["serve"], sizing),
@@ -423,7 +429,6 @@ def service_resources(service: Service, overlay: Overlay) -> list[dict[str, Any]
             name,
             labels,
             selector,
-            sizing.replicas,
             _pod_spec(name, [container], [_secret_volume(service)]),
             grace,
         ),
@@ -441,7 +446,7 @@ def _migrate_job(service: Service, overlay: Overlay) -> dict[str, Any]:
     # Named after the tag: a Job's pod template cannot change, and each release migrates once.
     # Running it beside N replicas is safe: migrations take a per-schema advisory lock.
     labels = _labels(service.name, "migrate")
-    container = _service_container(service, overlay, ["migrate"], overlay.sizing(service.name))
+    container = _service_container(service, overlay, ["migrate"], overlay.sizing(service))
     tag = "".join(c if c.isalnum() else "-" for c in overlay.tag.lower()).strip("-")[:20]
     return {
         "apiVersion": "batch/v1",
@@ -583,7 +588,20 @@ def gateway_yaml(services: Sequence[Service], overlay: Overlay) -> str:
     config = gateway_config(settings, documents)
     # The kubelet probes the pod's address, not its loopback.
     config["server"]["admin"]["listen"] = "0.0.0.0"
-    return render(config, f"{GATEWAY_CONFIG_DIR}/gateway.yaml")
+    text = render(config, f"{GATEWAY_CONFIG_DIR}/gateway.yaml")
+    # render()'s header speaks of `mosaic up`; this one is regenerated by `mosaic manifests`.
+    body = _without_header(text)
+    return (
+        "# The gateway in front of the services, rendered by `mosaic manifests` from their\n"
+        "# OpenAPI documents (x-mosaic-gateway). Schema: docs/gateway.md.\n" + body
+    )
+
+
+def _without_header(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "".join(lines)
 
 
 def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dict[str, Any]]:
@@ -612,7 +630,7 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
         "resources": sizing.resources,
         "securityContext": _security_context(),
         "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": TMP},
             {"name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": True},
         ],
     }
@@ -641,13 +659,10 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
             GATEWAY,
             labels,
             selector,
-            sizing.replicas,
             _pod_spec(GATEWAY, [container], [config_volume]),
             30,
         ),
-        _k8s_service(
-            GATEWAY, labels, selector, 80, GATEWAY_PORT, overlay.gateway_service_type
-        ),
+        _k8s_service(GATEWAY, labels, selector, 80, GATEWAY_PORT, overlay.gateway_service_type),
         _pdb(GATEWAY, selector, labels),
         _hpa(GATEWAY, sizing, labels),
         policy,
