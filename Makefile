@@ -9,7 +9,7 @@ STAMP := $(VENV)/.synced
 PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help run test test-fast lint format typecheck bench down status clean lock docs service
+.PHONY: help run test test-fast lint format typecheck bench down status clean lock docs service manifests
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ lock: | $(UV) ## update uv.lock after editing a package manifest (`mosaic new se
 docs: $(STAMP) ## regenerate docs/configuration.md from the settings classes
 	$(PY) tools/configdoc.py > docs/configuration.md.tmp
 	mv docs/configuration.md.tmp docs/configuration.md
+
+manifests: $(STAMP) ## render the Kubernetes manifests into deploy/k8s/rendered/{dev,prod} (docs/kubernetes.md)
+	$(VENV)/bin/mosaic manifests --overlay dev --out deploy/k8s/rendered/dev
+	$(VENV)/bin/mosaic manifests --overlay prod --out deploy/k8s/rendered/prod
 
 bench: $(STAMP) ## run the benchmarks, print tables, write bench/results/*.json
 	$(PY) bench/run.py $(ARGS)
