@@ -106,6 +106,8 @@ def test_every_deployment_is_probed_sized_non_root_budgeted_policed_and_scaled(
             assert security["allowPrivilegeEscalation"] is False
             assert security["readOnlyRootFilesystem"] is True
             assert security["capabilities"]["drop"] == ["ALL"]
+            # Out of the endpoints before the drain begins.
+            assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert mounts["/tmp"] == "tmp"
         assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in spec["volumes"]
@@ -168,6 +170,8 @@ def test_every_required_setting_is_supplied(rendered: Any) -> None:
             "PYTHONDONTWRITEBYTECODE"
         }, f"{service.name}: a variable no setting reads"
         assert config["DB_SCHEMA"] == service.schema
+        # A changed ConfigMap changes the pod template, so the pods restart to read it.
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["mosaic.dev/config-sha256"]
         assert config["HOST"] == "0.0.0.0"
         # Discovery hands the gateway this address: the pod's own.
         by_name = {e["name"]: e for e in container["env"]}

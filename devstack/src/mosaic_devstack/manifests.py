@@ -16,6 +16,8 @@ devstack; each pod advertises `http://<pod IP>:<port>`, taken from the downward 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -297,6 +299,12 @@ def _probes(port: int | str) -> dict[str, Any]:
     }
 
 
+_PRE_STOP_SECONDS = 5
+# The pod leaves the Service's endpoints and the gateway's discovery while it still serves: only
+# then does SIGTERM start the drain, so no request is sent to a process already refusing them.
+_PRE_STOP: dict[str, Any] = {"preStop": {"sleep": {"seconds": _PRE_STOP_SECONDS}}}
+
+
 def _pdb(name: str, selector: Mapping[str, str], labels: Mapping[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
@@ -337,7 +345,21 @@ def _deployment(
     selector: Mapping[str, str],
     pod: dict[str, Any],
     grace: int,
+    config: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    template_meta: dict[str, Any] = {"labels": dict(labels)}
+    if config is not None:
+        # Variables are read once, at a process's start: a changed ConfigMap must roll the pods.
+        digest = hashlib.sha256(json.dumps(dict(config), sort_keys=True).encode()).hexdigest()
+        template_meta["annotations"] = {"mosaic.dev/config-sha256": digest[:16]}
+    spread = {
+        # Replicas on different nodes where the cluster allows, so one node's loss is not the
+        # whole service's.
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": dict(selector)},
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -350,8 +372,12 @@ def _deployment(
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
             },
             "template": {
-                "metadata": {"labels": dict(labels)},
-                "spec": {**pod, "terminationGracePeriodSeconds": grace},
+                "metadata": template_meta,
+                "spec": {
+                    **pod,
+                    "terminationGracePeriodSeconds": grace,
+                    "topologySpreadConstraints": [spread],
+                },
             },
         },
     }
@@ -411,11 +437,12 @@ def service_resources(service: Service, overlay: Overlay) -> list[dict[str, Any]
     labels = _labels(name, "service")
     selector = _selector(name, "service")
     sizing = overlay.sizing(service)
-    grace = int(settings_class(service).model_fields["shutdown_grace"].default) + 5
+    drain = int(settings_class(service).model_fields["shutdown_grace"].default)
     container = {
         **_service_container(service, overlay, ["serve"], sizing),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         **_probes("http"),
+        "lifecycle": _PRE_STOP,
     }
     resources: list[dict[str, Any]] = [
         _service_account(name, labels),
@@ -430,7 +457,8 @@ def service_resources(service: Service, overlay: Overlay) -> list[dict[str, Any]
             labels,
             selector,
             _pod_spec(name, [container], [_secret_volume(service)]),
-            grace,
+            _PRE_STOP_SECONDS + drain + 5,
+            service_config(service, overlay),
         ),
         _k8s_service(name, labels, selector, PORT, PORT),
         _pdb(name, selector, labels),
@@ -627,6 +655,7 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
             {"name": "admin", "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP"},
         ],
         **_probes("admin"),
+        "lifecycle": _PRE_STOP,
         "resources": sizing.resources,
         "securityContext": _security_context(),
         "volumeMounts": [
@@ -660,7 +689,8 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
             labels,
             selector,
             _pod_spec(GATEWAY, [container], [config_volume]),
-            30,
+            # The gateway drains in its configuration's shutdown_grace (5 s) after the pause.
+            _PRE_STOP_SECONDS + 5 + 10,
         ),
         _k8s_service(GATEWAY, labels, selector, 80, GATEWAY_PORT, overlay.gateway_service_type),
         _pdb(GATEWAY, selector, labels),
