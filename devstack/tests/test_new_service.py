@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import yaml
 
 from mosaic_devstack.scaffold import (
     REGISTRY_PATH,
@@ -180,8 +181,13 @@ def test_a_generated_service_passes_lint_and_its_tests_and_answers_through_the_g
         "services/notes/src/mosaic_notes/migrations/versions/0001_initial_schema.py",
         "services/notes/tests/test_api.py",
         "docs/services/notes.md",
+        "services/notes/Dockerfile",
     ):
         assert (workspace / path).is_file(), path
+    assert "--package mosaic-notes" in (workspace / "services/notes/Dockerfile").read_text()
+    # compose.yaml is rendered again with the new service in it.
+    compose = yaml.safe_load((workspace / "compose.yaml").read_text())
+    assert compose["services"]["notes"]["deploy"]["replicas"] == 2
     assert "## notes (`mosaic-notes`)" in (workspace / "docs/configuration.md").read_text()
 
     run(["make", "-s", "lint"], workspace, env, 300)

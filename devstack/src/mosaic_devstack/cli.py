@@ -8,6 +8,7 @@ mosaic logs [SERVICE|INSTANCE] [--follow]          the log files, prefixed
 mosaic exec SERVICE COMMAND [ARGS...]              a service's command against the running stack
 mosaic new service NAME [--root DIR]               generate a service on the kit's chassis
 mosaic manifests --overlay dev|prod --out DIR      Kubernetes manifests from the registry
+mosaic compose [--secrets] [--root DIR]            compose.yaml from the registry
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from mosaic_devstack.execute import exec_in_stack
 from mosaic_devstack.logs import logs
 from mosaic_devstack.output import Console
 from mosaic_devstack.scaffold import ScaffoldError, new_service, route_prefixes
-from mosaic_devstack.services import SERVICES, RegistryError, Service, load_services
+from mosaic_devstack.services import (
+    SERVICES,
+    RegistryError,
+    Service,
+    load_registry,
+    load_services,
+)
 from mosaic_devstack.state import DataDir, StateError
 from mosaic_devstack.status import status
 from mosaic_devstack.supervisor import UpOptions
@@ -212,7 +219,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="JSON file listing the services instead of the built-in registry",
     )
+    cp = commands.add_parser(
+        "compose",
+        help="render compose.yaml from the service registry (docs/containers.md)",
+        description="Write compose.yaml and deploy/compose/{gateway.yaml,nats.conf} into the "
+        "workspace. With --secrets, also create the missing files of deploy/compose/secrets/ "
+        "(never replacing one).",
+    )
+    cp.add_argument("--secrets", action="store_true", help="create missing secret files too")
+    cp.add_argument(
+        "--root",
+        type=Path,
+        default=Path.cwd(),
+        metavar="DIR",
+        help="the workspace (default: the current directory)",
+    )
     return parser
+
+
+def _compose(args: argparse.Namespace) -> int:
+    # Imported here: rendering loads every service's app for its OpenAPI document.
+    from mosaic_devstack import compose
+    from mosaic_devstack.scaffold import REGISTRY_PATH
+
+    root = args.root.resolve()
+    try:
+        services = load_registry(root / REGISTRY_PATH)
+        written = compose.write(root, services)
+        created = compose.write_secrets(root, services) if args.secrets else []
+    except RegistryError as exc:
+        print(f"mosaic compose: {exc}", file=sys.stderr)
+        return 2
+    for path in [*written, *created]:
+        print(f"mosaic compose: wrote {path.relative_to(root)}")
+    return 0
 
 
 def _manifests(args: argparse.Namespace) -> int:
@@ -284,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _new(args)
     if args.command == "manifests":
         return _manifests(args)
+    if args.command == "compose":
+        return _compose(args)
     data = DataDir.at(args.data)
     console = Console()
     try:

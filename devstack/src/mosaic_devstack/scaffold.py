@@ -6,7 +6,8 @@ first migration, tests against real PostgreSQL and NATS) and `docs/services/NAME
 registers the package everywhere the workspace lists its members (root `pyproject.toml`: uv
 workspace, pytest paths, mypy, the import contracts) and appends it to the service registry
 (`mosaic up` runs it, its gateway routes come from its OpenAPI). Last, through the Makefile, it
-locks and syncs the environment, regenerates docs/configuration.md and formats the new code.
+locks and syncs the environment, regenerates docs/configuration.md, formats the new code and
+re-renders compose.yaml (its Dockerfile comes from the template like the rest).
 
 Every refusal (a bad, reserved or taken name; a route prefix another service uses) happens before
 anything is written. Files are staged beside their place and moved in; the registry is written
@@ -239,6 +240,11 @@ def _finish(root: Path, names: Names, say: Callable[[str], None]) -> None:
         (["make", "-s", "docs"], "the environment and docs/configuration.md"),
         ([".venv/bin/ruff", "check", "--fix", "--quiet", service], "lint fixes"),
         ([".venv/bin/ruff", "format", "--quiet", service], "formatting"),
+        # After the sync: rendering imports the new service for its gateway routes.
+        (
+            [".venv/bin/python", "-m", "mosaic_devstack.cli", "compose", "--root", "."],
+            "compose.yaml and its gateway configuration",
+        ),
     ]
     for argv, what in steps:
         done = subprocess.run(argv, cwd=root, capture_output=True, text=True, check=False)
