@@ -1,0 +1,165 @@
+"""compose.yaml: in sync with a fresh render from the registry, every service in it twice, only
+the gateway published, every setting a service cannot start without supplied, secrets only as
+files nobody commits."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mosaic_devstack import compose
+from mosaic_devstack.services import SERVICES, Service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[Path, str]:
+    # Rendering builds every service's app (offline) for the gateway's routes: once per module.
+    return compose.render_files(SERVICES).files
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / compose.COMPOSE_FILE).read_text())
+    return loaded
+
+
+def test_the_committed_files_are_a_fresh_render(rendered: dict[Path, str]) -> None:
+    for relative, text in rendered.items():
+        assert (ROOT / relative).read_text() == text, (
+            f"{relative} is out of date: run `mosaic compose` and commit the result"
+        )
+
+
+def test_every_registry_service_runs_two_replicas(document: dict[str, Any]) -> None:
+    services = document["services"]
+    for service in SERVICES:
+        block = services[service.name]
+        assert block["deploy"]["replicas"] == (service.replicas or 2)
+        assert block["image"].startswith(f"mosaic-{service.name}:")
+        assert block["build"]["dockerfile"] == f"services/{service.name}/Dockerfile"
+        assert block["build"]["context"] == "."
+        assert block["read_only"] is True
+
+
+def test_only_the_gateway_publishes_a_port(document: dict[str, Any]) -> None:
+    published = {name for name, block in document["services"].items() if block.get("ports")}
+    assert published == {"gateway"}
+    assert document["services"]["gateway"]["ports"] == ["${MOSAIC_GATEWAY_PORT:-8080}:8080"]
+
+
+def test_migrations_run_once_before_the_services_which_wait_for_healthy_infrastructure(
+    document: dict[str, Any],
+) -> None:
+    services = document["services"]
+    for service in SERVICES:
+        after = services[service.name]["depends_on"]
+        for infra in ("postgres", *compose.NATS_NODES):
+            assert after[infra] == {"condition": "service_healthy"}
+        if service.migrate:
+            migrate = services[f"{service.name}-migrate"]
+            assert migrate["command"] == ["migrate"]
+            assert migrate["restart"] == "no"
+            assert "deploy" not in migrate  # one container, not one per replica
+            assert migrate["image"] == services[service.name]["image"]
+            assert after[f"{service.name}-migrate"] == {
+                "condition": "service_completed_successfully"
+            }
+
+
+def _supplied(block: dict[str, Any]) -> set[str]:
+    names = set(block.get("environment", {}))
+    if "SECRETS_DIR" in names:
+        names |= {secret["target"] for secret in block.get("secrets", [])}
+    return {name.upper() for name in names}
+
+
+def _required(service: Service) -> set[str]:
+    """Settings without a default, and the secrets the registry says it cannot do without."""
+    settings = service.load_definition().settings
+    required = {
+        (field.alias or name).upper()
+        for name, field in settings.model_fields.items()
+        if field.is_required()
+    }
+    return required | set(service.secrets)
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_every_setting_a_service_requires_is_supplied(
+    document: dict[str, Any], service: Service
+) -> None:
+    services = document["services"]
+    blocks = [services[service.name]]
+    if service.migrate:
+        blocks.append(services[f"{service.name}-migrate"])
+    for block in blocks:
+        missing = _required(service) - _supplied(block)
+        assert not missing, f"{service.name}: nothing supplies {sorted(missing)}"
+        # Its own schema and the cluster, not the defaults pointing at localhost.
+        assert {"DATABASE_URL", "NATS_URL", "DB_SCHEMA"} <= _supplied(block)
+
+
+def test_every_replica_advertises_its_own_address(document: dict[str, Any]) -> None:
+    for service in SERVICES:
+        entrypoint = document["services"][service.name]["entrypoint"]
+        assert entrypoint[:2] == ["/bin/sh", "-c"]
+        # `$$` is compose's escape: the container's shell expands its own hostname.
+        assert 'ADVERTISE_URL="http://$$(hostname):8000"' in entrypoint[2]
+        assert f'exec {service.command[0]} "$$@"' in entrypoint[2]
+
+
+def test_nats_is_a_three_node_jetstream_cluster_each_on_its_volume(
+    document: dict[str, Any],
+) -> None:
+    services = document["services"]
+    volumes = [services[node]["volumes"] for node in compose.NATS_NODES]
+    assert len({v[0].split(":")[0] for v in volumes}) == 3
+    assert all(v[0].endswith(":/data") for v in volumes)
+    config = (ROOT / compose.NATS_FILE).read_text()
+    assert "jetstream" in config
+    for node in compose.NATS_NODES:
+        assert f"nats://{node}:6222" in config
+        assert services[node]["environment"] == {"SERVER_NAME": node}
+
+
+def test_the_gateway_mounts_its_generated_configuration(document: dict[str, Any]) -> None:
+    gateway = document["services"]["gateway"]
+    assert gateway["configs"] == [{"source": "gateway", "target": compose.GATEWAY_CONFIG_PATH}]
+    assert document["configs"]["gateway"] == {"file": f"./{compose.GATEWAY_FILE}"}
+    config = yaml.safe_load((ROOT / compose.GATEWAY_FILE).read_text())
+    assert config["server"]["listen"] == "0.0.0.0"
+    assert set(config["backends"]) <= {s.name for s in SERVICES}
+    assert config["nats"]["url"] == compose.NATS_URL
+
+
+def test_no_secret_value_is_committed(document: dict[str, Any]) -> None:
+    for secret in document["secrets"].values():
+        assert secret["file"].startswith(f"./{compose.SECRETS_FOLDER}/")
+    tracked = subprocess.run(
+        ["git", "ls-files", str(compose.SECRETS_FOLDER)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert tracked == ""
+    text = (ROOT / compose.COMPOSE_FILE).read_text()
+    assert "PASSWORD:" not in text  # only POSTGRES_PASSWORD_FILE
+
+
+def test_generated_secrets_are_made_once_and_fit_together(tmp_path: Path) -> None:
+    created = compose.write_secrets(tmp_path, SERVICES)
+    folder = tmp_path / compose.SECRETS_FOLDER
+    assert {p.name for p in created} == set(compose.secret_files(SERVICES))
+    password = (folder / compose.POSTGRES_PASSWORD).read_text()
+    assert f":{password}@postgres:5432/" in (folder / "DATABASE_URL").read_text()
+    before = {p.name: p.read_text() for p in folder.iterdir()}
+    assert compose.write_secrets(tmp_path, SERVICES) == []
+    assert {p.name: p.read_text() for p in folder.iterdir()} == before
+    assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
