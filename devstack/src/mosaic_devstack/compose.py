@@ -170,6 +170,9 @@ def _service_block(service: Service, after: Mapping[str, Any]) -> dict[str, Any]
         "command": [*service.command[1:], "serve", "--host", "0.0.0.0", "--port", str(PORT)],
         "depends_on": dict(after),
         "restart": "unless-stopped",
+        # Past the services' SHUTDOWN_GRACE (10 s) of draining: compose's own 10 s default
+        # would kill a replica just as it finishes.
+        "stop_grace_period": "15s",
         "deploy": {"replicas": service.replicas or REPLICAS},
     }
 
