@@ -113,8 +113,9 @@ def recorded(state: dict[str, Any]) -> list[ProcessRef]:
     if gateway and gateway["pid"]:
         refs.append(ProcessRef(gateway["pid"], gateway["pid_started"]))
     refs += [ProcessRef(i["pid"], i["pid_started"]) for i in state["instances"] if i["pid"]]
-    for server in (state["postgres"], state["nats"]):
-        if server and server["embedded"]:
+    for server in (state["postgres"], state["nats"], *state.get("nats_nodes", [])):
+        # A cluster's `nats` entry lists its nodes' URLs and has no process of its own.
+        if server and server["embedded"] and server["pid"]:
             refs.append(ProcessRef(server["pid"], server["pid_started"]))
     return refs
 

@@ -108,7 +108,7 @@ class App:
 
     async def start(self, url: str) -> None:
         self.db = await asyncpg.connect(dsn())
-        self.nc = await nats.connect(os.environ["NATS_URL"], name=self.instance)
+        self.nc = await nats.connect(os.environ["NATS_URL"].split(","), name=self.instance)
         await nats.micro.add_service(
             self.nc,
             name=self.instance.rsplit("-", 1)[0],
@@ -156,7 +156,10 @@ class App:
         if path == "/readyz":
             return (200, {"status": "ready"}) if await self.ready() else (503, {"status": "no"})
         if path == "/env":
-            keys = ("INSTANCE_ID", "DATABASE_URL", "NATS_URL", "DB_SCHEMA", "LOG_FORMAT", "HOST")
+            keys = (
+                *("INSTANCE_ID", "DATABASE_URL", "NATS_URL", "NATS_STREAM_REPLICAS"),
+                *("DB_SCHEMA", "LOG_FORMAT", "HOST"),
+            )
             return 200, {k: os.environ.get(k) for k in keys}
         if path == "/verify":
             ok = await self.verify(query.get("password", [""])[0])

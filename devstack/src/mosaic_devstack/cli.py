@@ -1,7 +1,7 @@
 """`mosaic`: run the whole Mosaic system on this machine.
 
 mosaic up [--replicas N] [--data DIR] [--detach]   start everything (the gateway in front), stream
-                                                   the logs
+          [--nats-cluster 3]                       the logs
 mosaic status [--json]                             what runs, and whether it is ready
 mosaic down                                        stop everything `up` started
 mosaic logs [SERVICE|INSTANCE] [--follow]          the log files, prefixed
@@ -44,6 +44,23 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _cluster_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    # JetStream keeps a stream while a majority of its servers is up: 2 nodes tolerate no
+    # loss at all (one down leaves no majority), so an even size only adds a way to fail.
+    if value != 1 and (value < 3 or value % 2 == 0):
+        raise argparse.ArgumentTypeError(
+            f"{value} nodes: a JetStream cluster needs an odd number of at least 3 (3 or 5) "
+            "to keep a quorum when one node is down; 1 is the single embedded server"
+        )
+    if value > 5:
+        raise argparse.ArgumentTypeError("at most 5 nodes (JetStream replicates to at most 5)")
     return value
 
 
@@ -91,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--replicas", type=_positive_int, default=2, metavar="N", help="instances per service (2)"
+    )
+    up.add_argument(
+        "--nats-cluster",
+        type=_cluster_size,
+        default=1,
+        metavar="N",
+        help="run N embedded NATS servers as a JetStream cluster (3 or 5), every stream "
+        "replicated on each; services get all their URLs (default 1: a single server)",
     )
     up.add_argument(
         "--detach", action="store_true", help="run in the background; return once ready"
@@ -302,6 +327,8 @@ def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
             forwarded += ["--gateway-port", str(args.gateway_port)]
         if not args.gateway:
             forwarded.append("--no-gateway")
+        if args.nats_cluster != 1:
+            forwarded += ["--nats-cluster", str(args.nats_cluster)]
         return run_detached(data, forwarded, console)
     options = UpOptions(
         data=data,
@@ -314,6 +341,7 @@ def _up(args: argparse.Namespace, data: DataDir, console: Console) -> int:
         gateway=args.gateway,
         gateway_port=args.gateway_port,
         gateway_workers=args.gateway_workers,
+        nats_cluster=args.nats_cluster,
     )
     return run_foreground(options, console)
 

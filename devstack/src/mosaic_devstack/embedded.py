@@ -9,6 +9,7 @@ created for the purpose.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import os
@@ -18,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PG_SYSTEM_USER = "mosaic-pg"
@@ -286,13 +289,31 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
+@dataclass(frozen=True)
+class ClusterPeer:
+    """This node's place in a JetStream cluster: its name, its route port, every route."""
+
+    name: str
+    cluster_port: int
+    routes: tuple[str, ...]
+    cluster_name: str = "mosaic"
+
+
 class EmbeddedNats:
     """A NATS server with JetStream, storing streams under `data_dir`."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        log: Path | None = None,
+        *,
+        peer: ClusterPeer | None = None,
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.log_path = log or self.data_dir.parent / "nats.log"
+        self.peer = peer
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -317,8 +338,7 @@ class EmbeddedNats:
                 "-js",
                 "-sd",
                 str(self.data_dir),
-                "-n",
-                f"mosaic-{self.port}",
+                *self._identity(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -333,6 +353,22 @@ class EmbeddedNats:
                 return self.url
             time.sleep(0.05)
         raise ServerError(f"nats-server not ready after {timeout}s; see {self.log_path}")
+
+    def _identity(self) -> list[str]:
+        if self.peer is None:
+            return ["-n", f"mosaic-{self.port}"]
+        # JetStream's meta group tells peers apart by server name, so it must stay the same
+        # across restarts of a node (a new name would be a new, unknown peer).
+        return [
+            "-n",
+            self.peer.name,
+            "--cluster_name",
+            self.peer.cluster_name,
+            "--cluster",
+            f"nats://127.0.0.1:{self.peer.cluster_port}",
+            "--routes",
+            ",".join(self.peer.routes),
+        ]
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -349,3 +385,57 @@ class EmbeddedNats:
         """Stop and start again on the same port and data (streams survive)."""
         self.stop()
         self.start()
+
+
+def nats_cluster(root: Path, size: int, port: Callable[[], int], logs: Path) -> list[EmbeddedNats]:
+    """`size` NATS servers routed to each other as one JetStream cluster, node i storing under
+    `root`/node-i and logging to `logs`/nats-i.log. `port` hands out free ports."""
+    client_ports = [port() for _ in range(size)]
+    cluster_ports = [port() for _ in range(size)]
+    routes = tuple(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+    return [
+        EmbeddedNats(
+            root / f"node-{i}",
+            client_ports[i - 1],
+            log=logs / f"nats-{i}.log",
+            peer=ClusterPeer(f"mosaic-node-{i}", cluster_ports[i - 1], routes),
+        )
+        for i in range(1, size + 1)
+    ]
+
+
+def cluster_url(nodes: list[EmbeddedNats]) -> str:
+    """The comma-separated list of every node, the form NATS_URL takes for a cluster."""
+    return ",".join(node.url for node in nodes)
+
+
+async def wait_jetstream(url: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Wait until JetStream answers at `url` (comma-separated servers allowed): a cluster's
+    nodes listen at once, but serve JetStream only after they have elected a meta leader."""
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    try:
+        nc = await nats.connect(
+            servers=url.split(","),
+            connect_timeout=2,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+        )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise ServerError(f"cannot connect to NATS at {url}: {exc!r}") from None
+    try:
+        js = nc.jetstream(timeout=2.0)
+        while time.monotonic() < deadline:
+            try:
+                await js.account_info()
+                return
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                last = exc
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    raise ServerError(f"JetStream not available at {url} after {timeout:g}s (last: {last!r})")

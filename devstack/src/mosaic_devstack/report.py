@@ -14,6 +14,8 @@ HEADERS = ("SERVICE", "INSTANCE", "URL", "STATE")
 
 
 def server_state(info: ServerInfo) -> str:
+    if info.embedded and info.pid is None:
+        return "embedded cluster"  # its nodes have rows of their own
     return f"embedded (pid {info.pid})" if info.embedded else "external"
 
 
@@ -23,6 +25,8 @@ def stack_table(state: State, instance_states: Mapping[str, str] | None = None) 
     for name, info in (("postgres", state.postgres), ("nats", state.nats)):
         if info is not None:
             rows.append([name, "-", mask_url(info.url), server_state(info)])
+    for i, node in enumerate(state.nats_nodes, start=1):
+        rows.append(["nats", f"nats-{i}", mask_url(node.url), server_state(node)])
     instances = [state.gateway, *state.instances] if state.gateway else state.instances
     for inst in instances:
         shown = (instance_states or {}).get(inst.instance, inst.state)

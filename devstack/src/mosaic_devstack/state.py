@@ -3,7 +3,7 @@
 Layout of the data folder (default `.mosaic`):
 
     pg/                  PostgreSQL cluster (embedded only)
-    nats/                JetStream storage (embedded only)
+    nats/                JetStream storage (embedded only; nats/node-<i>/ per node of a cluster)
     logs/<name>.log      one file per instance, plus mosaic.log, postgres.log, nats.log,
                          gateway.log and <service>-migrate.log / <service>-seed.log
     gateway.yaml         the gateway's configuration, written at every start
@@ -137,6 +137,8 @@ class State:
     instances: list[InstanceInfo] = field(default_factory=list)
     ready_at: str | None = None
     gateway: GatewayInfo | None = None
+    nats_nodes: list[ServerInfo] = field(default_factory=list)
+    """With `--nats-cluster N`: every node (then `nats` holds the list of URLs and no pid)."""
 
     def supervisor(self) -> ProcessRef:
         return ProcessRef(self.supervisor_pid, self.supervisor_started)
@@ -147,6 +149,7 @@ class State:
         refs = [self.gateway.process() if self.gateway else None]
         refs += [inst.process() for inst in self.instances]
         refs += [self.nats.process() if self.nats else None]
+        refs += [node.process() for node in self.nats_nodes]
         refs += [self.postgres.process() if self.postgres else None]
         return [ref for ref in refs if ref is not None]
 
@@ -160,6 +163,7 @@ class State:
         data = {k: v for k, v in raw.items() if k != "format"}
         data["postgres"] = ServerInfo(**data["postgres"]) if data.get("postgres") else None
         data["nats"] = ServerInfo(**data["nats"]) if data.get("nats") else None
+        data["nats_nodes"] = [ServerInfo(**item) for item in data.get("nats_nodes", [])]
         data["instances"] = [InstanceInfo(**item) for item in data.get("instances", [])]
         data["gateway"] = GatewayInfo(**data["gateway"]) if data.get("gateway") else None
         return cls(**data)

@@ -93,6 +93,7 @@ def status_document(data: DataDir, state: State, probed: dict[str, str]) -> dict
         "gateway": _gateway_json(state.gateway, probed),
         "postgres": _server_json(state.postgres),
         "nats": _server_json(state.nats),
+        "nats_nodes": [_server_json(node) for node in state.nats_nodes],
         "instances": [
             {
                 "service": inst.service,
@@ -146,7 +147,9 @@ def status(data: DataDir, *, as_json: bool, console: Console) -> int:
     )
     console.say("")
     console.say(stack_table(state, probed))
-    for name, info in (("postgres", state.postgres), ("nats", state.nats)):
+    servers = [("postgres", state.postgres), ("nats", state.nats)]
+    servers += [(f"nats-{i}", node) for i, node in enumerate(state.nats_nodes, start=1)]
+    for name, info in servers:
         if info is not None and not server_reachable(info):
             console.say(f"warning: {name} at {mask_url(info.url)} does not answer")
     console.say("")

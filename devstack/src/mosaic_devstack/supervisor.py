@@ -28,7 +28,10 @@ from mosaic_devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     ServerError,
+    cluster_url,
     free_port,
+    nats_cluster,
+    wait_jetstream,
 )
 from mosaic_devstack.gateway import GatewayInstance, hold_port
 from mosaic_devstack.gateway_config import (
@@ -57,6 +60,7 @@ from mosaic_devstack.state import (
     write_state,
 )
 from mosaic_devstack.streams import LineSink, tail_text
+from mosaic_kit.nats.jetstream import STREAM_REPLICAS_ENV
 
 T = TypeVar("T")
 
@@ -96,6 +100,9 @@ class UpOptions:
     gateway_port: int | None = None
     """None: PREFERRED_GATEWAY_PORT if free, else any free port; 0: any free port."""
     gateway_workers: int = 2
+    nats_cluster: int = 1
+    """Embedded NATS servers; more than 1 makes them a JetStream cluster, streams replicated
+    on every node."""
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -144,6 +151,7 @@ class Supervisor:
         self.log = self._sink("mosaic", echo=True)
         self.pg: EmbeddedPostgres | None = None
         self.nats: EmbeddedNats | None = None
+        self.nats_nodes: list[EmbeddedNats] = []
         self.database_url = ""
         self.nats_url = ""
         self.instances: list[Instance] = []
@@ -265,6 +273,15 @@ class Supervisor:
         self.nats_url = self.env.get("NATS_URL", "")
         if self.nats_url:
             self.say("NATS: using NATS_URL from the environment")
+        elif self.opts.nats_cluster > 1:
+            self.nats_nodes = nats_cluster(
+                self.data.nats, self.opts.nats_cluster, self._port, self.data.logs
+            )
+            for i, node in enumerate(self.nats_nodes, start=1):
+                jobs.append(self._server_thread(f"NATS node {i}", node.start, node.log_path))
+            self.nats_url = cluster_url(self.nats_nodes)
+            # Streams are created by the services' first start; tell them the cluster's size.
+            self.env.setdefault(STREAM_REPLICAS_ENV, str(self.opts.nats_cluster))
         else:
             nats = self.nats = EmbeddedNats(self.data.nats, self._port(), log=self.data.log("nats"))
             jobs.append(self._server_thread("NATS", nats.start, nats.log_path))
@@ -273,11 +290,23 @@ class Supervisor:
         assert self.state is not None
         self.state.postgres = self._server_info(self.database_url, self.pg)
         self.state.nats = self._server_info(self.nats_url, self.nats)
+        if self.nats_nodes:
+            self.state.nats = ServerInfo(url=self.nats_url, embedded=True)
+            self.state.nats_nodes = [self._server_info(n.url, n) for n in self.nats_nodes]
         self._write_state()
+        if self.nats_nodes:
+            # Listening is not enough: JetStream answers only once the nodes elected a leader.
+            try:
+                await wait_jetstream(self.nats_url, timeout=30.0)
+            except ServerError as exc:
+                raise StartupError(f"NATS cluster: {exc}") from None
+            self.say(f"NATS cluster of {len(self.nats_nodes)} is up")
         if self.pg is not None:
             self.watchers.append(asyncio.create_task(self._watch_server("PostgreSQL", self.pg)))
         if self.nats is not None:
             self.watchers.append(asyncio.create_task(self._watch_server("NATS", self.nats)))
+        for i, node in enumerate(self.nats_nodes, start=1):
+            self.watchers.append(asyncio.create_task(self._watch_server(f"NATS node {i}", node)))
 
     @staticmethod
     def _server_info(url: str, server: EmbeddedPostgres | EmbeddedNats | None) -> ServerInfo:
@@ -552,6 +581,8 @@ class Supervisor:
             info = self._server_info(server.url, server)
             if isinstance(server, EmbeddedPostgres):
                 self.state.postgres = info
+            elif server in self.nats_nodes:
+                self.state.nats_nodes[self.nats_nodes.index(server)] = info
             else:
                 self.state.nats = info
             self._write_state()
@@ -612,6 +643,12 @@ class Supervisor:
             inst.info.state = "stopped"
         await asyncio.gather(*self.threads, return_exceptions=True)
         await self._stop_server("NATS", self.nats)
+        await asyncio.gather(
+            *(
+                self._stop_server(f"NATS node {i}", node)
+                for i, node in enumerate(self.nats_nodes, start=1)
+            )
+        )
         await self._stop_server("PostgreSQL", self.pg)
         await self.http.aclose()
         self._remove_state()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -38,7 +39,16 @@ from mosaic_kit.events import (
 )
 from mosaic_kit.logging import get_logger
 
-__all__ = ["RecentEventsSubscription", "ensure_stream", "publish", "subscribe_recent"]
+__all__ = [
+    "STREAM_REPLICAS_ENV",
+    "RecentEventsSubscription",
+    "ensure_stream",
+    "publish",
+    "stream_replicas",
+    "subscribe_recent",
+]
+
+STREAM_REPLICAS_ENV = "NATS_STREAM_REPLICAS"
 
 
 _log = get_logger("mosaic_kit.events")
@@ -54,11 +64,15 @@ async def ensure_stream(
     max_age: timedelta = timedelta(days=7),
     duplicate_window: timedelta = timedelta(minutes=2),
     dlq_max_age: timedelta = timedelta(days=30),
+    replicas: int | None = None,
 ) -> None:
     """Create (or bring up to date) the service's event stream and the shared DLQ stream.
 
     Every replica calls this on start; creating an identical stream is a no-op for the server.
+    `replicas` (default: $NATS_STREAM_REPLICAS, else 1) is how many servers of a JetStream
+    cluster keep each stream; 3 survives the loss of one.
     """
+    copies = stream_replicas() if replicas is None else replicas
     await _put_stream(
         js,
         StreamConfig(
@@ -70,6 +84,7 @@ async def ensure_stream(
             discard=DiscardPolicy.OLD,
             max_age=max_age.total_seconds(),
             duplicate_window=duplicate_window.total_seconds(),
+            num_replicas=copies,
         ),
     )
     await _put_stream(
@@ -83,8 +98,24 @@ async def ensure_stream(
             discard=DiscardPolicy.OLD,
             max_age=dlq_max_age.total_seconds(),
             duplicate_window=duplicate_window.total_seconds(),
+            num_replicas=copies,
         ),
     )
+
+
+def stream_replicas() -> int:
+    """$NATS_STREAM_REPLICAS: set by whoever knows the cluster's size (`mosaic up
+    --nats-cluster 3`, a deployment), since a client cannot tell how many servers there are."""
+    text = os.environ.get(STREAM_REPLICAS_ENV, "").strip()
+    if not text:
+        return 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{STREAM_REPLICAS_ENV} must be a whole number, not {text!r}") from None
+    if not 1 <= value <= 5:
+        raise ValueError(f"{STREAM_REPLICAS_ENV} must be between 1 and 5 (JetStream's limit)")
+    return value
 
 
 async def _put_stream(js: JetStreamContext, config: StreamConfig) -> None:
