@@ -27,6 +27,7 @@ from mosaic_kit.events import (
     new_event,
     stream_name,
 )
+from mosaic_kit.metrics import default_registry
 from mosaic_kit.nats.connection import Client, connect
 from mosaic_kit.nats.consumer import DurableConsumer
 from mosaic_kit.nats.jetstream import ensure_stream, publish, subscribe_recent
@@ -601,3 +602,39 @@ def test_occurred_at_is_utc_with_zone() -> None:
         data={},
     )
     assert event.to_dict()["occurredAt"] == "2025-01-01T12:00:00Z"
+
+
+def _sample(name: str, **labels: str) -> float:
+    value = default_registry().get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def test_consumer_metrics_count_outcomes_and_pending(
+    js: JetStreamContext, db: Database, service: str
+) -> None:
+    # What the consumer alerts (deploy/observability) are computed from: a wrong label or a
+    # missing increment would leave dead letters and lag invisible.
+    async def picky(conn: AsyncConnection, event: Event) -> None:
+        if event.data["n"] < 0:
+            raise RejectEventError("negative")
+        await Recorder()(conn, event)
+
+    reader = consumer(js, db, service, picky)
+    durable = reader.durable
+    first = new_event(f"{service}.thing.created", {"n": 1})
+    events = [first, new_event(f"{service}.thing.created", {"n": -1}), first]
+    events.append(new_event(f"{service}.thing.created", {"n": 2}))
+    for event in events[:2]:
+        await publish(js, event)
+    # The same event again under another message id: a redelivery the consumer must skip.
+    await js.publish(first.subject, first.to_json(), headers={"Nats-Msg-Id": "again"})
+    await publish(js, events[3])
+    await reader.start()
+    try:
+        await eventually(lambda: settled(js, stream_name(service), durable, 4))
+    finally:
+        await reader.stop()
+    assert _sample("consumer_events_total", consumer=durable, outcome="applied") == 2
+    assert _sample("consumer_events_total", consumer=durable, outcome="duplicate") == 1
+    assert _sample("consumer_events_total", consumer=durable, outcome="dead_lettered") == 1
+    assert _sample("consumer_pending", consumer=durable) == 0

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mosaic_devstack.embedded import EmbeddedNats
 from mosaic_kit.events import Event, new_event, stream_name
+from mosaic_kit.metrics import default_registry
 from mosaic_kit.nats.connection import Client, connect
 from mosaic_kit.nats.consumer import DurableConsumer
 from mosaic_kit.nats.jetstream import ensure_stream
@@ -290,3 +291,33 @@ async def test_prune_deletes_old_published_rows_only(
     async with db.connect() as conn:
         left = set((await conn.execute(select(outbox.c.id))).scalars())
     assert left == {recent.id, pending.id}
+
+
+def _sample(name: str, service: str) -> float:
+    return default_registry().get_sample_value(name, {"service": service}) or 0.0
+
+
+async def test_backlog_and_failure_metrics_follow_the_outbox(nc: Client, db: Database) -> None:
+    # The outbox alerts (deploy/observability) read these: rows stuck behind a failing publish
+    # must show as a backlog with an age, and drain to zero once publishing works.
+    name = f"t{uuid.uuid4().hex[:10]}"
+    await write(db, *(new_event(f"{name}.user.created", {"n": n}) for n in range(3)))
+    relay = OutboxRelay(db, nc, service=name, publish_timeout=1)
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await relay.relay_once()
+    assert _sample("outbox_publish_failures_total", name) == 1
+    backlog, oldest = await relay.measure_backlog()
+    assert backlog == 3
+    assert oldest > 0
+    assert _sample("outbox_backlog", name) == 3
+    assert _sample("outbox_oldest_unpublished_seconds", name) == oldest
+
+    js = nc.jetstream()
+    await ensure_stream(js, name)
+    try:
+        assert await relay.relay_once() == 3
+        assert await relay.measure_backlog() == (0, 0.0)
+    finally:
+        await js.delete_stream(stream_name(name))
+    assert _sample("outbox_published_total", name) == 3
+    assert _sample("outbox_backlog", name) == 0

@@ -29,7 +29,7 @@ from opentelemetry import trace
 from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mosaic_kit import tracing
+from mosaic_kit import metrics, tracing
 from mosaic_kit.events import (
     DLQ_CONSUMER,
     DLQ_DELIVERIES,
@@ -64,6 +64,22 @@ EventHandler = Callable[[AsyncConnection, "Event"], Awaitable[None]]
 def _header_value(text: str, limit: int = 512) -> str:
     # NATS header values are single lines.
     return " ".join(text.split())[:limit]
+
+
+# What an operator alerts on (deploy/observability/prometheus/alerts.yaml): a consumer falling
+# behind its stream, and events it gave up on. Labelled by durable name only: a bounded set.
+_EVENTS = metrics.counter(
+    "consumer_events",
+    "Events a durable consumer handled, by outcome: applied, duplicate (applied before), "
+    "retried (failed, redelivered later) or dead_lettered.",
+    ("consumer", "outcome"),
+)
+_PENDING = metrics.gauge(
+    "consumer_pending",
+    "Messages of its stream a durable consumer has not been delivered yet (JetStream's "
+    "num_pending), as of its last fetch.",
+    ("consumer",),
+)
 
 
 class DurableConsumer:
@@ -204,6 +220,7 @@ class DurableConsumer:
             messages = await self._sub.fetch(self._batch, timeout=self._fetch_wait)
         except TimeoutError:  # nothing to do; nats.errors.TimeoutError is one too
             self._failures = 0
+            _PENDING.labels(self.durable).set(0)
             return []
         except (nats.errors.Error, OSError) as exc:
             self._failures += 1
@@ -224,6 +241,7 @@ class DurableConsumer:
     async def _process(self, msg: Msg) -> None:
         try:
             deliveries = msg.metadata.num_delivered or 1
+            _PENDING.labels(self.durable).set(msg.metadata.num_pending or 0)
         except (nats.errors.Error, ValueError, IndexError):
             deliveries = 1
         try:
@@ -266,6 +284,7 @@ class DurableConsumer:
                 # The effect is committed and must not be applied again: log, do not retry.
                 self._log.error("after_commit_failed", event_id=event.id, error=repr(exc))
         await self._ack(msg)
+        _EVENTS.labels(self.durable, "applied" if outcome else "duplicate").inc()
         self._log.debug("event_applied" if outcome else "event_duplicate", event_id=event.id)
 
     async def _apply(self, event: Event) -> bool | None:
@@ -322,6 +341,7 @@ class DurableConsumer:
             retry_in=delay,
             error=repr(exc),
         )
+        _EVENTS.labels(self.durable, "retried").inc()
         with contextlib.suppress(nats.errors.Error, OSError):
             await msg.nak(delay=delay)
 
@@ -351,6 +371,7 @@ class DurableConsumer:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await msg.nak(delay=self._backoff[-1])
             return
+        _EVENTS.labels(self.durable, "dead_lettered").inc()
         self._log.error("event_dead_lettered", reason=reason, deliveries=deliveries)
         with contextlib.suppress(nats.errors.Error, OSError):
             await msg.term()

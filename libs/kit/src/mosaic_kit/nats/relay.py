@@ -24,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 
+from mosaic_kit import metrics
 from mosaic_kit.events import Event
 from mosaic_kit.logging import get_logger
 from mosaic_kit.nats.jetstream import publish
@@ -37,6 +38,24 @@ __all__ = ["OutboxRelay"]
 
 
 _log = get_logger("mosaic_kit.outbox")
+
+# The outbox's health for alerting: rows waiting mean events not yet seen by any consumer.
+_PUBLISHED = metrics.counter(
+    "outbox_published", "Outbox rows published to JetStream.", ("service",)
+)
+_FAILURES = metrics.counter(
+    "outbox_publish_failures",
+    "Relay rounds that stopped at a row it could not publish (NATS down, no stream...).",
+    ("service",),
+)
+_BACKLOG = metrics.gauge(
+    "outbox_backlog", "Outbox rows not yet published, counted after each relay round.", ("service",)
+)
+_OLDEST = metrics.gauge(
+    "outbox_oldest_unpublished_seconds",
+    "Age of the oldest unpublished outbox row after each relay round (0 when there is none).",
+    ("service",),
+)
 
 
 class OutboxRelay:
@@ -126,9 +145,29 @@ class OutboxRelay:
                     .where(_outbox.c.id.in_(published))
                     .values(published_at=func.now())
                 )
+        _PUBLISHED.labels(self.service).inc(len(published))
         if failure is not None:
+            _FAILURES.labels(self.service).inc()
             raise failure
         return len(published)
+
+    async def measure_backlog(self) -> tuple[int, float]:
+        """Count the unpublished rows and the oldest one's age in seconds; update the gauges."""
+        async with self._db.transaction() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(
+                            func.extract("epoch", func.now() - func.min(_outbox.c.created_at)), 0
+                        ),
+                    ).where(_outbox.c.published_at.is_(None))
+                )
+            ).one()
+        backlog, oldest = int(row[0]), float(row[1])
+        _BACKLOG.labels(self.service).set(backlog)
+        _OLDEST.labels(self.service).set(oldest)
+        return backlog, oldest
 
     async def _publish(self, payload: Any, headers: Any) -> None:
         event = Event.from_dict(payload)
@@ -164,6 +203,10 @@ class OutboxRelay:
             failures = 0
             if count:
                 self._log.debug("outbox_relayed", count=count)
+            try:
+                await self.measure_backlog()
+            except Exception as exc:  # a metric must never stop the relay
+                self._log.warning("outbox_backlog_unmeasured", error=repr(exc))
             await self._maybe_prune()
             if count < self._batch:
                 await self._sleep(self._poll_interval, wakeable=True)
