@@ -117,6 +117,61 @@ def _gateway_names() -> set[str]:
     return names
 
 
+# Added by Prometheus to every scraped series, whatever the code labels it with.
+TARGET_LABELS = {"job", "instance"}
+
+
+def _literal_labels(node: ast.Call) -> tuple[str, ...] | None:
+    """The label names of a helper call, when they are written out (None when computed)."""
+    value = node.args[2] if len(node.args) > 2 else None
+    for keyword in node.keywords:
+        if keyword.arg == "labelnames":
+            value = keyword.value
+    if value is None:
+        return ()
+    try:
+        labels = ast.literal_eval(value)
+    except ValueError:
+        return None
+    return tuple(labels)
+
+
+def _exported_labels() -> dict[str, set[str]]:
+    """Series name -> label names, for the metrics whose labels the code spells out."""
+    found: dict[str, set[str]] = {}
+    for tree in SOURCE_TREES:
+        for path in tree.rglob("*.py"):
+            if "metrics" not in (text := path.read_text()):
+                continue
+            for node in ast.walk(ast.parse(text)):
+                if not isinstance(node, ast.Call) or not node.args:
+                    continue
+                func = node.func
+                helper = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                first = node.args[0]
+                if helper not in HELPERS or not isinstance(first, ast.Constant):
+                    continue
+                labels = _literal_labels(node)
+                if labels is not None and isinstance(first.value, str):
+                    for series in _series(first.value, HELPERS[helper]):
+                        found[series] = {*labels, *(("le",) if series.endswith("_bucket") else ())}
+    for name, (_, labels) in gateway_metrics.COUNTERS.items():
+        found[name] = set(labels)
+    for name, (_, labels) in gateway_metrics.GAUGES.items():
+        found[name] = {*labels, "worker"}
+    for series in _series(gateway_metrics.HISTOGRAM, "histogram"):
+        found[series] = {"route", *(("le",) if series.endswith("_bucket") else ())}
+    return found
+
+
+def selector_labels(expr: str) -> Iterator[tuple[str, str]]:
+    """(metric, label) of each label matcher written as `metric{label=...}`."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    for match in re.finditer(r"([A-Za-z_:][\w:]*)\s*\{([^}]*)\}", text):
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", match.group(2)):
+            yield match.group(1), label
+
+
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     return _runtime_kit_names() | _defined_kit_names() | _gateway_names()
@@ -200,6 +255,18 @@ def test_every_expression_reads_exported_or_recorded_metrics(exported: set[str])
             if not known:
                 unknown.append(f"{where}: {name}")
     assert not unknown, f"metrics nothing exports or records: {unknown}"
+
+
+def test_every_label_matcher_names_a_label_the_metric_has() -> None:
+    labels = _exported_labels()
+    assert labels["http_requests_total"] == {"method", "route", "status"}
+    wrong = [
+        f"{where}: {metric}{{{label}}}"
+        for where, expr in all_exprs()
+        for metric, label in selector_labels(expr)
+        if metric in labels and label not in labels[metric] | TARGET_LABELS
+    ]
+    assert not wrong, f"matchers on labels the code does not set: {wrong}"
 
 
 def test_there_are_dashboards_for_the_gateway_the_services_and_events() -> None:
