@@ -13,6 +13,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from mosaic_kit.metrics import default_registry
 from mosaic_kit.nats.connection import Client, connect
 from mosaic_kit.nats.rpc import RpcError, RpcTimeout, RpcUnavailable, request, serve, typed
 from mosaic_kit.problem import Problem
@@ -308,3 +309,31 @@ async def test_a_typed_endpoint_validates_answers_its_model_and_publishes_its_sc
         assert set(response_schema["properties"]) == {"count", "firstId"}
     finally:
         await service.stop()
+
+
+async def test_requests_are_counted_by_subject_and_status(nc: Client, prefix: str) -> None:
+    # The per-endpoint RED rules and alerts (deploy/observability) are computed from these.
+    async def users_get(payload: dict[str, Any]) -> Any:
+        if payload.get("id") == "missing":
+            raise Problem(404, "auth.user_not_found", "No such user")
+        return {"id": payload.get("id")}
+
+    subject = f"{prefix}.users.get"
+    service = await serve(
+        nc, name=prefix, version="1.0.0", description="t", endpoints={subject: users_get}
+    )
+    try:
+        for _ in range(2):
+            await request(nc, subject, {"id": "u1"}, timeout=2)
+        with pytest.raises(RpcError):
+            await request(nc, subject, {"id": "missing"}, timeout=2)
+    finally:
+        await service.stop()
+    registry = default_registry()
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, {"subject": subject, **labels}) or 0.0
+
+    assert sample("rpc_requests_total", status="200") == 2
+    assert sample("rpc_requests_total", status="404") == 1
+    assert sample("rpc_request_duration_seconds_count") == 3

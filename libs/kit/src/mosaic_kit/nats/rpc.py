@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -28,7 +29,7 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import EndpointConfig, Service, ServiceConfig
 from opentelemetry import trace
 
-from mosaic_kit import tracing
+from mosaic_kit import metrics, tracing
 from mosaic_kit.logging import get_logger
 from mosaic_kit.problem import Problem
 from mosaic_kit.settings import ServiceSettings
@@ -257,6 +258,21 @@ async def serve(
     return service
 
 
+# RED per NATS endpoint, as HttpMetrics gives per HTTP route. The subject is the endpoint's own
+# (declared in code, so a bounded set) and the status the reply's: 200, or the error's.
+_REQUESTS = metrics.counter(
+    "rpc_requests",
+    "NATS request-reply requests answered, by endpoint subject and status.",
+    ("subject", "status"),
+)
+_DURATION = metrics.histogram(
+    "rpc_request_duration_seconds",
+    "Time from a NATS request's arrival to its reply being sent, by endpoint subject.",
+    ("subject",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
 async def _answer(req: Request, subject: str, handler: Handler) -> None:
     context = tracing.extract(req.headers)
     with _tracer.start_as_current_span(
@@ -264,6 +280,7 @@ async def _answer(req: Request, subject: str, handler: Handler) -> None:
     ) as span:
         span.set_attribute("messaging.system", "nats")
         span.set_attribute("messaging.destination.name", subject)
+        started = time.perf_counter()
         error: Problem | None = None
         body = b""
         try:
@@ -281,8 +298,10 @@ async def _answer(req: Request, subject: str, handler: Handler) -> None:
             if error.status >= 500:
                 span.set_status(trace.StatusCode.ERROR)
             await _respond_error(req, subject, error)
-            return
-        await _send(req.respond(body), subject)
+        else:
+            await _send(req.respond(body), subject)
+        _REQUESTS.labels(subject, str(error.status if error else 200)).inc()
+        _DURATION.labels(subject).observe(time.perf_counter() - started)
 
 
 def _decode_request(data: bytes) -> dict[str, Any]:
