@@ -126,6 +126,9 @@ def test_nats_is_a_three_node_jetstream_cluster_each_on_its_volume(
     for node in compose.NATS_NODES:
         assert f"nats://{node}:6222" in config
         assert services[node]["environment"] == {"SERVER_NAME": node}
+    # Every event stream on all three nodes: a node lost loses no event.
+    for service in SERVICES:
+        assert services[service.name]["environment"]["NATS_STREAM_REPLICAS"] == "3"
 
 
 def test_the_gateway_mounts_its_generated_configuration(document: dict[str, Any]) -> None:

@@ -166,9 +166,13 @@ def test_every_required_setting_is_supplied(rendered: Any) -> None:
         env = {e["name"] for e in container["env"]}
         supplied = set(config) | env | files
         assert required <= supplied, f"{service.name}: missing {required - supplied}"
-        assert set(config) | env <= {n.upper() for n in fields} | {"SECRETS_DIR", "POD_IP"} | {
-            "PYTHONDONTWRITEBYTECODE"
-        }, f"{service.name}: a variable no setting reads"
+        # NATS_STREAM_REPLICAS is read by the kit's ensure_stream, not by a settings class.
+        outside = {"SECRETS_DIR", "POD_IP", "PYTHONDONTWRITEBYTECODE", "NATS_STREAM_REPLICAS"}
+        assert set(config) | env <= {n.upper() for n in fields} | outside, (
+            f"{service.name}: a variable no setting reads"
+        )
+        # Streams on every node of the 3-server NATS release, so a lost node loses no event.
+        assert config["NATS_STREAM_REPLICAS"] == "3"
         assert config["DB_SCHEMA"] == service.schema
         # A changed ConfigMap changes the pod template, so the pods restart to read it.
         assert deployment["spec"]["template"]["metadata"]["annotations"]["mosaic.dev/config-sha256"]

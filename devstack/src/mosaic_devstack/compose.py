@@ -114,6 +114,8 @@ def _service_env(service: Service) -> dict[str, str]:
     env = {
         "SERVICE_NAME": service.name,
         "NATS_URL": NATS_URL,
+        # Three JetStream nodes: every event stream on all of them, so a node lost loses nothing.
+        "NATS_STREAM_REPLICAS": str(len(NATS_NODES)),
         "REDIS_URL": "redis://redis:6379/0",
         "SECRETS_DIR": SECRETS_DIR,
         "LOG_FORMAT": "json",

@@ -421,6 +421,9 @@ def service_config(service: Service, overlay: Overlay) -> dict[str, str]:
         "PORT": str(PORT),
         "LOG_FORMAT": "json",
         "NATS_URL": NATS_URL,
+        # The NATS release runs three JetStream servers (nats-values.yaml): keep every event
+        # stream on all three, so losing a node loses no event.
+        "NATS_STREAM_REPLICAS": "3",
         "SECRETS_DIR": SECRETS_DIR,
         # The root filesystem is read-only: no bytecode cache to write (the image compiles it).
         "PYTHONDONTWRITEBYTECODE": "1",
