@@ -321,3 +321,23 @@ async def test_backlog_and_failure_metrics_follow_the_outbox(nc: Client, db: Dat
         await js.delete_stream(stream_name(name))
     assert _sample("outbox_published_total", name) == 3
     assert _sample("outbox_backlog", name) == 0
+
+
+async def test_a_running_relay_reports_the_backlog_while_publishing_fails(
+    nc: Client, db: Database
+) -> None:
+    # The backlog grows exactly while the relay cannot publish: that is when the gauge must move.
+    name = f"t{uuid.uuid4().hex[:10]}"  # no stream captures its subjects
+    await write(db, *(new_event(f"{name}.user.created", {"n": n}) for n in range(2)))
+    relay = OutboxRelay(db, nc, service=name, publish_timeout=0.5, poll_interval=0.1)
+    await relay.start()
+    try:
+
+        async def reported() -> bool:
+            return _sample("outbox_backlog", name) == 2
+
+        await eventually(reported)
+        assert _sample("outbox_oldest_unpublished_seconds", name) > 0
+        assert _sample("outbox_publish_failures_total", name) >= 1
+    finally:
+        await relay.stop()

@@ -90,6 +90,7 @@ class OutboxRelay:
         self._halt = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_prune = 0.0
+        self._last_measure = float("-inf")
         self._log = _log.bind(outbox=db.schema, service=service)
 
     async def start(self) -> None:
@@ -195,6 +196,8 @@ class OutboxRelay:
                 failures += 1
                 pause = min(0.2 * 2**failures, self._max_retry_delay) * random.uniform(0.5, 1.0)
                 self._log.warning("outbox_relay_failed", error=repr(exc), retry_in=round(pause, 2))
+                # A failing relay is when the backlog grows: its gauges must keep up.
+                await self._maybe_measure()
                 # Not woken by new rows: a struggling NATS or database gets time to recover.
                 await self._sleep(pause, wakeable=False)
                 continue
@@ -203,10 +206,7 @@ class OutboxRelay:
             failures = 0
             if count:
                 self._log.debug("outbox_relayed", count=count)
-            try:
-                await self.measure_backlog()
-            except Exception as exc:  # a metric must never stop the relay
-                self._log.warning("outbox_backlog_unmeasured", error=repr(exc))
+            await self._maybe_measure()
             await self._maybe_prune()
             if count < self._batch:
                 await self._sleep(self._poll_interval, wakeable=True)
@@ -221,6 +221,18 @@ class OutboxRelay:
             for waiter in waits:
                 waiter.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _maybe_measure(self) -> None:
+        # At most once per poll interval: a relay working through a backlog runs round after
+        # round, and a count over the unpublished rows after each would grow with the backlog.
+        now = asyncio.get_running_loop().time()
+        if now - self._last_measure < self._poll_interval:
+            return
+        self._last_measure = now
+        try:
+            await self.measure_backlog()
+        except Exception as exc:  # a metric must never stop the relay
+            self._log.warning("outbox_backlog_unmeasured", error=repr(exc))
 
     async def _maybe_prune(self) -> None:
         now = asyncio.get_running_loop().time()
