@@ -4,6 +4,7 @@ files nobody commits."""
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,9 @@ def test_the_gateway_mounts_its_generated_configuration(document: dict[str, Any]
     assert document["configs"]["gateway"] == {"file": f"./{compose.GATEWAY_FILE}"}
     config = yaml.safe_load((ROOT / compose.GATEWAY_FILE).read_text())
     assert config["server"]["listen"] == "0.0.0.0"
-    assert set(config["backends"]) <= {s.name for s in SERVICES}
+    # Every service the gateway can learn routes from is fronted (an empty config is no gateway).
+    assert set(config["backends"]) == {s.name for s in SERVICES if s.definition is not None}
+    assert {route["backend"] for route in config["routes"]} == set(config["backends"])
     assert config["nats"]["url"] == compose.NATS_URL
 
 
@@ -160,8 +163,12 @@ def test_generated_secrets_are_made_once_and_fit_together(tmp_path: Path) -> Non
     created = compose.write_secrets(tmp_path, SERVICES)
     folder = tmp_path / compose.SECRETS_FOLDER
     assert {p.name for p in created} == set(compose.secret_files(SERVICES))
-    password = (folder / compose.POSTGRES_PASSWORD).read_text()
+    password = (folder / compose.POSTGRES_PASSWORD).read_text().strip()
+    assert len(password) >= 32
     assert f":{password}@postgres:5432/" in (folder / "DATABASE_URL").read_text()
+    # uid 10001 in the containers reads the bind-mounted files; other host users cannot list them.
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in created} == {0o644}
     before = {p.name: p.read_text() for p in folder.iterdir()}
     assert compose.write_secrets(tmp_path, SERVICES) == []
     assert {p.name: p.read_text() for p in folder.iterdir()} == before

@@ -127,3 +127,20 @@ def test_a_new_service_gets_its_dockerfile() -> None:
 def test_the_build_context_leaves_out_secrets_stamps_and_environments() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "**/_build.json", "deploy/compose/secrets", ".env"} <= ignored
+
+
+# What the gateway's image does differently: it describes itself, names its configuration file,
+# listens on 8080 and 9090 (health on the admin one) and serves that file, not --host/--port.
+GATEWAY_OWN = {"LABEL", "ENV", "EXPOSE", "HEALTHCHECK", "CMD"}
+
+
+def test_the_gateway_dockerfile_is_the_template_but_for_what_it_serves() -> None:
+    # Hand-written (docs/containers.md), so nothing else keeps its bases, build and user in step
+    # with the services' when the template changes.
+    gateway = instructions(DOCKERFILES["gateway"].read_text())
+    template = instructions(service_dockerfile("gateway"))
+    assert [kw for kw, _ in gateway] == [kw for kw, _ in template]
+    differing = {
+        kw for (kw, mine), (_, theirs) in zip(gateway, template, strict=True) if mine != theirs
+    }
+    assert differing <= GATEWAY_OWN

@@ -272,7 +272,7 @@ def _compose(args: argparse.Namespace) -> int:
         services = load_registry(root / REGISTRY_PATH)
         written = compose.write(root, services)
         created = compose.write_secrets(root, services) if args.secrets else []
-    except RegistryError as exc:
+    except (RegistryError, StateError) as exc:
         print(f"mosaic compose: {exc}", file=sys.stderr)
         return 2
     for path in [*written, *created]:

@@ -18,7 +18,6 @@ builds it from its own hostname (the container id, which Docker's DNS resolves o
 
 from __future__ import annotations
 
-import secrets as secrets_module
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from mosaic_devstack.gateway_config import GatewaySettings, gateway_config, render
 from mosaic_devstack.images import image_name
 from mosaic_devstack.services import Service
+from mosaic_devstack.state import DataDir, kept_secrets, write_private_text
 
 __all__ = [
     "COMPOSE_FILE",
@@ -370,26 +370,24 @@ def write(root: Path, services: Sequence[Service]) -> list[Path]:
 def write_secrets(root: Path, services: Sequence[Service]) -> list[Path]:
     """Create the secret files compose.yaml mounts that are missing (never replacing one: data
     encrypted or a database initialised with it would be lost); returns the ones created."""
-    folder = root / SECRETS_FOLDER
+    # Kept as `mosaic up` keeps its own (state.kept_secrets): generated once, never replaced.
+    data = DataDir.at(root / FOLDER)
+    folder = data.secrets
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     ignore = folder / ".gitignore"
     if not ignore.exists():
         ignore.write_text("# Secret values: never committed.\n*\n")
-    created = []
-    for key in secret_files(services):
-        path = folder / key
-        if path.exists():
-            continue
-        if key == DATABASE_URL:
-            # The password file comes first in secret_files(), so it exists by now.
-            password = (folder / POSTGRES_PASSWORD).read_text().strip()
-            value = f"postgresql://{PG_USER}:{password}@postgres:5432/{PG_DATABASE}"
-        else:
-            value = secrets_module.token_urlsafe(32)
-        path.write_text(value)
+    keys = secret_files(services)
+    missing = [key for key in keys if not (folder / key).exists()]
+    values = kept_secrets(data, [key for key in keys if key != DATABASE_URL], {})
+    if DATABASE_URL in missing:
+        password = values[POSTGRES_PASSWORD]
+        url = f"postgresql://{PG_USER}:{password}@postgres:5432/{PG_DATABASE}"
+        write_private_text(folder / DATABASE_URL, url + "\n")
+    created = [folder / key for key in missing]
+    for path in created:
         # Compose bind-mounts each file as it is, and the services run as uid 10001, not as
         # the host user: readable by all, and the 0700 folder keeps other host users out.
         path.chmod(0o644)
-        created.append(path)
     return created

@@ -4,7 +4,7 @@ The gateway's Dockerfile is written by hand: it serves a configuration file, not
 
 from __future__ import annotations
 
-from mosaic_devstack.scaffold import TEMPLATES, Names
+from mosaic_devstack.scaffold import TEMPLATES, Names, _fill
 
 __all__ = ["DOCKERFILE_TEMPLATE", "image_name", "service_dockerfile"]
 
@@ -19,8 +19,5 @@ def image_name(name: str) -> str:
 
 def service_dockerfile(name: str) -> str:
     """The text of `services/<name>/Dockerfile`."""
-    text = DOCKERFILE_TEMPLATE.read_text()
-    # The date placeholder is left out: a Dockerfile rendered again later must be identical.
-    for key, value in Names(name).placeholders("").items():
-        text = text.replace(key, value)
-    return text
+    # As `mosaic new service` fills it, with no date: a Dockerfile rendered later is identical.
+    return _fill(DOCKERFILE_TEMPLATE.read_text(), Names(name).placeholders(""))
