@@ -148,6 +148,7 @@ def test_network_policies_deny_by_default_and_open_the_paths(rendered: Any) -> N
 def test_every_required_setting_is_supplied(rendered: Any) -> None:
     _, _, resources = rendered
     configs = _of_kind(resources, "ConfigMap")
+    digests = set()
     for service in SERVICES:
         fields = manifests.settings_class(service).model_fields
         required = {name.upper() for name, info in fields.items() if info.is_required()}
@@ -175,13 +176,21 @@ def test_every_required_setting_is_supplied(rendered: Any) -> None:
         assert config["NATS_STREAM_REPLICAS"] == "3"
         assert config["DB_SCHEMA"] == service.schema
         # A changed ConfigMap changes the pod template, so the pods restart to read it.
-        assert deployment["spec"]["template"]["metadata"]["annotations"]["mosaic.dev/config-sha256"]
+        digests.add(
+            deployment["spec"]["template"]["metadata"]["annotations"]["mosaic.dev/config-sha256"]
+        )
         assert config["HOST"] == "0.0.0.0"
         # Discovery hands the gateway this address: the pod's own.
         by_name = {e["name"]: e for e in container["env"]}
         assert by_name["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
         assert by_name["ADVERTISE_URL"]["value"] == f"http://$(POD_IP):{config['PORT']}"
         assert secret["secretName"] == f"{service.name}-secrets"
+        # The kubelet waits out the preStop pause and the service's drain before it kills it.
+        pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        drain = fields["shutdown_grace"].default
+        assert spec["terminationGracePeriodSeconds"] > pause + drain, service.name
+    # Each service's ConfigMap differs (SERVICE_NAME at least), and so must its digest.
+    assert len(digests) == len(SERVICES)
 
 
 def test_images_are_named_consistently(rendered: Any) -> None:
@@ -222,8 +231,12 @@ def test_gateway_config_is_the_generated_one_and_valid(rendered: Any) -> None:
     assert config.server.admin is not None
     assert config.server.admin.listen == "0.0.0.0"
     deployment = _of_kind(resources, "Deployment")["gateway"]["spec"]["template"]["spec"]
-    args = deployment["containers"][0]["args"]
-    assert args[:3] == ["serve", "--config", "/etc/mosaic-gateway/gateway.yaml"]
+    container = deployment["containers"][0]
+    assert container["args"][:3] == ["serve", "--config", "/etc/mosaic-gateway/gateway.yaml"]
+    # The kubelet waits out the preStop pause and the drain before it kills the gateway.
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = config.server.timeouts.shutdown_grace
+    assert deployment["terminationGracePeriodSeconds"] > pause + drain
 
 
 def test_postgres_cluster(rendered: Any) -> None:
@@ -290,7 +303,10 @@ def test_cli_renders_and_refuses_an_unknown_overlay(
     assert main(["manifests", "--overlay", "dev", "--out", str(out)]) == 0
     assert (out / "kustomization.yaml").is_file()
     # An earlier render is replaced; a folder that is not one is left alone.
+    (out / "deployment-gone.yaml").write_text("stale")
     assert main(["manifests", "--overlay", "dev", "--out", str(out)]) == 0
+    assert not (out / "deployment-gone.yaml").exists()
+    assert (out / "kustomization.yaml").is_file()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
     assert main(["manifests", "--overlay", "dev", "--out", str(tmp_path / "mine")]) == 2

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mosaic_devstack.compose import service_secret_keys
 from mosaic_devstack.gateway_config import GatewaySettings, gateway_config, render
+from mosaic_devstack.images import image_name
 from mosaic_devstack.services import Service
 
 OVERLAYS = Path(__file__).resolve().parents[3] / "deploy" / "k8s" / "overlays"
@@ -50,6 +52,8 @@ GATEWAY = "gateway"
 
 _NAME_LABEL = "app.kubernetes.io/name"
 _COMPONENT_LABEL = "app.kubernetes.io/component"
+_MOSAIC_LABELS = {"app.kubernetes.io/part-of": PART_OF}
+"""On every resource of Mosaic (as a pod selector: all of its pods)."""
 
 
 class ManifestError(ValueError):
@@ -85,7 +89,7 @@ class Overlay:
     per_service: dict[str, Sizing] = field(default_factory=dict)
 
     def image(self, name: str) -> str:
-        return f"{self.registry.rstrip('/')}/mosaic-{name}:{self.tag}"
+        return f"{self.registry.rstrip('/')}/{image_name(name)}:{self.tag}"
 
     def sizing(self, service: Service) -> Sizing:
         sizing = self.per_service.get(service.name, self.service)
@@ -173,12 +177,6 @@ def settings_class(service: Service) -> type[Any]:
     return settings
 
 
-def secret_keys(service: Service) -> list[str]:
-    """The files its Secret holds: the database URL (it embeds the role's password) and the
-    secrets the registry says the service needs."""
-    return list(dict.fromkeys(["DATABASE_URL", *service.secrets]))
-
-
 def secret_name(service: Service) -> str:
     return f"{service.name}-secrets"
 
@@ -198,12 +196,12 @@ def _openapi(service: Service) -> dict[str, Any] | None:
 # --- resources ----------------------------------------------------------------------------------
 
 
-def _labels(name: str, component: str) -> dict[str, str]:
-    return {_NAME_LABEL: name, _COMPONENT_LABEL: component, "app.kubernetes.io/part-of": PART_OF}
-
-
 def _selector(name: str, component: str) -> dict[str, str]:
     return {_NAME_LABEL: name, _COMPONENT_LABEL: component}
+
+
+def _labels(name: str, component: str) -> dict[str, str]:
+    return {**_selector(name, component), **_MOSAIC_LABELS}
 
 
 def _meta(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
@@ -249,7 +247,7 @@ def _secret_volume(service: Service) -> dict[str, Any]:
         "secret": {
             "secretName": secret_name(service),
             "defaultMode": 0o400,
-            "items": [{"key": key, "path": key} for key in secret_keys(service)],
+            "items": [{"key": key, "path": key} for key in service_secret_keys(service)],
         },
     }
 
@@ -440,6 +438,7 @@ def service_resources(service: Service, overlay: Overlay) -> list[dict[str, Any]
     labels = _labels(name, "service")
     selector = _selector(name, "service")
     sizing = overlay.sizing(service)
+    config = service_config(service, overlay)
     drain = int(settings_class(service).model_fields["shutdown_grace"].default)
     container = {
         **_service_container(service, overlay, ["serve"], sizing),
@@ -453,7 +452,7 @@ def service_resources(service: Service, overlay: Overlay) -> list[dict[str, Any]
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": _meta(f"{name}-config", labels),
-            "data": service_config(service, overlay),
+            "data": config,
         },
         _deployment(
             name,
@@ -461,7 +460,7 @@ def service_resources(service: Service, overlay: Overlay) -> list[dict[str, Any]
             selector,
             _pod_spec(name, [container], [_secret_volume(service)]),
             _PRE_STOP_SECONDS + drain + 5,
-            service_config(service, overlay),
+            config,
         ),
         _k8s_service(name, labels, selector, PORT, PORT),
         _pdb(name, selector, labels),
@@ -512,7 +511,6 @@ _NATS_PODS = {_NAME_LABEL: "nats"}
 _PG_PODS = {"cnpg.io/cluster": PG_CLUSTER}
 _REDIS_PODS = {_NAME_LABEL: "redis"}
 _GATEWAY_PODS = _selector(GATEWAY, "gateway")
-_MOSAIC_PODS = {"app.kubernetes.io/part-of": PART_OF}
 
 
 def _peer(labels: Mapping[str, str]) -> dict[str, Any]:
@@ -532,7 +530,7 @@ def _policy(
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _meta(name, {"app.kubernetes.io/part-of": PART_OF}),
+        "metadata": _meta(name, _MOSAIC_LABELS),
         "spec": {
             "podSelector": {"matchLabels": dict(selector)},
             "policyTypes": ["Ingress", "Egress"],
@@ -561,14 +559,14 @@ def _shared_policies() -> list[dict[str, Any]]:
     deny = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _meta("default-deny", {"app.kubernetes.io/part-of": PART_OF}),
+        "metadata": _meta("default-deny", _MOSAIC_LABELS),
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
     }
     nats = _policy(
         "nats",
         _NATS_PODS,
         [
-            {"from": [_peer(_MOSAIC_PODS)], "ports": _tcp(4222)},
+            {"from": [_peer(_MOSAIC_LABELS)], "ports": _tcp(4222)},
             # Cluster routes between the servers, and their monitoring port for each other.
             {"from": [_peer(_NATS_PODS)], "ports": _tcp(4222, 6222, 8222)},
         ],
@@ -578,7 +576,7 @@ def _shared_policies() -> list[dict[str, Any]]:
         "postgres",
         _PG_PODS,
         [
-            {"from": [_peer(_MOSAIC_PODS)], "ports": _tcp(5432)},
+            {"from": [_peer(_MOSAIC_LABELS)], "ports": _tcp(5432)},
             {"from": [_peer(_PG_PODS)], "ports": _tcp(5432, 8000)},
             # The CloudNativePG operator asks each instance's manager for its status.
             {
@@ -605,18 +603,21 @@ def _shared_policies() -> list[dict[str, Any]]:
 # --- the gateway --------------------------------------------------------------------------------
 
 
-def gateway_yaml(services: Sequence[Service], overlay: Overlay) -> str:
-    """The gateway's configuration, from the services' OpenAPI documents built offline, through
-    the same generation and validation as `mosaic up`'s."""
-    documents = {s.name: doc for s in services if (doc := _openapi(s)) is not None}
-    settings = GatewaySettings(
+def _gateway_settings(overlay: Overlay) -> GatewaySettings:
+    return GatewaySettings(
         listen="0.0.0.0",
         port=GATEWAY_PORT,
         admin_port=GATEWAY_ADMIN_PORT,
         workers=overlay.gateway_workers,
         nats_url=NATS_URL,
     )
-    config = gateway_config(settings, documents)
+
+
+def gateway_yaml(services: Sequence[Service], overlay: Overlay) -> str:
+    """The gateway's configuration, from the services' OpenAPI documents built offline, through
+    the same generation and validation as `mosaic up`'s."""
+    documents = {s.name: doc for s in services if (doc := _openapi(s)) is not None}
+    config = gateway_config(_gateway_settings(overlay), documents)
     # The kubelet probes the pod's address, not its loopback.
     config["server"]["admin"]["listen"] = "0.0.0.0"
     text = render(config, f"{GATEWAY_CONFIG_DIR}/gateway.yaml")
@@ -674,7 +675,7 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
         # Ingress controller) may call it; the admin port stays for the kubelet's probes.
         [{"ports": _tcp(GATEWAY_PORT)}],
         [
-            {"to": [_peer({"app.kubernetes.io/component": "service"})], "ports": _tcp(PORT)},
+            {"to": [_peer({_COMPONENT_LABEL: "service"})], "ports": _tcp(PORT)},
             {"to": [_peer(_NATS_PODS)], "ports": _tcp(4222)},
             _DNS_EGRESS,
         ],
@@ -692,8 +693,8 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
             labels,
             selector,
             _pod_spec(GATEWAY, [container], [config_volume]),
-            # The gateway drains in its configuration's shutdown_grace (5 s) after the pause.
-            _PRE_STOP_SECONDS + 5 + 10,
+            # The gateway drains in its configuration's shutdown_grace after the pause.
+            _PRE_STOP_SECONDS + int(_gateway_settings(overlay).shutdown_grace) + 10,
         ),
         _k8s_service(GATEWAY, labels, selector, 80, GATEWAY_PORT, overlay.gateway_service_type),
         _pdb(GATEWAY, selector, labels),
@@ -725,7 +726,7 @@ def postgres_cluster(services: Sequence[Service], overlay: Overlay) -> dict[str,
     return {
         "apiVersion": "postgresql.cnpg.io/v1",
         "kind": "Cluster",
-        "metadata": _meta(PG_CLUSTER, {"app.kubernetes.io/part-of": PART_OF}),
+        "metadata": _meta(PG_CLUSTER, _MOSAIC_LABELS),
         "spec": {
             "instances": overlay.pg_instances,
             "storage": storage,
@@ -752,7 +753,7 @@ def render_all(services: Sequence[Service], overlay: Overlay) -> list[dict[str, 
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": _meta(overlay.namespace, {"app.kubernetes.io/part-of": PART_OF}),
+        "metadata": _meta(overlay.namespace, _MOSAIC_LABELS),
     }
     resources = [namespace, *_shared_policies(), postgres_cluster(services, overlay)]
     for service in services:
@@ -778,13 +779,13 @@ def secrets_guide(services: Sequence[Service], overlay: Overlay) -> str:
         upper = s.name.upper()
         lines.append(f"# {s.name}")
         if s.schema is not None:
-            lines += [
+            lines.append(
                 f"kubectl -n {ns} create secret generic {db_secret_name(s)} "
                 f"--type=kubernetes.io/basic-auth --from-literal=username={s.name} "
-                f'--from-literal=password="${upper}_DB_PASSWORD"',
-            ]
+                f'--from-literal=password="${upper}_DB_PASSWORD"'
+            )
         parts = [f"kubectl -n {ns} create secret generic {secret_name(s)}"]
-        for key in secret_keys(s):
+        for key in service_secret_keys(s):
             if key == "DATABASE_URL":
                 value = (
                     f"postgresql://{s.name}:${upper}_DB_PASSWORD@{PG_CLUSTER}-rw:5432/{PG_DATABASE}"
