@@ -166,18 +166,20 @@ class GatewayConfigError(ValueError):
     pass
 
 
-def render(config: Mapping[str, Any], file: str) -> str:
-    """The document as YAML, once the gateway's own validation accepts it (else the issues)."""
+UP_HEADER = (
+    "# The gateway in front of the services, written by `mosaic up` at every start from\n"
+    "# their OpenAPI documents (x-mosaic-gateway): the running gateway reloads an edit, the\n"
+    "# next `mosaic up` overwrites it.\n"
+    "# Schema: docs/gateway.md; what this file sets and why: docs/operations.md.\n"
+)
+
+
+def render(config: Mapping[str, Any], file: str, header: str = UP_HEADER) -> str:
+    """The document as YAML under `header` (which says who writes it), once the gateway's own
+    validation accepts it (else the issues)."""
     import yaml
 
     from mosaic_gateway.config import ConfigError, parse_config
-
-    header = (
-        "# The gateway in front of the services, written by `mosaic up` at every start from\n"
-        "# their OpenAPI documents (x-mosaic-gateway): the running gateway reloads an edit, the\n"
-        "# next `mosaic up` overwrites it.\n"
-        "# Schema: docs/gateway.md; what this file sets and why: docs/operations.md.\n"
-    )
 
     class Dumper(yaml.SafeDumper):
         pass

@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,18 @@ class Service:
             return getattr(importlib.import_module(module), attribute)
         except (ImportError, AttributeError) as exc:
             raise RegistryError(f"{self.name}: cannot load {self.definition}: {exc}") from exc
+
+
+def openapi_documents(services: Sequence[Service]) -> dict[str, dict[str, Any]]:
+    """Each service's OpenAPI document, built from its definition without running it (for the
+    gateway configurations `mosaic compose` and `mosaic manifests` render); services with no
+    `definition` have none."""
+    documents: dict[str, dict[str, Any]] = {}
+    for service in services:
+        if service.definition is not None:
+            definition = service.load_definition()
+            documents[service.name] = definition.app(definition.settings()).openapi()
+    return documents
 
 
 def resolve_program(program: str) -> str:
