@@ -102,15 +102,17 @@ async def _stream_info(js: JetStreamContext) -> StreamInfo | None:
 
 
 async def test_cluster_keeps_every_event_when_a_node_is_killed(
-    cluster: list[EmbeddedNats],
+    cluster: list[EmbeddedNats], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What `mosaic up --nats-cluster 3` gives the services, who create their streams with it.
+    monkeypatch.setenv(STREAM_REPLICAS_ENV, "3")
     began = time.monotonic()
     url = cluster_url(cluster)
     await wait_jetstream(url, timeout=30.0)
     publisher, applier = await _connect(url, "publisher"), await _connect(url, "applier")
     try:
         js = publisher.jetstream(timeout=2.0)
-        await ensure_stream(js, SERVICE, replicas=3)
+        await ensure_stream(js, SERVICE)
         info = await js.stream_info(stream_name(SERVICE))
         assert info.config.num_replicas == 3
         sub = await applier.jetstream(timeout=2.0).pull_subscribe(
@@ -233,9 +235,21 @@ def test_up_with_a_cluster_gives_services_every_node_and_down_stops_them(stack: 
     status = stack.status_json()
     assert [node["reachable"] for node in status["nats_nodes"]] == [True, True, True]
     shown = stack.mosaic("status")
-    assert shown.stdout.count("nats-") >= 3, shown.stdout
+    assert all(f"nats-{i}" in shown.stdout for i in (1, 2, 3)), shown.stdout
 
-    refs = recorded(state)
+    # A node that dies is restarted on its port, and recorded with its new pid.
+    os.kill(nodes[1]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stack.state()["nats_nodes"][1]["pid"] == nodes[1]["pid"]:
+        time.sleep(0.1)
+    again = stack.state()["nats_nodes"]
+    assert again[1]["pid"] != nodes[1]["pid"], stack.log("mosaic")
+    assert [node["url"] for node in again] == urls
+    assert [node["pid"] for node in again[::2]] == [nodes[0]["pid"], nodes[2]["pid"]]
+    assert "NATS node 2 died unexpectedly (killed by SIGKILL)" in stack.log("mosaic")
+    assert stack.status_json()["nats_nodes"][1]["reachable"]
+
+    refs = recorded(stack.state())
     down = stack.mosaic("down", timeout=90)
     assert down.returncode == 0, down.stdout + down.stderr
     assert wait_all_gone(refs) == []

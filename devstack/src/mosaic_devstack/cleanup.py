@@ -20,10 +20,9 @@ def stop_recorded(state: State, grace: float = 10.0) -> list[ProcessRef]:
         # waited for together with the services, so parts that hang cost one grace period.
         services.insert(0, gateway)
     terminate(services, signal.SIGTERM, grace)
-    if state.nats and (nats := state.nats.process()) is not None:
-        terminate([nats], signal.SIGTERM, 10.0)
-    nodes = [ref for node in state.nats_nodes if (ref := node.process()) is not None]
-    terminate(nodes, signal.SIGTERM, 10.0)
+    # The single server, or a cluster's nodes (its `nats` entry then has no process).
+    nats = [ref for info in (state.nats, *state.nats_nodes) if info and (ref := info.process())]
+    terminate(nats, signal.SIGTERM, 10.0)
     if state.postgres and (pg := state.postgres.process()) is not None:
         # SIGINT is PostgreSQL's fast shutdown; SIGKILL would leave its backends behind.
         terminate([pg], signal.SIGINT, 15.0)

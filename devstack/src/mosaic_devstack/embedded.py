@@ -389,7 +389,10 @@ class EmbeddedNats:
 
 def nats_cluster(root: Path, size: int, port: Callable[[], int], logs: Path) -> list[EmbeddedNats]:
     """`size` NATS servers routed to each other as one JetStream cluster, node i storing under
-    `root`/node-i and logging to `logs`/nats-i.log. `port` hands out free ports."""
+    `root`/node-i and logging to `logs`/nats-i.log. `port` hands out free ports. A cluster of
+    1 is the single server, storing under `root` and logging to `logs`/nats.log as ever."""
+    if size == 1:
+        return [EmbeddedNats(root, port(), log=logs / "nats.log")]
     client_ports = [port() for _ in range(size)]
     cluster_ports = [port() for _ in range(size)]
     routes = tuple(f"nats://127.0.0.1:{p}" for p in cluster_ports)
@@ -419,11 +422,15 @@ async def wait_jetstream(url: str, timeout: float = 30.0) -> None:  # noqa: ASYN
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     try:
-        nc = await nats.connect(
-            servers=url.split(","),
-            connect_timeout=2,
-            max_reconnect_attempts=-1,
-            allow_reconnect=True,
+        # Bounded: with unlimited reconnects the client would keep trying dead servers.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers=url.split(","),
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+            ),
+            timeout,
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise ServerError(f"cannot connect to NATS at {url}: {exc!r}") from None

@@ -150,8 +150,8 @@ class Supervisor:
         console.width = max(console.width, *(len(name) for name in names))
         self.log = self._sink("mosaic", echo=True)
         self.pg: EmbeddedPostgres | None = None
-        self.nats: EmbeddedNats | None = None
         self.nats_nodes: list[EmbeddedNats] = []
+        """The embedded NATS servers: one, or the nodes of `--nats-cluster N`."""
         self.database_url = ""
         self.nats_url = ""
         self.instances: list[Instance] = []
@@ -273,40 +273,49 @@ class Supervisor:
         self.nats_url = self.env.get("NATS_URL", "")
         if self.nats_url:
             self.say("NATS: using NATS_URL from the environment")
-        elif self.opts.nats_cluster > 1:
+        else:
             self.nats_nodes = nats_cluster(
                 self.data.nats, self.opts.nats_cluster, self._port, self.data.logs
             )
-            for i, node in enumerate(self.nats_nodes, start=1):
-                jobs.append(self._server_thread(f"NATS node {i}", node.start, node.log_path))
+            for node in self.nats_nodes:
+                jobs.append(self._server_thread(self._nats_name(node), node.start, node.log_path))
             self.nats_url = cluster_url(self.nats_nodes)
             # Streams are created by the services' first start; tell them the cluster's size.
-            self.env.setdefault(STREAM_REPLICAS_ENV, str(self.opts.nats_cluster))
-        else:
-            nats = self.nats = EmbeddedNats(self.data.nats, self._port(), log=self.data.log("nats"))
-            jobs.append(self._server_thread("NATS", nats.start, nats.log_path))
-            self.nats_url = nats.url
+            self.env.setdefault(STREAM_REPLICAS_ENV, str(len(self.nats_nodes)))
         await first_failure(jobs)
-        assert self.state is not None
-        self.state.postgres = self._server_info(self.database_url, self.pg)
-        self.state.nats = self._server_info(self.nats_url, self.nats)
+        self._record_servers()
         if self.nats_nodes:
-            self.state.nats = ServerInfo(url=self.nats_url, embedded=True)
-            self.state.nats_nodes = [self._server_info(n.url, n) for n in self.nats_nodes]
-        self._write_state()
-        if self.nats_nodes:
-            # Listening is not enough: JetStream answers only once the nodes elected a leader.
+            # Listening is not enough: a cluster's JetStream answers once a leader is elected.
             try:
                 await wait_jetstream(self.nats_url, timeout=30.0)
             except ServerError as exc:
-                raise StartupError(f"NATS cluster: {exc}") from None
-            self.say(f"NATS cluster of {len(self.nats_nodes)} is up")
+                raise StartupError(f"NATS: {exc}") from None
+            if len(self.nats_nodes) > 1:
+                self.say(f"NATS cluster of {len(self.nats_nodes)} is up")
         if self.pg is not None:
             self.watchers.append(asyncio.create_task(self._watch_server("PostgreSQL", self.pg)))
-        if self.nats is not None:
-            self.watchers.append(asyncio.create_task(self._watch_server("NATS", self.nats)))
-        for i, node in enumerate(self.nats_nodes, start=1):
-            self.watchers.append(asyncio.create_task(self._watch_server(f"NATS node {i}", node)))
+        for node in self.nats_nodes:
+            self.watchers.append(
+                asyncio.create_task(self._watch_server(self._nats_name(node), node))
+            )
+
+    def _nats_name(self, node: EmbeddedNats) -> str:
+        if len(self.nats_nodes) == 1:
+            return "NATS"
+        return f"NATS node {self.nats_nodes.index(node) + 1}"
+
+    def _record_servers(self) -> None:
+        """Write the servers' URLs and pids to the state file. A cluster is recorded as its
+        list of URLs (what clients are given) under `nats`, each node under `nats_nodes`."""
+        assert self.state is not None
+        self.state.postgres = self._server_info(self.database_url, self.pg)
+        nodes = [self._server_info(node.url, node) for node in self.nats_nodes]
+        if len(nodes) == 1:
+            self.state.nats = nodes[0]
+        else:
+            self.state.nats = ServerInfo(url=self.nats_url, embedded=bool(nodes))
+            self.state.nats_nodes = nodes
+        self._write_state()
 
     @staticmethod
     def _server_info(url: str, server: EmbeddedPostgres | EmbeddedNats | None) -> ServerInfo:
@@ -577,15 +586,7 @@ class Supervisor:
             except StartupError as exc:
                 self.say(f"restart failed: {exc}")
                 continue
-            assert self.state is not None
-            info = self._server_info(server.url, server)
-            if isinstance(server, EmbeddedPostgres):
-                self.state.postgres = info
-            elif server in self.nats_nodes:
-                self.state.nats_nodes[self.nats_nodes.index(server)] = info
-            else:
-                self.state.nats = info
-            self._write_state()
+            self._record_servers()
 
     async def _restart(self, inst: Instance) -> bool:
         """Start `inst` again; False when it cannot even be started (no point retrying)."""
@@ -642,12 +643,8 @@ class Supervisor:
         for inst in self.instances:
             inst.info.state = "stopped"
         await asyncio.gather(*self.threads, return_exceptions=True)
-        await self._stop_server("NATS", self.nats)
         await asyncio.gather(
-            *(
-                self._stop_server(f"NATS node {i}", node)
-                for i, node in enumerate(self.nats_nodes, start=1)
-            )
+            *(self._stop_server(self._nats_name(node), node) for node in self.nats_nodes)
         )
         await self._stop_server("PostgreSQL", self.pg)
         await self.http.aclose()
