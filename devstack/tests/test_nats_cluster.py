@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import pydantic
 import pytest
 from devstack_support import Stack, get, recorded, under, wait_all_gone
 from nats.aio.client import Client
@@ -33,7 +34,8 @@ from mosaic_devstack.embedded import (
     wait_jetstream,
 )
 from mosaic_kit.events import EVENT_PREFIX, stream_name
-from mosaic_kit.nats.jetstream import STREAM_REPLICAS_ENV, ensure_stream, stream_replicas
+from mosaic_kit.nats.jetstream import ensure_stream
+from mosaic_kit.settings import ServiceSettings
 
 SERVICE = "clustertest"
 SUBJECT = f"{EVENT_PREFIX}{SERVICE}.happened"
@@ -105,14 +107,15 @@ async def test_cluster_keeps_every_event_when_a_node_is_killed(
     cluster: list[EmbeddedNats], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What `mosaic up --nats-cluster 3` gives the services, who create their streams with it.
-    monkeypatch.setenv(STREAM_REPLICAS_ENV, "3")
+    monkeypatch.setenv("NATS_STREAM_REPLICAS", "3")
+    settings = ServiceSettings.load()
     began = time.monotonic()
     url = cluster_url(cluster)
     await wait_jetstream(url, timeout=30.0)
     publisher, applier = await _connect(url, "publisher"), await _connect(url, "applier")
     try:
         js = publisher.jetstream(timeout=2.0)
-        await ensure_stream(js, SERVICE)
+        await ensure_stream(js, SERVICE, replicas=settings.nats_stream_replicas)
         info = await js.stream_info(stream_name(SERVICE))
         assert info.config.num_replicas == 3
         sub = await applier.jetstream(timeout=2.0).pull_subscribe(
@@ -256,12 +259,12 @@ def test_up_with_a_cluster_gives_services_every_node_and_down_stops_them(stack: 
     assert under(stack.data) == []
 
 
-def test_stream_replicas_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(STREAM_REPLICAS_ENV, raising=False)
-    assert stream_replicas() == 1  # a single server, as before
-    monkeypatch.setenv(STREAM_REPLICAS_ENV, "3")
-    assert stream_replicas() == 3
+def test_stream_replicas_are_a_validated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NATS_STREAM_REPLICAS", raising=False)
+    assert ServiceSettings.load().nats_stream_replicas == 1  # a single server, as before
+    monkeypatch.setenv("NATS_STREAM_REPLICAS", "3")
+    assert ServiceSettings.load().nats_stream_replicas == 3
     for bad in ("0", "6", "many"):
-        monkeypatch.setenv(STREAM_REPLICAS_ENV, bad)
-        with pytest.raises(ValueError, match=STREAM_REPLICAS_ENV):
-            stream_replicas()
+        monkeypatch.setenv("NATS_STREAM_REPLICAS", bad)
+        with pytest.raises(pydantic.ValidationError, match="nats_stream_replicas"):
+            ServiceSettings.load()

@@ -167,8 +167,7 @@ def test_every_required_setting_is_supplied(rendered: Any) -> None:
         env = {e["name"] for e in container["env"]}
         supplied = set(config) | env | files
         assert required <= supplied, f"{service.name}: missing {required - supplied}"
-        # NATS_STREAM_REPLICAS is read by the kit's ensure_stream, not by a settings class.
-        outside = {"SECRETS_DIR", "POD_IP", "PYTHONDONTWRITEBYTECODE", "NATS_STREAM_REPLICAS"}
+        outside = {"SECRETS_DIR", "POD_IP", "PYTHONDONTWRITEBYTECODE"}
         assert set(config) | env <= {n.upper() for n in fields} | outside, (
             f"{service.name}: a variable no setting reads"
         )

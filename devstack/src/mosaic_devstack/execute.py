@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from mosaic_devstack.services import RegistryError, Service
 from mosaic_devstack.state import DataDir, kept_secrets, read_state
-from mosaic_kit.nats.jetstream import STREAM_REPLICAS_ENV
 
 __all__ = ["exec_in_stack", "stack_env"]
 
@@ -29,7 +28,7 @@ def stack_env(data: DataDir, service: Service) -> dict[str, str]:
     env = {**os.environ, "DATABASE_URL": state.postgres.url, "NATS_URL": state.nats.url}
     if state.nats_nodes:
         # A command that creates a stream must replicate it like the services do.
-        env.setdefault(STREAM_REPLICAS_ENV, str(len(state.nats_nodes)))
+        env.setdefault("NATS_STREAM_REPLICAS", str(len(state.nats_nodes)))
     if service.schema:
         env["DB_SCHEMA"] = service.schema
     env.update(kept_secrets(data, service.secrets, env))

@@ -60,7 +60,6 @@ from mosaic_devstack.state import (
     write_state,
 )
 from mosaic_devstack.streams import LineSink, tail_text
-from mosaic_kit.nats.jetstream import STREAM_REPLICAS_ENV
 
 T = TypeVar("T")
 
@@ -281,7 +280,7 @@ class Supervisor:
                 jobs.append(self._server_thread(self._nats_name(node), node.start, node.log_path))
             self.nats_url = cluster_url(self.nats_nodes)
             # Streams are created by the services' first start; tell them the cluster's size.
-            self.env.setdefault(STREAM_REPLICAS_ENV, str(len(self.nats_nodes)))
+            self.env.setdefault("NATS_STREAM_REPLICAS", str(len(self.nats_nodes)))
         await first_failure(jobs)
         self._record_servers()
         if self.nats_nodes:

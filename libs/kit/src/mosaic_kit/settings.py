@@ -59,6 +59,14 @@ class ServiceSettings(BaseSettings):
     nats_url: str = Field(
         "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated."
     )
+    nats_stream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Servers of the JetStream cluster that keep each of the service's event "
+        "streams (and the DLQ); 3 survives the loss of one. A client cannot tell the cluster's "
+        "size, so whoever runs it sets this (`mosaic up --nats-cluster 3`, the manifests).",
+    )
     nats_request_timeout: float = Field(2.0, gt=0, description="Seconds an internal request waits.")
     redis_url: SecretStr | None = Field(None, description="Redis URL for shared caches, if any.")
     otel_exporter_otlp_endpoint: str | None = Field(

@@ -213,7 +213,7 @@ class ServiceDefinition(Generic[S]):
         NATS.provide(app, nc)
         kit = Assembly(app, settings, db, nc, stack)
         if self.publishes_events:
-            await jetstream.ensure_stream(kit.js, self.name)
+            await jetstream.ensure_stream(kit.js, self.name, replicas=settings.nats_stream_replicas)
 
         await self.assemble(kit)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -39,16 +38,7 @@ from mosaic_kit.events import (
 )
 from mosaic_kit.logging import get_logger
 
-__all__ = [
-    "STREAM_REPLICAS_ENV",
-    "RecentEventsSubscription",
-    "ensure_stream",
-    "publish",
-    "stream_replicas",
-    "subscribe_recent",
-]
-
-STREAM_REPLICAS_ENV = "NATS_STREAM_REPLICAS"
+__all__ = ["RecentEventsSubscription", "ensure_stream", "publish", "subscribe_recent"]
 
 
 _log = get_logger("mosaic_kit.events")
@@ -64,15 +54,14 @@ async def ensure_stream(
     max_age: timedelta = timedelta(days=7),
     duplicate_window: timedelta = timedelta(minutes=2),
     dlq_max_age: timedelta = timedelta(days=30),
-    replicas: int | None = None,
+    replicas: int = 1,
 ) -> None:
     """Create (or bring up to date) the service's event stream and the shared DLQ stream.
 
     Every replica calls this on start; creating an identical stream is a no-op for the server.
-    `replicas` (default: $NATS_STREAM_REPLICAS, else 1) is how many servers of a JetStream
-    cluster keep each stream; 3 survives the loss of one.
+    `replicas` is how many servers of a JetStream cluster keep each stream (the service's
+    `nats_stream_replicas` setting); 3 survives the loss of one.
     """
-    copies = stream_replicas() if replicas is None else replicas
     await _put_stream(
         js,
         StreamConfig(
@@ -84,7 +73,7 @@ async def ensure_stream(
             discard=DiscardPolicy.OLD,
             max_age=max_age.total_seconds(),
             duplicate_window=duplicate_window.total_seconds(),
-            num_replicas=copies,
+            num_replicas=replicas,
         ),
     )
     await _put_stream(
@@ -98,24 +87,9 @@ async def ensure_stream(
             discard=DiscardPolicy.OLD,
             max_age=dlq_max_age.total_seconds(),
             duplicate_window=duplicate_window.total_seconds(),
-            num_replicas=copies,
+            num_replicas=replicas,
         ),
     )
-
-
-def stream_replicas() -> int:
-    """$NATS_STREAM_REPLICAS: set by whoever knows the cluster's size (`mosaic up
-    --nats-cluster 3`, a deployment), since a client cannot tell how many servers there are."""
-    text = os.environ.get(STREAM_REPLICAS_ENV, "").strip()
-    if not text:
-        return 1
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{STREAM_REPLICAS_ENV} must be a whole number, not {text!r}") from None
-    if not 1 <= value <= 5:
-        raise ValueError(f"{STREAM_REPLICAS_ENV} must be between 1 and 5 (JetStream's limit)")
-    return value
 
 
 async def _put_stream(js: JetStreamContext, config: StreamConfig) -> None:
