@@ -95,8 +95,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
 def test_every_settings_field_has_a_flag_with_help(
     cli_and_seen: tuple[ServiceCLI[DemoSettings], list[DemoSettings]],
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cli, _ = cli_and_seen
+    # argparse wraps help to the terminal's width and breaks lines at hyphens, which would
+    # split "comma-separated" into "comma- separated" on a narrow terminal: no wrapping here.
+    monkeypatch.setenv("COLUMNS", "10000")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["serve", "--help"])
     assert exit_info.value.code == 0
