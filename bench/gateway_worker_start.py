@@ -51,11 +51,11 @@ PATH = "/v1/bench/items/42"
 
 WORKER_MODULES = [
     "mosaic_gateway.cli",
-    "mosaic_gateway.worker",
-    "mosaic_gateway.security",
-    "mosaic_gateway.apikeys",
-    "mosaic_gateway.context",
-    "mosaic_gateway.docs",
+    "mosaic_gateway.lifecycle.worker",
+    "mosaic_gateway.filters.security",
+    "mosaic_gateway.filters.apikeys",
+    "mosaic_gateway.filters.context",
+    "mosaic_gateway.handlers.docs",
 ]
 HEAVY = ["fastapi", "starlette", "sqlalchemy", "asyncpg", "alembic", "uvicorn", "pydantic_settings"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mosaic_gateway.apikeys import (
+from mosaic_gateway.filters.apikeys import (
     ApiKeyIdentity,
     ApiKeyInvalid,
     ApiKeyMissing,

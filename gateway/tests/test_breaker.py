@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mosaic_gateway.breaker import (
+from mosaic_gateway.upstream.breaker import (
     ADMITTED,
     CLOSED,
     HALF_OPEN,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mosaic_gateway.config import ConfigError, load_config, parse_config
-from mosaic_gateway.units import parse_duration, parse_size
+from mosaic_gateway.config.units import parse_duration, parse_size
 
 GOOD = """\
 server:

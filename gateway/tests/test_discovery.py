@@ -20,11 +20,11 @@ from disco_support import (
 )
 from gateway_support import BackendFactory, Gateway, GatewayFactory, gateway_config
 
-from mosaic_gateway.balancer import Address, Backend
-from mosaic_gateway.breaker import CircuitBreaker
 from mosaic_gateway.config import ConfigError, parse_config
-from mosaic_gateway.discovery import DiscoveryWatcher, NatsWatcher, http_address
-from mosaic_gateway.upstream import Pool
+from mosaic_gateway.upstream.balancer import Address, Backend
+from mosaic_gateway.upstream.breaker import CircuitBreaker
+from mosaic_gateway.upstream.connection import Pool
+from mosaic_gateway.upstream.discovery import DiscoveryWatcher, NatsWatcher, http_address
 from mosaic_kit.nats.connection import Client, connect
 
 pytestmark = pytest.mark.timeout(120)

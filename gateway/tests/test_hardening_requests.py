@@ -22,7 +22,7 @@ from gateway_support import (
     gateway_config,
 )
 
-from mosaic_gateway import paths
+from mosaic_gateway.routing import paths
 
 pytestmark = pytest.mark.timeout(60)
 

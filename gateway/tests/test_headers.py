@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mosaic_gateway.apikeys import ApiKeyIdentity
-from mosaic_gateway.headers import (
+from mosaic_gateway.filters.apikeys import ApiKeyIdentity
+from mosaic_gateway.filters.headers import (
     CorsPolicy,
     HeaderPolicy,
     QueryPolicy,

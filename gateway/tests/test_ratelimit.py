@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mosaic_devstack.embedded import EmbeddedNats
-from mosaic_gateway.ratelimit import (
+from mosaic_gateway.filters.ratelimit import (
     LocalRateLimiter,
     NatsKvWindowCounter,
     RateLimit,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mosaic_gateway.router import (
+from mosaic_gateway.routing.router import (
     RouteConflictError,
     Router,
     RouteSpec,

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from mosaic_gateway.upstream import (
+from mosaic_gateway.upstream.connection import (
     BAD_RESPONSE,
     BODY_CHUNKED,
     Pool,

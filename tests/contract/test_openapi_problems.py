@@ -33,7 +33,7 @@ from mosaic_devstack.gateway_config import GatewaySettings, gateway_config, rend
 from mosaic_devstack.services import SERVICES as REGISTRY
 from mosaic_devstack.services import Service
 from mosaic_gateway.config import parse_config
-from mosaic_gateway.docs import Merger
+from mosaic_gateway.handlers.docs import Merger
 from mosaic_kit import pagination
 from mosaic_kit.fastapi import auth, idempotency
 from mosaic_kit.openapi import (

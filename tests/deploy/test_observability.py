@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mosaic_gateway import metrics as gateway_metrics
+from mosaic_gateway.observe import metrics as gateway_metrics
 from mosaic_kit import metrics as kit_metrics
 
 ROOT = Path(__file__).resolve().parents[2]

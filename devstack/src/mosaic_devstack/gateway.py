@@ -26,7 +26,7 @@ from mosaic_devstack.instance import HOST, Instance
 from mosaic_devstack.services import Service
 from mosaic_devstack.state import GatewayInfo
 from mosaic_devstack.streams import LineSink
-from mosaic_gateway.listener import bind_socket
+from mosaic_gateway.http.listener import bind_socket
 
 NAME = "gateway"
 GATEWAY = Service(NAME, ("mosaic-gateway",), migrate=False, seed=False, replicas=1)

@@ -119,7 +119,7 @@ def _fail(message: str) -> int:
 def _openapi(
     config: GatewayConfig, given: list[str], allow_missing: bool, output: str | None
 ) -> int:
-    from mosaic_gateway import docs  # the runtime's modules: only this command needs them
+    from mosaic_gateway.handlers import docs  # the runtime's modules: only this command needs them
 
     if config.docs is None:
         return _fail("the configuration has no docs section (docs.sources names the documents)")
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(
         "gateway", f"{socket.gethostname()}-{os.getpid()}", args.log_level, args.log_format
     )
-    from mosaic_gateway.supervisor import serve
+    from mosaic_gateway.lifecycle.supervisor import serve
 
     return serve(
         config,

@@ -3,7 +3,7 @@
 The assets are those the `fastapi-swagger` distribution ships (a current Swagger UI 5 build),
 found through its installed files, not by importing it (it imports FastAPI; the gateway, which
 serves the same page, must not). The services (`mosaic_kit.fastapi.app`) and the gateway
-(`mosaic_gateway.docs`) serve one page, this one, and its assets under `<docs path>/assets/`.
+(`mosaic_gateway.handlers.docs`) serve one page, this one, and its assets under `<docs path>/assets/`.
 """
 
 from __future__ import annotations

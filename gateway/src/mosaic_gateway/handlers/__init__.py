@@ -1,0 +1,1 @@
+"""What ends a route's chain: forwarding, aggregation, the gateway's own documents."""

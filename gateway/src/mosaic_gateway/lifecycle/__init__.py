@@ -1,0 +1,1 @@
+"""Processes and configurations: supervisor, workers, reloads, the admin endpoints, runtimes."""

@@ -1,0 +1,1 @@
+"""Talking to backends: connections and pools, balancing, health, breakers, discovery, fetches."""
