@@ -1,14 +1,15 @@
 """The response cache for GET per route, in each worker's memory.
 
-A route with `cache:` gets a `RouteCache` (its partition of the worker's `CacheStore`). At the top
-of `Proxy.dispatch` it is asked `lookup(exchange)`:
+A route with `cache:` gets a `RouteCache` (its partition of the worker's `CacheStore`), the last
+filter of its chain (routing/chain.py), after every check and the header and query filters:
 
 * a fresh entry answers at once, in one write: the stored head (status line and the upstream's
   headers, minus the per-request ones) plus a fresh `date`, `age`, `x-cache: HIT` and the
   request's `x-request-id`, then the body (none for HEAD: HEAD is served from the GET entry);
 * a miss while the same key is already being fetched waits for that fetch (concurrent misses are
-  coalesced), and is answered from its entry when it lands, or sent on by itself if it does not;
-* otherwise the request is forwarded with a `ResponseCapture` attached to its `Forward`, which
+  coalesced), and is answered from its entry when it lands, or sent on by itself if it does not
+  (the filter's step resolves: False, answered; True, the chain goes on);
+* otherwise the request goes on with a `Capture` as its response hook, which
   adds `x-cache: MISS` (or `BYPASS`) to the response head and, for a storable response, tees the
   head and body into a new entry when the response completes.
 
@@ -31,20 +32,21 @@ raced an invalidation cannot bring the old content back.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from mosaic_gateway.http.server import Exchange
 from mosaic_gateway.http.wire import CRLF, HOP_BY_HOP, connection_tokens, status_line
+from mosaic_gateway.routing.chain import Step
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
     from mosaic_gateway.config import CacheBounds
     from mosaic_gateway.config import RouteCache as RouteCacheSpec
-    from mosaic_gateway.handlers.forward import CompiledRoute, Forward, Proxy
 
-__all__ = ["CacheStore", "Capture", "Entry", "ResponseCapture", "RouteCache"]
+__all__ = ["CacheStore", "Capture", "Entry", "RouteCache"]
 
 _log = get_logger("mosaic_gateway.filters.cache")
 
@@ -86,25 +88,6 @@ _REQUEST_DIRECTIVES = frozenset({b"cache-control", b"pragma"})
 _JOIN_MAX = 64 * 1024
 # Approximate bookkeeping cost of an entry beyond its bytes (objects, dict slots).
 _ENTRY_OVERHEAD = 200
-
-
-class ResponseCapture(Protocol):
-    """What a `Forward` tells about the response it relays (proxy.py calls these)."""
-
-    def attach(self, forward: Forward) -> None:
-        """The forward that will relay the response: sets `forward.capture`."""
-
-    def head(self, status: int, headers: list[tuple[bytes, bytes]], out: list[bytes]) -> bool:
-        """The response head is being rendered into `out` (lines may be added). False: nothing
-        more is wanted (the forward detaches the capture)."""
-
-    def body(self, data: bytes) -> None: ...
-
-    def end(self) -> None:
-        """The response completed (the forward detached the capture before calling)."""
-
-    def abandon(self) -> None:
-        """The exchange ended without a complete response (failure, client gone)."""
 
 
 class Entry:
@@ -261,14 +244,13 @@ class RouteCache:
 
     # --- request path -----------------------------------------------------------------------
 
-    def lookup(self, exchange: Exchange) -> ResponseCapture | None:
-        """None: answered from the cache, or waiting for the same fetch in flight. Otherwise
-        the capture to attach to the forward."""
+    def on_request(self, exchange: Exchange) -> Step:
+        """The filter: answered from the cache (False), waiting for the same fetch in flight
+        (an awaitable), or on its way with the response hook that labels and keeps it."""
         method = exchange.method
         if method not in _CACHED_METHODS:
-            return _PLAIN if method in _SAFE_METHODS else self._invalidator
-        # Set already: a waiter whose fetch came to nothing, sent on by itself now.
-        again = exchange.cache_status is not None
+            exchange.hook = _PLAIN if method in _SAFE_METHODS else self._invalidator
+            return True
         if not self.live or exchange.has_body:
             return self._bypass(exchange)
         refresh = False
@@ -307,21 +289,24 @@ class RouteCache:
             if entry is not None:
                 exchange.cache_status = "HIT"
                 answer(exchange, entry, now)
-                return None
-            if not again:
-                leader = self.inflight.get(key)
-                if leader is not None:
-                    exchange.cache_status = "MISS"
-                    leader.waiters.append(exchange)
-                    return None
+                return False
+            leader = self.inflight.get(key)
+            if leader is not None:
+                exchange.cache_status = "MISS"
+                waiting = asyncio.get_running_loop().create_future()
+                leader.waiters.append((exchange, waiting))
+                return waiting
         exchange.cache_status = "MISS"
         if method == b"HEAD":
-            return _MISS_ONLY  # a HEAD's answer has no body to keep
-        return Capture(self, key, lead=not (again or refresh))
+            exchange.hook = _MISS_ONLY  # a HEAD's answer has no body to keep
+        else:
+            exchange.hook = Capture(self, key, lead=not refresh)
+        return True
 
-    def _bypass(self, exchange: Exchange) -> ResponseCapture:
+    def _bypass(self, exchange: Exchange) -> bool:
         exchange.cache_status = "BYPASS"
-        return self._bypass_label
+        exchange.hook = self._bypass_label
+        return True
 
     # --- invalidation -----------------------------------------------------------------------
 
@@ -377,7 +362,6 @@ class Capture:
     __slots__ = (
         "age_base",
         "chunks",
-        "forward",
         "generation",
         "key",
         "lead",
@@ -393,19 +377,15 @@ class Capture:
         self.key = key
         self.lead = lead
         self.generation = partition.generation
-        self.waiters: list[Exchange] = []
-        self.forward: Forward | None = None
+        # Requests for the same key that wait for this fetch, each with its filter step.
+        self.waiters: list[tuple[Exchange, asyncio.Future[bool]]] = []
         self.stored_head = b""
         self.chunks: list[bytes] = []
         self.size = 0
         self.ttl = 0.0
         self.age_base = 0
-
-    def attach(self, forward: Forward) -> None:
-        self.forward = forward
-        forward.capture = self
-        if self.lead:
-            self.partition.inflight[self.key] = self
+        if lead:
+            partition.inflight[key] = self
 
     def head(self, status: int, headers: list[tuple[bytes, bytes]], out: list[bytes]) -> bool:
         out.append(_MISS_LINE)
@@ -459,15 +439,12 @@ class Capture:
         self.size = len(self.stored_head)
         return True
 
-    def body(self, data: bytes) -> None:
+    def body(self, data: bytes) -> bool:
         self.size += len(data)
         if self.size > self.partition.store.max_entry_bytes:
-            forward = self.forward
-            if forward is not None:
-                forward.capture = None
-            self._give_up()
-            return
+            return self._give_up()
         self.chunks.append(data)
+        return True
 
     def end(self) -> None:
         partition = self.partition
@@ -491,10 +468,12 @@ class Capture:
         store.put(entry)
         waiters = self.waiters
         self.waiters = []
-        for exchange in waiters:
+        for exchange, waiting in waiters:
             if not exchange.finished:
                 exchange.cache_status = "HIT"
                 answer(exchange, entry, now)
+            if not waiting.done():
+                waiting.set_result(False)
 
     def abandon(self) -> None:
         self._give_up()
@@ -511,26 +490,18 @@ class Capture:
             del inflight[self.key]
 
     def _send_on_waiters(self) -> None:
+        """The fetch came to nothing storable: each waiter goes on by itself (no second wait),
+        kept if its own answer can be."""
         waiters = self.waiters
-        forward = self.forward
-        if not waiters or forward is None:
-            return
         self.waiters = []
-        proxy, route = forward.proxy, forward.route
-        for exchange in waiters:
-            # Later, not from inside the leader's callbacks; each goes alone (no second wait).
-            proxy.loop.call_soon(_send_on, proxy, exchange, route)
-
-
-def _send_on(proxy: Proxy, exchange: Exchange, route: CompiledRoute) -> None:
-    if exchange.finished:
-        return
-    try:
-        proxy.dispatch(exchange, route)
-    except Exception:
-        _log.exception("cache_waiter_failed", route=route.template)
-        if not exchange.finished:
-            exchange.abort()
+        partition, key = self.partition, self.key
+        for exchange, waiting in waiters:
+            if waiting.done() or exchange.finished:
+                continue
+            exchange.hook = (
+                _MISS_ONLY if exchange.method == b"HEAD" else Capture(partition, key, lead=False)
+            )
+            waiting.set_result(True)
 
 
 class _Label:
@@ -541,16 +512,13 @@ class _Label:
     def __init__(self, line: bytes) -> None:
         self.line = line
 
-    def attach(self, forward: Forward) -> None:
-        forward.capture = self
-
     def head(self, status: int, headers: list[tuple[bytes, bytes]], out: list[bytes]) -> bool:
         if self.line:
             out.append(self.line)
         return False
 
-    def body(self, data: bytes) -> None:
-        pass
+    def body(self, data: bytes) -> bool:
+        return False
 
     def end(self) -> None:
         pass

@@ -46,7 +46,7 @@ from mosaic_gateway.upstream.fetch import TIMEOUT, Fetch, FetchResult
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
-    from mosaic_gateway.handlers.forward import Proxy
+    from mosaic_gateway.handlers.forward import Forwarder
     from mosaic_gateway.upstream.attempt import RetryPolicy
 
 _log = get_logger("mosaic_gateway.handlers.aggregate")
@@ -301,7 +301,9 @@ class Aggregator:
         sequential: bool,
         timeout: float,
         max_response_bytes: int,
+        forwarder: Forwarder,
     ) -> None:
+        self.forwarder = forwarder
         self.template = template
         self.calls = calls
         self.sequential = sequential
@@ -310,11 +312,12 @@ class Aggregator:
         # Runs in progress: a task must be referenced, the loop only keeps weak references.
         self.running: set[_Run] = set()
 
-    def start(self, proxy: Proxy, exchange: Exchange) -> None:
-        run = _Run(self, proxy, exchange)
+    def start(self, exchange: Exchange) -> None:
+        forwarder = self.forwarder
+        run = _Run(self, forwarder, exchange)
         self.running.add(run)
         exchange.set_responder(run)
-        run.task = proxy.loop.create_task(run.main())
+        run.task = forwarder.loop.create_task(run.main())
         run.task.add_done_callback(lambda _: self.running.discard(run))
 
 
@@ -328,15 +331,15 @@ class _Run:
         "deadline",
         "exchange",
         "fetches",
-        "proxy",
+        "forwarder",
         "task",
     )
 
-    def __init__(self, aggregator: Aggregator, proxy: Proxy, exchange: Exchange) -> None:
+    def __init__(self, aggregator: Aggregator, forwarder: Forwarder, exchange: Exchange) -> None:
         self.aggregator = aggregator
-        self.proxy = proxy
+        self.forwarder = forwarder
         self.exchange = exchange
-        self.deadline = proxy.loop.time() + aggregator.timeout
+        self.deadline = forwarder.loop.time() + aggregator.timeout
         self.answers: list[Any] = [_Failure("not_called")] * len(aggregator.calls)
         self.fetches: list[Fetch] = []
         self.common: bytes | None = None
@@ -394,7 +397,7 @@ class _Run:
 
     async def _in_order(self) -> AggregateCallPlan | None:
         segments, query = self._request_parts()
-        loop = self.proxy.loop
+        loop = self.forwarder.loop
         for call in self.aggregator.calls:
             target = call.render_path(segments, query, self.answers)
             if isinstance(target, str):
@@ -423,7 +426,7 @@ class _Run:
             return request_line + common + CRLF
 
         fetch = Fetch(
-            self.proxy.loop,
+            self.forwarder.loop,
             call.backend,
             head,
             deadline=self.deadline,
@@ -465,7 +468,7 @@ class _Run:
         # (Headers the client named in `Connection` were taken out by the server already.)
         for name, value in exchange.headers:
             if name in _SKIP:
-                if name == b"x-forwarded-for" and self.proxy.trust_forwarded:
+                if name == b"x-forwarded-for" and self.forwarder.trust_forwarded:
                     forwarded_for = (
                         value if forwarded_for is None else forwarded_for + b", " + value
                     )
@@ -545,6 +548,7 @@ def compile_aggregate(
     backends: dict[str, Backend],
     retry_policy: Callable[[str], RetryPolicy | None],
     timeout: float,
+    forwarder: Forwarder,
 ) -> Aggregator:
     """Compile a route's `aggregate` section (already cross-checked by config.py)."""
     spec = route.aggregate
@@ -572,6 +576,7 @@ def compile_aggregate(
         sequential=spec.sequential,
         timeout=spec.timeout or timeout,
         max_response_bytes=spec.max_response_bytes,
+        forwarder=forwarder,
     )
 
 

@@ -31,7 +31,7 @@ What the merged document holds is what a client of the gateway can call:
 
 `GET {path}/openapi.json` answers the merged document, `GET {path}` an HTML page with Swagger UI,
 its assets under `{path}/assets/` from the installed package (no CDN: the page works offline).
-They are answered by the gateway itself (`CompiledRoute.local`), with no admission: no API key
+They are answered by the gateway itself (a `LocalAnswer` ends their chain), with no filter: no API key
 is needed to read them. The bodies are rendered when a document changes, not per request.
 
 `merged_document` is the same merge offline: `mosaic-gateway openapi` prints it from documents
@@ -53,9 +53,10 @@ import orjson
 from mosaic_gateway.config import Docs, GatewayConfig, Route, RouteAuth
 from mosaic_gateway.filters.apikeys import ApiKeyInvalid, ApiKeyMissing, ApiKeyUnavailable
 from mosaic_gateway.filters.ratelimit import RATE_LIMITED
-from mosaic_gateway.handlers.forward import CompiledRoute
 from mosaic_gateway.http import problems
 from mosaic_gateway.http.server import Exchange
+from mosaic_gateway.routing.chain import Chain, LocalAnswer
+from mosaic_gateway.routing.route import CompiledRoute
 from mosaic_gateway.routing.router import Router, RouteSpec, parse_template
 from mosaic_gateway.upstream.balancer import Backend
 from mosaic_gateway.upstream.breaker import CIRCUIT_OPEN
@@ -657,8 +658,8 @@ class DocsService:
             max_body_bytes=0,
             strip_prefix=b"",
             add_prefix=b"",
-            local=answer,
         )
+        route.chain = Chain(self.loop, (), LocalAnswer(answer))
         return RouteSpec(parse_template(path), ["GET"], route)
 
     def serve_page(self, exchange: Exchange) -> None:

@@ -1,6 +1,6 @@
 """Forwarding a request to a backend instance and streaming the response back.
 
-`Proxy.handle` routes an exchange, picks an instance and starts a `Forward`, which takes a pooled
+`Forwarding` ends a proxied route's chain: it picks an instance and starts a `Forward`, which takes a pooled
 connection, writes the request head (and body, as it arrives), and relays the response: status
 and headers re-written once, body bytes passed through (re-chunked when the upstream chunked or
 delimited by close), one client write per upstream read.
@@ -26,9 +26,7 @@ The per-try deadline rides on the same ticker as the route's: no timer for a qui
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from mosaic_gateway.http import problems
 from mosaic_gateway.http.server import Exchange
@@ -42,15 +40,12 @@ from mosaic_gateway.http.wire import (
     is_chunked,
     status_line,
 )
-from mosaic_gateway.observe.accesslog import route_fields
-from mosaic_gateway.routing.paths import refusal as path_refusal
-from mosaic_gateway.routing.router import Router
-from mosaic_gateway.upstream.attempt import RetryPolicy
-from mosaic_gateway.upstream.balancer import Backend, Instance
+from mosaic_gateway.routing.route import CompiledRoute
+from mosaic_gateway.upstream.attempt import RETRIED_STATUS, Attempt
+from mosaic_gateway.upstream.balancer import Instance
 from mosaic_gateway.upstream.breaker import CIRCUIT_OPEN
 from mosaic_gateway.upstream.connection import (
     BODY_CHUNKED,
-    CONNECTION_RESET,
     TRY_TIMEOUT,
     UpstreamConnection,
     UpstreamError,
@@ -58,8 +53,6 @@ from mosaic_gateway.upstream.connection import (
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
-    from mosaic_gateway.filters.cache import ResponseCapture, RouteCache
-    from mosaic_gateway.handlers.aggregate import Aggregator
     from mosaic_gateway.observe.metrics import Metrics
 
 # Request headers never copied upstream: hop-by-hop ones, the body framing (re-done here), the
@@ -84,72 +77,11 @@ _REPLAYABLE_BODY = 64 * 1024
 _log = get_logger("mosaic_gateway.handlers.forward")
 
 
-class Admission(Protocol):
-    """Decides whether a routed request goes on (API key, JWT, roles, CORS, rate limits)."""
+class Forwarder:
+    """A worker's forwarding: the forwards in flight and their deadlines, shared by routes."""
 
-    def admit(self, exchange: Exchange) -> bool | Awaitable[bool]:
-        """True: go on now. False: answered already (a problem, a CORS preflight).
-        An awaitable: the answer needs I/O; it resolves to one of the two."""
-
-    def preflight(self, exchange: Exchange) -> bool:
-        """Answer a CORS preflight for a method the path has no route for; False if the
-        request is not one, or the route has no CORS settings."""
-
-
-@dataclass(eq=False)
-class CompiledRoute:
-    """A configured route, ready for the hot path."""
-
-    template: str
-    backend: Backend
-    timeout: float
-    max_body_bytes: int
-    strip_prefix: bytes
-    add_prefix: bytes
-    retry: RetryPolicy | None = None
-    # Who may call and how often (security.py); None: anyone, no rate limit.
-    policy: Admission | None = None
-    # Answered by several backend calls (aggregate.py); `backend` is then the first call's.
-    aggregate: Aggregator | None = None
-    # GET responses kept per route (cache.py); None: not cached.
-    cache: RouteCache | None = None
-    # Answered by the gateway itself (docs.py: the merged OpenAPI documents).
-    local: Callable[[Exchange], None] | None = None
-    # The access log's `route` and `backend` fields, rendered once (observe.py).
-    log_fields: bytes = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log_fields = route_fields(self.template, self.backend.name)
-
-    def upstream_path(self, path: bytes) -> bytes:
-        if self.strip_prefix:
-            path = path[len(self.strip_prefix) :]
-        if self.add_prefix:
-            path = self.add_prefix + path
-        return path or b"/"
-
-
-def _cors_preflight(exchange: Exchange, routes: Mapping[bytes, CompiledRoute]) -> bool:
-    """A CORS preflight to a path whose routes have CORS settings: answered by the first."""
-    for route in routes.values():
-        policy = route.policy
-        if policy is not None and policy.preflight(exchange):
-            return True
-    return False
-
-
-class Proxy:
-    """The gateway's request handler."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        router: Router[CompiledRoute],
-        *,
-        trust_forwarded: bool,
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, trust_forwarded: bool) -> None:
         self.loop = loop
-        self.router = router
         self.trust_forwarded = trust_forwarded
         self.active: set[Forward] = set()
         self._ticker: asyncio.TimerHandle | None = None
@@ -172,93 +104,6 @@ class Proxy:
                     forward.try_deadline or forward.deadline, forward.on_timeout
                 )
         self._ticker = self.loop.call_later(_TICK, self._tick)
-
-    def handle(self, exchange: Exchange) -> None:
-        path = exchange.path
-        refused = path_refusal(path)  # encoded separators, dot segments (paths.py)
-        if refused is not None:
-            exchange.send_problem(refused)
-            return
-        found = self.router.match(path)
-        if found is None:
-            exchange.send_problem(problems.NO_ROUTE)
-            return
-        entry = found[0]
-        route = entry.by_method.get(exchange.method)
-        if route is None:
-            if exchange.method == b"OPTIONS" and _cors_preflight(exchange, entry.by_method):
-                return
-            exchange.send_problem(problems.METHOD_NOT_ALLOWED, ((b"allow", entry.allow),))
-            return
-        limit = route.max_body_bytes
-        if limit and (
-            (exchange.content_length is not None and exchange.content_length > limit)
-            or exchange.body_bytes > limit
-        ):
-            exchange.send_problem(problems.BODY_TOO_LARGE)
-            return
-        exchange.max_body_bytes = limit
-        exchange.route = route
-        policy = route.policy
-        if policy is not None:
-            admitted = policy.admit(exchange)
-            if admitted is not True:
-                if admitted is not False:
-                    # Not answerable from memory (an API key to ask auth about, a shared rate
-                    # limit): the rest of the pipeline runs when the answer comes.
-                    self.loop.create_task(self._admit_later(exchange, route, admitted))
-                return
-        self.dispatch(exchange, route)
-
-    async def _admit_later(
-        self, exchange: Exchange, route: CompiledRoute, admitted: Awaitable[bool]
-    ) -> None:
-        try:
-            go_on = await admitted
-        except Exception:
-            _log.exception("admission_failed", route=route.template)
-            exchange.send_problem(problems.INTERNAL)
-            return
-        if go_on and not exchange.finished:
-            self.dispatch(exchange, route)
-
-    def dispatch(self, exchange: Exchange, route: CompiledRoute) -> None:
-        """An admitted request: answered from the cache, aggregated, or forwarded."""
-        if route.local is not None:  # a gateway-local route (docs.py)
-            route.local(exchange)
-            return
-        # A hit is answered here; a miss may wait for the same fetch in flight
-        capture: ResponseCapture | None = None
-        if route.cache is not None:
-            capture = route.cache.lookup(exchange)
-            if capture is None:
-                return
-        # An aggregate route answers from several backends (aggregate.py)
-        if route.aggregate is not None:
-            route.aggregate.start(self, exchange)
-            return
-        backend = route.backend
-        if route.retry is not None:
-            backend.deposit_retry_token()
-        instance = backend.pick()
-        if instance is None:
-            # Every instance's breaker refuses (or there is no instance at all): fail fast.
-            exchange.send_problem(CIRCUIT_OPEN if backend.instances else problems.UNAVAILABLE)
-            return
-        forward = Forward(self, exchange, route, instance, backend.permit)
-        if capture is not None:
-            capture.attach(forward)
-        self.active.add(forward)
-        if (
-            forward.retries_left
-            and exchange.has_body
-            and not exchange.body_done
-            and exchange.content_length is not None
-            and exchange.content_length <= _REPLAYABLE_BODY
-        ):
-            forward.buffer_body()  # asks the pool once the body is complete
-            return
-        instance.pool.acquire(forward)
 
     def request_head(
         self, exchange: Exchange, route: CompiledRoute, instance: Instance
@@ -292,6 +137,45 @@ class Proxy:
         return b"".join(parts), chunked
 
 
+class Forwarding:
+    """The terminal handler of a proxied route: the request goes to one of its backend's
+    instances (retried on another when allowed) and the response comes back as it arrives."""
+
+    __slots__ = ("forwarder", "route")
+
+    def __init__(self, forwarder: Forwarder, route: CompiledRoute) -> None:
+        self.forwarder = forwarder
+        self.route = route
+
+    def start(self, exchange: Exchange) -> None:
+        route = self.route
+        backend = route.backend
+        if route.retry is not None:
+            backend.deposit_retry_token()
+        instance = backend.pick()
+        if instance is None:
+            # Every instance's breaker refuses (or there is no instance at all): fail fast.
+            hook = exchange.hook
+            if hook is not None:
+                exchange.hook = None
+                hook.abandon()
+            exchange.send_problem(CIRCUIT_OPEN if backend.instances else problems.UNAVAILABLE)
+            return
+        forwarder = self.forwarder
+        forward = Forward(forwarder, exchange, route, instance)
+        forwarder.active.add(forward)
+        if (
+            forward.retries_left
+            and exchange.has_body
+            and not exchange.body_done
+            and exchange.content_length is not None
+            and exchange.content_length <= _REPLAYABLE_BODY
+        ):
+            forward.buffer_body()  # asks the pool once the body is complete
+            return
+        instance.pool.acquire(forward)
+
+
 def append_forwarded(parts: list[bytes], exchange: Exchange, forwarded_for: bytes | None) -> None:
     """The header lines the gateway adds to every upstream request: `X-Forwarded-For` (the
     trusted chain, if any, then the peer), `-Proto`, `X-Request-Id`, and the caller's identity
@@ -309,28 +193,20 @@ def append_forwarded(parts: list[bytes], exchange: Exchange, forwarded_for: byte
     parts += (exchange.request_id, CRLF, exchange.upstream_headers)
 
 
-class Forward:
-    """One request's trip to an instance and back."""
+class Forward(Attempt):
+    """One request's trip to an instance and back (its tries: attempt.py)."""
 
     __slots__ = (
         "body",
         "body_chunked",
         "buffered",
-        "capture",
-        "conn",
         "deadline",
-        "discarding",
-        "done",
         "exchange",
         "failure_status",
+        "forwarder",
         "head_only",
-        "instance",
+        "hook",
         "out",
-        "permit",
-        "proxy",
-        "retried",
-        "retries_left",
-        "reused",
         "route",
         "timer",
         "to_client_chunked",
@@ -339,41 +215,37 @@ class Forward:
 
     def __init__(
         self,
-        proxy: Proxy,
+        forwarder: Forwarder,
         exchange: Exchange,
         route: CompiledRoute,
         instance: Instance,
-        permit: int,
     ) -> None:
-        self.proxy = proxy
+        retry = route.retry
+        super().__init__(
+            route.backend,
+            retry,
+            retry.attempts if retry is not None and exchange.method in IDEMPOTENT_METHODS else 0,
+        )
+        self.begin(instance)
+        self.forwarder = forwarder
         self.exchange = exchange
         self.route = route
-        self.instance = instance
-        self.permit = permit
         exchange.instance = instance.url
-        retry = route.retry
-        self.retries_left = (
-            retry.attempts if retry is not None and exchange.method in IDEMPOTENT_METHODS else 0
-        )
-        self.discarding = False
         self.body: bytes | None = None
         self.buffered: list[bytes] | None = None
-        self.conn: UpstreamConnection | None = None
         self.head_only = exchange.method == b"HEAD"
         self.body_chunked = False
         self.to_client_chunked = False
-        self.reused = False
-        self.retried = False
-        self.done = False
         self.failure_status = False
         self.out: list[bytes] = []
-        self.deadline = proxy.loop.time() + route.timeout
+        self.deadline = forwarder.loop.time() + route.timeout
         # When this try is given up for another instance (0.0: never, it may take until
         # `deadline`); the ticker arms the timer, as for `deadline`.
         self.try_deadline = self._next_try_deadline()
         self.timer: asyncio.TimerHandle | None = None
-        # Told about the response (x-cache label, teeing into the cache); cache.py.
-        self.capture: ResponseCapture | None = None
+        # Told about the response (a filter's: the cache labels and tees it); chain.py.
+        self.hook = exchange.hook
+        exchange.hook = None
         exchange.responder = self
         if exchange.conn.write_paused:
             self.pause_response()
@@ -391,7 +263,7 @@ class Forward:
         exchange = self.exchange
         if exchange.conn.write_paused:
             conn.pause_reading()  # the client stopped reading before this connection came
-        head, self.body_chunked = self.proxy.request_head(exchange, self.route, self.instance)
+        head, self.body_chunked = self.forwarder.request_head(exchange, self.route, self.instance)
         if not exchange.has_body:
             conn.send_request(head, 0)
             return
@@ -410,13 +282,6 @@ class Forward:
         self.retries_left = 0
         conn.send_request(head, length)
         exchange.accept_body(self)
-
-    def connect_failed(self, error: UpstreamError) -> None:
-        retry = self.route.retry
-        if retry is not None and retry.on_connect_error and self._may_retry():
-            self._retry(error)
-            return
-        self._fail(error)
 
     # --- BodySink ---------------------------------------------------------------------------
 
@@ -469,12 +334,10 @@ class Forward:
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         exchange = self.exchange
-        self.failure_status = status in self.instance.backend.failure_statuses
-        retry = self.route.retry
-        if retry is not None and status in retry.statuses and self._may_retry():
+        self.failure_status = status in self.backend.failure_statuses
+        if self.retries_status(status):
             # Read and drop this answer, then retry (in response_end). Returning False for a
             # close-delimited body makes its end arrive as upstream_failed: also a retry.
-            self.discarding = True
             self.failure_status = True
             return False
         out = self.out
@@ -483,8 +346,9 @@ class Forward:
         upstream_chunked = False
         has_length = False
         drop: set[bytes] | None = None
-        # A cached route's `x-cache` is the gateway's; an upstream's own would contradict it.
-        skip = _RESPONSE_SKIP if self.capture is None else _RESPONSE_SKIP_CACHED
+        # A cached route's `x-cache` is the gateway's (its hook's); an upstream's own would
+        # contradict it.
+        skip = _RESPONSE_SKIP if self.hook is None else _RESPONSE_SKIP_CACHED
         if status == 204:
             # Content-Length is forbidden on a 204 (RFC 9110 8.6): a client honouring an
             # upstream's would take the next response's first bytes as this one's body.
@@ -517,9 +381,9 @@ class Forward:
             else:
                 # An HTTP/1.0 client knows no chunks: the body ends when the connection does.
                 exchange.close_after = True
-        capture = self.capture
-        if capture is not None and not capture.head(status, headers, out):
-            self.capture = None
+        hook = self.hook
+        if hook is not None and not hook.head(status, headers, out):
+            self.hook = None
         out += (b"x-request-id: ", exchange.request_id, CRLF)
         if exchange.response_extra:
             out.append(exchange.response_extra)
@@ -534,9 +398,9 @@ class Forward:
         if self.discarding:
             return
         self.out.append(chunk(data) if self.to_client_chunked else data)
-        capture = self.capture
-        if capture is not None:
-            capture.body(data)
+        hook = self.hook
+        if hook is not None and not hook.body(data):
+            self.hook = None
 
     def response_flush(self) -> None:
         out = self.out
@@ -547,7 +411,7 @@ class Forward:
     def response_end(self) -> None:
         if self.discarding:
             self.conn = None
-            self._retry(_RETRIED_STATUS)
+            self.retry_elsewhere(RETRIED_STATUS)
             return
         out = self.out
         if self.to_client_chunked:
@@ -556,10 +420,10 @@ class Forward:
             self.exchange.write(b"".join(out))
             out.clear()
         self.conn = None
-        capture = self.capture  # the response is complete, it may be stored
-        if capture is not None:
-            self.capture = None
-            capture.end()
+        hook = self.hook  # the response is complete (the cache may store it)
+        if hook is not None:
+            self.hook = None
+            hook.end()
         self._settle(not self.failure_status)
         self.exchange.finish()
 
@@ -568,36 +432,9 @@ class Forward:
         if self.done:
             return
         exchange = self.exchange
-        if (
-            error is CONNECTION_RESET
-            and self.reused
-            and not partial
-            and not self.retried
-            and not exchange.has_body
-            and exchange.method in IDEMPOTENT_METHODS
-        ):
-            # A pooled connection the instance had just closed (its keep-alive timeout raced
-            # ours): nothing was processed, so one more try on a new connection is safe.
-            self.retried = True
-            self.instance.pool.acquire(self, fresh=True)
-            return
-        if self.discarding:
-            # The retried status's body was cut short: the retry is still due.
-            self._retry(_RETRIED_STATUS)
-            return
-        retry = self.route.retry
-        if (
-            error is CONNECTION_RESET
-            and not exchange.head_sent
-            and retry is not None
-            and retry.on_connect_error
-            and self._may_retry()
-        ):
-            # The instance went away with the request (a restart, a crash): idempotent, so
-            # trying elsewhere is safe even if it had started processing it.
-            self._retry(error)
-            return
-        self._fail(error)
+        replayable = not exchange.has_body and exchange.method in IDEMPOTENT_METHODS
+        if not self.recover(error, partial, replayable=replayable, answered=exchange.head_sent):
+            self.give_up(error)
 
     def request_paused(self) -> None:
         self.exchange.pause_body()
@@ -605,47 +442,31 @@ class Forward:
     def request_resumed(self) -> None:
         self.exchange.resume_body()
 
-    # --- retries ----------------------------------------------------------------------------
+    # --- tries (attempt.py) ----------------------------------------------------------------
 
-    def _may_retry(self) -> bool:
-        """Whether one more try is allowed now; spends a token of the backend's budget."""
-        return (
-            self.retries_left > 0
-            and not self.exchange.head_sent
-            and self.instance.backend.take_retry_token()
-        )
+    def can_retry_now(self) -> bool:
+        return not self.exchange.head_sent
 
-    def _retry(self, error: UpstreamError) -> None:
-        """Report the failed try, then start the next one on another instance if one admits."""
-        self.retries_left -= 1
-        self.discarding = False
-        instance = self.instance
-        backend = instance.backend
-        # Reported first, so the failure can open this instance's breaker before the re-pick.
-        backend.failed(instance, self.permit, error.name)
-        metrics = self.proxy.metrics
+    def try_failed(self, instance: Instance, error: UpstreamError) -> None:
+        metrics = self.forwarder.metrics
         if metrics is not None:
-            metrics.upstream_failed(backend.name, instance.url, error.name)
-        following = backend.pick_other(instance)
-        if following is None:
-            self._fail(error, account=False)
-            return
+            metrics.upstream_failed(self.backend.name, instance.url, error.name)
+
+    def next_try(self, previous: Instance, error: UpstreamError) -> None:
+        following = self.instance
+        metrics = self.forwarder.metrics
         if metrics is not None:
-            metrics.retried(backend.name, error.name)
+            metrics.retried(self.backend.name, error.name)
         _log.info(
             "upstream_retry",
             error=error.name,
-            backend=backend.name,
-            instance=instance.url,
+            backend=self.backend.name,
+            instance=previous.url,
             next_instance=following.url,
             request_id=self.exchange.request_id.decode("latin-1"),
         )
-        self.instance = following
         self.exchange.instance = following.url
-        self.permit = backend.permit
         self.failure_status = False
-        self.reused = False
-        self.retried = False
         if self.timer is not None:
             # Armed for the failed try; the ticker arms the next one's.
             self.timer.cancel()
@@ -656,10 +477,10 @@ class Forward:
     def _next_try_deadline(self) -> float:
         """`try_deadline` for a try starting now: a try's time if one more retry may follow it
         and that ends before the route's deadline, else 0.0."""
-        per_try = self.route.retry.per_try_timeout if self.route.retry is not None else None
+        per_try = self.retry.per_try_timeout if self.retry is not None else None
         if per_try is None or not self.retries_left:
             return 0.0
-        at = self.proxy.loop.time() + per_try
+        at = self.forwarder.loop.time() + per_try
         return at if at < self.deadline else 0.0
 
     def _try_expired(self) -> bool:
@@ -672,12 +493,12 @@ class Forward:
             # arriving): judged a try's time later instead.
             self.try_deadline = self._next_try_deadline()
             return False
-        if conn.received or not self._may_retry():
+        if conn.received or not self.may_retry():
             # An answer has begun (relayed as it comes), or no retry is left or affordable.
             return False
         self.conn = None
         conn.abandon()  # it may still answer: the connection cannot carry another exchange
-        self._retry(TRY_TIMEOUT)
+        self.retry_elsewhere(TRY_TIMEOUT)
         return True
 
     # --- endings ----------------------------------------------------------------------------
@@ -689,7 +510,7 @@ class Forward:
         if self.try_deadline:
             self.try_deadline = 0.0
             if not self._try_expired():
-                self.timer = self.proxy.loop.call_at(
+                self.timer = self.forwarder.loop.call_at(
                     self.try_deadline or self.deadline, self.on_timeout
                 )
             return
@@ -697,15 +518,15 @@ class Forward:
         if self.exchange.head_sent and conn is not None:
             # Streaming a body: the timeout bounds silence, not the whole transfer.
             idle_until = conn.last_read + self.route.timeout
-            if idle_until > self.proxy.loop.time():
-                self.timer = self.proxy.loop.call_at(idle_until, self.on_timeout)
+            if idle_until > self.forwarder.loop.time():
+                self.timer = self.forwarder.loop.call_at(idle_until, self.on_timeout)
                 return
         self.conn = None
         if conn is not None:
             conn.abandon()
-        self._fail(_TIMEOUT)
+        self.give_up(_TIMEOUT)
 
-    def _fail(self, error: UpstreamError, *, account: bool = True) -> None:
+    def give_up(self, error: UpstreamError, *, account: bool = True) -> None:
         if self.done:
             return
         self._settle(False, error.name, account=account)
@@ -713,7 +534,7 @@ class Forward:
         _log.warning(
             "upstream_failed",
             error=error.name,
-            backend=self.instance.backend.name,
+            backend=self.backend.name,
             instance=self.instance.url,
             route=self.route.template,
             request_id=exchange.request_id.decode("latin-1"),
@@ -734,29 +555,21 @@ class Forward:
         if self.done:
             return
         self.done = True
-        self.proxy.active.discard(self)
-        capture = self.capture  # ended without a complete response
-        if capture is not None:
-            self.capture = None
-            capture.abandon()
+        self.forwarder.active.discard(self)
+        hook = self.hook  # ended without a complete response
+        if hook is not None:
+            self.hook = None
+            hook.abandon()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if not account:
             return
-        instance = self.instance
-        backend = instance.backend
-        if ok is None:
-            backend.finished(instance, self.permit)
-        elif ok:
-            backend.succeeded(instance, self.permit)
-        else:
-            backend.failed(instance, self.permit, reason)
-            metrics = self.proxy.metrics
+        self.account(ok, reason)
+        if ok is False:
+            metrics = self.forwarder.metrics
             if metrics is not None:
-                metrics.upstream_failed(backend.name, instance.url, reason)
+                metrics.upstream_failed(self.backend.name, self.instance.url, reason)
 
 
 _TIMEOUT = UpstreamError("timeout", 504)
-# A try answered with a status in the retry list; if no instance is left, the client gets 503.
-_RETRIED_STATUS = UpstreamError("retried_status", 503)

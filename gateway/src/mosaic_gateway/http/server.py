@@ -84,6 +84,23 @@ class Responder(Protocol):
     def client_gone(self) -> None: ...
 
 
+class ResponseHook(Protocol):
+    """Told about the upstream response relayed for an exchange (a filter's: the cache's)."""
+
+    def head(self, status: int, headers: list[tuple[bytes, bytes]], out: list[bytes]) -> bool:
+        """The upstream's status and headers; lines appended to `out` go to the client's head.
+        False: nothing more is wanted (the body and the end are not reported)."""
+
+    def body(self, data: bytes) -> bool:
+        """A piece of the body as relayed; False: nothing more is wanted."""
+
+    def end(self) -> None:
+        """The response completed."""
+
+    def abandon(self) -> None:
+        """The response will not complete (the client left, the upstream failed)."""
+
+
 class Handler(Protocol):
     def handle(self, exchange: Exchange) -> None:
         """Start answering `exchange`; must eventually call `finish`, `respond` or `abort`."""
@@ -115,6 +132,7 @@ class Exchange:
         "body_done",
         "bytes_out",
         "cache_status",
+        "caller",
         "chunked",
         "close_after",
         "conn",
@@ -124,6 +142,7 @@ class Exchange:
         "has_body",
         "head_sent",
         "headers",
+        "hook",
         "host",
         "http11",
         "instance",
@@ -182,10 +201,14 @@ class Exchange:
         # A problem found while the exchange waited behind another (pipelined): it is answered
         # when its turn comes, never ahead of the responses before it.
         self.rejected: GatewayProblem | None = None
-        # Set by the proxy: the matched route (a `proxy.CompiledRoute`), and rendered header
-        # lines the admission added for the upstream (identity claims), if any.
+        # Set by the dispatcher: the matched route (a `routing.route.CompiledRoute`). Set by
+        # its filters: who the caller is once a credential was verified (a
+        # `filters.caller.Caller`), rendered header lines for the upstream (identity claims),
+        # and the hook told about the upstream response (routing/chain.py).
         self.route: object | None = None
+        self.caller: object | None = None
         self.upstream_headers = b""
+        self.hook: ResponseHook | None = None
         # Rendered header lines added to the response (CORS), and the caller's user id once
         # a token was verified (for the access log).
         self.response_extra = b""

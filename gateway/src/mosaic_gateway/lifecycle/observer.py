@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from mosaic_gateway.config import Observability
-    from mosaic_gateway.handlers.forward import CompiledRoute
     from mosaic_gateway.http.server import Exchange, Server
     from mosaic_gateway.lifecycle.runtime import Runtime
+    from mosaic_gateway.routing.route import CompiledRoute
 
 _log = get_logger("mosaic_gateway.lifecycle.observer")
 

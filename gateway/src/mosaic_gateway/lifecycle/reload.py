@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import BaseModel
 
 from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
+from mosaic_gateway.handlers.forward import Forwarder
 from mosaic_gateway.lifecycle.runtime import Runtime, build_runtime
 from mosaic_kit.logging import get_logger
 
@@ -133,6 +134,7 @@ class ReloadTarget(Protocol):
     context: WorkerContext
     runtime: Runtime | None
     server: Server
+    forwarder: Forwarder
 
     def install(self, config: GatewayConfig, runtime: Runtime) -> None:
         """Make `runtime` the one new requests use; synchronous, so between two requests."""
@@ -205,7 +207,7 @@ class Reloader:
         runtime: Runtime | None = None
         try:
             await worker.context.open(config)  # a `nats:` section that was not there before
-            runtime = build_runtime(config, worker.context)
+            runtime = build_runtime(config, worker.context, worker.forwarder)
             await runtime.start()
         except asyncio.CancelledError:
             if runtime is not None:

@@ -14,10 +14,12 @@ from mosaic_gateway.config import Backend as BackendSpec
 from mosaic_gateway.config import GatewayConfig, Retries, Route
 from mosaic_gateway.filters.cache_invalidation import build_caches
 from mosaic_gateway.filters.context import WorkerContext
-from mosaic_gateway.filters.security import build_policy
+from mosaic_gateway.filters.pipeline import build_filters, preflight_of, route_settings
 from mosaic_gateway.handlers.aggregate import compile_aggregate
 from mosaic_gateway.handlers.docs import DocsService
-from mosaic_gateway.handlers.forward import CompiledRoute
+from mosaic_gateway.handlers.forward import Forwarder, Forwarding
+from mosaic_gateway.routing.chain import Chain, Terminal
+from mosaic_gateway.routing.route import CompiledRoute
 from mosaic_gateway.routing.router import Router, RouteSpec, parse_template
 from mosaic_gateway.upstream.attempt import RetryPolicy
 from mosaic_gateway.upstream.balancer import Address, Backend, InstanceParts
@@ -84,7 +86,7 @@ class Runtime:
         return {name: backend.snapshot() for name, backend in self.backends.items()}
 
 
-def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
+def build_runtime(config: GatewayConfig, context: WorkerContext, forwarder: Forwarder) -> Runtime:
     timeouts = config.server.timeouts
     backends, checkers, watchers = build_backends(config, context)
     default_limit = config.server.limits.max_body_bytes
@@ -104,17 +106,22 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
             strip_prefix=(rewrite.strip_prefix or "").encode("ascii") if rewrite else b"",
             add_prefix=(rewrite.add_prefix or "").encode("ascii") if rewrite else b"",
             retry=_retry_policy(config.backends[backend_name].retries),
-            policy=build_policy(route, config, context, _limit_name(route)),
-            cache=cache,
         )
+        filters = build_filters(route_settings(route, config, context, _limit_name(route), cache))
+        terminal: Terminal
         if route.aggregate is not None:
             compiled.retry = None
-            compiled.aggregate = compile_aggregate(
+            terminal = compile_aggregate(
                 route,
                 backends,
                 lambda name: _retry_policy(config.backends[name].retries),
                 compiled.timeout,
+                forwarder,
             )
+        else:
+            terminal = Forwarding(forwarder, compiled)
+        compiled.chain = Chain(context.loop, filters, terminal)
+        compiled.preflight = preflight_of(filters)
         specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
     # The merged OpenAPI documents, answered by the gateway itself (docs.py)
     docs = None

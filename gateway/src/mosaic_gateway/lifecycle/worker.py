@@ -21,12 +21,13 @@ import uvloop
 
 from mosaic_gateway.config import GatewayConfig
 from mosaic_gateway.filters.context import WorkerContext
-from mosaic_gateway.handlers.forward import Proxy
+from mosaic_gateway.handlers.forward import Forwarder
 from mosaic_gateway.http.server import Server, ServerLimits
 from mosaic_gateway.lifecycle.admin import AdminHandler
 from mosaic_gateway.lifecycle.observer import build_observer, runtime_gauges
 from mosaic_gateway.lifecycle.reload import Reloader
 from mosaic_gateway.lifecycle.runtime import Runtime, build_runtime
+from mosaic_gateway.routing.dispatch import Dispatcher
 from mosaic_kit.logging import bind_context, get_logger
 
 _log = get_logger("mosaic_gateway.lifecycle.worker")
@@ -56,7 +57,9 @@ class Worker:
         )
         self.server = Server(loop, limits)
         self.admin_server = Server(loop, limits, self.server.request_ids)
-        self.proxy: Proxy | None = None
+        # Forwarding's shared state (the forwards in flight), for every runtime's routes.
+        self.forwarder = Forwarder(loop, trust_forwarded=config.server.trust_forwarded_headers)
+        self.dispatcher: Dispatcher | None = None
         # Access log, metrics and tracing hooks (observe.py)
         self.observer = build_observer(
             config.observability,
@@ -89,11 +92,11 @@ class Worker:
 
         Everything that belongs to a runtime or is read from the configuration per request is
         switched here; requests already routed keep the objects they hold."""
-        assert self.proxy is not None
+        assert self.dispatcher is not None
         self.config = config
         self.runtime = runtime
-        self.proxy.router = runtime.router
-        self.proxy.trust_forwarded = config.server.trust_forwarded_headers
+        self.dispatcher.router = runtime.router
+        self.forwarder.trust_forwarded = config.server.trust_forwarded_headers
         limits = self.server.limits  # shared with the admin server
         timeouts = config.server.timeouts
         limits.max_body_bytes = config.server.limits.max_body_bytes
@@ -104,17 +107,13 @@ class Worker:
     async def start(self, sock: socket.socket, admin_sock: socket.socket | None) -> None:
         # NATS first: the runtime's API key, JWKS and discovery parts are built on it.
         await self.context.open(self.config)
-        self.runtime = build_runtime(self.config, self.context)
-        self.proxy = Proxy(
-            self.loop,
-            self.runtime.router,
-            trust_forwarded=self.config.server.trust_forwarded_headers,
-        )
-        self.proxy.metrics = self.observer.metrics
+        self.runtime = build_runtime(self.config, self.context, self.forwarder)
+        self.dispatcher = Dispatcher(self.runtime.router)
+        self.forwarder.metrics = self.observer.metrics
         self.observer.start()
         await self.runtime.start()
-        self.proxy.start()
-        await self.server.listen(sock, self.proxy)
+        self.forwarder.start()
+        await self.server.listen(sock, self.dispatcher)
         if admin_sock is not None:
             await self.admin_server.listen(admin_sock, self.admin)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
@@ -133,8 +132,7 @@ class Worker:
         await self.admin_server.shutdown(0)
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self.proxy is not None:
-            self.proxy.stop()
+        self.forwarder.stop()
         await self.reloader.close_retired()  # runtimes replaced by reloads
         if self.runtime is not None:
             await self.runtime.close()

@@ -1,6 +1,6 @@
 """An awaitable request to a backend, read whole: for the gateway's own calls (aggregation).
 
-`Fetch` is the counterpart of `proxy.Forward` for a response the gateway consumes instead of
+`Fetch` is the counterpart of `handlers.forward.Forward` for a response the gateway consumes instead of
 relaying: it rides the same per-instance connection pools (`upstream.Pool`, as a `PoolClient`
 and a `ResponseSink`), picks its instance through the backend's balancer and reports every
 outcome back to it, so aggregated calls count for ejection, the circuit breaker and the retry
@@ -18,26 +18,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from mosaic_gateway.http.wire import is_chunked
+from mosaic_gateway.upstream.attempt import RETRIED_STATUS, Attempt, RetryPolicy
 from mosaic_gateway.upstream.balancer import Backend, Instance
-from mosaic_gateway.upstream.connection import (
-    CONNECTION_RESET,
-    TRY_TIMEOUT,
-    UpstreamConnection,
-    UpstreamError,
-)
-
-if TYPE_CHECKING:
-    from mosaic_gateway.upstream.attempt import RetryPolicy
+from mosaic_gateway.upstream.connection import TRY_TIMEOUT, UpstreamConnection, UpstreamError
 
 TIMEOUT = UpstreamError("timeout", 504)
 TOO_LARGE = UpstreamError("response_too_large", 502)
 CIRCUIT_OPEN = UpstreamError("circuit_open", 503)
 NO_INSTANCE = UpstreamError("no_instance", 503)
 CANCELLED = UpstreamError("cancelled", 499)
-_RETRIED_STATUS = UpstreamError("retried_status", 503)
 
 
 class FetchResult:
@@ -68,7 +59,7 @@ class FetchResult:
         return None
 
 
-class Fetch:
+class Fetch(Attempt):
     """One bodyless request to a backend, its response collected whole.
 
     `head` renders the request head for the chosen instance (only `Host` may depend on it).
@@ -77,23 +68,13 @@ class Fetch:
     __slots__ = (
         "_body",
         "_size",
-        "backend",
-        "conn",
         "deadline",
-        "discarding",
-        "done",
         "future",
         "head",
         "head_only",
         "headers",
-        "instance",
         "loop",
         "max_bytes",
-        "permit",
-        "retried",
-        "retries_left",
-        "retry",
-        "reused",
         "status",
         "timer",
         "try_timer",
@@ -109,21 +90,12 @@ class Fetch:
         max_bytes: int,
         retry: RetryPolicy | None = None,
     ) -> None:
+        super().__init__(backend, retry, retry.attempts if retry is not None else 0)
         self.loop = loop
-        self.backend = backend
         self.head = head
         self.deadline = deadline
         self.max_bytes = max_bytes
-        self.retry = retry
-        self.retries_left = retry.attempts if retry is not None else 0
         self.future: asyncio.Future[FetchResult] = loop.create_future()
-        self.instance: Instance | None = None
-        self.permit = 0
-        self.conn: UpstreamConnection | None = None
-        self.reused = False
-        self.retried = False
-        self.discarding = False
-        self.done = False
         self.head_only = False
         self.timer: asyncio.TimerHandle | None = None
         # A try's own limit (retries.per_try_timeout), armed when its request is sent.
@@ -141,8 +113,7 @@ class Fetch:
         if instance is None:
             self._resolve(CIRCUIT_OPEN if backend.instances else NO_INSTANCE)
             return self.future
-        self.instance = instance
-        self.permit = backend.permit
+        self.begin(instance)
         self.timer = self.loop.call_at(self.deadline, self._on_timeout)
         instance.pool.acquire(self)
         return self.future
@@ -161,7 +132,6 @@ class Fetch:
         return not self.done and self.conn is None
 
     def attach(self, conn: UpstreamConnection, reused: bool) -> None:
-        assert self.instance is not None
         self.conn = conn
         self.reused = reused
         conn.bind(self)
@@ -175,19 +145,11 @@ class Fetch:
             if at < self.deadline:
                 self.try_timer = self.loop.call_at(at, self._on_try_timeout)
 
-    def connect_failed(self, error: UpstreamError) -> None:
-        retry = self.retry
-        if retry is not None and retry.on_connect_error and self._may_retry():
-            self._retry(error)
-            return
-        self._settle(False, error)
-
     # --- ResponseSink -----------------------------------------------------------------------
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         self._cancel_try_timer()
-        retry = self.retry
-        self.discarding = retry is not None and status in retry.statuses and self._may_retry()
+        self.retries_status(status)
         self.status = status
         self.headers = headers
         self._body = []
@@ -221,7 +183,7 @@ class Fetch:
         if self.done:
             return
         if self.discarding:
-            self._retry(_RETRIED_STATUS)
+            self.retry_elsewhere(RETRIED_STATUS)
             return
         self._settle(self.status not in self.backend.failure_statuses, None)
 
@@ -229,28 +191,9 @@ class Fetch:
         self.conn = None
         if self.done:
             return
-        instance = self.instance
-        assert instance is not None
-        if error is CONNECTION_RESET and self.reused and not partial and not self.retried:
-            # A pooled connection the instance had just closed (keep-alive race): nothing was
-            # processed, try once more on a new connection (not a retry, as in proxy.Forward).
-            self.retried = True
-            instance.pool.acquire(self, fresh=True)
-            return
-        if self.discarding:
-            self._retry(_RETRIED_STATUS)
-            return
-        retry = self.retry
-        if (
-            error is CONNECTION_RESET
-            and self.status == 0
-            and retry is not None
-            and retry.on_connect_error
-            and self._may_retry()
-        ):
-            self._retry(error)
-            return
-        self._settle(False, error)
+        # Bodyless: always safe to send again.
+        if not self.recover(error, partial, replayable=True, answered=self.status != 0):
+            self._settle(False, error)
 
     def request_paused(self) -> None:
         pass  # no request body: nothing to hold back
@@ -260,32 +203,18 @@ class Fetch:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _may_retry(self) -> bool:
-        return (
-            self.retries_left > 0
-            and self.loop.time() < self.deadline
-            and self.backend.take_retry_token()
-        )
+    # --- tries (attempt.py) ----------------------------------------------------------------
 
-    def _retry(self, error: UpstreamError) -> None:
+    def can_retry_now(self) -> bool:
+        return self.loop.time() < self.deadline
+
+    def next_try(self, previous: Instance, error: UpstreamError) -> None:
         self._cancel_try_timer()
-        self.retries_left -= 1
-        self.discarding = False
         self.status = 0
-        instance = self.instance
-        assert instance is not None
-        backend = self.backend
-        # Reported first, so the failure can open this instance's breaker before the re-pick.
-        backend.failed(instance, self.permit, error.name)
-        following = backend.pick_other(instance)
-        if following is None:
-            self._settle(False, error, account=False)
-            return
-        self.instance = following
-        self.permit = backend.permit
-        self.reused = False
-        self.retried = False
-        following.pool.acquire(self)
+        self.instance.pool.acquire(self)
+
+    def give_up(self, error: UpstreamError, *, account: bool = True) -> None:
+        self._settle(False, error, account=account)
 
     def _too_large(self) -> None:
         if self.done:
@@ -303,14 +232,14 @@ class Fetch:
 
     def _on_try_timeout(self) -> None:
         """The try had no response head within `per_try_timeout` (a hung instance): give it
-        up for another instance, as `proxy.Forward` does, when a retry is allowed; else it runs
+        up for another instance, as `Forward` does, when a retry is allowed; else it runs
         on to the call's deadline."""
         self.try_timer = None
         conn = self.conn
-        if self.done or conn is None or conn.received or not self._may_retry():
+        if self.done or conn is None or conn.received or not self.may_retry():
             return
         self._drop_connection()
-        self._retry(TRY_TIMEOUT)
+        self.retry_elsewhere(TRY_TIMEOUT)
 
     def _cancel_try_timer(self) -> None:
         if self.try_timer is not None:
@@ -334,14 +263,8 @@ class Fetch:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        instance = self.instance
-        if account and instance is not None:
-            if ok is None:
-                self.backend.finished(instance, self.permit)
-            elif ok:
-                self.backend.succeeded(instance, self.permit)
-            else:
-                self.backend.failed(instance, self.permit, error.name if error else "status")
+        if account:
+            self.account(ok, error.name if error else "status")
         self._resolve(error)
 
     def _resolve(self, error: UpstreamError | None) -> None:

@@ -1,0 +1,33 @@
+"""Who the caller is, as the route's credential filters found out: the facts later filters of
+the same request read (a rate limit by API key or user, the identity headers for the upstream)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from mosaic_gateway.filters.apikeys import ApiKeyIdentity
+    from mosaic_gateway.http.server import Exchange
+    from mosaic_kit.tokens import Principal
+
+
+class Caller:
+    __slots__ = ("api_key", "principal")
+
+    def __init__(self) -> None:
+        self.api_key: ApiKeyIdentity | None = None
+        self.principal: Principal | None = None
+
+
+def caller_of(exchange: Exchange) -> Caller | None:
+    """The exchange's caller, if a credential filter made one."""
+    return cast("Caller | None", exchange.caller)
+
+
+def caller_for(exchange: Exchange) -> Caller:
+    """The exchange's caller, made on first use (only requests with a credential pay for it)."""
+    found = cast("Caller | None", exchange.caller)
+    if found is None:
+        found = Caller()
+        exchange.caller = found
+    return found

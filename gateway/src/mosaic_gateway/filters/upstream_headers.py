@@ -1,0 +1,69 @@
+"""What of the client's request reaches the backend: the header and query allow-lists, and the
+caller's claims added as headers (headers.py holds the policies).
+
+Identity headers (`x-user-id`, `x-user-roles` and every header a claim is forwarded as on *any*
+route of the configuration, in any spelling) are taken out of every request, whatever the route:
+a route with nothing to filter gets an `IdentityStrip` that does only that (the fast path: one
+scan of the header names). These filters run after the credential filters and before anything
+builds an upstream request (forwarding, aggregation, a cache fill), so no client can claim an
+identity through a route without auth, nor through a route whose backend trusts a header another
+route sets.
+"""
+
+from __future__ import annotations
+
+from mosaic_gateway.filters.apikeys import ApiKeyIdentity
+from mosaic_gateway.filters.caller import caller_of
+from mosaic_gateway.filters.headers import HeaderPolicy, QueryPolicy, render_lines, strip_identity
+from mosaic_gateway.http.server import Exchange
+from mosaic_kit.tokens import Principal
+
+_RENDERED_MAX = 10_000
+
+
+class HeaderFilter:
+    __slots__ = ("_rendered", "policy")
+
+    def __init__(self, policy: HeaderPolicy) -> None:
+        self.policy = policy
+        self._rendered: dict[tuple[Principal | None, ApiKeyIdentity | None], bytes] = {}
+
+    def on_request(self, exchange: Exchange) -> bool:
+        policy = self.policy
+        exchange.headers = policy.filter_request(exchange.headers)
+        caller = caller_of(exchange)
+        if caller is not None:
+            owner = (caller.principal, caller.api_key)
+            rendered = self._rendered.get(owner)
+            if rendered is None:
+                rendered = render_lines(policy.identity_headers(*owner))
+                if len(self._rendered) >= _RENDERED_MAX:
+                    self._rendered.clear()  # rebuilt from scratch: cheaper than an LRU
+                self._rendered[owner] = rendered
+            exchange.upstream_headers = rendered
+        return True
+
+
+class QueryFilter:
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: QueryPolicy) -> None:
+        self.policy = policy
+
+    def on_request(self, exchange: Exchange) -> bool:
+        if exchange.query is not None:
+            exchange.query = self.policy.filter(exchange.query)
+        return True
+
+
+class IdentityStrip:
+    """The identity headers go; the rest of the request is left alone."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: frozenset[bytes]) -> None:
+        self.names = names
+
+    def on_request(self, exchange: Exchange) -> bool:
+        exchange.headers = strip_identity(exchange.headers, self.names)
+        return True
