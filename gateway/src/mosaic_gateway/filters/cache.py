@@ -40,8 +40,7 @@ from mosaic_gateway.http.wire import CRLF, HOP_BY_HOP, connection_tokens, status
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
-    from mosaic_gateway.config import CacheBounds
-    from mosaic_gateway.config import RouteCache as RouteCacheSpec
+    from mosaic_gateway.config import CacheBoundsSpec, RouteCacheSpec
     from mosaic_gateway.handlers.forward import CompiledRoute, Forward, Proxy
 
 __all__ = ["CacheStore", "Capture", "Entry", "ResponseCapture", "RouteCache"]
@@ -154,7 +153,7 @@ class CacheStore:
         self.size = 0
 
     @classmethod
-    def from_config(cls, bounds: CacheBounds, clock: Callable[[], float]) -> CacheStore:
+    def from_config(cls, bounds: CacheBoundsSpec, clock: Callable[[], float]) -> CacheStore:
         return cls(
             max_entries=bounds.max_entries,
             max_bytes=bounds.max_bytes,

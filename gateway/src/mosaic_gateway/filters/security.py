@@ -43,13 +43,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from mosaic_gateway.config import (
-    Cors,
+    CorsSpec,
     GatewayConfig,
-    RateLimitRule,
-    RateLimits,
-    Route,
-    RouteAuth,
-    Security,
+    RateLimitRuleSpec,
+    RateLimitsSpec,
+    RouteAuthSpec,
+    RouteSpec,
+    SecuritySpec,
 )
 from mosaic_gateway.filters.apikeys import (
     ApiKeyError,
@@ -109,7 +109,7 @@ TOKEN_MALFORMED = GatewayProblem(
 class SecurityServices:
     """A worker's API key verifier and token verifier, created on first use by a route."""
 
-    def __init__(self, context: WorkerContext, settings: Security) -> None:
+    def __init__(self, context: WorkerContext, settings: SecuritySpec) -> None:
         self._context = context
         self._settings = settings
         self._api_keys: ApiKeyVerifier | None = None
@@ -148,7 +148,7 @@ class SecurityServices:
             )
         return self._tokens
 
-    def counter(self, spec: RateLimits) -> WindowCounter:
+    def counter(self, spec: RateLimitsSpec) -> WindowCounter:
         """The shared-limit store (one per worker)."""
         name = spec.store or ""
         found = self.counters.get(name)
@@ -522,9 +522,9 @@ def _bearer(exchange: Exchange, authorization: bytes | None, *, required: bool) 
 # --- compiling -------------------------------------------------------------------------------
 
 
-def _merged_auth(route: Route, config: GatewayConfig) -> tuple[str, str, frozenset[str]]:
-    mine = route.auth or RouteAuth()
-    default = config.defaults.auth or RouteAuth()
+def _merged_auth(route: RouteSpec, config: GatewayConfig) -> tuple[str, str, frozenset[str]]:
+    mine = route.auth or RouteAuthSpec()
+    default = config.defaults.auth or RouteAuthSpec()
     api_key = mine.api_key or default.api_key or "off"
     jwt = mine.jwt or default.jwt or "off"
     roles = mine.roles if mine.roles is not None else (default.roles or [])
@@ -552,7 +552,7 @@ def identity_header_names(config: GatewayConfig) -> list[str]:
 
 
 def build_policy(
-    route: Route, config: GatewayConfig, context: WorkerContext, name: str
+    route: RouteSpec, config: GatewayConfig, context: WorkerContext, name: str
 ) -> RoutePolicy | IdentityStrip:
     """The route's admission; `IdentityStrip` when it has nothing else to check or filter."""
     identity = identity_header_names(config)
@@ -576,8 +576,8 @@ def build_policy(
     if query_allow is None:
         query_allow = []
     claims = route.claims if route.claims is not None else defaults.claims
-    cors_spec: Cors | None = route.cors or defaults.cors
-    limit_spec: RateLimitRule | None = route.rate_limit or defaults.rate_limit
+    cors_spec: CorsSpec | None = route.cors or defaults.cors
+    limit_spec: RateLimitRuleSpec | None = route.rate_limit or defaults.rate_limit
     if (
         api_key == "off"
         and jwt == "off"
@@ -612,7 +612,7 @@ def _services(context: WorkerContext, config: GatewayConfig) -> SecurityServices
     return context.security
 
 
-def _cors(spec: Cors | None) -> CorsPolicy | None:
+def _cors(spec: CorsSpec | None) -> CorsPolicy | None:
     if spec is None:
         return None
     return CorsPolicy(
@@ -626,7 +626,7 @@ def _cors(spec: Cors | None) -> CorsPolicy | None:
 
 
 def _limiter(
-    spec: RateLimitRule | None, config: GatewayConfig, security: SecurityServices, name: str
+    spec: RateLimitRuleSpec | None, config: GatewayConfig, security: SecurityServices, name: str
 ) -> _Limiter | None:
     if spec is None:
         return None

@@ -1,10 +1,10 @@
 """What a worker reports about each request: access log line, metrics, span.
 
-`Observer` is built once per worker from `observability` (config.py) and plugged into the proxy
-listener's two hooks (server.py): `dispatched` when a request is handed to the proxy (only with
-tracing: the span starts and the upstream `traceparent` is rewritten), `ended` when its response
-is complete or aborted. The admin listener has no hooks: probes and scrapes are not requests to
-report. A hook left unset costs the request path one attribute compare.
+`Observer` is built once per worker from `observability` (config/observability.py) and plugged
+into the proxy listener's two hooks (server.py): `dispatched` when a request is handed to the
+proxy (only with tracing: the span starts and the upstream `traceparent` is rewritten), `ended`
+when its response is complete or aborted. The admin listener has no hooks: probes and scrapes are
+not requests to report. A hook left unset costs the request path one attribute compare.
 
 The observability section is read when a worker starts: a reload does not change it.
 """
@@ -24,7 +24,7 @@ from mosaic_kit.logging import get_logger
 if TYPE_CHECKING:
     import asyncio
 
-    from mosaic_gateway.config import Observability
+    from mosaic_gateway.config import ObservabilitySpec
     from mosaic_gateway.handlers.forward import CompiledRoute
     from mosaic_gateway.http.server import Exchange, Server
     from mosaic_gateway.lifecycle.runtime import Runtime
@@ -136,7 +136,7 @@ class Observer:
 
 
 def build_observer(
-    settings: Observability,
+    settings: ObservabilitySpec,
     loop: asyncio.AbstractEventLoop,
     *,
     admin: bool,

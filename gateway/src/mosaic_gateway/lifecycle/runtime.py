@@ -10,15 +10,14 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mosaic_gateway.config import Backend as BackendSpec
-from mosaic_gateway.config import GatewayConfig, Retries, Route
+from mosaic_gateway.config import BackendSpec, GatewayConfig, RetriesSpec, RouteSpec
 from mosaic_gateway.filters.cache_invalidation import build_caches
 from mosaic_gateway.filters.context import WorkerContext
 from mosaic_gateway.filters.security import build_policy
 from mosaic_gateway.handlers.aggregate import compile_aggregate
 from mosaic_gateway.handlers.docs import DocsService
 from mosaic_gateway.handlers.forward import CompiledRoute
-from mosaic_gateway.routing.router import Router, RouteSpec, parse_template
+from mosaic_gateway.routing.router import RouteEntry, Router, parse_template
 from mosaic_gateway.upstream.attempt import RetryPolicy
 from mosaic_gateway.upstream.balancer import Address, Backend, InstanceParts
 from mosaic_gateway.upstream.breaker import CircuitBreaker
@@ -115,7 +114,7 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
                 lambda name: _retry_policy(config.backends[name].retries),
                 compiled.timeout,
             )
-        specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
+        specs.append(RouteEntry(parse_template(route.path), route.methods, compiled))
     # The merged OpenAPI documents, answered by the gateway itself (docs.py)
     docs = None
     if config.docs is not None:
@@ -164,7 +163,7 @@ class Concurrently:
             await part.stop()
 
 
-def _limit_name(route: Route) -> str:
+def _limit_name(route: RouteSpec) -> str:
     # The same on every replica for the same route (shared rate-limit counters are keyed on it).
     return ",".join(route.methods) + " " + route.path
 
@@ -183,7 +182,7 @@ class _SecurityFeeds:
         pass
 
 
-def _retry_policy(spec: Retries) -> RetryPolicy | None:
+def _retry_policy(spec: RetriesSpec) -> RetryPolicy | None:
     if spec.attempts == 0:
         return None
     return RetryPolicy(
