@@ -410,7 +410,7 @@ def gateway_binary() -> Path:
 
 
 def gateway_plain_config(port: int, backend_url: str) -> dict[str, Any]:
-    """The plain proxying route, in the schema of docs/gateway.md (gateway/.../config.py).
+    """The plain proxying route, in the schema of docs/gateway.md (gateway/.../config/).
 
     Headers and query strings pass unfiltered (the allow-lists deny by default), so the route has
     no admission step at all: plain proxying."""

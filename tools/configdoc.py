@@ -59,7 +59,8 @@ them. A value set in the environment of `mosaic up` is used instead.
 
 The gateway is configured by its YAML file, not by variables: every setting and its default is in
 docs/gateway.md (for example `backends.<name>.retries.per_try_timeout`, default none; `mosaic up`
-writes 3s), and what `mosaic up` writes is in docs/operations.md.
+writes 3s), and what `mosaic up` writes is in docs/operations.md. Its JSON Schema, for editors, is
+gateway/gateway.schema.json (`mosaic-gateway schema`).
 """
 
 NOTES: dict[type[ServiceSettings], str] = {

@@ -6,8 +6,8 @@ import pytest
 
 from mosaic_gateway.routing.router import (
     RouteConflictError,
+    RouteEntry,
     Router,
-    RouteSpec,
     TemplateError,
     params_dict,
     parse_template,
@@ -16,7 +16,7 @@ from mosaic_gateway.routing.router import (
 
 def build(*routes: tuple[str, list[str], str]) -> Router[str]:
     return Router.compile(
-        RouteSpec(parse_template(path), methods, target) for path, methods, target in routes
+        RouteEntry(parse_template(path), methods, target) for path, methods, target in routes
     )
 
 

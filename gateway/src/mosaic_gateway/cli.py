@@ -1,4 +1,5 @@
-"""`mosaic-gateway serve|check|openapi --config FILE`, `mosaic-gateway version` (or `--version`).
+"""`mosaic-gateway serve|check|openapi --config FILE`, `mosaic-gateway schema`, `mosaic-gateway
+version` (or `--version`).
 
 `check` validates a configuration file and prints every problem as `file:line:column: field:
 message` (exit 1), or a one-line summary (exit 0): usable in CI and before a reload.
@@ -8,6 +9,8 @@ document the gateway serves at `docs.path` (docs.py), from the sources' document
 (`--document auth=auth.json`, e.g. from `mosaic-auth openapi`) or fetched once from the backends'
 static instances; exit 1 when a source cannot be had (`--allow-missing`: marked unavailable). `--listen-fd` / `--admin-fd` serve
 sockets bound by the caller and inherited (supervisor.py), so the caller can hold the port.
+`schema` prints the configuration file's JSON Schema (config/schema.py; committed as
+gateway/gateway.schema.json), for editors.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
+from mosaic_gateway.config import ConfigError, GatewayConfig, load_config, render_json_schema
 from mosaic_kit.logging import configure_logging, get_logger
 from mosaic_kit.version import add_version_flag, describe
 
@@ -93,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
         help="print the document without the sources that cannot be had (marked unavailable)",
     )
     openapi.add_argument("--output", metavar="FILE", help="write it here (default: stdout)")
+
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of the configuration file (for editors)"
+    )
+    schema.add_argument("--output", metavar="FILE", help="write it here (default: stdout)")
     return parser
 
 
@@ -150,11 +158,15 @@ def _openapi(
         ).decode()
         + "\n"
     )
+    _write(text, output)
+    return 0
+
+
+def _write(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text)
     else:
-        Path(output).write_text(text)
-    return 0
+        Path(output).write_text(text, encoding="utf-8")
 
 
 def _describe() -> str:
@@ -165,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(_describe())
+        return 0
+    if args.command == "schema":
+        _write(render_json_schema(), args.output)
         return 0
     config = _load(args.config)
     if config is None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+# The patterns are public so the JSON Schema (base.py) accepts exactly what is parsed here.
+DURATION_PATTERN = r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*"
+_DURATION = re.compile(DURATION_PATTERN)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
-_SIZE = re.compile(r"\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*")
+SIZE_PATTERN = r"\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*"
+_SIZE = re.compile(SIZE_PATTERN)
 _SIZE_UNITS = {
     None: 1,
     "B": 1,

@@ -43,8 +43,7 @@ from mosaic_gateway.routing.chain import Step
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
-    from mosaic_gateway.config import CacheBounds
-    from mosaic_gateway.config import RouteCache as RouteCacheSpec
+    from mosaic_gateway.config import CacheBoundsSpec, RouteCacheSpec
 
 __all__ = ["CacheStore", "Capture", "Entry", "RouteCache"]
 
@@ -137,7 +136,7 @@ class CacheStore:
         self.size = 0
 
     @classmethod
-    def from_config(cls, bounds: CacheBounds, clock: Callable[[], float]) -> CacheStore:
+    def from_config(cls, bounds: CacheBoundsSpec, clock: Callable[[], float]) -> CacheStore:
         return cls(
             max_entries=bounds.max_entries,
             max_bytes=bounds.max_bytes,

@@ -19,7 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mosaic_gateway.config import Cors, GatewayConfig, RateLimitRule, Route, RouteAuth
+from mosaic_gateway.config import (
+    CorsSpec,
+    GatewayConfig,
+    RateLimitRuleSpec,
+    RouteAuthSpec,
+    RouteSpec,
+)
 from mosaic_gateway.filters.api_key import ApiKeyFilter
 from mosaic_gateway.filters.cache import RouteCache
 from mosaic_gateway.filters.context import WorkerContext
@@ -54,7 +60,7 @@ __all__ = [
 class RouteSettings:
     """A route's settings merged with the defaults: what the filters are made from."""
 
-    route: Route
+    route: RouteSpec
     config: GatewayConfig
     context: WorkerContext
     name: str  # the same on every replica (shared rate-limit counters are keyed on it)
@@ -63,8 +69,8 @@ class RouteSettings:
     roles: frozenset[str]
     header_allow: list[str]
     query_allow: list[str]
-    cors: Cors | None
-    rate_limit: RateLimitRule | None
+    cors: CorsSpec | None
+    rate_limit: RateLimitRuleSpec | None
     cache: RouteCache | None
 
     @property
@@ -181,7 +187,7 @@ def preflight_of(filters: list[Filter]) -> Callable[[Exchange], bool] | None:
 
 
 def route_settings(
-    route: Route,
+    route: RouteSpec,
     config: GatewayConfig,
     context: WorkerContext,
     name: str,
@@ -227,9 +233,9 @@ def identity_header_names(config: GatewayConfig) -> list[str]:
     return sorted(names)
 
 
-def _merged_auth(route: Route, config: GatewayConfig) -> tuple[str, str, frozenset[str]]:
-    mine = route.auth or RouteAuth()
-    default = config.defaults.auth or RouteAuth()
+def _merged_auth(route: RouteSpec, config: GatewayConfig) -> tuple[str, str, frozenset[str]]:
+    mine = route.auth or RouteAuthSpec()
+    default = config.defaults.auth or RouteAuthSpec()
     api_key = mine.api_key or default.api_key or "off"
     jwt = mine.jwt or default.jwt or "off"
     roles = mine.roles if mine.roles is not None else (default.roles or [])

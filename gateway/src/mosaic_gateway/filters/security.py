@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from mosaic_gateway.config import RateLimits, Security
+from mosaic_gateway.config import RateLimitsSpec, SecuritySpec
 from mosaic_gateway.filters.apikeys import ApiKeyVerifier
 from mosaic_gateway.filters.ratelimit import NatsKvWindowCounter, RedisWindowCounter, WindowCounter
 from mosaic_kit.jwks import JwksCache
@@ -31,7 +31,7 @@ _log = get_logger("mosaic_gateway.filters.security")
 class SecurityServices:
     """A worker's API key verifier and token verifier, created on first use by a route."""
 
-    def __init__(self, context: WorkerContext, settings: Security) -> None:
+    def __init__(self, context: WorkerContext, settings: SecuritySpec) -> None:
         self._context = context
         self._settings = settings
         self._api_keys: ApiKeyVerifier | None = None
@@ -70,7 +70,7 @@ class SecurityServices:
             )
         return self._tokens
 
-    def counter(self, spec: RateLimits) -> WindowCounter:
+    def counter(self, spec: RateLimitsSpec) -> WindowCounter:
         """The shared-limit store (one per worker)."""
         name = spec.store or ""
         found = self.counters.get(name)

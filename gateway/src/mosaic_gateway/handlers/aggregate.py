@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import orjson
 
-from mosaic_gateway.config import AggregateCall, Placeholder, Route
+from mosaic_gateway.config import AggregateCallSpec, Placeholder, RouteSpec
 from mosaic_gateway.handlers.forward import append_forwarded
 from mosaic_gateway.http import problems
 from mosaic_gateway.http.problems import GatewayProblem
@@ -210,7 +210,7 @@ class AggregateCallPlan:
     def __init__(
         self,
         index: int,
-        spec: AggregateCall,
+        spec: AggregateCallSpec,
         parts: tuple[bytes | _Slot, ...],
         backend: Backend,
         retry: RetryPolicy | None,
@@ -544,7 +544,7 @@ class _Run:
 
 
 def compile_aggregate(
-    route: Route,
+    route: RouteSpec,
     backends: dict[str, Backend],
     retry_policy: Callable[[str], RetryPolicy | None],
     timeout: float,

@@ -50,14 +50,14 @@ from typing import Any
 import httpx
 import orjson
 
-from mosaic_gateway.config import Docs, GatewayConfig, Route, RouteAuth
+from mosaic_gateway.config import DocsSpec, GatewayConfig, RouteAuthSpec, RouteSpec
 from mosaic_gateway.filters.apikeys import ApiKeyInvalid, ApiKeyMissing, ApiKeyUnavailable
 from mosaic_gateway.filters.ratelimit import RATE_LIMITED
 from mosaic_gateway.http import problems
 from mosaic_gateway.http.server import Exchange
 from mosaic_gateway.routing.chain import Chain, LocalAnswer
 from mosaic_gateway.routing.route import CompiledRoute
-from mosaic_gateway.routing.router import Router, RouteSpec, parse_template
+from mosaic_gateway.routing.router import RouteEntry, Router, parse_template
 from mosaic_gateway.upstream.balancer import Backend
 from mosaic_gateway.upstream.breaker import CIRCUIT_OPEN
 from mosaic_kit import swagger_ui
@@ -140,11 +140,11 @@ class Exposure:
         return "/" + "/".join([*self.gateway_prefix, *matched[self.added :]])
 
 
-def _effective_auth(route: Route, config: GatewayConfig) -> tuple[str, str, bool]:
+def _effective_auth(route: RouteSpec, config: GatewayConfig) -> tuple[str, str, bool]:
     # The rule security.py applies: the route's own, else `defaults.auth`, else off; roles
     # imply a token.
-    mine = route.auth or RouteAuth()
-    default = config.defaults.auth or RouteAuth()
+    mine = route.auth or RouteAuthSpec()
+    default = config.defaults.auth or RouteAuthSpec()
     api_key = mine.api_key or default.api_key or "off"
     jwt = mine.jwt or default.jwt or "off"
     roles = mine.roles if mine.roles is not None else default.roles
@@ -348,11 +348,11 @@ Kept = tuple[str, str, Json, Exposure]
 class Merger:
     """Builds the merged document from the sources' documents (in `sources` order)."""
 
-    def __init__(self, config: GatewayConfig, spec: Docs) -> None:
+    def __init__(self, config: GatewayConfig, spec: DocsSpec) -> None:
         self.spec = spec
         self.exposures = exposures(config)
         self.router = Router.compile(
-            RouteSpec(parse_template(route.path), route.methods, index)
+            RouteEntry(parse_template(route.path), route.methods, index)
             for index, route in enumerate(config.routes)
         )
 
@@ -606,7 +606,7 @@ class DocsService:
     def __init__(
         self,
         config: GatewayConfig,
-        spec: Docs,
+        spec: DocsSpec,
         backends: dict[str, Backend],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -630,7 +630,7 @@ class DocsService:
             loop, "gateway", policy="round_robin", eject_after=1, eject_for=1.0, failure_statuses=()
         )
 
-    def route_specs(self) -> list[RouteSpec[CompiledRoute]]:
+    def route_specs(self) -> list[RouteEntry[CompiledRoute]]:
         return [
             self._spec(self.spec.path, self.serve_page),
             self._spec(self.document_url, self.serve_document),
@@ -650,7 +650,7 @@ class DocsService:
 
         return answer
 
-    def _spec(self, path: str, answer: Callable[[Exchange], None]) -> RouteSpec[CompiledRoute]:
+    def _spec(self, path: str, answer: Callable[[Exchange], None]) -> RouteEntry[CompiledRoute]:
         route = CompiledRoute(
             template=path,
             backend=self._no_backend,
@@ -660,7 +660,7 @@ class DocsService:
             add_prefix=b"",
         )
         route.chain = Chain(self.loop, (), LocalAnswer(answer))
-        return RouteSpec(parse_template(path), ["GET"], route)
+        return RouteEntry(parse_template(path), ["GET"], route)
 
     def serve_page(self, exchange: Exchange) -> None:
         exchange.respond(200, self.page, _HTML, _NO_CACHE)

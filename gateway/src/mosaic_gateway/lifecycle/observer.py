@@ -24,7 +24,7 @@ from mosaic_kit.logging import get_logger
 if TYPE_CHECKING:
     import asyncio
 
-    from mosaic_gateway.config import Observability
+    from mosaic_gateway.config import ObservabilitySpec
     from mosaic_gateway.http.server import Exchange, Server
     from mosaic_gateway.lifecycle.runtime import Runtime
     from mosaic_gateway.routing.route import CompiledRoute
@@ -136,7 +136,7 @@ class Observer:
 
 
 def build_observer(
-    settings: Observability,
+    settings: ObservabilitySpec,
     loop: asyncio.AbstractEventLoop,
     *,
     admin: bool,

@@ -10,8 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mosaic_gateway.config import Backend as BackendSpec
-from mosaic_gateway.config import GatewayConfig, Retries, Route
+from mosaic_gateway.config import BackendSpec, GatewayConfig, RetriesSpec, RouteSpec
 from mosaic_gateway.filters.cache_invalidation import build_caches
 from mosaic_gateway.filters.context import WorkerContext
 from mosaic_gateway.filters.pipeline import build_filters, preflight_of, route_settings
@@ -20,7 +19,7 @@ from mosaic_gateway.handlers.docs import DocsService
 from mosaic_gateway.handlers.forward import Forwarder, Forwarding
 from mosaic_gateway.routing.chain import Chain, Terminal
 from mosaic_gateway.routing.route import CompiledRoute
-from mosaic_gateway.routing.router import Router, RouteSpec, parse_template
+from mosaic_gateway.routing.router import RouteEntry, Router, parse_template
 from mosaic_gateway.upstream.attempt import RetryPolicy
 from mosaic_gateway.upstream.balancer import Address, Backend, InstanceParts
 from mosaic_gateway.upstream.breaker import CircuitBreaker
@@ -122,7 +121,7 @@ def build_runtime(config: GatewayConfig, context: WorkerContext, forwarder: Forw
             terminal = Forwarding(forwarder, compiled)
         compiled.chain = Chain(context.loop, filters, terminal)
         compiled.preflight = preflight_of(filters)
-        specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
+        specs.append(RouteEntry(parse_template(route.path), route.methods, compiled))
     # The merged OpenAPI documents, answered by the gateway itself (docs.py)
     docs = None
     if config.docs is not None:
@@ -171,7 +170,7 @@ class Concurrently:
             await part.stop()
 
 
-def _limit_name(route: Route) -> str:
+def _limit_name(route: RouteSpec) -> str:
     # The same on every replica for the same route (shared rate-limit counters are keyed on it).
     return ",".join(route.methods) + " " + route.path
 
@@ -190,7 +189,7 @@ class _SecurityFeeds:
         pass
 
 
-def _retry_policy(spec: Retries) -> RetryPolicy | None:
+def _retry_policy(spec: RetriesSpec) -> RetryPolicy | None:
     if spec.attempts == 0:
         return None
     return RetryPolicy(

@@ -125,7 +125,7 @@ class RouteConflictError(ValueError):
 
 
 @dataclass(frozen=True)
-class RouteSpec(Generic[T]):
+class RouteEntry(Generic[T]):
     """One configured route before compilation: a template, its methods and a target."""
 
     template: Template
@@ -143,34 +143,35 @@ class Router(Generic[T]):
         self.entries: list[PathEntry[T]] = []
 
     @classmethod
-    def compile(cls, specs: Iterable[RouteSpec[T]]) -> Router[T]:
+    def compile(cls, routes: Iterable[RouteEntry[T]]) -> Router[T]:
         """Build the router; RouteConflictError names the index of a route that repeats a
         (path, method) pair or uses the same shape of path as another with other names."""
         router = cls()
         by_shape: dict[tuple[tuple[str, str], ...], PathEntry[T]] = {}
-        for index, spec in enumerate(specs):
+        for index, route in enumerate(routes):
             # `/a/{id}` and `/a/{slug}` are the same path to a matcher: they must agree.
             shape = tuple(
-                (kind, value if kind == "literal" else "") for kind, value in spec.template.segments
+                (kind, value if kind == "literal" else "")
+                for kind, value in route.template.segments
             )
             entry = by_shape.get(shape)
             if entry is None:
-                entry = PathEntry(spec.template)
+                entry = PathEntry(route.template)
                 by_shape[shape] = entry
                 router._insert(entry)
-            elif entry.template.text != spec.template.text:
+            elif entry.template.text != route.template.text:
                 raise RouteConflictError(
                     index,
-                    f"path {spec.template.text!r} matches the same requests as "
+                    f"path {route.template.text!r} matches the same requests as "
                     f"{entry.template.text!r}; use the same parameter names",
                 )
-            for method in spec.methods:
+            for method in route.methods:
                 key = method.encode("ascii")
                 if key in entry.by_method:
                     raise RouteConflictError(
-                        index, f"{method} {spec.template.text} is already routed by another route"
+                        index, f"{method} {route.template.text} is already routed by another route"
                     )
-                entry.by_method[key] = spec.target
+                entry.by_method[key] = route.target
         for entry in router.entries:
             entry.finish()
         return router
