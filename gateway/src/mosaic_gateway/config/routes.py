@@ -13,6 +13,7 @@ from mosaic_gateway.config.aggregate import AggregateSpec
 from mosaic_gateway.config.backends import known_backends
 from mosaic_gateway.config.base import HEADER_NAME, ByteSize, Duration, Problem, Spec
 from mosaic_gateway.config.cache import RouteCacheSpec
+from mosaic_gateway.config.ip_restriction import IpRestrictionSpec
 from mosaic_gateway.routing.router import (
     RouteConflictError,
     RouteEntry,
@@ -148,6 +149,7 @@ class RouteSpec(Spec):
     cors: CorsSpec | None = None
     rate_limit: RateLimitRuleSpec | None = None
     cache: RouteCacheSpec | None = None
+    ip_restriction: IpRestrictionSpec | None = None
 
     @field_validator("path")
     @classmethod

@@ -4,14 +4,15 @@
 settings, or None when the route does not use the feature. A new feature is one filter module,
 its configuration section, and one entry here.
 
-1. CORS: preflights answered, response lines prepared (cors.py).
-2. Rate limit `by: address` (rate_limit.py).
-3. API key (api_key.py).
-4. JWT, then roles (jwt.py).
-5. Rate limit `by: api_key` / `by: user`.
-6. What goes upstream: header allow-list and identity headers, or only the identity strip
+1. IP restriction (ip_restriction.py): a refused address costs nothing more.
+2. CORS: preflights answered, response lines prepared (cors.py).
+3. Rate limit `by: address` (rate_limit.py).
+4. API key (api_key.py).
+5. JWT, then roles (jwt.py).
+6. Rate limit `by: api_key` / `by: user`.
+7. What goes upstream: header allow-list and identity headers, or only the identity strip
    (upstream_headers.py); then the query allow-list.
-7. Cache (cache.py): last, so that its key holds the request as it is forwarded.
+8. Cache (cache.py): last, so that its key holds the request as it is forwarded.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mosaic_gateway.filters.headers import (
     QueryPolicy,
     identity_spellings,
 )
+from mosaic_gateway.filters.ip_restriction import IpRestrictionFilter
 from mosaic_gateway.filters.jwt import JwtFilter
 from mosaic_gateway.filters.rate_limit import RateLimitFilter
 from mosaic_gateway.filters.ratelimit import LocalRateLimiter, RateLimit, SharedRateLimiter
@@ -91,6 +93,11 @@ class RouteSettings:
             and self.cors is None
             and self.rate_limit is None
         )
+
+
+def _ip_restriction(settings: RouteSettings) -> Filter | None:
+    spec = settings.route.ip_restriction
+    return None if spec is None else IpRestrictionFilter.from_spec(spec)
 
 
 def _cors(settings: RouteSettings) -> Filter | None:
@@ -163,6 +170,7 @@ def _cache(settings: RouteSettings) -> Filter | None:
 
 
 FILTERS: tuple[Callable[[RouteSettings], Filter | None], ...] = (
+    _ip_restriction,
     _cors,
     lambda settings: _rate_limit(settings, by_address=True),
     _api_key,
