@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -166,7 +166,9 @@ class Ejection(_Model):
         return statuses
 
 
-class Retries(_Model):
+class _RetryRules(_Model):
+    """When a request is retried: a backend's `retries`, or a route's changes to them."""
+
     attempts: int = Field(
         1, ge=0, le=5, description="Retries after the first try (0 turns retrying off)."
     )
@@ -174,12 +176,6 @@ class Retries(_Model):
         ("connect_error", 503),
         description="`connect_error` (refused, connect timeout, or a connection lost before any "
         "response byte) and/or 5xx statuses that are retried.",
-    )
-    budget: float = Field(
-        0.2, gt=0, le=1, description="Retries allowed per request, over time (token bucket)."
-    )
-    min_per_second: int = Field(
-        10, ge=0, description="Retries always allowed per second, so low traffic can retry."
     )
     per_try_timeout: Duration | None = Field(
         None,
@@ -210,6 +206,34 @@ class Retries(_Model):
         return on
 
 
+class Retries(_RetryRules):
+    budget: float = Field(
+        0.2, gt=0, le=1, description="Retries allowed per request, over time (token bucket)."
+    )
+    min_per_second: int = Field(
+        10, ge=0, description="Retries always allowed per second, so low traffic can retry."
+    )
+
+
+class RouteRetries(_RetryRules):
+    """A route's changes to its backend's `retries`: the fields given replace the backend's,
+    the others are inherited (see `overlay`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_budget(cls, data: Any) -> Any:
+        # Said here rather than as "extra inputs": the budget protects the backend from all its
+        # routes together, so one route cannot have a budget of its own.
+        if isinstance(data, dict):
+            for key in ("budget", "min_per_second"):
+                if key in data:
+                    raise ValueError(
+                        f"`{key}` is the backend's retry budget, shared by all its routes: "
+                        "set it under `backends.<name>.retries`"
+                    )
+        return data
+
+
 class Breaker(_Model):
     failure_threshold: int = Field(
         5, ge=1, description="Failures in a row (as counted for ejection) that open the breaker."
@@ -218,6 +242,20 @@ class Breaker(_Model):
     max_open_for: Duration = Field(60.0, gt=0, description="Cap on the growing open time.")
     backoff: float = Field(2.0, ge=1, description="Open time factor after a failed probe.")
     half_open_probes: int = Field(1, ge=1, description="Probes at a time while half-open.")
+
+
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
+
+def overlay(base: _Settings, override: BaseModel | None) -> _Settings:
+    """`base` with the fields that `override` was given (in the file) put over it: a route's
+    `retries` or `breaker` over its backend's. A field given as `null` counts as given
+    (`per_try_timeout: null` turns the backend's off for the route)."""
+    if override is None:
+        return base
+    return base.model_copy(
+        update={name: getattr(override, name) for name in override.model_fields_set}
+    )
 
 
 # --- a backend's instances from discovery (DNS or NATS `$SRV.INFO`) ------------------------------
@@ -665,6 +703,14 @@ class Route(_Model):
     aggregate: Aggregate | None = None
     rewrite: Rewrite | None = None
     timeout: Duration | None = Field(None, gt=0, description="Overrides timeouts.request.")
+    retries: RouteRetries | None = Field(
+        None, description="Fields given override the backend's `retries` (not its budget)."
+    )
+    breaker: Breaker | None = Field(
+        None,
+        description="Fields given override the backend's `breaker`; the route then has a "
+        "breaker of its own per instance.",
+    )
     max_body_bytes: ByteSize | None = Field(None, description="Overrides limits.max_body_bytes.")
     auth: RouteAuth | None = None
     headers: HeaderAllowList | None = None
@@ -975,6 +1021,7 @@ def _cross_check(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str
     problems += _check_security(config)
     problems += _check_caches(config)
     problems += _check_docs(config)
+    problems += _check_resilience(config)
     for index, route in enumerate(config.routes):
         if route.aggregate is not None or route.backend is None:
             problems += _check_aggregate(config, index, route)
@@ -1003,6 +1050,31 @@ def _cross_check(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str
         )
     except RouteConflictError as exc:
         problems.append((("routes", exc.index, "path"), str(exc)))
+    return problems
+
+
+def _check_resilience(config: GatewayConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """A route's own `per_try_timeout` must be able to cut a try before the route gives up.
+
+    Only one the route gives: a backend's serves routes of different timeouts, and is simply
+    not used where it is not shorter."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for index, route in enumerate(config.routes):
+        retries = route.retries
+        if retries is None or retries.per_try_timeout is None:
+            continue
+        timeout = route.timeout or config.server.timeouts.request
+        bound = "timeout"
+        if route.aggregate is not None and route.aggregate.timeout is not None:
+            timeout, bound = route.aggregate.timeout, "aggregate.timeout"
+        if retries.per_try_timeout >= timeout:
+            problems.append(
+                (
+                    ("routes", index, "retries", "per_try_timeout"),
+                    f"{retries.per_try_timeout:g}s is not below the route's {bound} "
+                    f"({timeout:g}s): no try would ever be cut short",
+                )
+            )
     return problems
 
 

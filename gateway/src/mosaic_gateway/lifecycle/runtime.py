@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from mosaic_gateway.config import Backend as BackendSpec
@@ -18,6 +19,11 @@ from mosaic_gateway.filters.security import build_policy
 from mosaic_gateway.handlers.aggregate import compile_aggregate
 from mosaic_gateway.handlers.docs import DocsService
 from mosaic_gateway.handlers.forward import CompiledRoute
+from mosaic_gateway.lifecycle.route_resilience import (
+    circuit_breaker,
+    route_backends,
+    route_retries,
+)
 from mosaic_gateway.routing.router import Router, RouteSpec, parse_template
 from mosaic_gateway.upstream.attempt import RetryPolicy
 from mosaic_gateway.upstream.balancer import Address, Backend, InstanceParts
@@ -96,14 +102,16 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
             route.aggregate.backends[0].backend if route.aggregate is not None else route.backend
         )
         assert backend_name is not None
+        # The shared backends, or views of them with the route's own breakers.
+        used = route_backends(config, route, backends)
         compiled = CompiledRoute(
             template=route.path,
-            backend=backends[backend_name],
+            backend=used[backend_name],
             timeout=route.timeout or timeouts.request,
             max_body_bytes=default_limit if route.max_body_bytes is None else route.max_body_bytes,
             strip_prefix=(rewrite.strip_prefix or "").encode("ascii") if rewrite else b"",
             add_prefix=(rewrite.add_prefix or "").encode("ascii") if rewrite else b"",
-            retry=_retry_policy(config.backends[backend_name].retries),
+            retry=_route_retry_policy(config, route, backend_name),
             policy=build_policy(route, config, context, _limit_name(route)),
             cache=cache,
         )
@@ -111,8 +119,8 @@ def build_runtime(config: GatewayConfig, context: WorkerContext) -> Runtime:
             compiled.retry = None
             compiled.aggregate = compile_aggregate(
                 route,
-                backends,
-                lambda name: _retry_policy(config.backends[name].retries),
+                used,
+                partial(_route_retry_policy, config, route),
                 compiled.timeout,
             )
         specs.append(RouteSpec(parse_template(route.path), route.methods, compiled))
@@ -181,6 +189,10 @@ class _SecurityFeeds:
 
     async def stop(self) -> None:
         pass
+
+
+def _route_retry_policy(config: GatewayConfig, route: Route, backend: str) -> RetryPolicy | None:
+    return _retry_policy(route_retries(config, route, backend))
 
 
 def _retry_policy(spec: Retries) -> RetryPolicy | None:
@@ -272,13 +284,6 @@ def _instance_parts(
             idle_timeout=spec.pool.idle_timeout,
             connect_timeout=spec.connect_timeout or connect_default,
         )
-        return pool, CircuitBreaker(
-            failure_threshold=breaker.failure_threshold,
-            open_for=breaker.open_for,
-            max_open_for=max(breaker.max_open_for, breaker.open_for),
-            backoff=breaker.backoff,
-            half_open_probes=breaker.half_open_probes,
-            name=address.url,
-        )
+        return pool, circuit_breaker(breaker, address.url)
 
     return make
