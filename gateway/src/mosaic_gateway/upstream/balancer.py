@@ -20,7 +20,9 @@ failures) and keeps the breaker closed while other instances serve; the breaker 
 traffic still reaches a failing instance, typically a backend whose instances all fail, where it
 turns a timeout or an error per request into an immediate 503. `pick` asks the chosen instance's
 breaker for a permit (an attribute compare while closed) and leaves it in `permit` for the
-caller, which hands it back with the outcome.
+caller, which hands it back with the outcome. A route with a `breaker:` of its own picks through
+a view of the backend (`route_scope.RouteBackend`, listed in `scopes`) that swaps in the route's
+breakers and shares everything else here.
 
 Retries draw on a budget per backend (and worker): every request deposits `retry_ratio` tokens,
 a retry spends one, and a small allowance per second lets low traffic retry too. So retries
