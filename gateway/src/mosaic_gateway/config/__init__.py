@@ -27,6 +27,8 @@ from mosaic_gateway.config.backends import (
     NatsDiscoverySpec,
     PoolSpec,
     RetriesSpec,
+    RouteRetriesSpec,
+    overlay,
 )
 from mosaic_gateway.config.base import ByteSize, Duration, Spec
 from mosaic_gateway.config.cache import CACHEABLE_STATUSES, CacheBoundsSpec, RouteCacheSpec
@@ -96,6 +98,7 @@ __all__ = [
     "RouteAuthSpec",
     "RouteCacheSpec",
     "RouteDefaultsSpec",
+    "RouteRetriesSpec",
     "RouteSpec",
     "SecuritySpec",
     "ServerSpec",
@@ -105,6 +108,7 @@ __all__ = [
     "TracingSpec",
     "json_schema",
     "load_config",
+    "overlay",
     "parse_call_path",
     "parse_config",
     "render_json_schema",

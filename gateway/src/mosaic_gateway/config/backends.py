@@ -4,10 +4,11 @@ how they are balanced, pooled, checked, ejected, retried and broken off."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BaseModel,
     BeforeValidator,
     Field,
     GetJsonSchemaHandler,
@@ -128,8 +129,8 @@ class EjectionSpec(Spec):
         return statuses
 
 
-class RetriesSpec(Spec):
-    """`retries`: tries on another instance, within a budget."""
+class _RetryRulesSpec(Spec):
+    """When a request is retried: a backend's `retries`, or a route's changes to them."""
 
     attempts: int = Field(
         1, ge=0, le=5, description="Retries after the first try (0 turns retrying off)."
@@ -138,12 +139,6 @@ class RetriesSpec(Spec):
         ("connect_error", 503),
         description="`connect_error` (refused, connect timeout, or a connection lost before any "
         "response byte) and/or 5xx statuses that are retried.",
-    )
-    budget: float = Field(
-        0.2, gt=0, le=1, description="Retries allowed per request, over time (token bucket)."
-    )
-    min_per_second: int = Field(
-        10, ge=0, description="Retries always allowed per second, so low traffic can retry."
     )
     per_try_timeout: Duration | None = Field(
         None,
@@ -174,6 +169,36 @@ class RetriesSpec(Spec):
         return on
 
 
+class RetriesSpec(_RetryRulesSpec):
+    """`retries`: tries on another instance, within a budget."""
+
+    budget: float = Field(
+        0.2, gt=0, le=1, description="Retries allowed per request, over time (token bucket)."
+    )
+    min_per_second: int = Field(
+        10, ge=0, description="Retries always allowed per second, so low traffic can retry."
+    )
+
+
+class RouteRetriesSpec(_RetryRulesSpec):
+    """A route's changes to its backend's `retries`: the fields given replace the backend's,
+    the others are inherited (see `overlay`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_budget(cls, data: Any) -> Any:
+        # Said here rather than as "extra inputs": the budget protects the backend from all its
+        # routes together, so one route cannot have a budget of its own.
+        if isinstance(data, dict):
+            for key in ("budget", "min_per_second"):
+                if key in data:
+                    raise ValueError(
+                        f"`{key}` is the backend's retry budget, shared by all its routes: "
+                        "set it under `backends.<name>.retries`"
+                    )
+        return data
+
+
 class BreakerSpec(Spec):
     """`breaker`: a circuit breaker per instance."""
 
@@ -184,6 +209,20 @@ class BreakerSpec(Spec):
     max_open_for: Duration = Field(60.0, gt=0, description="Cap on the growing open time.")
     backoff: float = Field(2.0, ge=1, description="Open time factor after a failed probe.")
     half_open_probes: int = Field(1, ge=1, description="Probes at a time while half-open.")
+
+
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
+
+def overlay(base: _Settings, override: BaseModel | None) -> _Settings:
+    """`base` with the fields that `override` was given (in the file) put over it: a route's
+    `retries` or `breaker` over its backend's. A field given as `null` counts as given
+    (`per_try_timeout: null` turns the backend's off for the route)."""
+    if override is None:
+        return base
+    return base.model_copy(
+        update={name: getattr(override, name) for name in override.model_fields_set}
+    )
 
 
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"

@@ -16,7 +16,7 @@ from mosaic_gateway.config.base import Problem
 from mosaic_gateway.config.cache import check_caches
 from mosaic_gateway.config.docs import check_docs
 from mosaic_gateway.config.document import GatewayConfig
-from mosaic_gateway.config.routes import check_routes
+from mosaic_gateway.config.routes import check_route_resilience, check_routes
 from mosaic_gateway.config.security import check_security
 from mosaic_gateway.config.yaml_source import YamlSourceError, load_yaml
 
@@ -27,6 +27,7 @@ CROSS_CHECKS: tuple[Callable[[GatewayConfig], list[Problem]], ...] = (
     check_security,
     check_caches,
     check_docs,
+    check_route_resilience,
     check_routes,
     check_aggregates,
 )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 
 from mosaic_gateway.config.aggregate import AggregateSpec
-from mosaic_gateway.config.backends import known_backends
+from mosaic_gateway.config.backends import BreakerSpec, RouteRetriesSpec, known_backends
 from mosaic_gateway.config.base import HEADER_NAME, ByteSize, Duration, Problem, Spec
 from mosaic_gateway.config.cache import RouteCacheSpec
 from mosaic_gateway.config.ip_restriction import IpRestrictionSpec
@@ -139,6 +139,14 @@ class RouteSpec(Spec):
     aggregate: AggregateSpec | None = None
     rewrite: RewriteSpec | None = None
     timeout: Duration | None = Field(None, gt=0, description="Overrides timeouts.request.")
+    retries: RouteRetriesSpec | None = Field(
+        None, description="Fields given override the backend's `retries` (not its budget)."
+    )
+    breaker: BreakerSpec | None = Field(
+        None,
+        description="Fields given override the backend's `breaker`; the route then has a "
+        "breaker of its own per instance.",
+    )
     max_body_bytes: ByteSize | None = Field(None, description="Overrides limits.max_body_bytes.")
     auth: RouteAuthSpec | None = None
     headers: HeaderAllowListSpec | None = None
@@ -216,4 +224,29 @@ def check_routes(config: GatewayConfig) -> list[Problem]:
         Router.compile(route_entries(config))
     except RouteConflictError as exc:
         problems.append((("routes", exc.index, "path"), str(exc)))
+    return problems
+
+
+def check_route_resilience(config: GatewayConfig) -> list[Problem]:
+    """A route's own `per_try_timeout` must be able to cut a try before the route gives up.
+
+    Only one the route gives: a backend's serves routes of different timeouts, and is simply
+    not used where it is not shorter."""
+    problems: list[Problem] = []
+    for index, route in enumerate(config.routes):
+        retries = route.retries
+        if retries is None or retries.per_try_timeout is None:
+            continue
+        timeout = route.timeout or config.server.timeouts.request
+        bound = "timeout"
+        if route.aggregate is not None and route.aggregate.timeout is not None:
+            timeout, bound = route.aggregate.timeout, "aggregate.timeout"
+        if retries.per_try_timeout >= timeout:
+            problems.append(
+                (
+                    ("routes", index, "retries", "per_try_timeout"),
+                    f"{retries.per_try_timeout:g}s is not below the route's {bound} "
+                    f"({timeout:g}s): no try would ever be cut short",
+                )
+            )
     return problems

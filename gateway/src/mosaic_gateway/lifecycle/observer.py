@@ -181,4 +181,13 @@ def runtime_gauges(runtime: Runtime | None, server: Server) -> list[Gauge]:
             gauges.append(("gateway_instance_healthy", labels, float(instance.healthy)))
             gauges.append(("gateway_instance_ejected", labels, float(instance.ejected)))
             gauges.append(("gateway_instance_outstanding", labels, float(instance.outstanding)))
+        for scope in backend.scopes:
+            for instance in list(scope.instances):
+                gauges.append(
+                    (
+                        "gateway_route_breaker_state",
+                        (scope.route, scope.methods, name, instance.url),
+                        float(STATE_CODES[instance.breaker.state]),
+                    )
+                )
     return gauges

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from mosaic_gateway.config import BackendSpec, GatewayConfig, RetriesSpec, RouteSpec
@@ -17,6 +18,11 @@ from mosaic_gateway.filters.pipeline import build_filters, preflight_of, route_s
 from mosaic_gateway.handlers.aggregate import compile_aggregate
 from mosaic_gateway.handlers.docs import DocsService
 from mosaic_gateway.handlers.forward import Forwarder, Forwarding
+from mosaic_gateway.lifecycle.route_resilience import (
+    circuit_breaker,
+    route_backends,
+    route_retries,
+)
 from mosaic_gateway.routing.chain import Chain, Terminal
 from mosaic_gateway.routing.route import CompiledRoute
 from mosaic_gateway.routing.router import RouteEntry, Router, parse_template
@@ -97,14 +103,16 @@ def build_runtime(config: GatewayConfig, context: WorkerContext, forwarder: Forw
             route.aggregate.backends[0].backend if route.aggregate is not None else route.backend
         )
         assert backend_name is not None
+        # The shared backends, or views of them with the route's own breakers.
+        used = route_backends(config, route, backends)
         compiled = CompiledRoute(
             template=route.path,
-            backend=backends[backend_name],
+            backend=used[backend_name],
             timeout=route.timeout or timeouts.request,
             max_body_bytes=default_limit if route.max_body_bytes is None else route.max_body_bytes,
             strip_prefix=(rewrite.strip_prefix or "").encode("ascii") if rewrite else b"",
             add_prefix=(rewrite.add_prefix or "").encode("ascii") if rewrite else b"",
-            retry=_retry_policy(config.backends[backend_name].retries),
+            retry=_route_retry_policy(config, route, backend_name),
         )
         filters = build_filters(route_settings(route, config, context, _limit_name(route), cache))
         terminal: Terminal
@@ -112,8 +120,8 @@ def build_runtime(config: GatewayConfig, context: WorkerContext, forwarder: Forw
             compiled.retry = None
             terminal = compile_aggregate(
                 route,
-                backends,
-                lambda name: _retry_policy(config.backends[name].retries),
+                used,
+                partial(_route_retry_policy, config, route),
                 compiled.timeout,
                 forwarder,
             )
@@ -187,6 +195,12 @@ class _SecurityFeeds:
 
     async def stop(self) -> None:
         pass
+
+
+def _route_retry_policy(
+    config: GatewayConfig, route: RouteSpec, backend: str
+) -> RetryPolicy | None:
+    return _retry_policy(route_retries(config, route, backend))
 
 
 def _retry_policy(spec: RetriesSpec) -> RetryPolicy | None:
@@ -278,13 +292,6 @@ def _instance_parts(
             idle_timeout=spec.pool.idle_timeout,
             connect_timeout=spec.connect_timeout or connect_default,
         )
-        return pool, CircuitBreaker(
-            failure_threshold=breaker.failure_threshold,
-            open_for=breaker.open_for,
-            max_open_for=max(breaker.max_open_for, breaker.open_for),
-            backoff=breaker.backoff,
-            half_open_probes=breaker.half_open_probes,
-            name=address.url,
-        )
+        return pool, circuit_breaker(breaker, address.url)
 
     return make

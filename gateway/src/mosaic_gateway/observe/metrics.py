@@ -78,6 +78,11 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
         "Circuit breaker of an instance: 0 closed, 1 half-open, 2 open.",
         ("backend", "upstream_instance"),
     ),
+    "gateway_route_breaker_state": (
+        "Circuit breaker of a route with a `breaker:` of its own, per instance: 0 closed, "
+        "1 half-open, 2 open.",
+        ("route", "methods", "backend", "upstream_instance"),
+    ),
     "gateway_instance_healthy": (
         "1 while the active health checks find the instance healthy.",
         ("backend", "upstream_instance"),

@@ -20,7 +20,9 @@ failures) and keeps the breaker closed while other instances serve; the breaker 
 traffic still reaches a failing instance, typically a backend whose instances all fail, where it
 turns a timeout or an error per request into an immediate 503. `pick` asks the chosen instance's
 breaker for a permit (an attribute compare while closed) and leaves it in `permit` for the
-caller, which hands it back with the outcome.
+caller, which hands it back with the outcome. A route with a `breaker:` of its own picks through
+a view of the backend (`route_scope.RouteBackend`, listed in `scopes`) that swaps in the route's
+breakers and shares everything else here.
 
 Retries draw on a budget per backend (and worker): every request deposits `retry_ratio` tokens,
 a retry spends one, and a small allowance per second lets low traffic retry too. So retries
@@ -41,10 +43,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mosaic_gateway.upstream.breaker import REJECTED, CircuitBreaker
 from mosaic_gateway.upstream.connection import Pool
 from mosaic_kit.logging import get_logger
+
+if TYPE_CHECKING:
+    from mosaic_gateway.upstream.route_scope import RouteBackend
 
 _log = get_logger("mosaic_gateway.upstream.balancer")
 
@@ -163,6 +169,8 @@ class Backend:
         # What the admin view says about where the instances come from (set by discovery).
         self.source: dict[str, object] = {"kind": "static"}
         self.panic = False
+        # Views of routes with breakers of their own (route_scope.py); told of instance changes.
+        self.scopes: list[RouteBackend] = []
         self._equal_weights = True
         self._next = 0
         self._total_weight = 0
@@ -254,7 +262,10 @@ class Backend:
                     instance._readmit = None
                 pool.close()
                 _log.info("instance_drained", backend=self.name, instance=instance.url)
-            self.draining = still
+            if len(still) != len(self.draining):
+                self.draining = still
+                for scope in self.scopes:
+                    scope.follow()
 
     # --- picking ----------------------------------------------------------------------------
 
@@ -370,9 +381,13 @@ class Backend:
         instance.breaker.release(permit)
 
     def failed(self, instance: Instance, permit: int, reason: str) -> None:
+        instance.breaker.failure(permit)
+        self.count_failure(instance, reason)
+
+    def count_failure(self, instance: Instance, reason: str) -> None:
+        """A failed exchange, apart from the breaker: its end, and the count that ejects."""
         instance.outstanding -= 1
         instance.failures += 1
-        instance.breaker.failure(permit)
         if instance.failures >= self.eject_after and not instance.ejected:
             instance.ejected = True
             _log.warning(
@@ -433,6 +448,8 @@ class Backend:
             self._next %= len(self.available)
         else:
             self._next = 0
+        for scope in self.scopes:
+            scope.follow()
 
     def close(self) -> None:
         for instance in self.instances + self.draining:
@@ -449,4 +466,9 @@ class Backend:
             "panic": self.panic,
             "instances": [instance.snapshot() for instance in self.instances],
             "draining": [instance.snapshot() for instance in self.draining],
+            # Routes with a `breaker:` of their own: theirs, per instance (by URL).
+            "route_breakers": {
+                scope.label: {i.url: i.breaker.snapshot() for i in scope.instances}
+                for scope in self.scopes
+            },
         }
