@@ -5,7 +5,7 @@ version` (or `--version`).
 message` (exit 1), or a one-line summary (exit 0): usable in CI and before a reload.
 The file may also be named by the `GATEWAY_CONFIG` environment variable. `serve` reloads it on
 SIGHUP and when it changes (`--no-watch`: on SIGHUP only). `openapi` prints the merged OpenAPI
-document the gateway serves at `docs.path` (docs.py), from the sources' documents given as files
+document the gateway serves at `docs.path` (handlers/docs.py), from the sources' documents given as files
 (`--document auth=auth.json`, e.g. from `mosaic-auth openapi`) or fetched once from the backends'
 static instances; exit 1 when a source cannot be had (`--allow-missing`: marked unavailable). `--listen-fd` / `--admin-fd` serve
 sockets bound by the caller and inherited (supervisor.py), so the caller can hold the port.

@@ -32,7 +32,7 @@ class WorkerContext:
     loop: asyncio.AbstractEventLoop
     nc: Client | None = None
     _js: JetStreamContext | None = field(default=None, repr=False)
-    # API key and token verifiers with their caches and revocation feeds (security.py):
+    # API key and token verifiers with their caches and revocation feeds (filters/security.py):
     # created by the first runtime whose routes need them, kept across reloads.
     security: SecurityServices | None = None
 

@@ -3,7 +3,7 @@
 An aggregate route (`aggregate:` in the configuration instead of `backend:`) sends one GET per
 configured call, in parallel or, with `sequential: true`, one after the other so that a later
 call's path can use fields of earlier responses (`{resp0.author.id}`). Each call goes through its
-backend's balancer, pools, breaker, ejection and retry budget (`upstream_client.Fetch`).
+backend's balancer, pools, breaker, ejection and retry budget (`upstream.fetch.Fetch`).
 
 Each JSON answer is shaped in the order KrakenD uses: `target` (take one field), `allow` or
 `deny` (keep or drop dot paths), `mapping` (rename top-level fields), then `group` (nest under a
@@ -550,7 +550,7 @@ def compile_aggregate(
     timeout: float,
     forwarder: Forwarder,
 ) -> Aggregator:
-    """Compile a route's `aggregate` section (already cross-checked by config.py)."""
+    """Compile a route's `aggregate` section (already cross-checked by config/aggregate.py)."""
     spec = route.aggregate
     assert spec is not None
     positions: dict[str, int] = {}

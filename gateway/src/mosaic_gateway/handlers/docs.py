@@ -141,7 +141,7 @@ class Exposure:
 
 
 def _effective_auth(route: RouteSpec, config: GatewayConfig) -> tuple[str, str, bool]:
-    # The rule security.py applies: the route's own, else `defaults.auth`, else off; roles
+    # The rule filters/pipeline.py applies: the route's own, else `defaults.auth`, else off; roles
     # imply a token.
     mine = route.auth or RouteAuthSpec()
     default = config.defaults.auth or RouteAuthSpec()

@@ -215,11 +215,11 @@ class Exchange:
         # "HIT", "MISS" or "BYPASS" on a route with a cache (cache.py); else None.
         self.cache_status: str | None = None
         self.user_id: str | None = None
-        # What the access log, metrics and tracing report (observe.py)
+        # What the access log, metrics and tracing report (lifecycle/observer.py)
         self.started = time.perf_counter()
         self.status = 0  # of the response head sent, once sent
         self.bytes_out = 0  # written to the client, head included
-        self.instance: str | None = None  # URL of the instance last tried (proxy.py)
+        self.instance: str | None = None  # URL of the instance last tried (handlers/forward.py)
         self.traceparent: bytes | None = None  # as the client sent it
         self.trace: object | None = None  # the gateway's span (tracing.py), when tracing
 
@@ -645,7 +645,7 @@ class ClientConnection(asyncio.Protocol):
                         if named:
                             hop = named if hop is None else hop | named
         if hop is not None:
-            # Headers the client made hop-by-hop go here, once, so that admission, the cache
+            # Headers the client made hop-by-hop go here, once, so that the filters, the cache
             # key and the forwarded request all see the same ones.
             exchange.headers = [item for item in self._headers if item[0] not in hop]
         exchange.request_id = self.server.request_ids.accept_or_new(exchange.request_id or None)
@@ -822,7 +822,7 @@ class Server:
         self.date = DateHeader()
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        # The observer (observe.py) is told when an exchange is handed to the handler, and when
+        # The observer (lifecycle/observer.py) is told when an exchange is handed to the handler, and when
         # it ends (True: aborted, the response incomplete or never sent). None on the admin port.
         self.on_dispatch: Callable[[Exchange], None] | None = None
         self.on_end: Callable[[Exchange, bool], None] | None = None

@@ -1,10 +1,10 @@
 """What a worker reports about each request: access log line, metrics, span.
 
-`Observer` is built once per worker from `observability` (config.py) and plugged into the proxy
-listener's two hooks (server.py): `dispatched` when a request is handed to the proxy (only with
-tracing: the span starts and the upstream `traceparent` is rewritten), `ended` when its response
-is complete or aborted. The admin listener has no hooks: probes and scrapes are not requests to
-report. A hook left unset costs the request path one attribute compare.
+`Observer` is built once per worker from `observability` (config/observability.py) and plugged
+into the proxy listener's two hooks (http/server.py): `dispatched` when a request is handed to the
+dispatcher (only with tracing: the span starts and the upstream `traceparent` is rewritten),
+`ended` when its response is complete or aborted. The admin listener has no hooks: probes and
+scrapes are not requests to report. A hook left unset costs the request path one attribute compare.
 
 The observability section is read when a worker starts: a reload does not change it.
 """
@@ -47,7 +47,7 @@ class Observer:
         self.tracer = tracer
         self.exporter = tracer.exporter if tracer is not None else None
 
-    # --- hooks (server.py) ------------------------------------------------------------------
+    # --- hooks (http/server.py) -------------------------------------------------------------
 
     @property
     def on_dispatch(self) -> Callable[[Exchange], None] | None:

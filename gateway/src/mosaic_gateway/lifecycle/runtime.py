@@ -130,7 +130,7 @@ def build_runtime(config: GatewayConfig, context: WorkerContext, forwarder: Forw
         compiled.chain = Chain(context.loop, filters, terminal)
         compiled.preflight = preflight_of(filters)
         specs.append(RouteEntry(parse_template(route.path), route.methods, compiled))
-    # The merged OpenAPI documents, answered by the gateway itself (docs.py)
+    # The merged OpenAPI documents, answered by the gateway itself (handlers/docs.py)
     docs = None
     if config.docs is not None:
         docs = DocsService(config, config.docs, backends, context.loop)

@@ -60,7 +60,7 @@ class Worker:
         # Forwarding's shared state (the forwards in flight), for every runtime's routes.
         self.forwarder = Forwarder(loop, trust_forwarded=config.server.trust_forwarded_headers)
         self.dispatcher: Dispatcher | None = None
-        # Access log, metrics and tracing hooks (observe.py)
+        # Access log, metrics and tracing hooks (observer.py)
         self.observer = build_observer(
             config.observability,
             loop,

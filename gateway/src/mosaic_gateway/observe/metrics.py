@@ -3,7 +3,7 @@
 The request path calls `Metrics.record` once per request: a counter keyed by (route template,
 method, status, backend), a duration histogram bucket and byte count per route, and a cache
 result count when the route has a cache. Upstream failures and retries are counted where they
-happen (proxy.py). No `prometheus_client` object is touched per request, and labels are bounded:
+happen (handlers/forward.py). No `prometheus_client` object is touched per request, and labels are bounded:
 route templates (not paths), known methods (others read `OTHER`), backends and instances from
 the configuration or discovery.
 
