@@ -1,4 +1,10 @@
-"""Verifying Mosaic access tokens: `TokenVerifier` and the `Principal` it yields.
+"""Verifying Mosaic access tokens: `TokenVerifier` and the principals it yields.
+
+Two kinds of token are signed by auth with the same keys: a user's (`sub`, `sid`, `roles`: a
+`Principal`) and a third-party application's, from the OAuth2 client-credentials grant (RFC 9068:
+`typ: at+jwt`, `client_id`, `scope`, `jti`, and no `sub`: a `ClientPrincipal`). `verify` accepts
+only the first (every service route acting for a user); `verify_any` either, for the gateway's
+routes open to client applications.
 
 Free of any web framework, so the gateway's workers use the very same verifier as the services
 (`mosaic_kit.fastapi.auth` adds the FastAPI dependencies on top). A rejected token raises a `Problem`
@@ -28,9 +34,13 @@ from mosaic_kit.revocation import RevocationSet
 
 __all__ = [
     "ALGORITHM",
+    "CLIENT_TOKEN_TYPE",
     "MAX_TOKEN_LENGTH",
+    "AnyPrincipal",
+    "ClientPrincipal",
     "Principal",
     "TokenVerifier",
+    "client_token_refused",
     "token_expired",
     "token_invalid",
     "token_missing",
@@ -43,7 +53,12 @@ ALGORITHM = "EdDSA"
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 # Far above any token auth issues; bounds the work a junk header can cause.
 MAX_TOKEN_LENGTH = 8192
-_REQUIRED_CLAIMS = ["sub", "sid", "roles", "iat", "exp", "iss", "aud"]
+# The kind's own claims are checked in `_principal`: a user's `sub`, `sid`, `roles`; a client's
+# `client_id`, `scope`, `jti`.
+_REQUIRED_CLAIMS = ["iat", "exp", "iss", "aud"]
+# RFC 9068 §2.1: the media type of an access token in JWT form ("application/" may be omitted).
+CLIENT_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type
+_CLIENT_TYPES = frozenset({CLIENT_TOKEN_TYPE, "application/at+jwt"})
 # Time claims are checked below against one clock shared with the cache path.
 _DECODE_OPTIONS: Options = {
     "require": _REQUIRED_CLAIMS,
@@ -72,6 +87,30 @@ class Principal:
         return not self.roles.isdisjoint(roles)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientPrincipal:
+    """A third-party application, as stated by a verified client-credentials token.
+
+    `token_id` is the token's `jti` (what RFC 7009 revocation names); `scopes` what the token was
+    granted, a subset of what the client is registered for."""
+
+    client_id: str
+    scopes: frozenset[str]
+    token_id: str
+    issued_at: int
+    expires_at: int
+    token_hash: str | None = None
+
+    def has_any_scope(self, *scopes: str) -> bool:
+        return not self.scopes.isdisjoint(scopes)
+
+    def has_all_scopes(self, *scopes: str) -> bool:
+        return self.scopes.issuperset(scopes)
+
+
+AnyPrincipal = Principal | ClientPrincipal
+
+
 def _unauthorized(code: str, detail: str) -> Problem:
     return Problem(401, code, detail, headers=_CHALLENGE)
 
@@ -90,6 +129,12 @@ def token_expired() -> Problem:
 
 def token_revoked() -> Problem:
     return _unauthorized("auth.token_revoked", "The bearer token has been revoked")
+
+
+def client_token_refused() -> Problem:
+    return _unauthorized(
+        "auth.token_invalid", "A client application's token is not accepted here: sign in"
+    )
 
 
 def _epoch_claim(claims: Mapping[str, Any], name: str) -> int:
@@ -125,7 +170,7 @@ def _unverified_header(token: str) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class _Verified:
-    principal: Principal
+    principal: AnyPrincipal
     kid: str
 
 
@@ -173,6 +218,17 @@ class TokenVerifier:
     def verify_cached(self, token: str | None) -> Principal | None:
         """`verify` without I/O: the principal of a token verified before, or None when the
         signature must be checked (then call `verify`). Raises the same problems."""
+        return _user(self.verify_cached_any(token))
+
+    async def verify(self, token: str | None) -> Principal:
+        """The user `token` was issued to, or a 401 Problem saying why it is not acceptable
+        (a client application's token among the reasons)."""
+        principal = _user(await self.verify_any(token))
+        assert principal is not None
+        return principal
+
+    def verify_cached_any(self, token: str | None) -> AnyPrincipal | None:
+        """`verify_any` without I/O: None when the signature must be checked."""
         if not token:
             raise token_missing()
         if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
@@ -186,28 +242,33 @@ class TokenVerifier:
         if principal.expires_at > self._clock() - self._leeway and self.jwks.has_kid(hit.kid):
             self._cache.move_to_end(digest)
             self.cache_hits += 1
-            if self.revocations.is_revoked(principal):
+            if self._revoked(principal):
                 raise token_revoked()
             return principal
         return None
 
-    async def verify(self, token: str | None) -> Principal:
-        """The principal of `token`, or a 401 Problem saying why it is not acceptable."""
-        principal = self.verify_cached(token)
+    async def verify_any(self, token: str | None) -> AnyPrincipal:
+        """The user or the client application `token` was issued to, or a 401 Problem."""
+        principal = self.verify_cached_any(token)
         if principal is not None:
             return principal
-        assert token is not None  # verify_cached raised otherwise
+        assert token is not None  # verify_cached_any raised otherwise
         digest = hashlib.sha256(token.encode()).digest()
         self._cache.pop(digest, None)  # expired, or its key was withdrawn
         self.cache_misses += 1
         verified = await self._verify_signed(token, digest)
-        if self.revocations.is_revoked(verified.principal):
+        if self._revoked(verified.principal):
             raise token_revoked()
         if self._cache_size:
             self._cache[digest] = verified
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return verified.principal
+
+    def _revoked(self, principal: AnyPrincipal) -> bool:
+        if isinstance(principal, Principal):
+            return self.revocations.is_revoked(principal)
+        return self.revocations.is_client_revoked(principal)
 
     async def _verify_signed(self, token: str, digest: bytes) -> _Verified:
         header = _unverified_header(token)
@@ -241,9 +302,9 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             _log.debug("token_rejected", reason=type(exc).__name__)
             raise token_invalid() from None
-        return _Verified(self._principal(claims, digest), kid)
+        return _Verified(self._principal(claims, digest, header.get("typ")), kid)
 
-    def _principal(self, claims: Mapping[str, Any], digest: bytes) -> Principal:
+    def _principal(self, claims: Mapping[str, Any], digest: bytes, typ: object) -> AnyPrincipal:
         now = self._clock()
         expires_at = _epoch_claim(claims, "exp")
         issued_at = _epoch_claim(claims, "iat")
@@ -253,7 +314,9 @@ class TokenVerifier:
             raise token_invalid("The bearer token is not valid yet")
         if "nbf" in claims and _epoch_claim(claims, "nbf") > now + self._leeway:
             raise token_invalid("The bearer token is not valid yet")
-        sub, sid, roles = claims["sub"], claims["sid"], claims["roles"]
+        if "sub" not in claims and "client_id" in claims:
+            return _client(claims, digest, typ, issued_at, expires_at)
+        sub, sid, roles = claims.get("sub"), claims.get("sid"), claims.get("roles")
         if not isinstance(sub, str) or not sub or not isinstance(sid, str) or not sid:
             raise token_invalid("The bearer token has no subject or session")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
@@ -266,3 +329,31 @@ class TokenVerifier:
             expires_at=expires_at,
             token_hash=digest.hex(),
         )
+
+
+def _client(
+    claims: Mapping[str, Any], digest: bytes, typ: object, issued_at: int, expires_at: int
+) -> ClientPrincipal:
+    # RFC 9068 §4: a resource server rejects a JWT access token without the right `typ`, so
+    # that no other JWT signed by the same keys (an ID token, say) passes for one.
+    if not isinstance(typ, str) or typ.lower() not in _CLIENT_TYPES:
+        raise token_invalid("The client token is not typed at+jwt")
+    client_id, scope, jti = claims.get("client_id"), claims.get("scope"), claims.get("jti")
+    if not isinstance(client_id, str) or not client_id or not isinstance(jti, str) or not jti:
+        raise token_invalid("The client token has no client_id or jti")
+    if not isinstance(scope, str):
+        raise token_invalid("The client token's scope is not a string")
+    return ClientPrincipal(
+        client_id=client_id,
+        scopes=frozenset(scope.split()),
+        token_id=jti,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        token_hash=digest.hex(),
+    )
+
+
+def _user(principal: AnyPrincipal | None) -> Principal | None:
+    if principal is None or isinstance(principal, Principal):
+        return principal
+    raise client_token_refused()
