@@ -41,11 +41,9 @@ def env() -> Env:
 
 
 async def refused(env: Env, token: str, *, any_kind: bool = True) -> Problem:
+    verify = env.verifier.verify_any if any_kind else env.verifier.verify
     with pytest.raises(Problem) as info:
-        if any_kind:
-            await env.verifier.verify_any(token)
-        else:
-            await env.verifier.verify(token)
+        await verify(token)
     assert info.value.status == 401
     return info.value
 
