@@ -252,10 +252,6 @@ class Forward(Attempt):
 
     # --- PoolClient -------------------------------------------------------------------------
 
-    @property
-    def wants_connection(self) -> bool:
-        return not self.done and self.conn is None
-
     def attach(self, conn: UpstreamConnection, reused: bool) -> None:
         self.conn = conn
         self.reused = reused

@@ -77,6 +77,11 @@ class Attempt:
         self.discarding = False  # reading a retried status's body, to drop it
         self.done = False
 
+    @property
+    def wants_connection(self) -> bool:
+        """A pool's question: does this attempt still wait for a connection?"""
+        return not self.done and self.conn is None
+
     def begin(self, instance: Instance) -> None:
         """The first try goes to `instance` (picked by the backend's balancer just now)."""
         self.instance = instance
