@@ -38,9 +38,9 @@ def log_events(text: str) -> list[dict[str, object]]:
 
 
 async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url, timeouts={"shutdown_grace": "10s"}))
     idle = await RawConnection.open(gateway.port)
     await idle.send(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -68,9 +68,9 @@ async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
 
 
 async def test_shutdown_grace_bounds_the_wait(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url, timeouts={"shutdown_grace": "500ms"}))
     slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-sleep": "5"}))
     await asyncio.sleep(0.3)
@@ -81,9 +81,9 @@ async def test_shutdown_grace_bounds_the_wait(
 
 
 async def test_several_workers_share_the_port_and_a_dead_one_is_replaced(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url), workers=2)
 
     def worker_pids() -> set[int]:
@@ -111,11 +111,11 @@ async def test_several_workers_share_the_port_and_a_dead_one_is_replaced(
 
 
 async def test_the_sweep_closes_idle_connections_and_answers_slow_heads_with_a_408(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
     """The configured timeouts reach the once-a-second sweep. Which timeout applies to which
     connection, to the exact moment, is tested sans-IO in test_wire.py."""
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url, timeouts={"keep_alive": "1s", "header": "1s"}))
 
     async def idle_after_a_response() -> None:
@@ -143,9 +143,9 @@ async def test_the_sweep_closes_idle_connections_and_answers_slow_heads_with_a_4
 
 
 async def test_bind_failure_is_reported_and_exits(
-    gateways: GatewayFactory, backends: BackendFactory
+    gateways: GatewayFactory, shared_backends: BackendFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     first = gateways(echo_config(echo.url))
     # Another program (not a gateway sharing by SO_REUSEPORT) holds the port.
     import socket
@@ -163,13 +163,13 @@ async def test_bind_failure_is_reported_and_exits(
 
 
 async def test_workers_leave_when_their_supervisor_is_killed(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
     """SIGKILL gives the supervisor no chance to forward a signal: the workers notice their
     parent is gone and drain, instead of holding the port as orphans."""
     import psutil
 
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url), workers=2)
     assert (await gateway.client().get("/echo/x")).status_code == 200
     supervisor = psutil.Process(gateway.process.proc.pid)
