@@ -18,8 +18,9 @@ def backends(tmp_path: Path) -> Iterator[BackendFactory]:
 
 @pytest.fixture(scope="module")
 def shared_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendFactory]:
-    """Backends reused by the tests of one module (they only read, or reset what they count)."""
-    factory = BackendFactory(tmp_path_factory.mktemp("backends"))
+    """Backends reused by the tests of one module (they only read, or reset what they count):
+    one process per name and mode."""
+    factory = BackendFactory(tmp_path_factory.mktemp("backends"), reuse=True)
     yield factory
     factory.close()
 

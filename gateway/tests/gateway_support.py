@@ -104,11 +104,22 @@ class Backend:
 
 
 class BackendFactory:
-    def __init__(self, directory: Path) -> None:
+    """Starts backend processes. With `reuse`, asking again for a name and mode already running
+    gives that backend (for tests that only read from it), not a new process."""
+
+    def __init__(self, directory: Path, *, reuse: bool = False) -> None:
         self.directory = directory
         self.started: list[Backend] = []
+        self.reuse = reuse
 
     def __call__(self, name: str, mode: str = "echo", port: int | None = None) -> Backend:
+        if self.reuse and port is None:
+            for backend in self.started:
+                if (backend.name, backend.mode) == (
+                    name,
+                    mode,
+                ) and backend.process.proc.poll() is None:
+                    return backend
         port = port or free_port()
         log = self.directory / f"backend-{name}-{port}.log"
         process = _spawn(

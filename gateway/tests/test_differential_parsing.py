@@ -150,6 +150,10 @@ def run_case(
     complete = {request.seq for request in seen if request.complete}
     assert complete == answered, (seen, responses)
     assert len(seen) - len(complete) <= incomplete, seen
+    if incomplete and len(seen) == len(complete):
+        # The client may see its connection close before the broken request's head reaches the
+        # backend (or it may never go): let it land now rather than in the next case's count.
+        wait_for(lambda: len(backend.requests_after(mark)) > len(complete), 0.1)
     # A request left incomplete upstream had its connection closed at once, not at the timeout.
     wait_for(lambda: all(r.ended for r in backend.requests_after(mark) if not r.complete), wait)
     assert all(r.ended for r in backend.requests_after(mark) if not r.complete), seen
@@ -193,6 +197,9 @@ def post(headers: bytes, body: bytes, target: bytes = b"/r/p", version: bytes = 
 
 CHUNKED_ABC = b"3\r\nabc\r\n0\r\n\r\n"
 
+# Requests the server side refuses alone, before anything is forwarded, are tested sans-IO in
+# test_wire.py (`REFUSED`, with the exact bytes of each answer); a few of them stay here, end to
+# end, with everything that does reach the backend.
 CORPUS = [
     # Content-Length
     Case("cl", post(b"content-length: 3\r\n", b"abc"), (Fwd(b"POST", b"/r/p", b"abc"),)),
@@ -208,29 +215,11 @@ CORPUS = [
         (Fwd(b"POST", b"/r/p", b"abc"),),
     ),
     Case(
-        "cl-duplicate-same",
-        post(b"content-length: 3\r\ncontent-length: 3\r\n", b"abc"),
-        (BAD,),
-        closes=True,
-    ),
-    Case(
         "cl-duplicate-differ",
         post(b"content-length: 3\r\ncontent-length: 5\r\n", b"abcde"),
         (BAD,),
         closes=True,
     ),
-    Case("cl-list", post(b"content-length: 3, 3\r\n", b"abc"), (BAD,), closes=True),
-    Case("cl-plus", post(b"content-length: +3\r\n", b"abc"), (BAD,), closes=True),
-    Case("cl-negative", post(b"content-length: -1\r\n", b""), (BAD,), closes=True),
-    Case("cl-hex", post(b"content-length: 0x3\r\n", b"abc"), (BAD,), closes=True),
-    Case("cl-empty", post(b"content-length: \r\n", b""), (BAD,), closes=True),
-    Case(
-        "cl-overflow",
-        post(b"content-length: 99999999999999999999999\r\n", b""),
-        (BAD,),
-        closes=True,
-    ),
-    Case("cl-space-before-colon", post(b"content-length : 3\r\n", b"abc"), (BAD,), closes=True),
     Case(
         "get-with-body",
         b"GET /r/g HTTP/1.1\r\n" + H + b"content-length: 3\r\n\r\nabc",
@@ -243,19 +232,6 @@ CORPUS = [
         (BAD,),
         closes=True,
     ),
-    Case(
-        "te-cl",
-        post(b"transfer-encoding: chunked\r\ncontent-length: 3\r\n", CHUNKED_ABC),
-        (BAD,),
-        closes=True,
-    ),
-    Case(
-        "te-cl-http10",
-        post(b"transfer-encoding: chunked\r\ncontent-length: 3\r\n", b"abc", version=b"1.0"),
-        (BAD,),
-        closes=True,
-    ),
-    # Transfer-Encoding variants
     Case(
         "te-chunked",
         post(b"transfer-encoding: chunked\r\n", CHUNKED_ABC),
@@ -277,70 +253,11 @@ CORPUS = [
         (Fwd(b"POST", b"/r/p", b"abc"),),
     ),
     Case(
-        "te-tabs", post(b"transfer-encoding:\tchunked\t\r\n", CHUNKED_ABC), (FRAMING,), closes=True
-    ),
-    Case(
-        "te-chunked-identity",
-        post(b"transfer-encoding: chunked, identity\r\n", CHUNKED_ABC),
-        (BAD,),
-        closes=True,
-    ),
-    Case(
-        "te-identity-chunked",
-        post(b"transfer-encoding: identity, chunked\r\n", CHUNKED_ABC),
-        (FRAMING,),
-        closes=True,
-    ),
-    Case(
         "te-gzip-chunked",
         post(b"transfer-encoding: gzip, chunked\r\n", CHUNKED_ABC),
         (FRAMING,),
         closes=True,
     ),
-    Case(
-        "te-two-headers",
-        post(b"transfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n", CHUNKED_ABC),
-        (FRAMING,),
-        closes=True,
-    ),
-    Case(
-        "te-chunked-twice",
-        post(b"transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n", CHUNKED_ABC),
-        (BAD,),
-        closes=True,
-    ),
-    Case(
-        "te-xchunked",
-        post(b"transfer-encoding: xchunked\r\n", CHUNKED_ABC),
-        (FRAMING,),
-        closes=True,
-    ),
-    Case(
-        "te-chunkedx",
-        post(b"transfer-encoding: chunkedx\r\n", CHUNKED_ABC),
-        (FRAMING,),
-        closes=True,
-    ),
-    Case("te-identity", post(b"transfer-encoding: identity\r\n", b"abc"), (FRAMING,), closes=True),
-    Case(
-        "te-http10",
-        post(b"transfer-encoding: chunked\r\n", CHUNKED_ABC, version=b"1.0"),
-        (FRAMING,),
-        closes=True,
-    ),
-    Case(
-        "te-space-before-colon",
-        post(b"transfer-encoding : chunked\r\n", CHUNKED_ABC),
-        (BAD,),
-        closes=True,
-    ),
-    Case(
-        "te-obs-fold",
-        post(b"transfer-encoding: identity\r\n chunked\r\n", CHUNKED_ABC),
-        (BAD,),
-        closes=True,
-    ),
-    # Chunked bodies
     Case(
         "chunks-many",
         post(
@@ -412,46 +329,12 @@ CORPUS = [
     ),
     # Line endings, whitespace and bytes in the head
     Case("bare-lf", b"GET /r/x HTTP/1.1\nhost: x\n\n", (BAD,), closes=True),
-    Case("bare-lf-in-header", b"GET /r/x HTTP/1.1\r\nhost: x\nx-a: b\r\n\r\n", (BAD,), closes=True),
-    Case("bare-cr", b"GET /r/x HTTP/1.1\r\nhost: x\rx-a: b\r\n\r\n", (BAD,), closes=True),
-    Case(
-        "bare-cr-in-value",
-        b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a: a\rb\r\n\r\n",
-        (BAD,),
-        closes=True,
-    ),
     Case("obs-fold", b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a: a\r\n b\r\n\r\n", (BAD,), closes=True),
-    Case(
-        "nul-in-value", b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a: a\x00b\r\n\r\n", (BAD,), closes=True
-    ),
-    Case("nul-in-name", b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-\x00a: b\r\n\r\n", (BAD,), closes=True),
-    Case(
-        "ctl-in-value", b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a: a\x01b\r\n\r\n", (BAD,), closes=True
-    ),
-    Case(
-        "del-in-value", b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a: a\x7fb\r\n\r\n", (BAD,), closes=True
-    ),
     Case(
         "obs-text-value",
         b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a: a\xffb\tc\r\n\r\n",
         (Fwd(b"GET", b"/r/x", headers=((b"x-a", b"a\xffb\tc"),)),),
     ),
-    Case(
-        "space-before-colon",
-        b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a : b\r\n\r\n",
-        (BAD,),
-        closes=True,
-    ),
-    Case("tab-before-colon", b"GET /r/x HTTP/1.1\r\nhost\t: x\r\n\r\n", (BAD,), closes=True),
-    Case(
-        "header-without-colon", b"GET /r/x HTTP/1.1\r\nhost: x\r\nx-a\r\n\r\n", (BAD,), closes=True
-    ),
-    Case("empty-header-name", b"GET /r/x HTTP/1.1\r\nhost: x\r\n: b\r\n\r\n", (BAD,), closes=True),
-    Case(
-        "space-before-first-header", b"GET /r/x HTTP/1.1\r\n host: x\r\n\r\n", (BAD,), closes=True
-    ),
-    Case("lower-case-method", b"get /r/x HTTP/1.1\r\nhost: x\r\n\r\n", (BAD,), closes=True),
-    Case("control-in-target", b"GET /r/\x01 HTTP/1.1\r\nhost: x\r\n\r\n", (BAD,), closes=True),
     Case(
         "leading-empty-lines",
         b"\r\n\r\nGET /r/x HTTP/1.1\r\nhost: x\r\n\r\n",
@@ -464,15 +347,11 @@ CORPUS = [
     ),
     # Versions
     Case(
-        "http09", b"GET /r/x HTTP/0.9\r\n\r\n", (Refused(400, "gateway.bad_version"),), closes=True
-    ),
-    Case(
         "http20",
         b"GET /r/x HTTP/2.0\r\nhost: x\r\n\r\n",
         (Refused(400, "gateway.bad_version"),),
         closes=True,
     ),
-    Case("http12", b"GET /r/x HTTP/1.2\r\nhost: x\r\n\r\n", (BAD,), closes=True),
     Case("http10", b"GET /r/x HTTP/1.0\r\nhost: x\r\n\r\n", (Fwd(b"GET", b"/r/x"),), closes=True),
     Case(
         "http10-keep-alive",
@@ -482,21 +361,8 @@ CORPUS = [
     ),
     # Upgrade and CONNECT
     Case(
-        "upgrade-cl",
-        b"GET /r/u HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\ncontent-length: 5\r\n\r\nabcde",
-        (FRAMING,),
-        closes=True,
-    ),
-    Case(
         "upgrade-cl-early",
         b"POST /early/u HTTP/1.1\r\nhost: x\r\nupgrade: h2c\r\nconnection: Upgrade, HTTP2-Settings\r\ncontent-length: 40\r\n\r\n",
-        (FRAMING,),
-        closes=True,
-    ),
-    Case(
-        "upgrade-chunked",
-        b"POST /r/u HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\ntransfer-encoding: chunked\r\n\r\n"
-        + CHUNKED_ABC,
         (FRAMING,),
         closes=True,
     ),
@@ -522,13 +388,6 @@ CORPUS = [
         (FRAMING,),
         closes=True,
     ),
-    Case(
-        "connect-origin-form",
-        b"CONNECT /r/x HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc",
-        (FRAMING,),
-        closes=True,
-    ),
-    # Request targets
     Case(
         "absolute-form",
         b"GET http://elsewhere.test/r/abs?q=1 HTTP/1.1\r\nhost: x\r\n\r\n",
@@ -647,27 +506,19 @@ def test_corpus(gateway: Gateway, backend: RecordingBackend, case: Case) -> None
     )
 
 
-@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
-def test_expect_100_continue_is_answered_to_http11_clients_only(
-    gateway: Gateway, backend: RecordingBackend, version: bytes
+def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    gateway: Gateway, backend: RecordingBackend
 ) -> None:
+    """(That an HTTP/1.0 client gets no interim answer is tested in test_wire.py.)"""
     mark = backend.seq
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
-        head = post(b"expect: 100-continue\r\ncontent-length: 3\r\n", b"", version=version)
-        sock.sendall(head)
-        if version == b"1.1":
-            assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        else:
-            # An HTTP/1.0 client would read an interim answer as its response.
-            sock.settimeout(0.3)
-            with pytest.raises(TimeoutError):
-                sock.recv(1024)
-            sock.settimeout(5)
+        sock.sendall(post(b"expect: 100-continue\r\ncontent-length: 3\r\n", b""))
+        assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"abc")
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-            if version == b"1.1" and data.endswith(b"ok"):
+            if data.endswith(b"ok"):
                 break
     (response,) = parse_responses(data, [])
     wait_for(lambda: backend.settled_after(mark, 1))

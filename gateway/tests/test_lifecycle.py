@@ -38,9 +38,9 @@ def log_events(text: str) -> list[dict[str, object]]:
 
 
 async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url, timeouts={"shutdown_grace": "10s"}))
     idle = await RawConnection.open(gateway.port)
     await idle.send(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -68,9 +68,9 @@ async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
 
 
 async def test_shutdown_grace_bounds_the_wait(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url, timeouts={"shutdown_grace": "500ms"}))
     slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-sleep": "5"}))
     await asyncio.sleep(0.3)
@@ -81,9 +81,9 @@ async def test_shutdown_grace_bounds_the_wait(
 
 
 async def test_several_workers_share_the_port_and_a_dead_one_is_replaced(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url), workers=2)
 
     def worker_pids() -> set[int]:
@@ -110,47 +110,42 @@ async def test_several_workers_share_the_port_and_a_dead_one_is_replaced(
     assert await asyncio.to_thread(gateway.process.proc.wait, 15) == 0
 
 
-async def test_idle_keep_alive_connections_are_closed_after_the_timeout(
-    backends: BackendFactory, gateways: GatewayFactory
+async def test_the_sweep_closes_idle_connections_and_answers_slow_heads_with_a_408(
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
-    gateway = gateways(echo_config(echo.url, timeouts={"keep_alive": "1s"}))
-    conn = await RawConnection.open(gateway.port)
-    await conn.send(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
-    assert (await conn.read_response()).status == 200
-    assert await conn.closed_by_peer(timeout=4)
-    await conn.close()
+    """The configured timeouts reach the once-a-second sweep. Which timeout applies to which
+    connection, to the exact moment, is tested sans-IO in test_wire.py."""
+    echo = shared_backends("echo")
+    gateway = gateways(echo_config(echo.url, timeouts={"keep_alive": "1s", "header": "1s"}))
 
+    async def idle_after_a_response() -> None:
+        conn = await RawConnection.open(gateway.port)
+        await conn.send(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (await conn.read_response()).status == 200
+        assert await conn.closed_by_peer(timeout=4)
+        await conn.close()
 
-async def test_a_request_head_that_never_completes_gets_a_408(
-    backends: BackendFactory, gateways: GatewayFactory
-) -> None:
-    echo = backends("echo")
-    gateway = gateways(echo_config(echo.url, timeouts={"header": "1s"}))
-    conn = await RawConnection.open(gateway.port)
-    await conn.send(b"GET /x HTTP/1.1\r\nhost: x\r\nx-slow: ")
-    response = await conn.read_response(timeout=5)
-    assert response.status == 408
-    assert response.json()["code"] == "gateway.request_timeout"
-    assert await conn.closed_by_peer()
-    await conn.close()
+    async def head_never_completes() -> None:
+        conn = await RawConnection.open(gateway.port)
+        await conn.send(b"GET /x HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        response = await conn.read_response(timeout=5)
+        assert response.status == 408
+        assert response.json()["code"] == "gateway.request_timeout"
+        assert await conn.closed_by_peer()
+        await conn.close()
 
+    async def never_sends_a_request() -> None:
+        conn = await RawConnection.open(gateway.port)
+        assert await conn.closed_by_peer(timeout=4)
+        await conn.close()
 
-async def test_a_connection_that_never_sends_a_request_is_closed(
-    backends: BackendFactory, gateways: GatewayFactory
-) -> None:
-    echo = backends("echo")
-    gateway = gateways(echo_config(echo.url, timeouts={"header": "1s", "keep_alive": "60s"}))
-    conn = await RawConnection.open(gateway.port)
-    # Held to the head's timeout (1 s), not to the keep-alive timeout (60 s).
-    assert await conn.closed_by_peer(timeout=4)
-    await conn.close()
+    await asyncio.gather(idle_after_a_response(), head_never_completes(), never_sends_a_request())
 
 
 async def test_bind_failure_is_reported_and_exits(
-    gateways: GatewayFactory, backends: BackendFactory
+    gateways: GatewayFactory, shared_backends: BackendFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     first = gateways(echo_config(echo.url))
     # Another program (not a gateway sharing by SO_REUSEPORT) holds the port.
     import socket
@@ -168,13 +163,13 @@ async def test_bind_failure_is_reported_and_exits(
 
 
 async def test_workers_leave_when_their_supervisor_is_killed(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
     """SIGKILL gives the supervisor no chance to forward a signal: the workers notice their
     parent is gone and drain, instead of holding the port as orphans."""
     import psutil
 
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url), workers=2)
     assert (await gateway.client().get("/echo/x")).status_code == 200
     supervisor = psutil.Process(gateway.process.proc.pid)

@@ -83,9 +83,9 @@ async def timed(request: Any) -> tuple[httpx.Response, float]:
 
 
 async def test_a_hung_instance_costs_an_idempotent_request_one_try_not_the_route_timeout(
-    backends: BackendFactory, gateways: GatewayFactory, hung: str
+    shared_backends: BackendFactory, gateways: GatewayFactory, hung: str
 ) -> None:
-    ok = backends("ok")
+    ok = shared_backends("ok")
     retries = {"attempts": 1, "per_try_timeout": "500ms"}
     routes = [
         {"path": "/r/*", "methods": ["GET", "PUT"], "backend": "svc", "timeout": "5s"},
@@ -117,9 +117,9 @@ async def test_a_hung_instance_costs_an_idempotent_request_one_try_not_the_route
 
 
 async def test_without_a_per_try_timeout_a_hung_instance_holds_the_request_to_the_route_timeout(
-    backends: BackendFactory, gateways: GatewayFactory, hung: str
+    shared_backends: BackendFactory, gateways: GatewayFactory, hung: str
 ) -> None:
-    ok = backends("ok")
+    ok = shared_backends("ok")
     routes = [{"path": "/r/*", "methods": ["GET"], "backend": "svc", "timeout": "1s"}]
     gateway = gateways(gateway_config(svc([hung, ok.url], **PATIENT), routes))
     client = gateway.client()
@@ -129,12 +129,12 @@ async def test_without_a_per_try_timeout_a_hung_instance_holds_the_request_to_th
 
 
 async def test_a_503_with_retry_after_is_an_instance_failure_retried_for_idempotent_requests(
-    backends: BackendFactory, gateways: GatewayFactory, unavailable: str
+    shared_backends: BackendFactory, gateways: GatewayFactory, unavailable: str
 ) -> None:
     """What `mosaic up` configures (retries on 503, 503 counted as a failure; those are also
     the defaults): a replica that lost its database is routed around for GETs, taken out after
     three failures, and a request that cannot be retried gets its 503 and `Retry-After`."""
-    ok = backends("ok")
+    ok = shared_backends("ok")
     routes = [{"path": "/*", "methods": ["GET", "POST"], "backend": "svc"}]
     instances = {
         "retries": {"attempts": 1, "on": ["connect_error", 503]},
@@ -173,9 +173,9 @@ async def test_when_every_instance_answers_503_the_client_gets_it_with_retry_aft
 
 
 async def test_an_aggregated_call_gives_up_a_hung_instance_after_one_try(
-    backends: BackendFactory, gateways: GatewayFactory, hung: str
+    shared_backends: BackendFactory, gateways: GatewayFactory, hung: str
 ) -> None:
-    ok = backends("ok")
+    ok = shared_backends("ok")
     retries = {"attempts": 1, "per_try_timeout": "500ms"}
     route = {
         "path": "/agg/{id}",

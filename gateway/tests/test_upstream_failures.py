@@ -19,9 +19,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def test_slow_upstream_is_a_504_problem_and_the_gateway_stays_usable(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(
         gateway_config(
             {"echo": {"instances": [echo.url], "ejection": {"consecutive_failures": 100}}},
@@ -47,9 +47,9 @@ async def test_slow_upstream_is_a_504_problem_and_the_gateway_stays_usable(
 
 
 async def test_streaming_body_that_stalls_is_cut_off(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(
         gateway_config(
             {"echo": {"instances": [echo.url]}},
@@ -94,9 +94,9 @@ async def test_instance_down_is_a_503_problem(gateways: GatewayFactory) -> None:
 
 
 async def test_connection_closed_without_answer_is_a_502(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    closer = backends("closer", mode="close")
+    closer = shared_backends("closer", mode="close")
     gateway = gateways(
         gateway_config(
             {"closer": {"instances": [closer.url]}},
@@ -111,9 +111,9 @@ async def test_connection_closed_without_answer_is_a_502(
 
 
 async def test_garbage_response_is_a_502(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    liar = backends("liar", mode="garbage")
+    liar = shared_backends("liar", mode="garbage")
     gateway = gateways(
         gateway_config(
             {"liar": {"instances": [liar.url]}},
@@ -126,9 +126,9 @@ async def test_garbage_response_is_a_502(
 
 
 async def test_upstream_dying_mid_body_breaks_the_client_connection(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(
         gateway_config(
             {"echo": {"instances": [echo.url]}},
@@ -144,9 +144,9 @@ async def test_upstream_dying_mid_body_breaks_the_client_connection(
 
 
 async def test_client_leaving_mid_request_releases_the_instance(
-    backends: BackendFactory, gateways: GatewayFactory
+    shared_backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
-    echo = backends("echo")
+    echo = shared_backends("echo")
     gateway = gateways(
         gateway_config(
             {"echo": {"instances": [echo.url], "ejection": {"consecutive_failures": 1}}},
