@@ -4,6 +4,10 @@ By default the session starts its own embedded servers on free ports (so the sui
 or not the machine runs PostgreSQL on 5432 or NATS on 4222, and never touches their data).
 `MOSAIC_TEST_DATABASE_URL` / `MOSAIC_TEST_NATS_URL` point the suite at existing servers instead.
 Tests isolate themselves by schema (`fresh_schema`) and by subject/stream names, not by server.
+
+The suite runs in two processes (pytest-xdist, `-n 2` in pyproject.toml): each has its own
+embedded servers, each test file runs whole in one of them (its module fixtures start once), and
+every test of the shared running system (`system`: one `mosaic up`) runs in the same one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ import pytest_asyncio
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres
 from mosaic_devstack.issuer import TokenIssuer
 from mosaic_kit.nats.connection import connect
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Before xdist's own hook, which turns the marks into the groups `--dist loadgroup` deals.
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = "system" if "system" in fixtures else item.nodeid.partition("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -292,7 +292,7 @@ class RouteCache:
             leader = self.inflight.get(key)
             if leader is not None:
                 exchange.cache_status = "MISS"
-                waiting = asyncio.get_running_loop().create_future()
+                waiting = exchange.conn.server.loop.create_future()
                 leader.waiters.append((exchange, waiting))
                 return waiting
         exchange.cache_status = "MISS"
