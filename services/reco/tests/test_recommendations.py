@@ -269,7 +269,8 @@ async def _listed(
         ("/v1/recommendations/trending", {"tag": "x" * 51}, 422, "validation_failed"),
         ("/v1/recommendations/trending", {"tag": " "}, 422, "validation_failed"),
         ("/v1/recommendations/blogs/not-a-uuid", {}, 422, "validation_failed"),
-        (f"/v1/recommendations/blogs/{uuid.uuid4()}", {}, 404, "reco.blog_not_found"),
+        # A fixed unknown id: test ids must be the same in every test process (pytest-xdist).
+        (f"/v1/recommendations/blogs/{uuid.UUID(int=404)}", {}, 404, "reco.blog_not_found"),
     ],
 )
 async def test_bad_requests_are_problems(
