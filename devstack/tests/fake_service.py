@@ -108,7 +108,15 @@ class App:
 
     async def start(self, url: str) -> None:
         self.db = await asyncpg.connect(dsn())
-        self.nc = await nats.connect(os.environ["NATS_URL"].split(","), name=self.instance)
+        # As its NATS user when `mosaic up` runs NATS with authorization (as the kit does).
+        login: dict[str, Any] = {}
+        if "NATS_USER" in os.environ:
+            login = {
+                "user": os.environ["NATS_USER"],
+                "password": os.environ.get("NATS_PASSWORD", ""),
+                "inbox_prefix": os.environ.get("NATS_INBOX_PREFIX", "_INBOX"),
+            }
+        self.nc = await nats.connect(os.environ["NATS_URL"].split(","), name=self.instance, **login)
         await nats.micro.add_service(
             self.nc,
             name=self.instance.rsplit("-", 1)[0],

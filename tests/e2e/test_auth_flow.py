@@ -203,7 +203,9 @@ def test_the_gateway_documents_the_api_and_counts_what_it_serves(system: System)
 
 async def test_internal_endpoints_answer_over_nats(system: System) -> None:
     status = system.status()
-    nc = await nats.connect(status["nats"]["url"])
+    # NATS of `mosaic up` has authorization: the devstack's own (unrestricted) user.
+    password = (system.data / "secrets" / "NATS_PASSWORD_MOSAIC").read_text().strip()
+    nc = await nats.connect(status["nats"]["url"], user="mosaic", password=password)
     try:
         key = status["credentials"]["apiKey"]
         verified = await request(nc, "auth.apikeys.verify", {"key": key["key"]}, timeout=2)

@@ -309,8 +309,11 @@ class EmbeddedNats:
         log: Path | None = None,
         *,
         peer: ClusterPeer | None = None,
+        config: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self.config = config
+        """A configuration file read before the flags (`mosaic up`: its authorization)."""
         self.port = port or free_port()
         self.log_path = log or self.data_dir.parent / "nats.log"
         self.peer = peer
@@ -331,6 +334,7 @@ class EmbeddedNats:
         self.process = subprocess.Popen(
             [
                 str(nats_server_binary()),
+                *(["-c", str(self.config)] if self.config is not None else []),
                 "-a",
                 "127.0.0.1",
                 "-p",
@@ -387,12 +391,15 @@ class EmbeddedNats:
         self.start()
 
 
-def nats_cluster(root: Path, size: int, port: Callable[[], int], logs: Path) -> list[EmbeddedNats]:
+def nats_cluster(
+    root: Path, size: int, port: Callable[[], int], logs: Path, *, config: Path | None = None
+) -> list[EmbeddedNats]:
     """`size` NATS servers routed to each other as one JetStream cluster, node i storing under
     `root`/node-i and logging to `logs`/nats-i.log. `port` hands out free ports. A cluster of
-    1 is the single server, storing under `root` and logging to `logs`/nats.log as ever."""
+    1 is the single server, storing under `root` and logging to `logs`/nats.log as ever. Every
+    node reads the same `config` (its clients' authorization; the routes need none)."""
     if size == 1:
-        return [EmbeddedNats(root, port(), log=logs / "nats.log")]
+        return [EmbeddedNats(root, port(), log=logs / "nats.log", config=config)]
     client_ports = [port() for _ in range(size)]
     cluster_ports = [port() for _ in range(size)]
     routes = tuple(f"nats://127.0.0.1:{p}" for p in cluster_ports)
@@ -402,6 +409,7 @@ def nats_cluster(root: Path, size: int, port: Callable[[], int], logs: Path) -> 
             client_ports[i - 1],
             log=logs / f"nats-{i}.log",
             peer=ClusterPeer(f"mosaic-node-{i}", cluster_ports[i - 1], routes),
+            config=config,
         )
         for i in range(1, size + 1)
     ]
@@ -412,9 +420,16 @@ def cluster_url(nodes: list[EmbeddedNats]) -> str:
     return ",".join(node.url for node in nodes)
 
 
-async def wait_jetstream(url: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+async def wait_jetstream(
+    url: str,
+    timeout: float = 30.0,  # noqa: ASYNC109
+    *,
+    user: str | None = None,
+    password: str | None = None,
+) -> None:
     """Wait until JetStream answers at `url` (comma-separated servers allowed): a cluster's
-    nodes listen at once, but serve JetStream only after they have elected a meta leader."""
+    nodes listen at once, but serve JetStream only after they have elected a meta leader.
+    `user`/`password` log in to a server with authorization."""
     import nats
     import nats.errors
     import nats.js.errors
@@ -429,6 +444,8 @@ async def wait_jetstream(url: str, timeout: float = 30.0) -> None:  # noqa: ASYN
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
+                user=user,
+                password=password,
             ),
             timeout,
         )

@@ -12,6 +12,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 
+from mosaic_devstack import nats_auth
 from mosaic_devstack.services import RegistryError, Service
 from mosaic_devstack.state import DataDir, kept_secrets, read_state
 
@@ -32,6 +33,10 @@ def stack_env(data: DataDir, service: Service) -> dict[str, str]:
     if service.schema:
         env["DB_SCHEMA"] = service.schema
     env.update(kept_secrets(data, service.secrets, env))
+    if state.nats.embedded:
+        # The stack's own NATS has authorization: the command logs in as its service.
+        password = nats_auth.passwords(data, [service.name])[service.name]
+        env.update(nats_auth.client_env(service.name, password))
     return env
 
 

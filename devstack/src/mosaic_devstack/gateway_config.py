@@ -110,6 +110,21 @@ class GatewaySettings:
     jwt_audience: str | None = None
     otlp_endpoint: str | None = None
     """Where spans go, as for the services (OTEL_EXPORTER_OTLP_ENDPOINT); none: no tracing."""
+    nats_user: str | None = None
+    nats_password_file: str | None = None
+    """Where the gateway reads its NATS password; the password itself never enters the file."""
+    nats_inbox_prefix: str | None = None
+
+
+def nats_section(settings: GatewaySettings) -> dict[str, Any]:
+    section: dict[str, Any] = {"url": settings.nats_url}
+    if settings.nats_user is not None:
+        section["user"] = settings.nats_user
+    if settings.nats_password_file is not None:
+        section["password_file"] = settings.nats_password_file
+    if settings.nats_inbox_prefix is not None:
+        section["inbox_prefix"] = settings.nats_inbox_prefix
+    return section
 
 
 def gateway_config(
@@ -133,7 +148,7 @@ def gateway_config(
             "timeouts": {"request": "15s", "shutdown_grace": settings.shutdown_grace},
             "limits": {"max_body_bytes": JSON_BODY},
         },
-        "nats": {"url": settings.nats_url},
+        "nats": nats_section(settings),
         **({"security": {"jwt": jwt}} if jwt else {}),
         "rate_limits": dict(SHARED_RATE_LIMITS),
         "observability": observability_section(settings),

@@ -168,6 +168,9 @@ def registry_entry(names: Names) -> str:
         f'definition = "{names.package}.app:{names.name.upper()}"\n'
         f'schema = "{names.name}"\n'
         "seed = false\n"
+        # Its NATS user: it verifies tokens with auth's keys and follows auth's revocations.
+        'nats_consumes = ["auth"]\n'
+        'nats_calls = ["auth.jwks.get"]\n'
     )
 
 

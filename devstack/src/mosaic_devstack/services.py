@@ -52,6 +52,13 @@ class Service:
     """Settings (environment variable names) that hold a secret `mosaic up` generates once per
     data folder, keeps there (`DataDir.secrets`) and passes to every step and replica, unless the
     environment of `mosaic up` sets them itself."""
+    nats_consumes: tuple[str, ...] = ()
+    """The services whose event streams it reads (durable consumers, followed feeds): its NATS
+    user may create consumers on them and fetch from them (`mosaic_devstack.nats_auth`)."""
+    nats_calls: tuple[str, ...] = ()
+    """The NATS endpoints of other services it requests (exact subjects)."""
+    nats_buckets: tuple[str, ...] = ()
+    """The JetStream key-value buckets it keeps (its cache)."""
 
     def instance_names(self, default_replicas: int) -> list[str]:
         count = self.replicas if self.replicas is not None else default_replicas
@@ -147,6 +154,7 @@ def _service_from_json(item: Any, path: Path) -> Service:  # a JSON object or a 
         raise RegistryError(
             f"{path}: {name}: 'secrets' must be a list of names matching {_SETTING.pattern}"
         )
+    nats = {key: _names(item.get(key, []), path, name, key) for key in _NATS_FIELDS}
     try:
         command = item["command"]
         if isinstance(command, str):
@@ -163,9 +171,26 @@ def _service_from_json(item: Any, path: Path) -> Service:  # a JSON object or a 
             replicas=replicas,
             ready_path=str(item.get("ready_path", "/readyz")),
             secrets=tuple(secrets),
+            **nats,
         )
     except KeyError as exc:
         raise RegistryError(f"{path}: service is missing {exc}") from exc
+
+
+_NATS_FIELDS = ("nats_consumes", "nats_calls", "nats_buckets")
+# Service names, subjects, bucket names: each becomes a literal subject or part of one in the
+# NATS server's permissions, so no wildcards and no spaces.
+_NATS_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def _names(value: Any, path: Path, name: str, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _NATS_NAME.fullmatch(v) for v in value
+    ):
+        raise RegistryError(
+            f"{path}: {name}: {key!r} must be a list of names or subjects without wildcards"
+        )
+    return tuple(value)
 
 
 def _definition(value: Any, path: Path, name: str) -> str | None:

@@ -7,13 +7,16 @@ Layout of the data folder (default `.mosaic`):
     logs/<name>.log      one file per instance, plus mosaic.log, postgres.log, nats.log,
                          gateway.log and <service>-migrate.log / <service>-seed.log
     gateway.yaml         the gateway's configuration, written at every start
+    nats.conf            the embedded NATS servers' authorization (users, permissions), written
+                         at every start from the kept NATS passwords
     state.json           what the running supervisor started (removed when it stops)
     credentials.json     secrets the seeds returned the first time (kept across runs)
-    secrets/<NAME>       secrets generated for the services (e.g. AUTH_SIGNING_KEY_SECRET), one
-                         file each, made at the first start and reused by every later one
+    secrets/<NAME>       secrets generated for the services (e.g. AUTH_SIGNING_KEY_SECRET) and
+                         the NATS passwords (NATS_PASSWORD_<USER>), one file each, made at the
+                         first start and reused by every later one
     supervisor.lock      held by the running supervisor
 
-Both JSON files and the secrets are private (mode 0600, the secrets' folder 0700): they carry
+Both JSON files, nats.conf and the secrets are private (mode 0600, the secrets' folder 0700): they carry
 passwords and URLs that may embed them.
 """
 
@@ -67,6 +70,10 @@ class DataDir:
     @property
     def gateway_config(self) -> Path:
         return self.root / "gateway.yaml"
+
+    @property
+    def nats_config(self) -> Path:
+        return self.root / "nats.conf"
 
     @property
     def pg(self) -> Path:

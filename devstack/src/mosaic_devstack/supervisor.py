@@ -11,6 +11,7 @@ or after a short head start, so a part that hangs costs one grace period in all,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from mosaic_devstack import nats_auth
 from mosaic_devstack.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
@@ -153,6 +155,8 @@ class Supervisor:
         """The embedded NATS servers: one, or the nodes of `--nats-cluster N`."""
         self.database_url = ""
         self.nats_url = ""
+        self.nats_passwords: dict[str, str] = {}
+        """Per NATS user, when the stack runs its own NATS (with authorization)."""
         self.instances: list[Instance] = []
         self.gateway: GatewayInstance | None = None
         self.gateway_port: int | None = None
@@ -273,8 +277,14 @@ class Supervisor:
         if self.nats_url:
             self.say("NATS: using NATS_URL from the environment")
         else:
+            # One user per service and the gateway, each allowed its own subjects only.
+            self.nats_passwords = nats_auth.write_server_config(self.data, self.opts.services)
             self.nats_nodes = nats_cluster(
-                self.data.nats, self.opts.nats_cluster, self._port, self.data.logs
+                self.data.nats,
+                self.opts.nats_cluster,
+                self._port,
+                self.data.logs,
+                config=self.data.nats_config,
             )
             for node in self.nats_nodes:
                 jobs.append(self._server_thread(self._nats_name(node), node.start, node.log_path))
@@ -286,7 +296,12 @@ class Supervisor:
         if self.nats_nodes:
             # Listening is not enough: a cluster's JetStream answers once a leader is elected.
             try:
-                await wait_jetstream(self.nats_url, timeout=30.0)
+                await wait_jetstream(
+                    self.nats_url,
+                    timeout=30.0,
+                    user=nats_auth.ADMIN,
+                    password=self.nats_passwords[nats_auth.ADMIN],
+                )
             except ServerError as exc:
                 raise StartupError(f"NATS: {exc}") from None
             if len(self.nats_nodes) > 1:
@@ -391,6 +406,8 @@ class Supervisor:
         if service.schema:
             env["DB_SCHEMA"] = service.schema
         env.update(kept_secrets(self.data, service.secrets, env))
+        if self.nats_passwords:
+            env.update(nats_auth.client_env(service.name, self.nats_passwords[service.name]))
         return env
 
     @staticmethod
@@ -491,6 +508,15 @@ class Supervisor:
             jwt_audience=self.env.get("AUTH_AUDIENCE"),
             otlp_endpoint=self.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
         )
+        if self.nats_passwords:
+            user = nats_auth.GATEWAY
+            settings = dataclasses.replace(
+                settings,
+                nats_user=user,
+                # The file the password is kept in: the configuration never holds it.
+                nats_password_file=str(self.data.secrets / nats_auth.password_secret(user)),
+                nats_inbox_prefix=nats_auth.inbox_prefix(user),
+            )
         documents = await self._openapi_documents()
         path = self.data.gateway_config
         # Private like the state: an external NATS_URL may carry a password.

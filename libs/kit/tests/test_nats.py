@@ -9,7 +9,8 @@ import nats.errors
 import pytest
 
 from mosaic_devstack.embedded import EmbeddedNats, free_port
-from mosaic_kit.nats.connection import connect, redact_url
+from mosaic_kit.nats.connection import NatsCredentials, connect, redact_url
+from mosaic_kit.settings import ServiceSettings
 
 
 def test_redact_url_drops_credentials() -> None:
@@ -19,6 +20,27 @@ def test_redact_url_drops_credentials() -> None:
     assert "alice" not in redacted
     assert "tok" not in redacted
     assert redacted == "nats://n1.example:4222,tls://n2.example:4443,nats://n3.example"
+
+
+def test_credentials_come_from_the_settings_and_never_show(tmp_path: Any) -> None:
+    (tmp_path / "nats_password").write_text("pw-from-file\n")
+    settings = ServiceSettings(
+        _secrets_dir=str(tmp_path),  # type: ignore[call-arg]
+        nats_user="blog",
+        nats_inbox_prefix="_INBOX_blog",
+    )
+    credentials = NatsCredentials.from_settings(settings)
+    assert credentials.options() == {
+        "inbox_prefix": "_INBOX_blog",
+        "user": "blog",
+        "password": "pw-from-file",
+    }
+    assert "pw-from-file" not in repr(credentials)
+    # An external NATS with accounts: the .creds file (or an NKey seed) is handed to the client.
+    creds = NatsCredentials.from_settings(ServiceSettings(nats_creds_file="/run/blog.creds"))
+    assert creds.options() == {"inbox_prefix": "_INBOX", "user_credentials": "/run/blog.creds"}
+    with pytest.raises(ValueError, match="needs a NATS user"):
+        NatsCredentials(password="orphan").options()
 
 
 async def test_connect_gives_up_after_max_wait() -> None:

@@ -56,6 +56,7 @@ class WorkerContext:
                 "mosaic-gateway",
                 connect_timeout=spec.connect_timeout,
                 max_wait=spec.max_wait,
+                credentials=spec.credentials(),
             )
 
     async def close(self) -> None:

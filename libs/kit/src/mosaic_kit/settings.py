@@ -59,6 +59,25 @@ class ServiceSettings(BaseSettings):
     nats_url: str = Field(
         "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated."
     )
+    nats_user: str | None = Field(
+        None, description="User name on a NATS server with authorization (with NATS_PASSWORD)."
+    )
+    nats_password: SecretStr | None = Field(
+        None, description="Password of NATS_USER (a secret: from SECRETS_DIR or the environment)."
+    )
+    nats_creds_file: str | None = Field(
+        None,
+        description="A NATS .creds file (user JWT + NKey seed) for a server run with accounts "
+        "(operator mode); takes the place of NATS_USER/NATS_PASSWORD.",
+    )
+    nats_nkey_seed_file: str | None = Field(
+        None, description="A file holding an NKey seed (SU...) for a server that knows the NKey."
+    )
+    nats_inbox_prefix: str = Field(
+        "_INBOX",
+        description="Prefix of this process's reply subjects; a server with per-service "
+        "permissions lets each user subscribe only to its own (`mosaic up` gives _INBOX_<name>).",
+    )
     nats_stream_replicas: int = Field(
         1,
         ge=1,

@@ -39,7 +39,7 @@ from mosaic_kit.events import (
     stream_name,
 )
 from mosaic_kit.logging import get_logger
-from mosaic_kit.nats.connection import connect
+from mosaic_kit.nats.connection import NatsCredentials, connect
 from mosaic_kit.sql import processed
 from mosaic_kit.sql.db import Database
 from mosaic_reco.service import BLOG_EVENTS, USER_EVENTS, RecoService
@@ -78,7 +78,11 @@ async def rebuild(settings: RecoSettings) -> Rebuilt:
     fresh, old = f"{live}_next_{tag}", f"{live}_old_{tag}"
     db = Database.from_settings(settings)
     into = Database.from_settings(settings.model_copy(update={"db_schema": fresh}))
-    nc = await connect(settings.nats_url, f"reco/rebuild-{tag}")
+    nc = await connect(
+        settings.nats_url,
+        f"reco/rebuild-{tag}",
+        credentials=NatsCredentials.from_settings(settings),
+    )
     svc = RecoService(into, trending_half_life_hours=settings.reco_trending_half_life)
     replays = [
         Replay(

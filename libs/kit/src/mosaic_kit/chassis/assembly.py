@@ -40,7 +40,7 @@ from mosaic_kit.fastapi.parts import DATABASE, Part
 from mosaic_kit.jwks import JwksCache, KeySource
 from mosaic_kit.logging import describe_error, get_logger
 from mosaic_kit.nats import jetstream, rpc
-from mosaic_kit.nats.connection import connect, readiness_check
+from mosaic_kit.nats.connection import NatsCredentials, connect, readiness_check
 from mosaic_kit.nats.consumer import DurableConsumer, EventHandler
 from mosaic_kit.nats.relay import OutboxRelay
 from mosaic_kit.nats.revocation import follow_revocations
@@ -207,7 +207,11 @@ class ServiceDefinition(Generic[S]):
     async def _start(self, app: FastAPI, settings: S, stack: AsyncExitStack) -> None:
         db = Database.from_settings(settings)
         stack.push_async_callback(db.dispose)
-        nc = await connect(settings.nats_url, name=f"{self.name}/{settings.instance_id}")
+        nc = await connect(
+            settings.nats_url,
+            name=f"{self.name}/{settings.instance_id}",
+            credentials=NatsCredentials.from_settings(settings),
+        )
         stack.push_async_callback(nc.drain)
         DATABASE.provide(app, db)
         NATS.provide(app, nc)

@@ -5,6 +5,11 @@ than crash, but not hang forever on a wrong URL: the first connection is retried
 backoff and jitter for at most `max_wait` seconds. Once connected, the client reconnects for as
 long as the process lives; subscriptions are restored by the client and publishes made meanwhile
 are buffered. Server URLs are logged without their credentials.
+
+On a server with authorization each process connects as its service's user (`NatsCredentials`:
+user and password, a .creds file, or an NKey seed) and makes its reply subjects under its own
+inbox prefix, the only inboxes its permissions let it subscribe to. A refused login is not
+retried: wrong credentials do not get better by waiting.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import nats.errors
@@ -23,7 +29,10 @@ from mosaic_kit.logging import describe_error, get_logger
 from mosaic_kit.nats import outages
 from mosaic_kit.problem import treat_as_unreachable
 
-__all__ = ["Client", "connect", "readiness_check", "redact_url"]
+if TYPE_CHECKING:
+    from mosaic_kit.settings import ServiceSettings
+
+__all__ = ["Client", "NatsCredentials", "connect", "readiness_check", "redact_url"]
 
 # Any process that talks to NATS answers its outages as 503s, not as bugs.
 treat_as_unreachable(outages.nats_unreachable)
@@ -50,6 +59,50 @@ def redact_url(url: str) -> str:
     return ",".join(safe)
 
 
+@dataclass(frozen=True)
+class NatsCredentials:
+    """Who a process is on NATS. All unset (the default) connects anonymously."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+    """A .creds file: the user's JWT and NKey seed (a server run with accounts)."""
+    nkey_seed_file: str | None = None
+    inbox_prefix: str = "_INBOX"
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> NatsCredentials:
+        password = settings.nats_password
+        return cls(
+            user=settings.nats_user,
+            password=password.get_secret_value() if password is not None else None,
+            creds_file=settings.nats_creds_file,
+            nkey_seed_file=settings.nats_nkey_seed_file,
+            inbox_prefix=settings.nats_inbox_prefix,
+        )
+
+    def options(self) -> dict[str, Any]:
+        """The `nats.connect` keyword arguments for these credentials."""
+        if self.password is not None and self.user is None:
+            raise ValueError("a NATS password needs a NATS user")
+        options: dict[str, Any] = {"inbox_prefix": self.inbox_prefix}
+        if self.user is not None:
+            options["user"] = self.user
+            options["password"] = self.password or ""
+        if self.creds_file is not None:
+            options["user_credentials"] = self.creds_file
+        if self.nkey_seed_file is not None:
+            options["nkeys_seed"] = self.nkey_seed_file
+        return options
+
+
+def _login_refused(exc: BaseException) -> bool:
+    # The client reports a refused CONNECT as a bare Error carrying the server's -ERR text.
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        isinstance(exc, nats.errors.Error) and "authorization violation" in str(exc).lower()
+    )
+
+
 def _servers(url: str) -> list[str]:
     servers = [part.strip() for part in url.split(",") if part.strip()]
     if not servers:
@@ -64,13 +117,15 @@ async def connect(
     connect_timeout: float = 2.0,
     max_wait: float = 30.0,
     reconnect_wait: float = 2.0,
+    credentials: NatsCredentials | None = None,
 ) -> Client:
-    """Connect to the NATS server(s) in `url` as client `name`.
+    """Connect to the NATS server(s) in `url` as client `name`, as `credentials` say.
 
     Raises the last connection error when no server answered within `max_wait` seconds.
     `reconnect_wait` is the pause between reconnection attempts after a connection was lost.
     """
     servers = _servers(url)
+    auth = (credentials or NatsCredentials()).options()
     where = redact_url(url)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait
@@ -88,12 +143,17 @@ async def connect(
                 connect_timeout=connect_timeout,
                 where=where,
                 causes=causes,
+                auth=auth,
             )
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             with contextlib.suppress(Exception):
                 await client.close()
             # The client reports "no servers available"; the reason is the error before it.
-            error = describe_error(causes[-1] if causes else exc)
+            cause = causes[-1] if causes else exc
+            error = describe_error(cause)
+            if _login_refused(cause):
+                _log.error("nats_login_refused", server=where, client=name, error=error)
+                raise cause from None
             remaining = deadline - loop.time()
             if remaining <= 0:
                 _log.error("nats_connect_failed", server=where, attempts=attempt, error=error)
@@ -126,6 +186,7 @@ async def _connect_once(
     connect_timeout: float,
     where: str,
     causes: list[BaseException],
+    auth: dict[str, Any],
 ) -> None:
     connected = False
 
@@ -160,6 +221,7 @@ async def _connect_once(
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
         "closed_cb": on_closed,
+        **auth,
     }
     await client.connect(servers, **options)
     connected = True
