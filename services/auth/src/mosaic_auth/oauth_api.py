@@ -18,8 +18,10 @@ import binascii
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote_plus
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, Security
+from fastapi.openapi.models import HTTPBase
 from fastapi.responses import JSONResponse
+from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, Field
 
 from mosaic_auth.api import Service, Settings, client_info
@@ -57,7 +59,25 @@ OAUTH_POLICY = through_gateway(
 
 Origin = Annotated[ClientInfo, Depends(client_info)]
 
-router = APIRouter(prefix="/v1/oauth", tags=["oauth"])
+
+class ClientBasic(SecurityBase):
+    """Documents `client_secret_basic` (OpenAPI `http`/`basic`) without reading the header:
+    FastAPI's `HTTPBasic` would answer a malformed one with a problem, and these endpoints
+    answer in RFC 6749 form (`_credentials` reads it)."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBase(
+            scheme="basic",
+            description="client_secret_basic: the client id and secret, each form-urlencoded "
+            "(RFC 6749 §2.3.1); or client_id and client_secret in the form instead",
+        )
+        self.scheme_name = "ClientBasic"
+
+    async def __call__(self) -> None:
+        return None
+
+
+router = APIRouter(prefix="/v1/oauth", tags=["oauth"], dependencies=[Security(ClientBasic())])
 # RFC 8414 §3: the metadata lives at the root, under /.well-known.
 metadata_router = APIRouter(tags=["oauth"])
 
