@@ -33,7 +33,11 @@ from mosaic_kit.settings import ServiceSettings
 from mosaic_kit.tokens import Principal
 
 API_DOC = Path(__file__).parents[2] / "docs" / "api.md"
-_ROW = re.compile(r"^\| (GET|POST|PUT|PATCH|DELETE) \| `(/v1/[^`]+)` \| ([^|]+) \|", re.M)
+_ROW = re.compile(
+    r"^\| (GET|POST|PUT|PATCH|DELETE) \| `(/v1/[^`]+|/\.well-known/[^`]+)` \| ([^|]+) \|", re.M
+)
+# The public API: the versioned routes, and the documents RFCs place under /.well-known.
+PUBLIC_PREFIXES = ("/v1/", "/.well-known/")
 SETTINGS = GatewaySettings(
     listen="127.0.0.1", port=8080, admin_port=9901, workers=2, nats_url="nats://127.0.0.1:4222"
 )
@@ -79,7 +83,7 @@ def openapi_operations(
     ops: dict[tuple[str, str], dict[str, Any]] = {}
     for document in documents.values():
         for path, methods in document["paths"].items():
-            if path.startswith("/v1/"):
+            if path.startswith(PUBLIC_PREFIXES):
                 for method, op in methods.items():
                     ops[(method.upper(), _template(path))] = op
     return ops
@@ -139,8 +143,11 @@ def test_every_documented_route_is_routed_to_its_audience(
         auth = {**defaults, **route.get("auth", {})}
         who = audience.strip()
         where = f"{method} {path}"
-        if path == "/v1/auth/jwks.json":
+        if path in ("/v1/auth/jwks.json", "/.well-known/oauth-authorization-server"):
             assert auth == {"api_key": "off", "jwt": "off"}, where  # verifiers need no key
+        elif who == "client credentials":
+            # OAuth endpoints: the application authenticates with its client credentials.
+            assert auth == {"api_key": "off", "jwt": "off"}, where
         elif who == "public":
             assert auth == {"api_key": "required", "jwt": "off"}, where
         elif who == "Bearer":
@@ -160,11 +167,13 @@ def test_allow_lists_match_what_each_route_accepts(
         query = {p["name"] for p in params if p["in"] == "query"}
         headers = {p["name"].lower() for p in params if p["in"] == "header"}
         bearer = any("HTTPBearer" in requirement for requirement in op.get("security", []))
+        # client_secret_basic (the OAuth endpoints): the credentials ride in Authorization too.
+        basic = any("ClientBasic" in requirement for requirement in op.get("security", []))
         allowed = set(route["headers"]["allow"])
         assert set(route["query"]["allow"]) == query, key
         assert headers <= allowed, key
         assert ("idempotency-key" in allowed) == ("idempotency-key" in headers), key
-        assert ("authorization" in allowed) == bearer, key
+        assert ("authorization" in allowed) == (bearer or basic), key
         assert {"accept", "content-type", "x-api-key"} <= allowed, key
         # Nothing that names a user ever comes from the client.
         assert not allowed & {"x-user-id", "x-user-roles", "*"}, key
@@ -313,8 +322,61 @@ ADDED.update(
         },
     }
 )
-"""Routes added since the table: readers' signals (any reader with a token) and the reco
-service's."""
+_ADMIN_ROUTE = {
+    "backend": "auth",
+    "auth": {"jwt": "required", "roles": ["ADMIN"]},
+    "headers": {"accept", "content-type", "x-api-key", "authorization"},
+    "query": set(),
+    "max_body_bytes": "1KiB",
+    "cache": None,
+    "rate_limit": None,
+}
+ADDED.update(
+    {
+        "POST /v1/clients": {
+            **_ADMIN_ROUTE,
+            "headers": _ADMIN_ROUTE["headers"] | {"idempotency-key"},
+            "max_body_bytes": "16KiB",
+        },
+        "GET /v1/clients": {**_ADMIN_ROUTE, "query": {"limit", "cursor"}},
+        **{
+            f"{method} /v1/clients/{path}": _ADMIN_ROUTE
+            for method, path in (
+                ("GET", "{}"),
+                ("DELETE", "{}"),
+                ("POST", "{}/disable"),
+                ("POST", "{}/enable"),
+                ("POST", "{}/secrets"),
+                ("DELETE", "{}/secrets/{}"),
+            )
+        },
+        # OAuth (RFC 6749, 7009, 7662): no API key, client credentials in Authorization (Basic)
+        # or the form; a form may carry a token (8 KiB at most).
+        **{
+            f"POST /v1/oauth/{name}": {
+                "backend": "auth",
+                "auth": {"api_key": "off"},
+                "headers": {"accept", "content-type", "x-api-key", "authorization", "user-agent"},
+                "query": set(),
+                "max_body_bytes": "16KiB",
+                "cache": None,
+                "rate_limit": {"requests": 300, "per": "1m", "by": "address"},
+            }
+            for name in ("token", "revoke", "introspect")
+        },
+        "GET /.well-known/oauth-authorization-server": {
+            "backend": "auth",
+            "auth": {"api_key": "off"},
+            "headers": {"accept", "content-type", "x-api-key"},
+            "query": set(),
+            "max_body_bytes": "1KiB",
+            "cache": None,
+            "rate_limit": None,
+        },
+    }
+)
+"""Routes added since the table: readers' signals (any reader with a token), the reco
+service's, and client applications (their ADMIN registry and the OAuth endpoints)."""
 
 
 def _policy(route: dict[str, Any]) -> dict[str, Any]:

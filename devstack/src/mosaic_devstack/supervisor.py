@@ -402,6 +402,9 @@ class Supervisor:
             # The gateway replaces a client's X-Forwarded-For with the address it saw, so auth
             # may take it (sign-in throttling per client address).
             env.setdefault("AUTH_TRUST_FORWARDED_FOR", "true")
+            # The address clients are given: auth names its OAuth endpoints under it
+            # (/.well-known/oauth-authorization-server).
+            env.setdefault("AUTH_PUBLIC_URL", f"http://{HOST}:{self.gateway_port}")
         env["PYTHONUNBUFFERED"] = "1"  # lines reach the terminal as they are written
         if service.schema:
             env["DB_SCHEMA"] = service.schema

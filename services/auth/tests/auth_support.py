@@ -50,3 +50,44 @@ async def signup(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+TOKEN_URL = "/v1/oauth/token"
+
+
+async def register_client(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    scopes: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A new client application (its `clientSecret` included), registered by `admin`."""
+    body = {"name": f"app-{uuid.uuid4().hex[:8]}", "scopes": scopes or ["blogs:read"], **extra}
+    response = await client.post("/v1/clients", json=body, headers=admin)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def address() -> str:
+    """A client address of its own (X-Forwarded-For, which the test settings trust), so that
+    one test's failed attempts never throttle another's."""
+    return f"198.51.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+
+
+async def client_token(
+    client: httpx.AsyncClient,
+    client_id: str,
+    secret: str,
+    scope: str | None = None,
+    *,
+    at: str | None = None,
+) -> httpx.Response:
+    """`POST /v1/oauth/token` with client_secret_basic."""
+    form = {"grant_type": "client_credentials"} | ({"scope": scope} if scope is not None else {})
+    return await client.post(
+        TOKEN_URL,
+        data=form,
+        auth=(client_id, secret),
+        headers={"X-Forwarded-For": at or address()},
+    )

@@ -144,7 +144,8 @@ def add_problem_response(responses: dict[str, Any], status: int, codes: Iterable
 
 def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     """Complete a FastAPI document: the `Problem` component, 422 as a problem, and what the
-    kit answers for any operation with a body (400 `http.malformed_json`, 413, 415)."""
+    kit answers for any operation with a body (413; with a JSON body 400 `http.malformed_json`
+    and 415 too)."""
     for operations in schema.get("paths", {}).values():
         if not isinstance(operations, dict):
             continue
@@ -159,8 +160,13 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
                     responses["422"] = {}
                 add_problem_response(responses, 422, [_VALIDATION_CODE])
             if "requestBody" in operation:
+                # 400 `http.malformed_json` and 415 are answers about a JSON body only: an
+                # operation reading a form (the OAuth endpoints) answers its own errors there.
+                media = operation["requestBody"].get("content", {})
+                json_body = any(m == "application/json" or m.endswith("+json") for m in media)
                 for status, codes in BODY_PROBLEMS.items():
-                    add_problem_response(responses, status, codes)
+                    if json_body or status == 413:
+                        add_problem_response(responses, status, codes)
             for response in responses.values():
                 for media in response.get("content", {}).values():
                     _documented_answer_wins(media)

@@ -63,6 +63,29 @@ class RolesBody(RequestBody):
     roles: Annotated[list[Annotated[str, StringConstraints(max_length=32)]], Field(max_length=16)]
 
 
+ScopeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Audience = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+]
+
+
+class ClientBody(RequestBody):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    scopes: Annotated[
+        list[ScopeName],
+        Field(
+            min_length=1, max_length=16, description="Among `blogs:read`, `recommendations:read`."
+        ),
+    ]
+    audience: Annotated[
+        list[Audience] | None,
+        Field(
+            max_length=8,
+            description="Audiences added to the platform's (`mosaic`) in the `aud` of its tokens.",
+        ),
+    ] = None
+
+
 class ApiKeyBody(RequestBody):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     comment: Annotated[str, StringConstraints(max_length=2000)] | None = None
@@ -128,6 +151,37 @@ class ApiKeyView(ResponseBody):
 
 class CreatedApiKey(ApiKeyView):
     key: str | None = Field(description="Shown once; null in an idempotent replay.")
+
+
+class ClientSecretView(ResponseBody):
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="When a token was last issued with it.")
+
+
+class ClientView(ResponseBody):
+    client_id: uuid.UUID
+    name: str
+    scopes: list[str] = Field(description="Sorted.")
+    audience: list[str]
+    enabled: bool
+    created_at: datetime
+    secrets: list[ClientSecretView] = Field(
+        description="One, or two during a rotation; oldest first."
+    )
+
+
+class CreatedClient(ClientView):
+    client_secret: str | None = Field(description="Shown once; null in an idempotent replay.")
+
+
+class CreatedClientSecret(ClientSecretView):
+    client_secret: str = Field(description="Shown once.")
+
+
+class ClientsPage(ResponseBody):
+    items: list[ClientView]
+    next_cursor: str | None
 
 
 class UsersPage(ResponseBody):
@@ -458,4 +512,145 @@ async def list_api_keys(
 )
 async def revoke_api_key(key_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
     await svc.revoke_api_key(key_id)
+    return Response(status_code=204)
+
+
+# --- client applications (OAuth2 client credentials; the OAuth endpoints: oauth_api.py) -----
+
+CLIENT_NOT_FOUND = {404: "auth.client_not_found"}
+
+
+@router.post(
+    "/clients",
+    openapi_extra=through_gateway(body=JSON_BODY),
+    status_code=201,
+    tags=["clients"],
+    summary="Register a client application (ADMIN); its secret is shown only here",
+    responses=route_responses(
+        ROLE_PROBLEMS, IDEMPOTENCY_PROBLEMS, answer=CreatedClient, status=201
+    ),
+)
+async def create_client(
+    body: ClientBody, svc: Service, _admin: Admin, idem: IdempotencyGuard
+) -> Response:
+    async def create() -> dict[str, object]:
+        record, secret = await svc.clients.register_client(
+            body.name, body.scopes, body.audience or []
+        )
+        return {**record.view(), "clientSecret": secret}
+
+    async def without_secret(first: dict[str, Any]) -> dict[str, Any]:
+        # The secret is shown once and never stored: a replay says what was created, without it.
+        return {**first, "clientSecret": None}
+
+    return await idem.run(
+        body.model_dump(mode="json"),
+        create,
+        secret_fields=("clientSecret",),
+        on_replay=without_secret,
+    )
+
+
+@router.get(
+    "/clients",
+    openapi_extra=through_gateway(),
+    tags=["clients"],
+    summary="List client applications (ADMIN); never a secret",
+    responses=route_responses(ROLE_PROBLEMS, CURSOR_PROBLEMS, answer=ClientsPage),
+)
+async def list_clients(
+    svc: Service,
+    _admin: Admin,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Annotated[Text | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    found, next_cursor = await svc.clients.list_clients(limit, cursor)
+    return {"items": [c.view() for c in found], "nextCursor": next_cursor}
+
+
+@router.get(
+    "/clients/{client_id}",
+    openapi_extra=through_gateway(),
+    tags=["clients"],
+    summary="A client application (ADMIN)",
+    responses=route_responses(ROLE_PROBLEMS, CLIENT_NOT_FOUND, answer=ClientView),
+)
+async def get_client(client_id: uuid.UUID, svc: Service, _admin: Admin) -> dict[str, object]:
+    return (await svc.clients.client(client_id)).view()
+
+
+@router.delete(
+    "/clients/{client_id}",
+    openapi_extra=through_gateway(),
+    status_code=204,
+    tags=["clients"],
+    summary="Delete a client application and cut off its tokens (ADMIN)",
+    responses=route_responses(ROLE_PROBLEMS, CLIENT_NOT_FOUND),
+)
+async def delete_client(client_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
+    await svc.clients.delete_client(client_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/clients/{client_id}/disable",
+    openapi_extra=through_gateway(),
+    status_code=204,
+    tags=["clients"],
+    summary="Disable a client application: its tokens stop working (ADMIN)",
+    responses=route_responses(ROLE_PROBLEMS, CLIENT_NOT_FOUND),
+)
+async def disable_client(client_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
+    await svc.clients.set_client_enabled(client_id, False)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/clients/{client_id}/enable",
+    openapi_extra=through_gateway(),
+    status_code=204,
+    tags=["clients"],
+    summary="Enable a disabled client application; its old tokens stay refused (ADMIN)",
+    responses=route_responses(ROLE_PROBLEMS, CLIENT_NOT_FOUND),
+)
+async def enable_client(client_id: uuid.UUID, svc: Service, _admin: Admin) -> Response:
+    await svc.clients.set_client_enabled(client_id, True)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/clients/{client_id}/secrets",
+    openapi_extra=through_gateway(),
+    status_code=201,
+    tags=["clients"],
+    summary="Add a second secret, to rotate (ADMIN); shown only here",
+    responses=route_responses(
+        ROLE_PROBLEMS,
+        CLIENT_NOT_FOUND,
+        {409: "auth.client_secret_limit"},
+        answer=CreatedClientSecret,
+        status=201,
+    ),
+)
+async def add_client_secret(client_id: uuid.UUID, svc: Service, _admin: Admin) -> dict[str, object]:
+    record, secret = await svc.clients.add_client_secret(client_id)
+    return {**record.view(), "clientSecret": secret}
+
+
+@router.delete(
+    "/clients/{client_id}/secrets/{secret_id}",
+    openapi_extra=through_gateway(),
+    status_code=204,
+    tags=["clients"],
+    summary="Delete a secret, ending a rotation (ADMIN); never the last one",
+    responses=route_responses(
+        ROLE_PROBLEMS,
+        {404: ("auth.client_not_found", "auth.client_secret_not_found")},
+        {409: "auth.client_last_secret"},
+    ),
+)
+async def remove_client_secret(
+    client_id: uuid.UUID, secret_id: uuid.UUID, svc: Service, _admin: Admin
+) -> Response:
+    await svc.clients.remove_client_secret(client_id, secret_id)
     return Response(status_code=204)

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from mosaic_auth import __version__, api
+from mosaic_auth import __version__, api, oauth_api
 from mosaic_auth.rpc import endpoints
 from mosaic_auth.service import AuthService, build_service
 from mosaic_auth.settings import AuthSettings
@@ -39,7 +39,10 @@ async def assemble(kit: Assembly[AuthSettings]) -> None:
         ServiceKeySource(svc),
         issuer=settings.auth_issuer,
         audience=settings.auth_audience,
-        revocation_window=timedelta(seconds=settings.auth_access_token_ttl + 60),
+        # Replayed at start: as far back as the longer-lived of user and client tokens.
+        revocation_window=timedelta(
+            seconds=max(settings.auth_access_token_ttl, settings.auth_client_token_ttl) + 60
+        ),
     )
     kit.serve(endpoints(svc))
     kit.every("auth.prune", 600.0, svc.prune)
@@ -50,10 +53,11 @@ AUTH = ServiceDefinition(
     package="mosaic_auth",
     settings=AuthSettings,
     title="Mosaic auth",
-    description="Users, roles, sessions, tokens and API keys of the Mosaic platform.",
+    description="Users, roles, sessions, tokens, API keys and client applications (OAuth2 "
+    "client credentials) of the Mosaic platform.",
     rpc_description="Mosaic auth: user profiles, API key checks, signing keys",
     version=__version__,
-    routers=[api.router],
+    routers=[api.router, oauth_api.router, oauth_api.metadata_router],
     assemble=assemble,
     publishes=auth_contracts.AUTH_EVENTS,
 )

@@ -72,3 +72,46 @@ class Throttle:
     failures: int
     window_started_at: datetime
     locked_until: datetime | None
+
+
+@dataclass(frozen=True)
+class ClientSecret:
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime | None
+
+    def view(self) -> dict[str, object]:
+        return {
+            "id": str(self.id),
+            "createdAt": self.created_at.isoformat(),
+            "lastUsedAt": self.last_used_at.isoformat() if self.last_used_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class Client:
+    """A third-party application (OAuth2 client credentials); never its secrets' hashes."""
+
+    id: uuid.UUID
+    name: str
+    scopes: tuple[str, ...]
+    audience: tuple[str, ...]
+    created_at: datetime
+    disabled_at: datetime | None
+    tokens_valid_after: int
+    secrets: tuple[ClientSecret, ...]
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_at is None
+
+    def view(self) -> dict[str, object]:
+        return {
+            "clientId": str(self.id),
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "audience": list(self.audience),
+            "enabled": self.enabled,
+            "createdAt": self.created_at.isoformat(),
+            "secrets": [s.view() for s in self.secrets],
+        }

@@ -1,4 +1,5 @@
-"""The auth service's rules: accounts, sessions, tokens, roles, API keys, signing keys.
+"""The auth service's rules: accounts, sessions, tokens, roles, API keys, signing keys (client
+applications: `mosaic_auth.clients`, reached as `AuthService.clients`).
 
 Every state change and the event announcing it are written in one transaction (the outbox), so
 other services learn of exactly the changes that happened. No HTTP or NATS types in here.
@@ -19,11 +20,13 @@ from typing import Any, TypeVar
 import orjson
 
 from mosaic_auth import keys, store
+from mosaic_auth.attempts import Attempts
+from mosaic_auth.clients import ClientService, secret_key_for
 from mosaic_auth.models import ApiKey, User
 from mosaic_auth.passwords import Passwords
 from mosaic_auth.settings import AuthSettings
 from mosaic_auth.tables import ROLES
-from mosaic_auth.throttle import Policy, after_failure, seconds_locked
+from mosaic_auth.throttle import Policy
 from mosaic_auth.tokens import IssuedTokens, Signer, hash_refresh_token, new_refresh_token
 from mosaic_kit.contracts.auth import (
     ApiKeyCreated,
@@ -94,20 +97,36 @@ class AuthService:
         )
         self._key_secret = keys.secret_for(settings)
         window = timedelta(seconds=settings.auth_signin_window)
-        self._policies = {
-            "account": Policy(
-                settings.auth_signin_max_failures,
-                window,
-                settings.auth_signin_base_delay,
-                settings.auth_signin_max_delay,
-            ),
-            "address": Policy(
-                settings.auth_signin_max_failures_per_address,
-                window,
-                settings.auth_signin_base_delay,
-                settings.auth_signin_max_delay,
-            ),
-        }
+        per_holder = Policy(
+            settings.auth_signin_max_failures,
+            window,
+            settings.auth_signin_base_delay,
+            settings.auth_signin_max_delay,
+        )
+        per_address = Policy(
+            settings.auth_signin_max_failures_per_address,
+            window,
+            settings.auth_signin_base_delay,
+            settings.auth_signin_max_delay,
+        )
+        # Client applications guessing secrets are throttled exactly as people guessing
+        # passwords: per client id as per account, per address as per address (own counts).
+        self.attempts = Attempts(
+            {
+                "account": per_holder,
+                "address": per_address,
+                "client": per_holder,
+                "client_address": per_address,
+            }
+        )
+        self.clients = ClientService(
+            db,
+            settings,
+            self.signer,
+            self.attempts,
+            secret_key_for(self._key_secret),
+            revocations,
+        )
 
     # --- accounts -----------------------------------------------------------------------------
 
@@ -163,16 +182,9 @@ class AuthService:
 
     async def _admit_attempt(self, throttle_keys: Sequence[str], email: str) -> User | None:
         """429 if a key is locked; else the attempt is counted as a failure now, before any
-        password is checked, and the account (if any) is returned.
-
-        Counting first, under the keys' locks, is what bounds parallel guesses: the database
-        holds both the count and the locks, so the bound holds across replicas too.
-        """
+        password is checked (`Attempts.admit`), and the account (if any) is returned."""
         async with self.db.transaction() as conn:
-            await self._lock_throttles(conn, throttle_keys)
-            throttles = await store.get_throttles(conn, throttle_keys)
-            now = _now()
-            wait = max((seconds_locked(t, now) for t in throttles.values()), default=0.0)
+            wait = await self.attempts.admit(conn, throttle_keys)
             if wait > 0:
                 raise Problem(
                     429,
@@ -180,26 +192,12 @@ class AuthService:
                     "Too many failed sign-ins; try again later",
                     headers={"Retry-After": str(math.ceil(wait))},
                 )
-            for key in throttle_keys:
-                policy = self._policies[key.split(":", 1)[0]]
-                await store.put_throttle(conn, key, after_failure(throttles.get(key), now, policy))
             return await store.get_user_by_email(conn, email)
 
     async def _attempt_succeeded(self, conn: Connection, throttle_keys: Sequence[str]) -> None:
         """The right password: the account's count is cleared, the address's takes back the
         attempt counted in advance (other accounts' failures from there still count)."""
-        await self._lock_throttles(conn, throttle_keys)
-        for key in throttle_keys:
-            kind = key.split(":", 1)[0]
-            if kind == "account":
-                await store.clear_throttle(conn, key)
-            else:
-                await store.uncount_attempt(conn, key, self._policies[kind].max_failures)
-
-    @staticmethod
-    async def _lock_throttles(conn: Connection, throttle_keys: Sequence[str]) -> None:
-        for key in sorted(throttle_keys):  # one lock order, so two requests never deadlock
-            await store.lock(conn, "signin:" + key)
+        await self.attempts.succeeded(conn, throttle_keys)
 
     async def _open_session(self, conn: Connection, user: User, client: ClientInfo) -> IssuedTokens:
         session_id = uuid.uuid4()
@@ -511,7 +509,8 @@ class AuthService:
     # --- housekeeping -------------------------------------------------------------------------
 
     async def prune(self) -> dict[str, int]:
-        """Delete expired sessions, stale throttles, unpublished keys and old idempotency keys."""
+        """Delete expired sessions, stale throttles, unpublished keys, expired client-token
+        revocations and old idempotency keys."""
         async with self.db.transaction() as conn:
             counts = await store.prune_expired(conn, keep_days=7)
         counts["idempotency_keys"] = await idempotency.prune(self.db)

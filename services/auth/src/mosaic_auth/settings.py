@@ -15,6 +15,20 @@ class AuthSettings(ServiceSettings):
     auth_issuer: str = Field("mosaic-auth", description="`iss` of every access token.")
     auth_audience: str = Field("mosaic", description="`aud` of every access token.")
     auth_access_token_ttl: int = Field(900, ge=30, description="Access token lifetime, seconds.")
+    auth_client_token_ttl: int = Field(
+        900,
+        ge=30,
+        le=900,
+        description="Lifetime of a client application's access token (OAuth2 client "
+        "credentials), seconds; at most 15 minutes, as there is no refresh token to revoke.",
+    )
+    auth_public_url: str = Field(
+        "http://localhost:8080",
+        pattern=r"^https?://[^/?#]+(/[^?#]*)?$",
+        description="The public base URL of the API (the gateway's), without a trailing slash: "
+        "the endpoints named in the OAuth metadata (/.well-known/oauth-authorization-server) "
+        "start with it. `mosaic up` sets it to the gateway it starts.",
+    )
     auth_refresh_token_ttl: int = Field(
         30 * 24 * 3600, ge=60, description="Session (refresh token) lifetime, seconds."
     )
@@ -34,13 +48,15 @@ class AuthSettings(ServiceSettings):
     auth_signin_max_failures: int = Field(
         5,
         ge=1,
-        description="Failed sign-ins per account before it is locked (429): at most this many "
-        "password checks, however many attempts run in parallel on however many replicas.",
+        description="Failed sign-ins per account (and failed client authentications per client "
+        "id, at the OAuth endpoints) before it is locked (429): at most this many password or "
+        "secret checks, however many attempts run in parallel on however many replicas.",
     )
     auth_signin_max_failures_per_address: int = Field(
         20,
         ge=1,
-        description="Failed sign-ins per client address (any accounts) before it is locked.",
+        description="Failed sign-ins per client address (any accounts) before it is locked; "
+        "failed client authentications from an address are counted apart, with this limit.",
     )
     auth_signin_window: int = Field(
         900,

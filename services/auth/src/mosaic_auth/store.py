@@ -13,9 +13,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mosaic_auth.models import ApiKey, Session, Throttle, User
+from mosaic_auth.models import ApiKey, Client, ClientSecret, Session, Throttle, User
 from mosaic_auth.tables import (
     api_keys,
+    client_secrets,
+    client_token_revocations,
+    clients,
     refresh_tokens,
     roles,
     sessions,
@@ -331,6 +334,163 @@ async def api_key_by_hash(conn: AsyncConnection, key_hash: bytes) -> ApiKey | No
     return _api_key(row) if row else None
 
 
+# --- client applications (OAuth2 client credentials) -----------------------------------------
+
+
+def _client_secret(m: Mapping[Any, Any]) -> ClientSecret:
+    return ClientSecret(m["id"], m["created_at"], m["last_used_at"])
+
+
+async def _secrets_of(
+    conn: AsyncConnection, client_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[ClientSecret]]:
+    found: dict[uuid.UUID, list[ClientSecret]] = {cid: [] for cid in client_ids}
+    if not client_ids:
+        return found
+    rows = await conn.execute(
+        select(client_secrets)
+        .where(client_secrets.c.client_id.in_(client_ids))
+        .order_by(client_secrets.c.created_at, client_secrets.c.id)
+    )
+    for row in rows:
+        found[row._mapping["client_id"]].append(_client_secret(row._mapping))
+    return found
+
+
+def _client(m: Mapping[Any, Any], secrets: Sequence[ClientSecret]) -> Client:
+    return Client(
+        id=m["id"],
+        name=m["name"],
+        scopes=tuple(m["scopes"]),
+        audience=tuple(m["audience"]),
+        created_at=m["created_at"],
+        disabled_at=m["disabled_at"],
+        tokens_valid_after=m["tokens_valid_after"],
+        secrets=tuple(secrets),
+    )
+
+
+async def insert_client(
+    conn: AsyncConnection,
+    client_id: uuid.UUID,
+    name: str,
+    scopes: Sequence[str],
+    audience: Sequence[str],
+) -> None:
+    await conn.execute(
+        clients.insert().values(
+            id=client_id, name=name, scopes=list(scopes), audience=list(audience)
+        )
+    )
+
+
+async def get_client(
+    conn: AsyncConnection, client_id: uuid.UUID, *, for_update: bool = False
+) -> Client | None:
+    """The client with its secrets (oldest first); `for_update` locks its row until the end of
+    the transaction, so that two changes to its secrets are made one after the other."""
+    stmt = select(clients).where(clients.c.id == client_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        return None
+    return _client(row._mapping, (await _secrets_of(conn, [client_id]))[client_id])
+
+
+async def list_clients(
+    conn: AsyncConnection, limit: int, after: tuple[datetime, uuid.UUID] | None
+) -> list[Client]:
+    """Newest first, `limit + 1` rows so the caller can tell whether a next page exists."""
+    stmt = select(clients)
+    if after:
+        stmt = stmt.where(tuple_(clients.c.created_at, clients.c.id) < tuple_(*after))
+    stmt = stmt.order_by(clients.c.created_at.desc(), clients.c.id.desc()).limit(limit + 1)
+    rows = [r._mapping for r in await conn.execute(stmt)]
+    secrets = await _secrets_of(conn, [m["id"] for m in rows])
+    return [_client(m, secrets[m["id"]]) for m in rows]
+
+
+async def client_secret_hashes(
+    conn: AsyncConnection, client_id: uuid.UUID
+) -> list[tuple[uuid.UUID, bytes]]:
+    rows = await conn.execute(
+        select(client_secrets.c.id, client_secrets.c.secret_hash).where(
+            client_secrets.c.client_id == client_id
+        )
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def insert_client_secret(
+    conn: AsyncConnection, secret_id: uuid.UUID, client_id: uuid.UUID, secret_hash: bytes
+) -> ClientSecret:
+    row = (
+        await conn.execute(
+            client_secrets.insert()
+            .values(id=secret_id, client_id=client_id, secret_hash=secret_hash)
+            .returning(*client_secrets.c)
+        )
+    ).one()
+    return _client_secret(row._mapping)
+
+
+async def delete_client_secret(
+    conn: AsyncConnection, client_id: uuid.UUID, secret_id: uuid.UUID
+) -> bool:
+    result = await conn.execute(
+        delete(client_secrets).where(
+            client_secrets.c.id == secret_id, client_secrets.c.client_id == client_id
+        )
+    )
+    return result.rowcount > 0
+
+
+async def touch_client_secret(conn: AsyncConnection, secret_id: uuid.UUID) -> None:
+    await conn.execute(
+        update(client_secrets)
+        .where(client_secrets.c.id == secret_id)
+        .values(last_used_at=func.now())
+    )
+
+
+async def set_client_disabled(
+    conn: AsyncConnection, client_id: uuid.UUID, disabled: bool, tokens_valid_after: int
+) -> None:
+    """Disable (moving the cut-off forward, never back) or enable (the cut-off stays)."""
+    await conn.execute(
+        update(clients)
+        .where(clients.c.id == client_id)
+        .values(
+            disabled_at=func.now() if disabled else None,
+            tokens_valid_after=func.greatest(clients.c.tokens_valid_after, tokens_valid_after),
+        )
+    )
+
+
+async def delete_client(conn: AsyncConnection, client_id: uuid.UUID) -> None:
+    await conn.execute(delete(clients).where(clients.c.id == client_id))
+
+
+async def revoke_client_token(
+    conn: AsyncConnection, jti: str, client_id: uuid.UUID, expires_at: datetime
+) -> bool:
+    """True when it was not revoked before (a repeated revocation announces nothing)."""
+    stmt = (
+        insert(client_token_revocations)
+        .values(jti=jti, client_id=client_id, expires_at=expires_at)
+        .on_conflict_do_nothing(index_elements=[client_token_revocations.c.jti])
+    )
+    return (await conn.execute(stmt)).rowcount > 0
+
+
+async def client_token_revoked(conn: AsyncConnection, jti: str) -> bool:
+    row = await conn.execute(
+        select(client_token_revocations.c.jti).where(client_token_revocations.c.jti == jti)
+    )
+    return row.first() is not None
+
+
 # --- signing keys -----------------------------------------------------------------------------
 
 
@@ -471,8 +631,13 @@ async def prune_expired(conn: AsyncConnection, keep_days: int) -> dict[str, int]
             signing_keys.c.publish_until.is_not(None), signing_keys.c.publish_until < horizon
         )
     )
+    # A revoked client token is refused by its `exp` alone once it has expired.
+    revocations_gone = await conn.execute(
+        delete(client_token_revocations).where(client_token_revocations.c.expires_at < func.now())
+    )
     return {
         "sessions": sessions_gone.rowcount,
         "throttles": throttles_gone.rowcount,
         "signing_keys": keys_gone.rowcount,
+        "client_token_revocations": revocations_gone.rowcount,
     }

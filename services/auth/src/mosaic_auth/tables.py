@@ -15,7 +15,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 
 from mosaic_kit.sql.db import new_metadata
 from mosaic_kit.sql.idempotency import idempotency_table
@@ -128,6 +128,51 @@ signin_throttle = Table(
     Column("failures", Integer, nullable=False),
     Column("window_started_at", DateTime(timezone=True), nullable=False),
     Column("locked_until", DateTime(timezone=True)),
+)
+
+# Third-party applications (OAuth2 client credentials). Deleting one deletes its secrets.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("scopes", ARRAY(String(64)), nullable=False),
+    # Added to the platform audience in the `aud` of the client's tokens.
+    Column("audience", ARRAY(String(200)), nullable=False, server_default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("disabled_at", DateTime(timezone=True)),
+    # As for users: the client's tokens issued before this epoch second are refused (disabling).
+    Column("tokens_valid_after", BigInteger, nullable=False, server_default="0"),
+)
+Index("ix_clients_created_at_id", clients.c.created_at, clients.c.id)
+
+# At most two per client (rotation: the new one beside the old during the grace period). Only
+# a keyed hash is stored (`mosaic_auth.clients.hash_secret`), never the secret.
+client_secrets = Table(
+    "client_secrets",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "client_id",
+        UUID(as_uuid=True),
+        ForeignKey("clients.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("secret_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_used_at", DateTime(timezone=True)),
+)
+
+# Client tokens revoked one by one (RFC 7009), kept until they expire: what introspection reads
+# (the verifiers learn of them by event). No foreign key: a deleted client's rows may stay until
+# they expire, harmlessly.
+client_token_revocations = Table(
+    "client_token_revocations",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("client_id", UUID(as_uuid=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
 outbox = outbox_table(metadata)

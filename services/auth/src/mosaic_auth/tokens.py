@@ -1,4 +1,9 @@
-"""Access tokens (short-lived JWTs) and refresh tokens (opaque, rotated on every use)."""
+"""Access tokens (short-lived JWTs) and refresh tokens (opaque, rotated on every use).
+
+Two kinds of access token, signed with the same keys and published in the same JWKS: a user's
+(`sub`, `sid`, `roles`) and a client application's (OAuth2 client credentials, RFC 9068:
+`typ: at+jwt`, `client_id`, `scope`, `jti`, no `sub`), told apart by `mosaic_kit.tokens`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,17 @@ from dataclasses import dataclass
 import jwt
 
 from mosaic_auth.keys import ALGORITHM, KeyPair
+from mosaic_kit.tokens import CLIENT_TOKEN_TYPE
+
+
+@dataclass(frozen=True)
+class ClientToken:
+    """A client-credentials access token, with what revocation and the answer need of it."""
+
+    token: str
+    jti: str
+    issued_at: int
+    expires_at: int
 
 
 @dataclass(frozen=True)
@@ -97,3 +113,35 @@ class Signer:
             "jti": secrets.token_urlsafe(12),
         }
         return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+
+    async def client_token(
+        self,
+        client_id: uuid.UUID,
+        scopes: Iterable[str],
+        audience: Iterable[str],
+        not_before: int,
+        ttl: int,
+    ) -> ClientToken:
+        """A client application's token (the shared contract, `mosaic_kit.tokens`): `aud` holds
+        the platform audience first, then the client's registered ones."""
+        key = await self.key()
+        # As for users: never before the client's cut-off, so a token minted in the second the
+        # client was enabled again is not taken for one minted before it was disabled.
+        iat = max(int(time.time()), not_before)
+        jti = str(uuid.uuid4())
+        claims = {
+            "iss": self._issuer,
+            "aud": [self._audience, *(a for a in audience if a != self._audience)],
+            "client_id": str(client_id),
+            "scope": " ".join(scopes),
+            "jti": jti,
+            "iat": iat,
+            "exp": iat + ttl,
+        }
+        token = jwt.encode(
+            claims,
+            key.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": key.kid, "typ": CLIENT_TOKEN_TYPE},
+        )
+        return ClientToken(token, jti, iat, iat + ttl)

@@ -20,6 +20,10 @@ __all__ = [
     "USERS_GET",
     "ApiKeyCreated",
     "ApiKeyRevoked",
+    "ClientCreated",
+    "ClientDisabled",
+    "ClientEnabled",
+    "ClientTokenRevoked",
     "KeysRotated",
     "PublicUser",
     "SessionRevoked",
@@ -117,6 +121,40 @@ class KeysRotated(EventPayload):
     kid: str
 
 
+class ClientCreated(EventPayload):
+    """`auth.client.created`: an admin registered a client application (never its secret)."""
+
+    TYPE: ClassVar[str] = "auth.client.created"
+    client_id: uuid.UUID
+    name: str
+    scopes: list[str]
+
+
+class ClientDisabled(EventPayload):
+    """`auth.client.disabled`: a client application was disabled or deleted; its tokens issued
+    before `tokensValidAfter` stop working (`mosaic_kit.revocation`). Enabling it again never
+    lowers the cut-off: only tokens issued after it work."""
+
+    TYPE: ClassVar[str] = "auth.client.disabled"
+    client_id: uuid.UUID
+    tokens_valid_after: int = Field(description="Epoch seconds.")
+
+
+class ClientEnabled(EventPayload):
+    """`auth.client.enabled`: a disabled client application may get tokens again."""
+
+    TYPE: ClassVar[str] = "auth.client.enabled"
+    client_id: uuid.UUID
+
+
+class ClientTokenRevoked(EventPayload):
+    """`auth.client.token_revoked`: one client token revoked by its client (RFC 7009)."""
+
+    TYPE: ClassVar[str] = "auth.client.token_revoked"
+    jti: str
+    expires_at: int = Field(description="Epoch seconds: the token's `exp`, when it dies anyway.")
+
+
 AUTH_EVENTS: tuple[type[EventPayload], ...] = (
     UserCreated,
     UserUpdated,
@@ -127,6 +165,10 @@ AUTH_EVENTS: tuple[type[EventPayload], ...] = (
     ApiKeyCreated,
     ApiKeyRevoked,
     KeysRotated,
+    ClientCreated,
+    ClientDisabled,
+    ClientEnabled,
+    ClientTokenRevoked,
 )
 """Every event auth publishes."""
 
