@@ -154,6 +154,18 @@ async def test_a_client_token_replaces_the_api_key_on_a_route_open_to_clients(
     keyed = await call(gateway, "/read/a", headers={"x-api-key": key, "x-client-id": "cl_reader"})
     assert keyed.status_code == 200
     assert "x-client-id" not in seen_headers(keyed)
+    # With a key, a public read does not look at the bearer token (a stale one, a client's): the
+    # request is the key's, and the token goes nowhere.
+    for stale in ("Bearer whatever", f"Bearer {token}"):
+        response = await call(
+            gateway, "/read/a", headers={"x-api-key": key, "authorization": stale}
+        )
+        assert response.status_code == 200, response.text
+        assert "authorization" not in seen_headers(response)
+        assert "x-client-id" not in seen_headers(response)
+    # Without a key a bearer token is checked: it is the credential.
+    garbage = await call(gateway, "/read/a", headers={"authorization": "Bearer whatever"})
+    assert_problem(garbage, 401, "auth.token_invalid")
 
 
 async def test_a_client_token_is_refused_on_a_route_not_open_to_clients(

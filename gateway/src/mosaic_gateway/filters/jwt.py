@@ -23,9 +23,13 @@ caller and the key as optional; elsewhere it runs after it, as before (a missing
 before any signature is checked). This is the cheaper of the two designs considered: a combined
 "API key or client token" filter would duplicate both filters' cache fast paths, while moving
 this one costs nothing (a token sent without a key is checked in either design, since it may be
-the credential). A bearer token sent to a route open to clients is always checked, also where
-`jwt` is off: a credential that does not verify is refused rather than silently ignored; a
-valid *user* token there is not the route's business (`jwt: off`) and changes nothing.
+the credential).
+
+Where the route takes no user token (`jwt: off`, a public read) a request with an `x-api-key` is
+the API key's business alone: its `Authorization` is not looked at, as on any route with
+`jwt: off` (browsers and SDKs send a stale token everywhere), nor forwarded. Without a key, a
+bearer token must be a valid client token (a user's token does not replace the key: the API key
+filter then answers 401). Where the route takes user tokens too, every token sent is checked.
 
 A verified client leaves `Caller.client` (identity headers `x-client-id` / `x-client-scopes`,
 `rate_limit.by: client`) and `Exchange.client_id` (access log, metrics); its `Authorization`
@@ -109,9 +113,14 @@ class JwtFilter:
 
     def on_request(self, exchange: Exchange) -> Step:
         authorization: bytes | None = None
+        keyed = False
         for name, value in exchange.headers:
             if name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key":
+                keyed = True
+        if keyed and not self.users:
+            return True  # an API-key request to a public read: the token is not looked at
         token = _bearer(exchange, authorization, required=self.required)
         if token is None:
             return self._admit(exchange, None)
