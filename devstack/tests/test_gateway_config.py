@@ -141,6 +141,8 @@ def test_every_documented_route_is_routed_to_its_audience(
     for method, path, audience in documented:
         route = routes[(method, _template(path))]
         auth = {**defaults, **route.get("auth", {})}
+        # Which public reads are open to client applications too: the scopes test below.
+        auth.pop("scopes", None)
         who = audience.strip()
         where = f"{method} {path}"
         if path in ("/v1/auth/jwks.json", "/.well-known/oauth-authorization-server"):
@@ -224,6 +226,49 @@ def test_limits_caching_and_rate_limits_per_route(
             assert route.auth is None or route.auth.jwt != "required"
 
 
+OPEN_TO_CLIENTS = {
+    ("GET", "/v1/blogs"): {"any_of": ["blogs:read"]},
+    ("GET", "/v1/blogs/{}"): {"any_of": ["blogs:read"]},
+    ("GET", "/v1/blogs/by-slug/{}"): {"any_of": ["blogs:read"]},
+    ("GET", "/v1/blogs/{}/similar"): {"any_of": ["blogs:read"]},
+    ("GET", "/v1/recommendations/trending"): {"any_of": ["recommendations:read"]},
+    ("GET", "/v1/recommendations/blogs/{}"): {"any_of": ["recommendations:read"]},
+}
+"""The routes open to third-party applications (issue 12): public reads only; nothing acting for
+a user (`/v1/recommendations/me`, likes, an author's drafts) and nothing that writes."""
+
+
+def test_scopes_come_from_the_services_openapi_and_open_only_public_reads(
+    config: dict[str, Any],
+    routes: dict[tuple[str, str], dict[str, Any]],
+    openapi_operations: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    declared = {
+        key: operation["x-mosaic-gateway"]["scopes"]
+        for key, operation in openapi_operations.items()
+        if "scopes" in operation.get("x-mosaic-gateway", {})
+    }
+    assert declared == OPEN_TO_CLIENTS
+    generated = {
+        key: route["auth"]["scopes"]
+        for key, route in routes.items()
+        if "scopes" in route.get("auth", {})
+    }
+    assert generated == OPEN_TO_CLIENTS
+    for key in OPEN_TO_CLIENTS:
+        assert "jwt" not in routes[key].get("auth", {}), key
+        assert "roles" not in routes[key].get("auth", {}), key
+    # The gateway reads them as scope rules.
+    parsed = parse_config(render(config, "g.yaml"), "g.yaml")
+    rules = {
+        (route.methods[0], _template(route.path)): route.auth.scopes.rule
+        for route in parsed.routes
+        if route.auth is not None and route.auth.scopes is not None
+    }
+    assert rules[("GET", "/v1/recommendations/trending")] == ("any_of", ("recommendations:read",))
+    assert set(rules) == set(OPEN_TO_CLIENTS)
+
+
 def test_a_failing_or_hung_replica_counts_against_it_and_idempotent_requests_go_elsewhere(
     config: dict[str, Any],
 ) -> None:
@@ -278,7 +323,11 @@ for _key, _events in (
 ):
     # Readers' signals (issue 11) are blog.blog.* events too: the cached reads now name the
     # events that change them, so a read or a bookmark drops nothing.
-    INTENDED[_key] = {"cache": (_TABLE_CACHE, {**_READ_CACHE, "invalidate_on": _events})}
+    INTENDED[_key] = {
+        "cache": (_TABLE_CACHE, {**_READ_CACHE, "invalidate_on": _events}),
+        # Issue 12: published blogs are open to third-party applications (client tokens).
+        "auth": ({}, {"scopes": {"any_of": ["blogs:read"]}}),
+    }
 
 _SIGNAL_ROUTE = {
     "backend": "blog",
@@ -309,14 +358,14 @@ ADDED.update(
         "GET /v1/recommendations/blogs/{}": {
             **_SIGNAL_ROUTE,
             "backend": "reco",
-            "auth": {},
+            "auth": {"scopes": {"any_of": ["recommendations:read"]}},
             "headers": {"accept", "content-type", "x-api-key"},
             "query": {"limit"},
         },
         "GET /v1/recommendations/trending": {
             **_SIGNAL_ROUTE,
             "backend": "reco",
-            "auth": {},
+            "auth": {"scopes": {"any_of": ["recommendations:read"]}},
             "headers": {"accept", "content-type", "x-api-key"},
             "query": {"tag", "window", "limit"},
         },
@@ -434,6 +483,13 @@ def test_a_route_added_to_a_service_is_routed_with_nothing_else_edited() -> None
     ) -> dict[str, int]:
         return {"id": note_id}
 
+    @router.get(
+        "/notes/shared",
+        openapi_extra=through_gateway(scopes=["notes:read", "notes:list"], all_scopes=True),
+    )
+    async def shared() -> dict[str, str]:
+        return {}
+
     @router.get("/notes/internal")
     async def internal() -> dict[str, str]:
         return {}
@@ -446,7 +502,10 @@ def test_a_route_added_to_a_service_is_routed_with_nothing_else_edited() -> None
     assert "notes" in parse_config(text, "gateway.yaml").backends
     assert config["docs"]["sources"] == {"notes": "/openapi.json"}
     by_path = {route["path"]: route for route in config["routes"]}
-    assert set(by_path) == {"/v1/notes", "/v1/notes/{note_id}/pin"}
+    assert set(by_path) == {"/v1/notes", "/v1/notes/{note_id}/pin", "/v1/notes/shared"}
+    assert by_path["/v1/notes/shared"]["auth"] == {
+        "scopes": {"all_of": ["notes:read", "notes:list"]}
+    }
     assert by_path["/v1/notes"]["query"] == {"allow": ["limit"]}
     assert "auth" not in by_path["/v1/notes"]  # the defaults: an API key, no token
     pinning = by_path["/v1/notes/{note_id}/pin"]

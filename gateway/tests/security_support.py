@@ -1,8 +1,10 @@
 """A stand-in for the auth service on NATS, for gateway security tests.
 
 It answers the real subjects the gateway uses (`auth.apikeys.verify`, `auth.jwks.get`), signs
-access tokens with an Ed25519 key it publishes as JWKS, and publishes auth's revocation events on
-auth's stream. Each test module runs it against a NATS server of its own, so no real auth
+access tokens with an Ed25519 key it publishes as JWKS -- users' tokens, and client applications'
+client-credentials tokens in the contract's shape (RFC 9068: `typ: at+jwt`, `client_id`, `scope`,
+`jti`, `aud` a list holding `mosaic`, no `sub`) -- and publishes auth's revocation events on auth's
+stream (sessions, API keys, `auth.client.disabled`, `auth.client.token_revoked`). Each test module runs it against a NATS server of its own, so no real auth
 service of another test suite answers the same subjects.
 """
 
@@ -95,6 +97,45 @@ class StandInAuth:
         }
         claims.update(overrides)
         return jwt.encode(claims, self.private, algorithm="EdDSA", headers={"kid": self.kid})
+
+    def client_token(
+        self,
+        *,
+        client_id: str | None = None,
+        scopes: list[str] | tuple[str, ...] = ("blogs:read",),
+        expires_in: int = 900,
+        issued_at: int | None = None,
+        jti: str | None = None,
+        typ: str = "at+jwt",
+        **overrides: Any,
+    ) -> str:
+        """A client-credentials access token, signed as auth signs them."""
+        now = int(time.time()) if issued_at is None else issued_at
+        claims: dict[str, Any] = {
+            "iss": "mosaic-auth",
+            "aud": ["mosaic"],
+            "client_id": client_id or "cl_" + uuid.uuid4().hex[:16],
+            "scope": " ".join(scopes),
+            "jti": jti or str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + expires_in,
+        }
+        claims.update(overrides)
+        return jwt.encode(
+            claims, self.private, algorithm="EdDSA", headers={"kid": self.kid, "typ": typ}
+        )
+
+    async def disable_client(self, client_id: str, tokens_valid_after: int | None = None) -> None:
+        """What auth publishes when a client is disabled or deleted: its tokens issued before
+        the cut-off stop working."""
+        cutoff = int(time.time()) + 1 if tokens_valid_after is None else tokens_valid_after
+        await self.publish(
+            "auth.client.disabled", {"clientId": client_id, "tokensValidAfter": cutoff}
+        )
+
+    async def revoke_client_token(self, jti: str, expires_at: int) -> None:
+        """RFC 7009 revocation of one client token."""
+        await self.publish("auth.client.token_revoked", {"jti": jti, "expiresAt": expires_at})
 
     async def revoke_key(self, key: str) -> None:
         """What auth does on `DELETE /v1/api-keys/{id}`: forget it, then tell everyone."""

@@ -221,6 +221,8 @@ async def test_docs_need_no_api_key_when_routes_do(
     document["nats"] = {"url": nats_url}
     document["defaults"]["auth"] = {"api_key": "required"}
     document["routes"][1]["auth"] = {"jwt": "optional"}
+    document["routes"][0]["auth"] = {"scopes": {"any_of": ["items:read", "items:list"]}}
+    document["routes"][3]["auth"] = {"scopes": {"all_of": ["items:read", "items:list"]}}
     gateway = gateways(document)
     client = gateway.client()
     refused = await client.get("/v1/items")
@@ -231,11 +233,24 @@ async def test_docs_need_no_api_key_when_routes_do(
     merged = response.json()
     # Each operation asks for what its route asks for. The backend's own bearer scheme names
     # the token the gateway checks (and forwards): it is left out, so the token is entered once.
-    assert merged["paths"]["/v1/items"]["get"]["security"] == [{"gatewayApiKey": []}]
     assert merged["paths"]["/v1/items/{item_id}"]["get"]["security"] == [
         {"gatewayApiKey": []},
         {"gatewayApiKey": [], "gatewayBearer": []},
     ]
+    # Open to client applications: a client token in place of the key, holding one of the scopes
+    # (any_of: an alternative per scope) or all of them (all_of: one alternative).
+    assert merged["paths"]["/v1/items"]["get"]["security"] == [
+        {"gatewayApiKey": []},
+        {"gatewayClientToken": ["items:read"]},
+        {"gatewayClientToken": ["items:list"]},
+    ]
+    history = merged["paths"]["/b/items/{item_id}"]["get"]
+    assert history["security"] == [
+        {"HTTPBearer": [], "gatewayApiKey": []},
+        {"gatewayClientToken": ["items:read", "items:list"]},
+    ]
+    assert "auth.scope_missing" in str(history["responses"]["403"])
+    assert "gatewayClientToken" in merged["components"]["securitySchemes"]
 
 
 def test_docs_configuration_errors() -> None:

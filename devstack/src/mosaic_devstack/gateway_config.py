@@ -46,6 +46,8 @@ def route_section(
         auth["jwt"] = policy.jwt
     if policy.roles:
         auth["roles"] = list(policy.roles)
+    if policy.scopes is not None:
+        auth["scopes"] = policy.scopes.model_dump(mode="json", exclude_none=True)
     if auth:
         route["auth"] = auth
     route["headers"] = {"allow": list(dict.fromkeys([*BASE_HEADERS, *policy.headers]))}

@@ -119,3 +119,44 @@ def test_an_extension_that_is_not_a_policy_is_refused() -> None:
     bad = {"paths": {"/x": {"get": {EXTENSION: {"api_key": "required", "jtw": "required"}}}}}
     with pytest.raises(ValidationError, match="jtw"):
         list(exposed_operations(bad))
+
+
+def test_scopes_are_declared_beside_the_route_and_published() -> None:
+    scoped = APIRouter(prefix="/v1")
+
+    @scoped.get("/public", openapi_extra=through_gateway(scopes=["notes:read"]))
+    async def public() -> dict[str, Any]:
+        return {}
+
+    @scoped.get(
+        "/both", openapi_extra=through_gateway(scopes=["notes:read", "tags:read"], all_scopes=True)
+    )
+    async def both() -> dict[str, Any]:
+        return {}
+
+    app = create_app(ServiceSettings(), title="t", description="", version="1", routers=[scoped])
+    document = app.openapi()
+    assert document["paths"]["/v1/public"]["get"][EXTENSION]["scopes"] == {"any_of": ["notes:read"]}
+    assert document["paths"]["/v1/both"]["get"][EXTENSION]["scopes"] == {
+        "all_of": ["notes:read", "tags:read"]
+    }
+    policies = _policies(document)
+    assert policies["GET /v1/public"]["scopes"] == {"any_of": ("notes:read",)}
+    with pytest.raises(ValueError, match="all_scopes needs scopes"):
+        through_gateway(all_scopes=True)
+
+
+@pytest.mark.parametrize(
+    "scopes",
+    [
+        {"any_of": ["notes:read"], "all_of": ["notes:read"]},
+        {},
+        {"any_of": []},
+        {"any_of": ["Notes:Read"]},
+        {"all_of": ["notes"]},
+    ],
+)
+def test_a_scope_rule_that_is_not_one_is_refused(scopes: dict[str, Any]) -> None:
+    bad = {"paths": {"/x": {"get": {EXTENSION: {"scopes": scopes}}}}}
+    with pytest.raises(ValidationError):
+        list(exposed_operations(bad))

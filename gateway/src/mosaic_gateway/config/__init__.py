@@ -52,6 +52,7 @@ from mosaic_gateway.config.routes import (
     RouteAuthSpec,
     RouteDefaultsSpec,
     RouteSpec,
+    ScopesSpec,
     Switch,
 )
 from mosaic_gateway.config.schema import json_schema, render_json_schema
@@ -100,6 +101,7 @@ __all__ = [
     "RouteDefaultsSpec",
     "RouteRetriesSpec",
     "RouteSpec",
+    "ScopesSpec",
     "SecuritySpec",
     "ServerSpec",
     "Spec",

@@ -29,6 +29,13 @@ class MetricsSpec(Spec):
     buckets: tuple[float, ...] = Field(
         _DEFAULT_BUCKETS, description="Upper bounds (seconds) of the request duration histogram."
     )
+    max_clients: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="Client application ids a worker uses as the `client` label of "
+        "`gateway_requests_total`; those seen after these many read `other`.",
+    )
 
     @field_validator("buckets")
     @classmethod

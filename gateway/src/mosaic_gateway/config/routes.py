@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mosaic_gateway.config.aggregate import AggregateSpec
 from mosaic_gateway.config.backends import BreakerSpec, RouteRetriesSpec, known_backends
@@ -45,6 +45,45 @@ class RewriteSpec(Spec):
 
 Switch = Literal["required", "optional", "off"]
 _ROLE = re.compile(r"[A-Z][A-Z0-9_]*")
+SCOPE = re.compile(r"[a-z]+:[a-z]+")
+
+
+class ScopesSpec(Spec):
+    """`auth.scopes`: the route is open to client applications (OAuth2 client credentials) whose
+    token grants these scopes: any one of `any_of`, or every one of `all_of` (exactly one given)."""
+
+    any_of: list[str] | None = Field(None, description="Any one of these scopes admits.")
+    all_of: list[str] | None = Field(None, description="Every one of these scopes is needed.")
+
+    @field_validator("any_of", "all_of")
+    @classmethod
+    def _check_scopes(cls, scopes: list[str] | None) -> list[str] | None:
+        if scopes is None:
+            return None
+        if not scopes:
+            raise ValueError("list at least one scope")
+        for scope in scopes:
+            if not SCOPE.fullmatch(scope):
+                raise ValueError(
+                    f"{scope!r} is not a scope name (resource:action, e.g. blogs:read)"
+                )
+        if len(set(scopes)) != len(scopes):
+            raise ValueError("a scope is listed twice")
+        return scopes
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScopesSpec:
+        if (self.any_of is None) == (self.all_of is None):
+            raise ValueError("give exactly one of `any_of` or `all_of`")
+        return self
+
+    @property
+    def rule(self) -> tuple[Literal["any_of", "all_of"], tuple[str, ...]]:
+        """("any_of" | "all_of", the scopes)."""
+        if self.any_of is not None:
+            return "any_of", tuple(self.any_of)
+        assert self.all_of is not None
+        return "all_of", tuple(self.all_of)
 
 
 class RouteAuthSpec(Spec):
@@ -58,6 +97,11 @@ class RouteAuthSpec(Spec):
     )
     roles: list[str] | None = Field(
         None, description="Any one of these roles admits (implies `jwt: required`)."
+    )
+    scopes: ScopesSpec | None = Field(
+        None,
+        description="Open to client applications: a client token granting these scopes is "
+        "accepted in place of `x-api-key` (and of a user token).",
     )
 
     @field_validator("roles")
@@ -105,10 +149,11 @@ class RateLimitRuleSpec(Spec):
 
     requests: int = Field(ge=1, description="Requests allowed per `per`.")
     per: Duration = Field(gt=0)
-    by: Literal["api_key", "user", "address"] = Field(
+    by: Literal["api_key", "user", "client", "address"] = Field(
         "address",
-        description="Whose budget: the API key's id, the token's user, or the client address "
-        "(a request without that identity falls back to its address).",
+        description="Whose budget: the API key's id, the token's user, the client application "
+        "(its id; without a client token, the API key's id) or the client address (a request "
+        "without that identity falls back to its address).",
     )
     burst: int | None = Field(None, ge=1, description="Local limits only: requests at once.")
     shared: bool = Field(

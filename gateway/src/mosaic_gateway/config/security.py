@@ -71,6 +71,8 @@ def check_security(config: GatewayConfig) -> list[Problem]:
             ]
             if auth.roles:
                 uses.append("roles")
+            if auth.scopes is not None:
+                uses.append("scopes")
             if uses:
                 problems.append(
                     (

@@ -1,5 +1,11 @@
 """Who the caller is, as the route's credential filters found out: the facts later filters of
-the same request read (a rate limit by API key or user, the identity headers for the upstream)."""
+the same request read (a rate limit by API key, user or client, the identity headers for the
+upstream).
+
+`principal` is a user (a user's token), `client` a third-party application (a client-credentials
+token, on a route open to client applications); never both, since a request carries one bearer
+token. `api_key` is the calling application's key, when one was sent and verified.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,16 @@ from typing import TYPE_CHECKING, cast
 if TYPE_CHECKING:
     from mosaic_gateway.filters.apikeys import ApiKeyIdentity
     from mosaic_gateway.http.server import Exchange
-    from mosaic_kit.tokens import Principal
+    from mosaic_kit.tokens import ClientPrincipal, Principal
 
 
 class Caller:
-    __slots__ = ("api_key", "principal")
+    __slots__ = ("api_key", "client", "principal")
 
     def __init__(self) -> None:
         self.api_key: ApiKeyIdentity | None = None
         self.principal: Principal | None = None
+        self.client: ClientPrincipal | None = None
 
 
 def caller_of(exchange: Exchange) -> Caller | None:

@@ -8,8 +8,8 @@ pre-rendered header pairs, so the request path does set lookups and tuple reuse 
 Request headers (`HeaderPolicy.filter_request`), in one pass:
 
 * hop-by-hop headers go, with any header the client named in `Connection`;
-* identity headers the gateway sets itself (`X-User-Id`, `X-User-Roles`, the configured strip
-  list, and every header a claim is forwarded as) go, whatever the allow-list says: a client
+* identity headers the gateway sets itself (`X-User-Id`, `X-User-Roles`, `X-Client-Id`,
+  `X-Client-Scopes`, the configured strip list, and every header a claim is forwarded as) go, whatever the allow-list says: a client
   must never be able to claim an identity. Names arrive lower-cased; each is also dropped with
   `_` for `-` (`x_user_id`), which CGI/WSGI-style backends fold into the same name;
 * the rest is forwarded only if allow-listed (deny by default; `*` allows all). Headers the data
@@ -20,8 +20,10 @@ Request headers (`HeaderPolicy.filter_request`), in one pass:
 `identity_spellings(names)` is that set of names; `strip_identity(headers, names)` applies it
 alone (routes with nothing else to check, security.IdentityStrip).
 
-`HeaderPolicy.identity_headers(principal, api_key)` renders the forwarded claims, cached per
-principal object (the token verifier returns the same object for every request with a token).
+`HeaderPolicy.identity_headers(principal, api_key, client)` renders the forwarded claims, cached
+per principal object (the token verifier returns the same object for every request with a token).
+A user's claims are `sub`, `sid`, `roles`, `iat`, `exp`; a client application's `client_id` and
+`scope` (space-separated, sorted); `iat` and `exp` are those of whichever token was sent.
 
 CORS (`CorsPolicy`): preflights are answered by the gateway from the route's configuration;
 actual responses get their `Access-Control-*` headers from a dict keyed by origin.
@@ -38,9 +40,9 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from mosaic_gateway.http.problems import GatewayProblem
 from mosaic_gateway.http.wire import HOP_BY_HOP, connection_tokens
 from mosaic_kit.logging import get_logger
+from mosaic_kit.tokens import ClientPrincipal
 
 if TYPE_CHECKING:
-    # Types only: importing mosaic_kit.auth at run time would pull FastAPI into every worker.
     from mosaic_gateway.filters.apikeys import ApiKeyIdentity
     from mosaic_kit.tokens import Principal
 
@@ -65,9 +67,16 @@ _log = get_logger("mosaic_gateway.filters.headers")
 Headers = list[tuple[bytes, bytes]]
 HeaderPairs = tuple[tuple[bytes, bytes], ...]
 
-IDENTITY_HEADERS: Final = ("x-user-id", "x-user-roles")
-DEFAULT_CLAIM_HEADERS: Final = {"sub": "x-user-id", "roles": "x-user-roles"}
-CLAIMS: Final = frozenset({"sub", "sid", "roles", "iat", "exp", "api_key.id", "api_key.name"})
+IDENTITY_HEADERS: Final = ("x-user-id", "x-user-roles", "x-client-id", "x-client-scopes")
+DEFAULT_CLAIM_HEADERS: Final = {
+    "sub": "x-user-id",
+    "roles": "x-user-roles",
+    "client_id": "x-client-id",
+    "scope": "x-client-scopes",
+}
+CLAIMS: Final = frozenset(
+    {"sub", "sid", "roles", "iat", "exp", "api_key.id", "api_key.name", "client_id", "scope"}
+)
 ALWAYS_FORWARDED: Final = frozenset(
     {
         b"host",
@@ -155,7 +164,15 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
 class HeaderPolicy:
     """Which request headers reach the backend, and which claims are added as headers."""
 
-    __slots__ = ("_claims", "_key_rendered", "_rendered", "allowed", "drop", "forwarded_as")
+    __slots__ = (
+        "_claims",
+        "_client_rendered",
+        "_key_rendered",
+        "_rendered",
+        "allowed",
+        "drop",
+        "forwarded_as",
+    )
 
     def __init__(
         self,
@@ -184,6 +201,7 @@ class HeaderPolicy:
         )
         self._rendered: dict[Principal, HeaderPairs] = {}
         self._key_rendered: dict[ApiKeyIdentity, HeaderPairs] = {}
+        self._client_rendered: dict[ClientPrincipal, HeaderPairs] = {}
 
     def filter_request(self, headers: Headers) -> Headers:
         """The client's headers that may be forwarded, in their order (duplicates kept)."""
@@ -208,25 +226,34 @@ class HeaderPolicy:
         return kept
 
     def identity_headers(
-        self, principal: Principal | None, api_key: ApiKeyIdentity | None = None
+        self,
+        principal: Principal | None,
+        api_key: ApiKeyIdentity | None = None,
+        client: ClientPrincipal | None = None,
     ) -> HeaderPairs:
         """The configured claims of the caller as headers (to append after filtering)."""
         if not self._claims:
             return _EMPTY
-        user = _EMPTY
+        token = _EMPTY
         if principal is not None:
             rendered = self._rendered.get(principal)
             if rendered is None:
                 rendered = self._render(principal, None)
                 self._remember(self._rendered, principal, rendered)
-            user = rendered
+            token = rendered
+        elif client is not None:
+            rendered = self._client_rendered.get(client)
+            if rendered is None:
+                rendered = self._render(client, None)
+                self._remember(self._client_rendered, client, rendered)
+            token = rendered
         if api_key is None:
-            return user
+            return token
         key = self._key_rendered.get(api_key)
         if key is None:
             key = self._render(None, api_key)
             self._remember(self._key_rendered, api_key, key)
-        return user + key if user else key
+        return token + key if token else key
 
     @staticmethod
     def _remember(cache: dict[_Owner, HeaderPairs], owner: _Owner, rendered: HeaderPairs) -> None:
@@ -235,7 +262,9 @@ class HeaderPolicy:
             cache.clear()
         cache[owner] = rendered
 
-    def _render(self, principal: Principal | None, api_key: ApiKeyIdentity | None) -> HeaderPairs:
+    def _render(
+        self, principal: Principal | ClientPrincipal | None, api_key: ApiKeyIdentity | None
+    ) -> HeaderPairs:
         pairs: list[tuple[bytes, bytes]] = []
         for claim, header in self._claims:
             value = _claim_value(claim, principal, api_key)
@@ -249,7 +278,7 @@ class HeaderPolicy:
 
 
 def _claim_value(
-    claim: str, principal: Principal | None, api_key: ApiKeyIdentity | None
+    claim: str, principal: Principal | ClientPrincipal | None, api_key: ApiKeyIdentity | None
 ) -> str | None:
     if claim.startswith("api_key."):
         if api_key is None:
@@ -257,15 +286,23 @@ def _claim_value(
         return api_key.id if claim == "api_key.id" else api_key.name
     if principal is None:
         return None
+    if claim == "iat":
+        return str(principal.issued_at)
+    if claim == "exp":
+        return str(principal.expires_at)
+    if isinstance(principal, ClientPrincipal):
+        if claim == "client_id":
+            return principal.client_id
+        if claim == "scope":
+            return " ".join(sorted(principal.scopes))
+        return None  # a user's claim
     if claim == "sub":
         return principal.user_id
     if claim == "roles":
         return ",".join(sorted(principal.roles))
     if claim == "sid":
         return principal.session_id
-    if claim == "iat":
-        return str(principal.issued_at)
-    return str(principal.expires_at)
+    return None  # a client's claim
 
 
 class QueryPolicy:

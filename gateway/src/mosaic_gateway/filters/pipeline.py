@@ -7,12 +7,14 @@ its configuration section, and one entry here.
 1. IP restriction (ip_restriction.py): a refused address costs nothing more.
 2. CORS: preflights answered, response lines prepared (cors.py).
 3. Rate limit `by: address` (rate_limit.py).
-4. API key (api_key.py).
-5. JWT, then roles (jwt.py).
-6. Rate limit `by: api_key` / `by: user`.
-7. What goes upstream: header allow-list and identity headers, or only the identity strip
+4. On a route open to client applications (`auth.scopes`): JWT, then roles or scopes (jwt.py),
+   *before* the API key, since a verified client token stands in for the key (jwt.py says why).
+5. API key (api_key.py).
+6. Elsewhere: JWT, then roles (jwt.py).
+7. Rate limit `by: api_key` / `by: user` / `by: client`.
+8. What goes upstream: header allow-list and identity headers, or only the identity strip
    (upstream_headers.py); then the query allow-list.
-8. Cache (cache.py): last, so that its key holds the request as it is forwarded.
+9. Cache (cache.py): last, so that its key holds the request as it is forwarded.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from mosaic_gateway.config import (
     RateLimitRuleSpec,
     RouteAuthSpec,
     RouteSpec,
+    ScopesSpec,
 )
 from mosaic_gateway.filters.api_key import ApiKeyFilter
 from mosaic_gateway.filters.cache import RouteCache
@@ -43,6 +46,7 @@ from mosaic_gateway.filters.ip_restriction import IpRestrictionFilter
 from mosaic_gateway.filters.jwt import JwtFilter
 from mosaic_gateway.filters.rate_limit import RateLimitFilter
 from mosaic_gateway.filters.ratelimit import LocalRateLimiter, RateLimit, SharedRateLimiter
+from mosaic_gateway.filters.scopes import ScopeRule
 from mosaic_gateway.filters.security import SecurityServices
 from mosaic_gateway.filters.upstream_headers import HeaderFilter, IdentityStrip, QueryFilter
 from mosaic_gateway.http.server import Exchange
@@ -69,6 +73,7 @@ class RouteSettings:
     api_key: str  # "off" | "optional" | "required"
     jwt: str
     roles: frozenset[str]
+    scopes: ScopeRule | None  # open to client applications
     header_allow: list[str]
     query_allow: list[str]
     cors: CorsSpec | None
@@ -88,6 +93,7 @@ class RouteSettings:
         return (
             self.api_key == "off"
             and self.jwt == "off"
+            and self.scopes is None
             and "*" in self.header_allow
             and "*" in self.query_allow
             and self.cors is None
@@ -132,14 +138,28 @@ def _rate_limit(settings: RouteSettings, *, by_address: bool) -> Filter | None:
 def _api_key(settings: RouteSettings) -> Filter | None:
     if settings.api_key == "off":
         return None
-    return ApiKeyFilter(settings.security.api_keys, required=settings.api_key == "required")
+    return ApiKeyFilter(
+        settings.security.api_keys,
+        required=settings.api_key == "required",
+        clients=settings.scopes is not None,
+    )
 
 
-def _jwt(settings: RouteSettings) -> Filter | None:
-    if settings.jwt == "off":
+def _jwt(settings: RouteSettings, *, for_clients: bool) -> Filter | None:
+    """The JWT filter, at one of its two places: before the API key on a route open to client
+    applications, after it elsewhere."""
+    if (settings.scopes is not None) != for_clients:
         return None
+    if settings.jwt == "off" and settings.scopes is None:
+        return None
+    # Asking for `tokens` makes the worker follow the revocation feed (SecurityServices.start),
+    # which also carries auth.client.disabled / auth.client.token_revoked.
     return JwtFilter(
-        settings.security.tokens, required=settings.jwt == "required", roles=settings.roles
+        settings.security.tokens,
+        required=settings.jwt == "required",
+        roles=settings.roles,
+        scopes=settings.scopes,
+        users=settings.jwt != "off",
     )
 
 
@@ -173,8 +193,9 @@ FILTERS: tuple[Callable[[RouteSettings], Filter | None], ...] = (
     _ip_restriction,
     _cors,
     lambda settings: _rate_limit(settings, by_address=True),
+    lambda settings: _jwt(settings, for_clients=True),
     _api_key,
-    _jwt,
+    lambda settings: _jwt(settings, for_clients=False),
     lambda settings: _rate_limit(settings, by_address=False),
     _upstream_headers,
     _query,
@@ -201,7 +222,7 @@ def route_settings(
     name: str,
     cache: RouteCache | None,
 ) -> RouteSettings:
-    api_key, jwt, roles = _merged_auth(route, config)
+    api_key, jwt, roles, scopes = _merged_auth(route, config)
     defaults = config.defaults
     # The services authorise with the token themselves: a route that checks one passes it on.
     implied = ("authorization",) if jwt != "off" else ()
@@ -224,6 +245,7 @@ def route_settings(
         api_key=api_key,
         jwt=jwt,
         roles=roles,
+        scopes=None if scopes is None else ScopeRule(*scopes.rule),
         header_allow=list(implied) if header_allow is None else header_allow,
         query_allow=[] if query_allow is None else query_allow,
         cors=route.cors or defaults.cors,
@@ -241,15 +263,18 @@ def identity_header_names(config: GatewayConfig) -> list[str]:
     return sorted(names)
 
 
-def _merged_auth(route: RouteSpec, config: GatewayConfig) -> tuple[str, str, frozenset[str]]:
+def _merged_auth(
+    route: RouteSpec, config: GatewayConfig
+) -> tuple[str, str, frozenset[str], ScopesSpec | None]:
     mine = route.auth or RouteAuthSpec()
     default = config.defaults.auth or RouteAuthSpec()
     api_key = mine.api_key or default.api_key or "off"
     jwt = mine.jwt or default.jwt or "off"
     roles = mine.roles if mine.roles is not None else (default.roles or [])
+    scopes = mine.scopes if mine.scopes is not None else default.scopes
     if roles:
         jwt = "required"
-    return api_key, jwt, frozenset(roles)
+    return api_key, jwt, frozenset(roles), scopes
 
 
 def _allow(

@@ -1,8 +1,12 @@
 """The rate limit filter: a route's `rate_limit`, counted here or in a shared store.
 
 `by: address` runs before the credential filters (cheap, and before any work is spent on a
-flood); `by: api_key` and `by: user` after them, a request without that identity counting
-against its address. A local limit answers in the same call; a shared one too when the store
+flood); `by: api_key`, `by: user` and `by: client` after them, a request without that identity
+counting against its address. `by: client` counts per client application id (a client token's
+`client_id`), else per API key id (the calling application without a client token), else per
+address: the budget belongs to whichever application is calling. They are counted as
+`client:<id>` and `key:<id>`, so a client id never shares a budget with a key id or an address
+that happens to be spelled the same. A local limit answers in the same call; a shared one too when the store
 said this client is over already, else the count is an awaitable (ratelimit.py falls back to a
 local limit when the store is slow).
 """
@@ -28,7 +32,7 @@ class RateLimitFilter:
     def __init__(
         self, by: str, local: LocalRateLimiter | None, shared: SharedRateLimiter | None
     ) -> None:
-        self.by = by  # "address" | "api_key" | "user"
+        self.by = by  # "address" | "api_key" | "user" | "client"
         self.local = local
         self.shared = shared
 
@@ -41,6 +45,11 @@ class RateLimitFilter:
                     client = caller.api_key.id
                 elif self.by == "user" and caller.principal is not None:
                     client = caller.principal.user_id
+                elif self.by == "client":
+                    if caller.client is not None:
+                        client = "client:" + caller.client.client_id
+                    elif caller.api_key is not None:
+                        client = "key:" + caller.api_key.id
         if self.local is not None:
             wait = self.local.hit(client)
         else:

@@ -1,13 +1,17 @@
 """What of the client's request reaches the backend: the header and query allow-lists, and the
 caller's claims added as headers (headers.py holds the policies).
 
-Identity headers (`x-user-id`, `x-user-roles` and every header a claim is forwarded as on *any*
-route of the configuration, in any spelling) are taken out of every request, whatever the route:
+Identity headers (`x-user-id`, `x-user-roles`, `x-client-id`, `x-client-scopes` and every header
+a claim is forwarded as on *any* route of the configuration, in any spelling) are taken out of every request, whatever the route:
 a route with nothing to filter gets an `IdentityStrip` that does only that (the fast path: one
 scan of the header names). These filters run after the credential filters and before anything
 builds an upstream request (forwarding, aggregation, a cache fill), so no client can claim an
 identity through a route without auth, nor through a route whose backend trusts a header another
 route sets.
+
+A client application's bearer token is not forwarded even where `authorization` is allowed (a
+route open to clients that also takes user tokens implies it): the services verify a bearer token
+as a user's and would refuse it; they get `x-client-id` and `x-client-scopes` instead.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from mosaic_gateway.filters.apikeys import ApiKeyIdentity
 from mosaic_gateway.filters.caller import caller_of
 from mosaic_gateway.filters.headers import HeaderPolicy, QueryPolicy, render_lines, strip_identity
 from mosaic_gateway.http.server import Exchange
-from mosaic_kit.tokens import Principal
+from mosaic_kit.tokens import ClientPrincipal, Principal
+
+_Owner = tuple[Principal | None, ApiKeyIdentity | None, ClientPrincipal | None]
 
 _RENDERED_MAX = 10_000
 
@@ -26,14 +32,17 @@ class HeaderFilter:
 
     def __init__(self, policy: HeaderPolicy) -> None:
         self.policy = policy
-        self._rendered: dict[tuple[Principal | None, ApiKeyIdentity | None], bytes] = {}
+        self._rendered: dict[_Owner, bytes] = {}
 
     def on_request(self, exchange: Exchange) -> bool:
         policy = self.policy
-        exchange.headers = policy.filter_request(exchange.headers)
+        headers = policy.filter_request(exchange.headers)
         caller = caller_of(exchange)
         if caller is not None:
-            owner = (caller.principal, caller.api_key)
+            if caller.client is not None:
+                headers = [item for item in headers if item[0] != b"authorization"]
+            exchange.headers = headers
+            owner = (caller.principal, caller.api_key, caller.client)
             rendered = self._rendered.get(owner)
             if rendered is None:
                 rendered = render_lines(policy.identity_headers(*owner))
@@ -41,6 +50,8 @@ class HeaderFilter:
                     self._rendered.clear()  # rebuilt from scratch: cheaper than an LRU
                 self._rendered[owner] = rendered
             exchange.upstream_headers = rendered
+        else:
+            exchange.headers = headers
         return True
 
 

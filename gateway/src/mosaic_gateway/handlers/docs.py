@@ -53,6 +53,7 @@ import orjson
 from mosaic_gateway.config import DocsSpec, GatewayConfig, RouteAuthSpec, RouteSpec
 from mosaic_gateway.filters.apikeys import ApiKeyInvalid, ApiKeyMissing, ApiKeyUnavailable
 from mosaic_gateway.filters.ratelimit import RATE_LIMITED
+from mosaic_gateway.filters.scopes import SCOPE_MISSING_CODE
 from mosaic_gateway.http import problems
 from mosaic_gateway.http.server import Exchange
 from mosaic_gateway.routing.chain import Chain, LocalAnswer
@@ -75,6 +76,7 @@ _log = get_logger("mosaic_gateway.handlers.docs")
 OPERATION_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 API_KEY_SCHEME = "gatewayApiKey"
 BEARER_SCHEME = "gatewayBearer"
+CLIENT_SCHEME = "gatewayClientToken"
 _GATEWAY_SCHEMES: dict[str, Any] = {
     API_KEY_SCHEME: {
         "type": "apiKey",
@@ -87,6 +89,14 @@ _GATEWAY_SCHEMES: dict[str, Any] = {
         "scheme": "bearer",
         "bearerFormat": "JWT",
         "description": "An access token from the auth service.",
+    },
+    CLIENT_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A client application's access token (OAuth2 client credentials, "
+        "`POST /v1/oauth/token`), in place of the API key on routes open to client "
+        "applications; a requirement's list names the scopes it needs.",
     },
 }
 _COMPONENT_REF = "#/components/"
@@ -113,6 +123,9 @@ class Exposure:
     api_key: str  # required / optional / off
     jwt: str
     roles: bool = False
+    # Open to client applications: the alternatives of scopes a client token may hold (any_of:
+    # one alternative per scope; all_of: one alternative holding them all).
+    scope_sets: tuple[tuple[str, ...], ...] = ()
     rate_limited: bool = False
     body_limited: bool = False
 
@@ -140,7 +153,9 @@ class Exposure:
         return "/" + "/".join([*self.gateway_prefix, *matched[self.added :]])
 
 
-def _effective_auth(route: RouteSpec, config: GatewayConfig) -> tuple[str, str, bool]:
+def _effective_auth(
+    route: RouteSpec, config: GatewayConfig
+) -> tuple[str, str, bool, tuple[tuple[str, ...], ...]]:
     # The rule filters/pipeline.py applies: the route's own, else `defaults.auth`, else off; roles
     # imply a token.
     mine = route.auth or RouteAuthSpec()
@@ -148,7 +163,12 @@ def _effective_auth(route: RouteSpec, config: GatewayConfig) -> tuple[str, str, 
     api_key = mine.api_key or default.api_key or "off"
     jwt = mine.jwt or default.jwt or "off"
     roles = mine.roles if mine.roles is not None else default.roles
-    return api_key, "required" if roles else jwt, bool(roles)
+    scopes = mine.scopes if mine.scopes is not None else default.scopes
+    scope_sets: tuple[tuple[str, ...], ...] = ()
+    if scopes is not None:
+        mode, names = scopes.rule
+        scope_sets = tuple((name,) for name in names) if mode == "any_of" else (names,)
+    return api_key, "required" if roles else jwt, bool(roles), scope_sets
 
 
 def exposures(config: GatewayConfig) -> list[Exposure]:
@@ -165,7 +185,7 @@ def exposures(config: GatewayConfig) -> list[Exposure]:
         methods = {method.lower() for method in route.methods}
         if "get" in methods:
             methods.add("head")
-        api_key, jwt, roles = _effective_auth(route, config)
+        api_key, jwt, roles, scope_sets = _effective_auth(route, config)
         body_limit = (
             route.max_body_bytes
             if route.max_body_bytes is not None
@@ -182,6 +202,7 @@ def exposures(config: GatewayConfig) -> list[Exposure]:
                 api_key=api_key,
                 jwt=jwt,
                 roles=roles,
+                scope_sets=scope_sets,
                 rate_limited=(route.rate_limit or config.defaults.rate_limit) is not None,
                 body_limited=body_limit > 0,  # 0: no limit
             )
@@ -215,11 +236,13 @@ def gateway_problems(exposure: Exposure) -> dict[int, list[str]]:
             add(401, ApiKeyMissing.problem.code)
         add(403, ApiKeyInvalid.problem.code)
         add(503, ApiKeyUnavailable.problem.code)
-    if exposure.jwt != "off":  # an optional token that is sent is still checked
+    if exposure.jwt != "off" or exposure.scope_sets:  # a token that is sent is checked
         for status, codes in TOKEN_PROBLEMS.items():
             add(status, *codes)
     if exposure.roles:
         add(403, *ROLE_PROBLEMS[403])
+    if exposure.scope_sets:
+        add(403, SCOPE_MISSING_CODE)
     if exposure.body_limited:
         add(413, problems.BODY_TOO_LARGE.code)
     if exposure.rate_limited:
@@ -322,6 +345,18 @@ def _required_security(operation: Json, exposure: Exposure, document: Json) -> l
     ]
     for scheme in optional:  # an optional credential: with or without it
         alternatives += [{**item, scheme: []} for item in alternatives]
+    if exposure.scope_sets:
+        # A client token stands in for the API key, and takes the one Authorization header a
+        # user's token (the gateway's or the backend's own bearer scheme) would.
+        replaced = {API_KEY_SCHEME, BEARER_SCHEME, *_bearer_schemes(document)}
+        alternatives += [
+            {
+                **{name: scopes for name, scopes in item.items() if name not in replaced},
+                CLIENT_SCHEME: list(needed),
+            }
+            for item in alternatives
+            for needed in exposure.scope_sets
+        ]
     unique: list[Json] = []
     for item in alternatives:
         if item not in unique:
@@ -473,7 +508,11 @@ class Merger:
         for _, _, operation, _ in kept:
             _refs(operation, wanted)
             wanted |= _security_names(operation)
-        wanted -= {("securitySchemes", API_KEY_SCHEME), ("securitySchemes", BEARER_SCHEME)}
+        wanted -= {
+            ("securitySchemes", API_KEY_SCHEME),
+            ("securitySchemes", BEARER_SCHEME),
+            ("securitySchemes", CLIENT_SCHEME),
+        }
         needed: set[tuple[str, str]] = set()
         while wanted:
             key = wanted.pop()

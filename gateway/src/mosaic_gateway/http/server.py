@@ -134,6 +134,7 @@ class Exchange:
         "cache_status",
         "caller",
         "chunked",
+        "client_id",
         "close_after",
         "conn",
         "content_length",
@@ -209,12 +210,13 @@ class Exchange:
         self.caller: object | None = None
         self.upstream_headers = b""
         self.hook: ResponseHook | None = None
-        # Rendered header lines added to the response (CORS), and the caller's user id once
-        # a token was verified (for the access log).
+        # Rendered header lines added to the response (CORS), and the caller's user id or
+        # client application id once a token was verified (for the access log and metrics).
         self.response_extra = b""
         # "HIT", "MISS" or "BYPASS" on a route with a cache (cache.py); else None.
         self.cache_status: str | None = None
         self.user_id: str | None = None
+        self.client_id: str | None = None
         # What the access log, metrics and tracing report (lifecycle/observer.py)
         self.started = time.perf_counter()
         self.status = 0  # of the response head sent, once sent

@@ -85,6 +85,7 @@ class Observer:
                 duration,
                 exchange.bytes_out,
                 exchange.cache_status,
+                exchange.client_id,
             )
         span = cast("Span | None", exchange.trace)
         exporter = self.exporter
@@ -146,7 +147,12 @@ def build_observer(
     """The worker's observer; metrics only where they can be scraped (an admin listener)."""
     metrics = None
     if settings.metrics.enabled and admin:
-        metrics = Metrics(settings.metrics.buckets, index=index, directory=metrics_dir)
+        metrics = Metrics(
+            settings.metrics.buckets,
+            index=index,
+            directory=metrics_dir,
+            max_clients=settings.metrics.max_clients,
+        )
     access_log = None
     if settings.access_log.enabled:
         access_log = AccessLog(loop, settings.access_log.path)

@@ -1,11 +1,14 @@
 """Prometheus metrics: plain dict increments per request, summed over the workers when scraped.
 
 The request path calls `Metrics.record` once per request: a counter keyed by (route template,
-method, status, backend), a duration histogram bucket and byte count per route, and a cache
-result count when the route has a cache. Upstream failures and retries are counted where they
+method, status, backend, client), a duration histogram bucket and byte count per route, and a
+cache result count when the route has a cache. Upstream failures and retries are counted where they
 happen (handlers/forward.py). No `prometheus_client` object is touched per request, and labels are bounded:
 route templates (not paths), known methods (others read `OTHER`), backends and instances from
-the configuration or discovery.
+the configuration or discovery, and client application ids: `""` for a request without a client
+token, the id for the first `max_clients` distinct ids a worker sees (kept for its life, and
+inherited by a worker that replaces it), `other` for every later one. So one worker renders at
+most `max_clients + 2` client values; summed over W workers, at most `W * max_clients + 2`.
 
 Gauges (breaker state, instance health and ejection, requests in flight) are not kept: they are
 read from the worker's live state when asked (`gauges`, set by the worker).
@@ -40,6 +43,8 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 DUMP_INTERVAL = 1.0
 STALE_AFTER = 5.0
 UNMATCHED = "unmatched"  # the route label of requests no route took (404, 405, bad requests)
+NO_CLIENT = ""  # the client label of requests without a client token (Prometheus: no label)
+OTHER_CLIENT = "other"  # the client label once `max_clients` distinct ids were seen
 
 METHOD_LABELS: dict[bytes, str] = {
     method.encode("ascii"): method
@@ -49,8 +54,8 @@ METHOD_LABELS: dict[bytes, str] = {
 # Counter families: name -> (help, label names).
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_requests_total": (
-        "Requests answered, by route template, method, status and backend.",
-        ("route", "method", "status", "backend"),
+        "Requests answered, by route template, method, status, backend and client application.",
+        ("route", "method", "status", "backend", "client"),
     ),
     "gateway_response_bytes_total": (
         "Bytes sent to clients (response heads included), by route.",
@@ -125,13 +130,17 @@ class Metrics:
         *,
         index: int = 0,
         directory: str | None = None,
+        max_clients: int = 100,
     ) -> None:
         self.bounds = tuple(bounds)
+        self.max_clients = max_clients
+        # The client ids that are labels of their own (bounded cardinality; see the docstring).
+        self.clients: set[str] = set()
         self.index = index
         self.worker = str(index)
         self.directory = Path(directory) if directory else None
         # Keyed by the label values; status is an int here (a str in files and output).
-        self.requests: dict[tuple[str, str, int, str], int] = {}
+        self.requests: dict[tuple[str, str, int, str, str], int] = {}
         self.routes: dict[str, RouteSeries] = {}
         self.cache: dict[tuple[str, str], int] = {}
         self.failures: dict[tuple[str, str, str], int] = {}
@@ -153,8 +162,15 @@ class Metrics:
         duration: float,
         size: int,
         cache: str | None,
+        client: str | None = None,
     ) -> None:
-        key = (route, method, status, backend)
+        key = (
+            route,
+            method,
+            status,
+            backend,
+            NO_CLIENT if client is None else self._client(client),
+        )
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         series = self.routes.get(route)
@@ -166,6 +182,15 @@ class Metrics:
         if cache is not None:
             cache_key = (route, cache)
             self.cache[cache_key] = self.cache.get(cache_key, 0) + 1
+
+    def _client(self, client: str) -> str:
+        clients = self.clients
+        if client in clients:
+            return client
+        if len(clients) < self.max_clients and client not in (NO_CLIENT, OTHER_CLIENT):
+            clients.add(client)
+            return client
+        return OTHER_CLIENT
 
     def upstream_failed(self, backend: str, instance: str, reason: str) -> None:
         key = (backend, instance, reason)
@@ -181,8 +206,8 @@ class Metrics:
         """This worker's numbers as plain JSON types (what its file holds)."""
         counters: dict[str, list[list[Any]]] = {
             "gateway_requests_total": [
-                [route, method, str(status), backend, value]
-                for (route, method, status, backend), value in self.requests.items()
+                [route, method, str(status), backend, client, value]
+                for (route, method, status, backend, client), value in self.requests.items()
             ],
             "gateway_response_bytes_total": [
                 [route, series.bytes] for route, series in self.routes.items()
@@ -256,8 +281,12 @@ class Metrics:
         if document.get("bounds") != list(self.bounds):
             return  # another bucket layout (a restart with a new configuration): start afresh
         counters = document.get("counters", {})
-        for route, method, status, backend, value in counters.get("gateway_requests_total", []):
-            self.requests[(route, method, int(status), backend)] = int(value)
+        for route, method, status, backend, client, value in counters.get(
+            "gateway_requests_total", []
+        ):
+            self.requests[(route, method, int(status), backend, client)] = int(value)
+            if client not in (NO_CLIENT, OTHER_CLIENT) and len(self.clients) < self.max_clients:
+                self.clients.add(client)
         for route, buckets, total in document.get("histogram", []):
             series = self.routes[route] = RouteSeries(len(self.bounds) + 1)
             series.buckets = [int(count) for count in buckets]

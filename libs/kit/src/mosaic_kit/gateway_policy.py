@@ -1,7 +1,8 @@
 """A route's gateway policy, declared beside the route and published in the service's OpenAPI.
 
 Each operation the gateway exposes carries an `x-mosaic-gateway` object in the service's own
-OpenAPI document: who may call it (API key, bearer token, roles), which request headers and query
+OpenAPI document: who may call it (API key, bearer token, roles, the scopes a client application's
+token needs on a route open to client applications), which request headers and query
 parameters reach the service (the gateway denies the rest), how big its body may be, whether its
 answers are cached and which events drop them, its rate limit. The FastAPI adapter writes it
 (`mosaic_kit.fastapi.gateway`: declared with `through_gateway(...)`, completed from the route's own
@@ -14,11 +15,19 @@ No framework here: the devstack reads documents with it, whatever built them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["EXTENSION", "JSON_BODY", "NO_BODY", "GatewayPolicy", "exposed_operations"]
+__all__ = [
+    "EXTENSION",
+    "JSON_BODY",
+    "NO_BODY",
+    "SCOPE_PATTERN",
+    "GatewayPolicy",
+    "ScopeRule",
+    "exposed_operations",
+]
 
 EXTENSION = "x-mosaic-gateway"
 
@@ -28,6 +37,28 @@ NO_BODY = "1KiB"
 JSON_BODY = "16KiB"
 
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+SCOPE_PATTERN = r"^[a-z]+:[a-z]+$"
+
+
+class ScopeRule(BaseModel):
+    """The scopes a client application's token needs: any one of `any_of`, or all of `all_of`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    any_of: tuple[Annotated[str, Field(pattern=SCOPE_PATTERN)], ...] | None = Field(
+        None, min_length=1
+    )
+    all_of: tuple[Annotated[str, Field(pattern=SCOPE_PATTERN)], ...] | None = Field(
+        None, min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScopeRule:
+        if (self.any_of is None) == (self.all_of is None):
+            raise ValueError("give exactly one of any_of or all_of")
+        return self
 
 
 class GatewayPolicy(BaseModel):
@@ -42,6 +73,11 @@ class GatewayPolicy(BaseModel):
         "off", description="A bearer token: required, checked when sent, or not looked at."
     )
     roles: tuple[str, ...] = Field((), description="Any one of these roles admits.")
+    scopes: ScopeRule | None = Field(
+        None,
+        description="Open to client applications: a client token with these scopes is accepted "
+        "in place of the API key.",
+    )
     headers: tuple[str, ...] = Field(
         (), description="Request headers the operation reads, beyond the gateway's base set."
     )

@@ -205,10 +205,14 @@ TRANSITION = route_responses(
 
 # --- public -------------------------------------------------------------------------------------
 
+# Published blogs are open to third-party applications too: a client-credentials token with this
+# scope stands in for the API key at the gateway (docs/gateway.md, "Security per route").
+READ_SCOPES = ("blogs:read",)
+
 
 @router.get(
     "/blogs",
-    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
+    openapi_extra=through_gateway(scopes=READ_SCOPES, cache=PUBLIC_READ_CACHE),
     tags=["public"],
     summary="Published blogs, newest first",
     responses=route_responses(CURSOR_PROBLEMS, answer=PublicPage),
@@ -224,7 +228,7 @@ async def list_blogs(
 
 @router.get(
     "/blogs/by-slug/{slug}",
-    openapi_extra=through_gateway(cache=BLOG_VIEW_CACHE),
+    openapi_extra=through_gateway(scopes=READ_SCOPES, cache=BLOG_VIEW_CACHE),
     tags=["public"],
     summary="A published blog by its slug",
     responses=route_responses({404: "blog.not_found"}, answer=BlogDetail),
@@ -237,7 +241,7 @@ async def blog_by_slug(
 
 @router.get(
     "/blogs/{blog_id}",
-    openapi_extra=through_gateway(cache=BLOG_VIEW_CACHE),
+    openapi_extra=through_gateway(scopes=READ_SCOPES, cache=BLOG_VIEW_CACHE),
     tags=["public"],
     summary="A published blog",
     responses=route_responses({404: "blog.not_found"}, answer=BlogDetail),
@@ -248,7 +252,7 @@ async def blog_by_id(blog_id: uuid.UUID, svc: Service) -> Response:
 
 @router.get(
     "/blogs/{blog_id}/similar",
-    openapi_extra=through_gateway(cache=PUBLIC_READ_CACHE),
+    openapi_extra=through_gateway(scopes=READ_SCOPES, cache=PUBLIC_READ_CACHE),
     tags=["public"],
     summary="Up to 6 published blogs most like it",
     responses=route_responses({404: "blog.not_found"}, answer=Similar),

@@ -67,6 +67,10 @@ def _picks(picks: list[Pick]) -> dict[str, Any]:
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
 
+# What needs no reader is open to third-party applications too: a client-credentials token with
+# this scope stands in for the API key at the gateway (docs/gateway.md, "Security per route").
+READ_SCOPES = ("recommendations:read",)
+
 
 @router.get(
     "/me",
@@ -90,7 +94,7 @@ async def for_me(
 
 @router.get(
     "/blogs/{blog_id}",
-    openapi_extra=through_gateway(),
+    openapi_extra=through_gateway(scopes=READ_SCOPES),
     summary="Readers also liked: co-engagement, else similar text",
     responses=route_responses({404: "reco.blog_not_found"}, answer=Picks),
 )
@@ -100,7 +104,7 @@ async def also_liked(blog_id: uuid.UUID, svc: Service, limit: Limit = 10) -> dic
 
 @router.get(
     "/trending",
-    openapi_extra=through_gateway(),
+    openapi_extra=through_gateway(scopes=READ_SCOPES),
     summary="Blogs by their readers' recent signals, each decayed by its age",
     responses=route_responses(answer=Picks),
 )

@@ -13,6 +13,11 @@ writes it as the operation's `x-mosaic-gateway` (`mosaic_kit.gateway_policy.Gate
   when it reads a token;
 - the body limit: as declared, else `NO_BODY` without a body and `JSON_BODY` with one.
 
+Scopes are declared beside the roles, in the decorator: `through_gateway(scopes=["blogs:read"])`
+opens the route to third-party applications whose client-credentials token holds any one of them
+(`all_scopes=True`: all of them); the gateway then accepts such a token in place of the API key
+and sends the service `x-client-id` / `x-client-scopes` instead of the token.
+
 So adding a route, a query parameter or a role needs no edit anywhere else: `mosaic up` generates
 the gateway's routes from the services' documents. A route without `through_gateway` is not
 exposed (the gateway denies by default).
@@ -42,14 +47,21 @@ def through_gateway(
     headers: Sequence[str] = (),
     cache: Mapping[str, Any] | None = None,
     rate_limit: Mapping[str, Any] | None = None,
+    scopes: Sequence[str] = (),
+    all_scopes: bool = False,
 ) -> dict[str, Any]:
     """The `openapi_extra` of a route the gateway exposes.
 
     `api_key=False` opens it to callers without an API key (the JWKS); `body` is its body limit;
     `headers` are request headers it reads without declaring them as parameters; `cache` and
-    `rate_limit` are the gateway's sections of those names (docs/gateway.md).
+    `rate_limit` are the gateway's sections of those names (docs/gateway.md); `scopes` opens it
+    to client applications whose token holds any one of them (every one with `all_scopes`).
     """
     declared: dict[str, Any] = {"api_key": "required" if api_key else "off"}
+    if scopes:
+        declared["scopes"] = {"all_of" if all_scopes else "any_of": list(scopes)}
+    elif all_scopes:
+        raise ValueError("all_scopes needs scopes")
     if body is not None:
         declared["max_body_bytes"] = body
     if headers:
