@@ -332,17 +332,27 @@ def main() -> int:
         backend.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    load_average = round(os.getloadavg()[1], 2)  # the last 5 minutes: about this run
     keyed_rps, token_rps = rows["api-key"].rps, rows["client-token"].rps
     ratio = round(token_rps / keyed_rps, 3) if keyed_rps and token_rps else None
     ordered = list(rows.values())
     print_rows(ordered, ratio, machine)
+    if load_average > (os.cpu_count() or 1):
+        print(
+            f"WARNING: load average {load_average} over {os.cpu_count()} CPUs during the run:"
+            " other work shared the machine, the figures (and the ratio) are not reliable"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
             {
                 "benchmark": "oauth",
                 "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "note": machine},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "note": machine,
+                    "load_average_5m": load_average,
+                },
                 "load": {
                     "tool": "wrk",
                     "threads": args.threads,
