@@ -12,6 +12,7 @@ BENCHMARKS = [
     "auth_users_me.py",
     "blog_reads.py",
     "gateway_proxy.py",
+    "oauth.py",
     "service_chassis.py",
     "gateway_worker_start.py",
     "reco_eval.py",
