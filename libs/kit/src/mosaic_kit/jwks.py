@@ -15,12 +15,14 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mosaic_kit.logging import get_logger
+
+if TYPE_CHECKING:
+    import httpx  # only the HTTP key source's type: the gateway's workers fetch keys over NATS
 
 __all__ = [
     "ED25519_KEY_BYTES",
