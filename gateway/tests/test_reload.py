@@ -240,6 +240,37 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
     await client.close()
 
 
+async def test_a_reload_keeps_the_discovered_instances_when_discovery_does_not_answer(
+    nc: Client, nats_url: str, backends: BackendFactory, gws: Gateways
+) -> None:
+    # The new runtime's first discovery round finds nobody (the announcements stopped, as when
+    # a round is slow or NATS hiccups): it starts from the instances the old runtime knew.
+    service = "blog-" + uuid.uuid4().hex[:8]
+    a = backends("a")
+    announced = await announce(nc, service, a.url)
+    discovery = {"nats": {"service": service, "interval": "500ms", "timeout": "200ms"}}
+
+    def config(path: str) -> dict[str, Any]:
+        document = gateway_config(
+            {"blog": {"discovery": discovery}},
+            [{"path": path, "methods": ["GET"], "backend": "blog"}],
+        )
+        document["nats"] = {"url": nats_url}
+        return document
+
+    gateway = await asyncio.to_thread(gws, config("/v1/*"))
+    client = gateway.client()
+    assert (await client.get("/v1/x")).status_code == 200
+    await announced.stop()
+    await wait_for_event(gateway, "discovery_empty")
+    rewrite(gateway, config("/*"))
+    await wait_for_event(gateway, "config_reloaded")
+    answer = await client.get("/v1/x")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["instance"] == "a"
+    assert await instance_urls(gateway, "blog") == {a.url}
+
+
 async def test_a_reload_keeps_nats_connected_and_discovered_instances_serve_without_a_gap(
     nc: Client, nats_url: str, backends: BackendFactory, gws: Gateways
 ) -> None:

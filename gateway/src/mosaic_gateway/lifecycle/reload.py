@@ -207,7 +207,7 @@ class Reloader:
         runtime: Runtime | None = None
         try:
             await worker.context.open(config)  # a `nats:` section that was not there before
-            runtime = build_runtime(config, worker.context, worker.forwarder)
+            runtime = build_runtime(config, worker.context, worker.forwarder, worker.runtime)
             await runtime.start()
         except asyncio.CancelledError:
             if runtime is not None:

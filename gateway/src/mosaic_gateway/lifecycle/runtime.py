@@ -91,9 +91,14 @@ class Runtime:
         return {name: backend.snapshot() for name, backend in self.backends.items()}
 
 
-def build_runtime(config: GatewayConfig, context: WorkerContext, forwarder: Forwarder) -> Runtime:
+def build_runtime(
+    config: GatewayConfig,
+    context: WorkerContext,
+    forwarder: Forwarder,
+    previous: Runtime | None = None,
+) -> Runtime:
     timeouts = config.server.timeouts
-    backends, checkers, watchers = build_backends(config, context)
+    backends, checkers, watchers = build_backends(config, context, previous)
     default_limit = config.server.limits.max_body_bytes
     specs = []
     caches, cache_invalidation = build_caches(config, context)
@@ -218,8 +223,11 @@ def _retry_policy(spec: RetriesSpec) -> RetryPolicy | None:
 
 
 def build_backends(
-    config: GatewayConfig, context: WorkerContext
+    config: GatewayConfig, context: WorkerContext, previous: Runtime | None = None
 ) -> tuple[dict[str, Backend], list[HealthChecker], list[DiscoveryWatcher]]:
+    """`previous`: the runtime a reload replaces. A discovered backend starts from the instances
+    it had there, so a slow first discovery round cannot leave a reloaded route with none (the
+    round then updates them, as any later one does)."""
     loop = context.loop
     connect_default = config.server.timeouts.connect
     backends: dict[str, Backend] = {}
@@ -242,6 +250,11 @@ def build_backends(
                 [Address(i.url, i.host, i.port, i.weight) for i in spec.instances]
             )
         discovery = spec.discovery
+        known = previous.backends.get(name) if previous is not None else None
+        if discovery is not None and known is not None:
+            backend.update_instances(
+                [Address(i.url, i.host, i.port, i.weight) for i in known.instances]
+            )
         if discovery is not None and discovery.dns is not None:
             dns = discovery.dns
             watchers.append(
