@@ -4,15 +4,23 @@ files nobody commits."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import socket
 import stat
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.aio.client
+import nats.errors
 import pytest
 import yaml
 
-from mosaic_devstack import compose
+from mosaic_devstack import compose, nats_auth
+from mosaic_devstack.embedded import nats_server_binary
 from mosaic_devstack.services import SERVICES, Service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,3 +181,156 @@ def test_generated_secrets_are_made_once_and_fit_together(tmp_path: Path) -> Non
     assert compose.write_secrets(tmp_path, SERVICES) == []
     assert {p.name: p.read_text() for p in folder.iterdir()} == before
     assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+def _users(text: str) -> dict[str, str]:
+    """user -> the configuration text of its password, from a rendered authorization block."""
+    found = re.findall(r'\{"user": "([^"]+)", "password": ([^,}]+)', text)
+    return dict(found)
+
+
+def test_nats_runs_with_the_users_of_mosaic_up_and_no_password_in_the_repo(
+    document: dict[str, Any],
+) -> None:
+    config = (ROOT / compose.NATS_FILE).read_text()
+    assert f"include {compose.NATS_PASSWORDS}\n" in config
+    expected = nats_auth.users(SERVICES)
+    users = _users(config)
+    assert list(users) == list(expected)
+    # Every password is a variable of the included secret, never a value.
+    assert users == {user: f"${nats_auth.password_secret(user)}" for user in expected}
+    assert config.count('"permissions"') == len([p for p in expected.values() if p is not None])
+    for node in compose.NATS_NODES:
+        assert document["services"][node]["secrets"] == [
+            {"source": "nats-passwords.conf", "target": compose.NATS_PASSWORDS_PATH}
+        ]
+    assert document["secrets"]["nats-passwords.conf"] == {
+        "file": f"./{compose.SECRETS_FOLDER}/{compose.NATS_PASSWORDS}"
+    }
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_every_service_connects_as_its_own_nats_user(
+    document: dict[str, Any], service: Service
+) -> None:
+    services = document["services"]
+    blocks = [services[service.name]]
+    for name in (f"{service.name}-migrate", f"{service.name}-seed"):
+        if name in services:
+            blocks.append(services[name])
+    for block in blocks:
+        env = block["environment"]
+        assert env["NATS_USER"] == service.name
+        assert env["NATS_INBOX_PREFIX"] == f"_INBOX_{service.name}"
+        # Its own password file, not another user's, at SECRETS_DIR/NATS_PASSWORD.
+        assert {"source": f"nats_password_{service.name}", "target": "NATS_PASSWORD"} in block[
+            "secrets"
+        ]
+
+
+def test_the_gateway_names_its_nats_user_and_password_file(document: dict[str, Any]) -> None:
+    gateway = document["services"]["gateway"]
+    assert gateway["secrets"] == [{"source": "nats_password_gateway", "target": "NATS_PASSWORD"}]
+    assert document["secrets"]["nats_password_gateway"] == {
+        "file": f"./{compose.SECRETS_FOLDER}/NATS_PASSWORD_GATEWAY"
+    }
+    nats = yaml.safe_load((ROOT / compose.GATEWAY_FILE).read_text())["nats"]
+    assert nats["user"] == "gateway"
+    # Compose mounts a secret without a target path under /run/secrets.
+    assert nats["password_file"] == "/run/secrets/NATS_PASSWORD"
+    assert nats["inbox_prefix"] == "_INBOX_gateway"
+    assert "password" not in nats
+
+
+def test_no_committed_file_holds_a_nats_password(tmp_path: Path) -> None:
+    compose.write_secrets(tmp_path, SERVICES)
+    folder = tmp_path / compose.SECRETS_FOLDER
+    values = [
+        (folder / nats_auth.password_secret(u)).read_text().strip()
+        for u in nats_auth.users(SERVICES)
+    ]
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for relative in (compose.COMPOSE_FILE, compose.NATS_FILE, compose.GATEWAY_FILE):
+        assert str(relative) in tracked
+        text = (ROOT / relative).read_text()
+        assert not re.search(r'"password": "', text), relative
+        assert not any(value in text for value in values)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _connect(port: int, user: str, password: str) -> nats.aio.client.Client:
+    return await nats.connect(
+        f"nats://127.0.0.1:{port}",
+        user=user,
+        password=password,
+        connect_timeout=2,
+        max_reconnect_attempts=0,
+        allow_reconnect=False,
+    )
+
+
+def test_the_rendered_nats_conf_runs_with_the_included_passwords(tmp_path: Path) -> None:
+    """The committed nats.conf and the `--secrets` file, in a real nats-server (one node, no
+    routes): each user logs in with its own password file, a wrong one is refused, and a
+    service's permissions hold."""
+    compose.write_secrets(tmp_path, SERVICES)
+    folder = tmp_path / compose.SECRETS_FOLDER
+    port = _free_port()
+    config = (ROOT / compose.NATS_FILE).read_text()
+    config = re.sub(r"cluster \{.*?\n\}\n", "", config, flags=re.S)
+    config = config.replace("port: 4222", f"port: {port}").replace("http_port: 8222\n", "")
+    config = config.replace("store_dir: /data", f"store_dir: {json.dumps(str(tmp_path / 'js'))}")
+    (folder / "nats.conf").write_text(config)
+    server = subprocess.Popen(
+        [str(nats_server_binary()), "-c", str(folder / "nats.conf")],
+        env={"SERVER_NAME": "test-node", "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def password(user: str) -> str:
+            return (folder / nats_auth.password_secret(user)).read_text().strip()
+
+        async def check() -> None:
+            for _ in range(100):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        break
+                except OSError:
+                    await asyncio.sleep(0.05)
+            for user in nats_auth.users(SERVICES):
+                client = await _connect(port, user, password(user))
+                await client.close()
+            with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+                await _connect(port, "blog", password("auth"))
+            errors: list[Exception] = []
+
+            async def on_error(exc: Exception) -> None:
+                errors.append(exc)
+
+            blog = await nats.connect(
+                f"nats://127.0.0.1:{port}",
+                user="blog",
+                password=password("blog"),
+                error_cb=on_error,
+                allow_reconnect=False,
+            )
+            await blog.publish("events.auth.user.created", b"{}")
+            await blog.flush()
+            await asyncio.sleep(0.2)
+            await blog.close()
+            assert any("permissions violation" in str(e).lower() for e in errors), errors
+
+        asyncio.run(check())
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

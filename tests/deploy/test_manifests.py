@@ -14,7 +14,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no type info
 import pytest
 import yaml
 
-from mosaic_devstack import manifests
+from mosaic_devstack import manifests, nats_auth
 from mosaic_devstack.cli import main
 from mosaic_devstack.services import SERVICES, Service, load_services
 from mosaic_gateway.config import parse_config
@@ -282,7 +282,14 @@ def test_a_service_added_to_the_registry_gets_its_full_set(tmp_path: Path) -> No
     assert "X_KEY" in guide
     assert "notes-db" in guide
     volume = resources["deployment-notes.yaml"]["spec"]["template"]["spec"]["volumes"][1]
-    assert [i["key"] for i in volume["secret"]["items"]] == ["DATABASE_URL", "X_KEY"]
+    assert [i["key"] for i in volume["secret"]["items"]] == [
+        "DATABASE_URL",
+        "NATS_PASSWORD",
+        "X_KEY",
+    ]
+    # The new service is a NATS user too, its password read from its own Secret.
+    users = manifests.nats_values(load_services(registry))["config"]["merge"]["authorization"]
+    assert "notes" in {u["user"] for u in users["users"]}
 
 
 def _auth() -> dict[str, Any]:
@@ -310,3 +317,85 @@ def test_cli_renders_and_refuses_an_unknown_overlay(
     (tmp_path / "mine" / "keep.txt").write_text("x")
     assert main(["manifests", "--overlay", "dev", "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine" / "keep.txt").read_text() == "x"
+
+
+def _pod(resource: Resource) -> dict[str, Any]:
+    spec: dict[str, Any] = resource["spec"]["template"]["spec"]
+    return spec
+
+
+def _mounted_secret(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == manifests.SECRETS_DIR)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    secret: dict[str, Any] = volume["secret"]
+    return secret
+
+
+def test_every_service_pod_connects_as_its_own_nats_user(rendered: Any) -> None:
+    _, _, resources = rendered
+    configs = _of_kind(resources, "ConfigMap")
+    pods = {
+        name: _pod(r)
+        for name, r in {**_of_kind(resources, "Deployment"), **_of_kind(resources, "Job")}.items()
+    }
+    for service in SERVICES:
+        config = configs[f"{service.name}-config"]["data"]
+        assert config["NATS_USER"] == service.name
+        assert config["NATS_INBOX_PREFIX"] == f"_INBOX_{service.name}"
+        mine = [pod for name, pod in pods.items() if name.split("-migrate-")[0] == service.name]
+        assert mine, service.name
+        for pod in mine:
+            secret = _mounted_secret(pod, pod["containers"][0])
+            # Its own Secret's password, at SECRETS_DIR/NATS_PASSWORD.
+            assert secret["secretName"] == f"{service.name}-secrets"
+            assert {"key": "NATS_PASSWORD", "path": "NATS_PASSWORD"} in secret["items"]
+
+
+def test_the_gateway_names_its_nats_user_and_mounts_its_password(rendered: Any) -> None:
+    _, _, resources = rendered
+    text = _of_kind(resources, "ConfigMap")["gateway-config"]["data"]["gateway.yaml"]
+    nats = yaml.safe_load(text)["nats"]
+    assert nats == {
+        "url": manifests.NATS_URL,
+        "user": "gateway",
+        "password_file": f"{manifests.SECRETS_DIR}/NATS_PASSWORD",
+        "inbox_prefix": "_INBOX_gateway",
+    }
+    pod = _pod(_of_kind(resources, "Deployment")["gateway"])
+    secret = _mounted_secret(pod, pod["containers"][0])
+    assert secret["secretName"] == "gateway-secrets"
+    assert secret["items"] == [{"key": "NATS_PASSWORD", "path": "NATS_PASSWORD"}]
+
+
+def test_nats_values_hold_the_users_of_mosaic_up_and_no_password(rendered: Any) -> None:
+    _, out, _ = rendered
+    values = yaml.safe_load((out / manifests.NATS_VALUES).read_text())
+    expected = nats_auth.users(SERVICES)
+    users = values["config"]["merge"]["authorization"]["users"]
+    assert [u["user"] for u in users] == list(expected)
+    env = values["container"]["env"]
+    guide = (out / "create-secrets.sh").read_text()
+    for entry in users:
+        user = entry["user"]
+        variable = f"NATS_PASSWORD_{user.upper()}"
+        # The chart writes `<< $X >>` unquoted: the server reads the variable, set from a Secret.
+        assert entry["password"] == f"<< ${variable} >>"
+        granted = expected[user]
+        assert entry.get("permissions") == (granted.to_json() if granted else None)
+        ref = env[variable]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == "NATS_PASSWORD"
+        # create-secrets.sh makes that Secret with a generated password, never a literal.
+        line = next(line for line in guide.splitlines() if f"secret generic {ref['name']}" in line)
+        index = guide.index(line)
+        block = guide[index : guide.find("\n\n", index)]
+        assert 'NATS_PASSWORD="n$(openssl rand -hex 32)"' in block
+    assert set(env) == {f"NATS_PASSWORD_{u.upper()}" for u in expected}
+
+
+def test_auth_is_told_the_public_gateway_url(rendered: Any) -> None:
+    overlay, _, resources = rendered
+    url = manifests.load_overlay(overlay).public_url
+    assert url
+    config = _of_kind(resources, "ConfigMap")
+    assert config["auth-config"]["data"]["AUTH_PUBLIC_URL"] == url.rstrip("/")
+    assert "AUTH_PUBLIC_URL" not in config["blog-config"]["data"]

@@ -10,6 +10,11 @@ configuration and the gateway's, the latter generated from the services' OpenAPI
 No secret value is written here. Compose mounts the files of `deploy/compose/secrets/` (made by
 `mosaic compose --secrets`, ignored by git and docker) at `SECRETS_DIR` in each container.
 
+NATS runs with the users and permissions of `mosaic up` (`nats_auth`): `nats.conf` holds the
+`authorization` block with each password as a `$NATS_PASSWORD_<USER>` variable, defined by the
+file it includes, `nats-passwords.conf`, a secret `--secrets` writes from the same kept passwords
+each service's and the gateway's `NATS_PASSWORD` file holds.
+
 Discovery: the gateway finds instances through NATS (`gateway_config.backend_section`), so each
 replica must advertise an address the gateway reaches. Replicas of one compose service share its
 settings, so the address cannot be set per replica in the file: each container's entrypoint
@@ -18,6 +23,7 @@ builds it from its own hostname (the container id, which Docker's DNS resolves o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from mosaic_devstack import nats_auth
 from mosaic_devstack.gateway_config import GatewaySettings, gateway_config, render
 from mosaic_devstack.images import image_name
 from mosaic_devstack.services import Service, openapi_documents
@@ -54,6 +61,10 @@ GATEWAY_WORKERS = 2
 SECRETS_DIR = "/run/secrets"
 GATEWAY_CONFIG_PATH = "/etc/mosaic-gateway/gateway.yaml"
 NATS_CONFIG_PATH = "/etc/nats/nats.conf"
+NATS_PASSWORDS = "nats-passwords.conf"
+"""The secret file defining the password variables nats.conf reads (beside it in the node)."""
+NATS_PASSWORDS_PATH = f"/etc/nats/{NATS_PASSWORDS}"
+NATS_PASSWORD = "NATS_PASSWORD"  # noqa: S105 (the setting's name, not a value)
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
 NATS_URL = ",".join(f"nats://{node}:4222" for node in NATS_NODES)
 PG_DATABASE = "mosaic"
@@ -84,13 +95,23 @@ def _secret_name(key: str) -> str:
 
 def service_secret_keys(service: Service) -> list[str]:
     """The settings a service reads from `SECRETS_DIR`: the database URL (it embeds the
-    password) and the secrets the registry says it needs."""
-    return list(dict.fromkeys([DATABASE_URL, *service.secrets]))
+    password), its NATS password and the secrets the registry says it needs."""
+    return list(dict.fromkeys([DATABASE_URL, NATS_PASSWORD, *service.secrets]))
+
+
+def _source_file(service: str, key: str) -> str:
+    """The file of `deploy/compose/secrets/` holding setting `key` of `service`: its NATS
+    password is its own (`NATS_PASSWORD_<NAME>`), the other secrets are shared by name."""
+    return nats_auth.password_secret(service) if key == NATS_PASSWORD else key
+
+
+def _nats_password_files(services: Sequence[Service]) -> list[str]:
+    return [nats_auth.password_secret(user) for user in nats_auth.users(services)]
 
 
 def secret_files(services: Sequence[Service]) -> list[str]:
     """The file names `deploy/compose/secrets/` must hold."""
-    keys = [POSTGRES_PASSWORD, DATABASE_URL]
+    keys = [POSTGRES_PASSWORD, DATABASE_URL, *_nats_password_files(services), NATS_PASSWORDS]
     for service in services:
         keys.extend(service.secrets)
     return list(dict.fromkeys(keys))
@@ -117,6 +138,8 @@ def _service_env(service: Service) -> dict[str, str]:
         # Three JetStream nodes: every event stream on all of them, so a node lost loses nothing.
         "NATS_STREAM_REPLICAS": str(len(NATS_NODES)),
         "REDIS_URL": "redis://redis:6379/0",
+        "NATS_USER": service.name,
+        "NATS_INBOX_PREFIX": nats_auth.inbox_prefix(service.name),
         "SECRETS_DIR": SECRETS_DIR,
         "LOG_FORMAT": "json",
         # The gateway replaces a client's X-Forwarded-For with the address it saw (as in
@@ -133,7 +156,8 @@ def _service_common(service: Service) -> dict[str, Any]:
         "image": f"{image_name(service.name)}:${{MOSAIC_TAG:-dev}}",
         "environment": _service_env(service),
         "secrets": [
-            {"source": _secret_name(key), "target": key} for key in service_secret_keys(service)
+            {"source": _secret_name(_source_file(service.name, key)), "target": key}
+            for key in service_secret_keys(service)
         ],
         **_hardened(),
     }
@@ -206,6 +230,7 @@ def _infrastructure() -> dict[str, Any]:
             # The one configuration file names each node through this variable.
             "environment": {"SERVER_NAME": node},
             "configs": [{"source": "nats", "target": NATS_CONFIG_PATH}],
+            "secrets": [{"source": _secret_name(NATS_PASSWORDS), "target": NATS_PASSWORDS_PATH}],
             "volumes": [f"{node}-data:/data"],
             "healthcheck": {
                 # Not waiting for a JetStream leader: that needs the other nodes, which start
@@ -238,11 +263,13 @@ def _infrastructure() -> dict[str, Any]:
     return blocks
 
 
-def nats_config() -> str:
+def nats_config(services: Sequence[Service]) -> str:
     routes = ", ".join(f"nats://{node}:6222" for node in NATS_NODES)
     return (
         "# Generated by `mosaic compose`: every node of the compose NATS cluster reads this file;\n"
-        "# SERVER_NAME comes from each node's environment.\n"
+        "# SERVER_NAME comes from each node's environment, the passwords from the included\n"
+        "# secret (`mosaic compose --secrets`), never from this file.\n"
+        f"include {NATS_PASSWORDS}\n"
         "server_name: $SERVER_NAME\n"
         "port: 4222\n"
         "http_port: 8222\n"
@@ -253,8 +280,18 @@ def nats_config() -> str:
         "  name: mosaic\n"
         "  listen: 0.0.0.0:6222\n"
         f"  routes: [{routes}]\n"
-        "}\n"
+        "}\n" + nats_auth.server_config_by_variables(nats_auth.users(services))
+        # One user per service, the gateway's and the operator's, as `mosaic up` runs them.
     )
+
+
+def nats_passwords_file(passwords: Mapping[str, str]) -> str:
+    """The included file defining each user's password variable (`passwords`: user -> value)."""
+    lines = [
+        f"{nats_auth.password_variable(user)}: {json.dumps(value)}"
+        for user, value in passwords.items()
+    ]
+    return "# Written by `mosaic compose --secrets`: never commit it.\n" + "\n".join(lines) + "\n"
 
 
 def gateway_yaml(services: Sequence[Service]) -> str:
@@ -265,6 +302,9 @@ def gateway_yaml(services: Sequence[Service]) -> str:
         admin_port=GATEWAY_ADMIN_PORT,
         workers=GATEWAY_WORKERS,
         nats_url=NATS_URL,
+        nats_user=nats_auth.GATEWAY,
+        nats_password_file=f"{SECRETS_DIR}/{NATS_PASSWORD}",
+        nats_inbox_prefix=nats_auth.inbox_prefix(nats_auth.GATEWAY),
     )
     header = (
         "# The gateway of compose.yaml, generated by `mosaic compose` from the services' OpenAPI\n"
@@ -300,6 +340,12 @@ def compose_document(services: Sequence[Service]) -> dict[str, Any]:
         },
         "configs": [{"source": "gateway", "target": GATEWAY_CONFIG_PATH}],
         "environment": {"LOG_FORMAT": "json"},
+        "secrets": [
+            {
+                "source": _secret_name(nats_auth.password_secret(nats_auth.GATEWAY)),
+                "target": NATS_PASSWORD,
+            }
+        ],
         **_hardened(),
         # The services are found through NATS whenever they come, so only NATS must be up.
         "depends_on": _healthy(*NATS_NODES),
@@ -340,7 +386,7 @@ def render_files(services: Sequence[Service]) -> ComposeFiles:
     return ComposeFiles(
         {
             COMPOSE_FILE: _HEADER + _dump(compose_document(services)),
-            NATS_FILE: nats_config(),
+            NATS_FILE: nats_config(services),
             GATEWAY_FILE: gateway_yaml(services),
         }
     )
@@ -370,14 +416,25 @@ def write_secrets(root: Path, services: Sequence[Service]) -> list[Path]:
         ignore.write_text("# Secret values: never committed.\n*\n")
     keys = secret_files(services)
     missing = [key for key in keys if not (folder / key).exists()]
-    values = kept_secrets(data, [key for key in keys if key != DATABASE_URL], {})
+    values = kept_secrets(data, [key for key in keys if key not in _DERIVED], {})
     if DATABASE_URL in missing:
         password = values[POSTGRES_PASSWORD]
         url = f"postgresql://{PG_USER}:{password}@postgres:5432/{PG_DATABASE}"
         write_private_text(folder / DATABASE_URL, url + "\n")
+    # Made from the kept passwords at every call: a service added since gets its user's too.
+    users = {user: values[nats_auth.password_secret(user)] for user in nats_auth.users(services)}
+    included = nats_passwords_file(users)
+    if not (folder / NATS_PASSWORDS).is_file() or (folder / NATS_PASSWORDS).read_text() != included:
+        write_private_text(folder / NATS_PASSWORDS, included)
+        if NATS_PASSWORDS not in missing:
+            missing.append(NATS_PASSWORDS)
     created = [folder / key for key in missing]
     for path in created:
         # Compose bind-mounts each file as it is, and the services run as uid 10001, not as
         # the host user: readable by all, and the 0700 folder keeps other host users out.
         path.chmod(0o644)
     return created
+
+
+# Files `write_secrets` makes from the others rather than generates.
+_DERIVED = (DATABASE_URL, NATS_PASSWORDS)

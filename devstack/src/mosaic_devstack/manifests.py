@@ -10,6 +10,12 @@ applies it and users layer their own kustomize patches on top. No secret value i
 the manifests name the Secrets the operator creates (the output's `create-secrets.sh` lists the
 commands). docs/kubernetes.md explains the choices.
 
+NATS: the release of the official chart (`deploy/k8s/nats-values.yaml`) runs with the users and
+permissions of `mosaic up` (`nats_auth`) when installed with the rendered
+`helm/nats-auth-values.yaml` too: its `authorization` block reads each password from the server's
+environment, filled from the Secret holding that user's `NATS_PASSWORD` (the one the service's
+pods mount as a file).
+
 Discovery: the gateway finds instances through NATS (`gateway_config.backend_section`), as in the
 devstack; each pod advertises `http://<pod IP>:<port>`, taken from the downward API.
 """
@@ -25,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mosaic_devstack.compose import service_secret_keys
+from mosaic_devstack import nats_auth
+from mosaic_devstack.compose import NATS_PASSWORD, service_secret_keys
 from mosaic_devstack.gateway_config import GatewaySettings, gateway_config, render
 from mosaic_devstack.images import image_name
 from mosaic_devstack.services import Service, openapi_documents
@@ -49,6 +56,9 @@ PG_SERVICES_ROLE = "mosaic_services"
 NATS_URL = "nats://nats:4222"
 PART_OF = "mosaic"
 GATEWAY = "gateway"
+NATS_ADMIN_SECRET = "nats-admin"  # noqa: S105 (a Secret's name, not a value)
+"""The Secret of the unrestricted `mosaic` NATS user (the operator's tools; no pod mounts it)."""
+NATS_VALUES = Path("helm") / "nats-auth-values.yaml"
 
 _NAME_LABEL = "app.kubernetes.io/name"
 _COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -83,6 +93,7 @@ class Overlay:
     gateway: Sizing
     gateway_workers: int
     gateway_service_type: str
+    public_url: str | None
     pg_instances: int
     pg_storage: str
     pg_storage_class: str | None
@@ -150,6 +161,7 @@ def load_overlay(name: str, overlays: Path = OVERLAYS) -> Overlay:
             gateway=_sizing(gateway, None, f"{path}: [gateway]"),
             gateway_workers=int(gateway.get("workers", 2)),
             gateway_service_type=str(gateway.get("service_type", "ClusterIP")),
+            public_url=gateway.get("public_url"),
             pg_instances=int(postgres["instances"]),
             pg_storage=str(postgres["storage"]),
             pg_storage_class=postgres.get("storage_class"),
@@ -414,12 +426,18 @@ def service_config(service: Service, overlay: Overlay) -> dict[str, str]:
         # The NATS release runs three JetStream servers (nats-values.yaml): keep every event
         # stream on all three, so losing a node loses no event.
         "NATS_STREAM_REPLICAS": "3",
+        # Its own NATS user (the password is in its Secret, mounted at SECRETS_DIR).
+        "NATS_USER": service.name,
+        "NATS_INBOX_PREFIX": nats_auth.inbox_prefix(service.name),
         "SECRETS_DIR": SECRETS_DIR,
         # The root filesystem is read-only: no bytecode cache to write (the image compiles it).
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     if service.schema is not None:
         config["DB_SCHEMA"] = service.schema
+    if overlay.public_url and "auth_public_url" in settings_class(service).model_fields:
+        # The endpoints auth names in its OAuth metadata are the gateway's public ones.
+        config["AUTH_PUBLIC_URL"] = overlay.public_url.rstrip("/")
     return config
 
 
@@ -602,7 +620,14 @@ def _gateway_settings(overlay: Overlay) -> GatewaySettings:
         admin_port=GATEWAY_ADMIN_PORT,
         workers=overlay.gateway_workers,
         nats_url=NATS_URL,
+        nats_user=nats_auth.GATEWAY,
+        nats_password_file=f"{SECRETS_DIR}/{NATS_PASSWORD}",
+        nats_inbox_prefix=nats_auth.inbox_prefix(nats_auth.GATEWAY),
     )
+
+
+def gateway_secret_name() -> str:
+    return f"{GATEWAY}-secrets"
 
 
 def gateway_yaml(services: Sequence[Service], overlay: Overlay) -> str:
@@ -647,9 +672,18 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
         "volumeMounts": [
             {"name": "tmp", "mountPath": TMP},
             {"name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": True},
+            {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True},
         ],
     }
     config_volume = {"name": "config", "configMap": {"name": f"{GATEWAY}-config"}}
+    secret_volume = {
+        "name": "secrets",
+        "secret": {
+            "secretName": gateway_secret_name(),
+            "defaultMode": 0o400,
+            "items": [{"key": NATS_PASSWORD, "path": NATS_PASSWORD}],
+        },
+    }
     policy = _policy(
         GATEWAY,
         selector,
@@ -674,7 +708,7 @@ def gateway_resources(services: Sequence[Service], overlay: Overlay) -> list[dic
             GATEWAY,
             labels,
             selector,
-            _pod_spec(GATEWAY, [container], [config_volume]),
+            _pod_spec(GATEWAY, [container], [config_volume, secret_volume]),
             # The gateway drains in its configuration's shutdown_grace after the pause.
             _PRE_STOP_SECONDS + int(_gateway_settings(overlay).shutdown_grace) + 10,
         ),
@@ -748,13 +782,48 @@ def file_name(resource: Mapping[str, Any]) -> str:
     return f"{resource['kind'].lower()}-{resource['metadata']['name']}.yaml"
 
 
+def _nats_user_secret(user: str) -> str:
+    """The Secret holding `user`'s NATS password under the key `NATS_PASSWORD`."""
+    if user == nats_auth.ADMIN:
+        return NATS_ADMIN_SECRET
+    if user == nats_auth.GATEWAY:
+        return gateway_secret_name()
+    return f"{user}-secrets"
+
+
+def nats_values(services: Sequence[Service]) -> dict[str, Any]:
+    """Values for the NATS chart, given after nats-values.yaml: the users of `nats_auth`, each
+    password a `$NATS_PASSWORD_<USER>` variable (the chart writes `<< ... >>` unquoted) that
+    the server reads from its environment, filled from the user's Secret."""
+    users = []
+    env: dict[str, Any] = {}
+    for user, granted in nats_auth.users(services).items():
+        variable = nats_auth.password_variable(user)
+        entry: dict[str, Any] = {"user": user, "password": f"<< ${variable} >>"}
+        if granted is not None:
+            entry["permissions"] = granted.to_json()
+        users.append(entry)
+        env[variable] = {
+            "valueFrom": {"secretKeyRef": {"name": _nats_user_secret(user), "key": NATS_PASSWORD}}
+        }
+    return {"config": {"merge": {"authorization": {"users": users}}}, "container": {"env": env}}
+
+
+# NATS reads a variable's value from the environment as configuration text: a password of
+# digits (or `true`) would not be a string. A leading letter keeps it one.
+_NATS_PASSWORD_COMMAND = '"n$(openssl rand -hex 32)"'  # noqa: S105 (a command, not a value)
+
+
 def secrets_guide(services: Sequence[Service], overlay: Overlay) -> str:
-    """The `kubectl create secret` commands for this overlay (values left to the operator)."""
+    """The `kubectl create secret` commands for this overlay (values left to the operator,
+    the NATS passwords generated by the commands themselves)."""
     ns = overlay.namespace
     lines = [
         f"# Secrets to create before `kubectl apply -k` (namespace {ns}); see docs/kubernetes.md.",
         "# Nothing here holds a value: generate each one, e.g.",
         "#   python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        "# The NATS passwords are generated here; the NATS servers read them from the same",
+        "# Secrets (helm/nats-auth-values.yaml). Create these before installing NATS.",
         "",
     ]
     for s in services:
@@ -772,10 +841,23 @@ def secrets_guide(services: Sequence[Service], overlay: Overlay) -> str:
                 value = (
                     f"postgresql://{s.name}:${upper}_DB_PASSWORD@{PG_CLUSTER}-rw:5432/{PG_DATABASE}"
                 )
+            elif key == NATS_PASSWORD:
+                parts.append(f"--from-literal={key}={_NATS_PASSWORD_COMMAND}")
+                continue
             else:
                 value = f"${key}"
             parts.append(f'--from-literal={key}="{value}"')
         lines += [" \\\n    ".join(parts), ""]
+    for user, secret in (
+        (nats_auth.GATEWAY, gateway_secret_name()),
+        (nats_auth.ADMIN, NATS_ADMIN_SECRET),
+    ):
+        lines += [
+            f"# NATS user {user}",
+            f"kubectl -n {ns} create secret generic {secret} "
+            f"--from-literal={NATS_PASSWORD}={_NATS_PASSWORD_COMMAND}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -823,8 +905,14 @@ def write(services: Sequence[Service], overlay: Overlay, out: Path) -> list[Path
         **files,
         "kustomization.yaml": header + _dump(kustomization),
         "create-secrets.sh": secrets_guide(services, overlay),
+        str(NATS_VALUES): (
+            "# Rendered by `mosaic manifests`: the NATS users and permissions, after\n"
+            "# deploy/k8s/nats-values.yaml (docs/kubernetes.md). Holds no password.\n"
+            + _dump(nats_values(services))
+        ),
     }.items():
         path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         written.append(path)
     return written

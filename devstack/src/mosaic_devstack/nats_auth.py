@@ -25,7 +25,7 @@ Left to a deployment with NATS accounts: a reader of a stream may fetch from any
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mosaic_devstack.services import Service
@@ -162,20 +162,38 @@ def users(services: Sequence[Service]) -> dict[str, Permissions | None]:
     return found
 
 
+def _authorization(
+    permissions: dict[str, Permissions | None], password: Callable[[str], str]
+) -> str:
+    entries = []
+    for user, granted in permissions.items():
+        # The password goes in as configuration text: a quoted literal, or a `$VARIABLE`.
+        entry = f'{{"user": {json.dumps(user)}, "password": {password(user)}'
+        if granted is not None:
+            entry += f', "permissions": {json.dumps(granted.to_json())}'
+        entries.append(entry + "}")
+    body = ",\n    ".join(entries)
+    return f"authorization {{\n  users = [\n    {body}\n  ]\n}}\n"
+
+
 def server_config(permissions: dict[str, Permissions | None], passwords: dict[str, str]) -> str:
     """The nats-server configuration file of the stack's authorization (JSON is valid NATS
     configuration, and quoting every string keeps `$JS...` from reading as a variable)."""
-    entries = []
-    for user, granted in permissions.items():
-        entry: dict[str, object] = {"user": user, "password": passwords[user]}
-        if granted is not None:
-            entry["permissions"] = granted.to_json()
-        entries.append(json.dumps(entry))
-    body = ",\n    ".join(entries)
-    return (
-        "# Written by `mosaic up` at every start; private (it holds the NATS passwords).\n"
-        f"authorization {{\n  users = [\n    {body}\n  ]\n}}\n"
+    return "# Written by `mosaic up` at every start; private (it holds the NATS passwords).\n" + (
+        _authorization(permissions, lambda user: json.dumps(passwords[user]))
     )
+
+
+def password_variable(user: str) -> str:
+    """The configuration variable a deployment's NATS reads `user`'s password from (defined in
+    an included file or the server's environment, never in the committed configuration)."""
+    return password_secret(user)
+
+
+def server_config_by_variables(permissions: dict[str, Permissions | None]) -> str:
+    """The `authorization` block with each password as `$NATS_PASSWORD_<USER>`: the text holds
+    no secret, so a deployment may commit it (compose, Helm values)."""
+    return _authorization(permissions, lambda user: f"${password_variable(user)}")
 
 
 def passwords(data: DataDir, names: Iterable[str]) -> dict[str, str]:
