@@ -74,7 +74,16 @@ def test_a_reader_is_recommended_what_a_like_minded_reader_liked(system: System)
         liked = {first, second}
         assert not liked & {i["blog"]["id"] for i in answer.json()["items"]}
 
-        also = http.get(f"/v1/recommendations/blogs/{first}")
+        # Each blog replica relays its own outbox, so Bob's like of the second blog may reach reco
+        # after Ann's like of the third (which the wait above saw): wait for it too.
+        also = eventually(
+            lambda: http.get(f"/v1/recommendations/blogs/{first}"),
+            lambda r: (
+                r.status_code == 200
+                and [i["blog"]["id"] for i in r.json()["items"]][:1] == [second]
+            ),
+            PROPAGATION,
+        )
         assert also.status_code == 200, also.text
         assert [i["blog"]["id"] for i in also.json()["items"]][:1] == [second]
         trending = http.get("/v1/recommendations/trending", params={"tag": tag})
