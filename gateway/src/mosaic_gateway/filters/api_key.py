@@ -42,13 +42,7 @@ class ApiKeyFilter:
         self.clients = clients  # open to client applications: a client token replaces the key
 
     def on_request(self, exchange: Exchange) -> Step:
-        key: bytes | None = None
-        authorization: bytes | None = None
-        for name, value in exchange.headers:
-            if name == API_KEY_HEADER:
-                key = value
-            elif name == b"authorization":
-                authorization = value
+        key = _header(exchange, API_KEY_HEADER)
         if key is None:
             if not self.required:
                 return True
@@ -58,6 +52,8 @@ class ApiKeyFilter:
                     return True
                 exchange.send_problem(KEY_OR_CLIENT_TOKEN_MISSING)
                 return False
+            # Only to word the refusal: the header is looked for on this (rare) path alone.
+            authorization = _header(exchange, b"authorization")
             if authorization is not None and is_client_token(authorization):
                 exchange.send_problem(CLIENT_TOKEN_NOT_HERE, ((b"www-authenticate", b"Bearer"),))
                 return False
@@ -85,3 +81,11 @@ class ApiKeyFilter:
 def _admit(exchange: Exchange, identity: ApiKeyIdentity) -> bool:
     caller_for(exchange).api_key = identity
     return True
+
+
+def _header(exchange: Exchange, wanted: bytes) -> bytes | None:
+    found: bytes | None = None
+    for name, value in exchange.headers:
+        if name == wanted:
+            found = value  # the last one (the server refuses two x-api-key headers anyway)
+    return found

@@ -114,12 +114,13 @@ class JwtFilter:
     def on_request(self, exchange: Exchange) -> Step:
         authorization: bytes | None = None
         keyed = False
+        users = self.users
         for name, value in exchange.headers:
             if name == b"authorization":
                 authorization = value
-            elif name == b"x-api-key":
+            elif not users and name == b"x-api-key":
                 keyed = True
-        if keyed and not self.users:
+        if keyed:
             return True  # an API-key request to a public read: the token is not looked at
         token = _bearer(exchange, authorization, required=self.required)
         if token is None:

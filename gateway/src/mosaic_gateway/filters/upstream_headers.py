@@ -28,20 +28,22 @@ _RENDERED_MAX = 10_000
 
 
 class HeaderFilter:
-    __slots__ = ("_rendered", "policy")
+    __slots__ = ("_rendered", "_strip_authorization", "policy")
 
     def __init__(self, policy: HeaderPolicy) -> None:
         self.policy = policy
         self._rendered: dict[_Owner, bytes] = {}
+        # Whether a client's `Authorization` can survive the allow-list (then it is taken out).
+        self._strip_authorization = policy.allowed is None or b"authorization" in policy.allowed
 
     def on_request(self, exchange: Exchange) -> bool:
         policy = self.policy
         headers = policy.filter_request(exchange.headers)
         caller = caller_of(exchange)
+        if caller is not None and caller.client is not None and self._strip_authorization:
+            headers = [item for item in headers if item[0] != b"authorization"]
+        exchange.headers = headers
         if caller is not None:
-            if caller.client is not None:
-                headers = [item for item in headers if item[0] != b"authorization"]
-            exchange.headers = headers
             owner = (caller.principal, caller.api_key, caller.client)
             rendered = self._rendered.get(owner)
             if rendered is None:
@@ -50,8 +52,6 @@ class HeaderFilter:
                     self._rendered.clear()  # rebuilt from scratch: cheaper than an LRU
                 self._rendered[owner] = rendered
             exchange.upstream_headers = rendered
-        else:
-            exchange.headers = headers
         return True
 
 

@@ -225,8 +225,8 @@ class Forward(Attempt):
             route.backend,
             retry,
             retry.attempts if retry is not None and exchange.method in IDEMPOTENT_METHODS else 0,
+            instance,
         )
-        self.begin(instance)
         self.forwarder = forwarder
         self.exchange = exchange
         self.route = route
