@@ -25,7 +25,6 @@ import hmac
 import math
 import re
 import secrets
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from mosaic_auth import store
 from mosaic_auth.attempts import Attempts
 from mosaic_auth.models import Client, ClientSecret
 from mosaic_auth.settings import AuthSettings
-from mosaic_auth.tokens import ClientToken, Signer
+from mosaic_auth.tokens import ClientToken, Signer, next_cutoff
 from mosaic_kit.contracts.auth import (
     ClientCreated,
     ClientDisabled,
@@ -149,11 +148,6 @@ def _client_uuid(client_id: str) -> uuid.UUID | None:
         return None
 
 
-def _next_cutoff(client: Client) -> int:
-    """Later than the `iat` of every token issued so far (see `service._next_cutoff`)."""
-    return max(int(time.time()), client.tokens_valid_after) + 1
-
-
 def _unknown_scopes(scopes: Sequence[str]) -> Problem:
     return Problem(
         422,
@@ -225,7 +219,7 @@ class ClientService:
             found = await store.get_client(conn, client_id, for_update=True)
             if found is None:
                 raise _client_not_found()
-            cutoff = _next_cutoff(found)
+            cutoff = next_cutoff(found.tokens_valid_after)
             await store.delete_client(conn, client_id)
             await outbox.add(
                 conn, ClientDisabled(client_id=client_id, tokens_valid_after=cutoff).event()
@@ -246,7 +240,7 @@ class ClientService:
                 await store.set_client_disabled(conn, client_id, False, found.tokens_valid_after)
                 await outbox.add(conn, ClientEnabled(client_id=client_id).event())
                 return
-            cutoff = _next_cutoff(found)
+            cutoff = next_cutoff(found.tokens_valid_after)
             await store.set_client_disabled(conn, client_id, True, cutoff)
             await outbox.add(
                 conn, ClientDisabled(client_id=client_id, tokens_valid_after=cutoff).event()

@@ -27,7 +27,13 @@ from mosaic_auth.passwords import Passwords
 from mosaic_auth.settings import AuthSettings
 from mosaic_auth.tables import ROLES
 from mosaic_auth.throttle import Policy
-from mosaic_auth.tokens import IssuedTokens, Signer, hash_refresh_token, new_refresh_token
+from mosaic_auth.tokens import (
+    IssuedTokens,
+    Signer,
+    hash_refresh_token,
+    new_refresh_token,
+    next_cutoff,
+)
 from mosaic_kit.contracts.auth import (
     ApiKeyCreated,
     ApiKeyRevoked,
@@ -372,7 +378,7 @@ class AuthService:
             valid_after = user.tokens_valid_after
             if removed:
                 # Tokens that still carry a removed role must stop working now, everywhere.
-                valid_after = _next_cutoff(user)
+                valid_after = next_cutoff(user.tokens_valid_after)
                 await store.set_tokens_valid_after(conn, user_id, valid_after)
             await outbox.add(
                 conn,
@@ -403,7 +409,7 @@ class AuthService:
             if not await store.set_disabled(conn, user_id, disabled):
                 return  # already in that state: nothing changes, nothing is announced
             if disabled:
-                valid_after = _next_cutoff(user)
+                valid_after = next_cutoff(user.tokens_valid_after)
                 await store.set_tokens_valid_after(conn, user_id, valid_after)
                 await self._revoke_sessions(reason="user_disabled", user_id=user_id, conn=conn)
                 event = UserDisabled(user_id=user_id, tokens_valid_after=valid_after).event()
@@ -549,16 +555,6 @@ class AuthService:
             )
             await outbox.add(conn, _profile(UserCreated, user).event())
         return user
-
-
-def _next_cutoff(user: User) -> int:
-    """A `tokens_valid_after` later than the `iat` of every token issued so far.
-
-    Tokens are minted with `iat = max(now, tokens_valid_after)`, so one second past the larger of
-    the two rejects them all, even those minted within the current second; tokens minted from now
-    on carry an `iat` at or after the new cut-off and pass.
-    """
-    return max(int(time.time()), user.tokens_valid_after) + 1
 
 
 def _profile(kind: type[P], user: User) -> P:

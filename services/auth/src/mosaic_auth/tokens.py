@@ -145,3 +145,14 @@ class Signer:
             headers={"kid": key.kid, "typ": CLIENT_TOKEN_TYPE},
         )
         return ClientToken(token, jti, iat, iat + ttl)
+
+
+def next_cutoff(tokens_valid_after: int) -> int:
+    """A `tokens_valid_after` later than the `iat` of every token issued so far (a user's or a
+    client's).
+
+    Tokens are minted with `iat = max(now, tokens_valid_after)`, so one second past the larger of
+    the two rejects them all, even those minted within the current second; tokens minted from now
+    on carry an `iat` at or after the new cut-off and pass.
+    """
+    return max(int(time.time()), tokens_valid_after) + 1
