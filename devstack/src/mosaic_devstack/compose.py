@@ -138,8 +138,7 @@ def _service_env(service: Service) -> dict[str, str]:
         # Three JetStream nodes: every event stream on all of them, so a node lost loses nothing.
         "NATS_STREAM_REPLICAS": str(len(NATS_NODES)),
         "REDIS_URL": "redis://redis:6379/0",
-        "NATS_USER": service.name,
-        "NATS_INBOX_PREFIX": nats_auth.inbox_prefix(service.name),
+        **nats_auth.login_env(service.name),
         "SECRETS_DIR": SECRETS_DIR,
         "LOG_FORMAT": "json",
         # The gateway replaces a client's X-Forwarded-For with the address it saw (as in

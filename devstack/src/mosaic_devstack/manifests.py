@@ -427,8 +427,7 @@ def service_config(service: Service, overlay: Overlay) -> dict[str, str]:
         # stream on all three, so losing a node loses no event.
         "NATS_STREAM_REPLICAS": "3",
         # Its own NATS user (the password is in its Secret, mounted at SECRETS_DIR).
-        "NATS_USER": service.name,
-        "NATS_INBOX_PREFIX": nats_auth.inbox_prefix(service.name),
+        **nats_auth.login_env(service.name),
         "SECRETS_DIR": SECRETS_DIR,
         # The root filesystem is read-only: no bytecode cache to write (the image compiles it).
         "PYTHONDONTWRITEBYTECODE": "1",

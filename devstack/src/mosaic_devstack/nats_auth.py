@@ -212,6 +212,12 @@ def write_server_config(data: DataDir, services: Sequence[Service]) -> dict[str,
     return found
 
 
+def login_env(user: str) -> dict[str, str]:
+    """Who a kit process connects as (`mosaic_kit.settings`); its password comes separately
+    (here, or as a secret file where containers run)."""
+    return {"NATS_USER": user, "NATS_INBOX_PREFIX": inbox_prefix(user)}
+
+
 def client_env(user: str, password: str) -> dict[str, str]:
-    """The settings a kit process reads to connect as `user` (`mosaic_kit.settings`)."""
-    return {"NATS_USER": user, "NATS_PASSWORD": password, "NATS_INBOX_PREFIX": inbox_prefix(user)}
+    """The settings a kit process reads to connect as `user`, its password included."""
+    return {**login_env(user), "NATS_PASSWORD": password}
