@@ -141,7 +141,7 @@ async def test_introspection_says_inactive_and_nothing_more(
 
 
 async def test_an_expired_token_is_inactive(
-    client: httpx.AsyncClient, admin: dict[str, str], auth_settings: AuthSettings
+    client: httpx.AsyncClient, admin: dict[str, str], auth_settings: AuthSettings, events: Any
 ) -> None:
     from mosaic_auth.api import SERVICE
 
@@ -165,6 +165,7 @@ async def test_an_expired_token_is_inactive(
     assert (await oauth(client, INTROSPECT, app, token=old)).json() == {"active": False}
     # Revoking it is no error either, and announces nothing.
     assert (await oauth(client, REVOKE, app, token=old)).status_code == 200
+    await no_event(events, "auth.client.token_revoked", {"jti": claims["jti"]})
 
 
 async def test_revocation(client: httpx.AsyncClient, admin: dict[str, str], events: Any) -> None:
