@@ -218,7 +218,11 @@ class TokenVerifier:
     def verify_cached(self, token: str | None) -> Principal | None:
         """`verify` without I/O: the principal of a token verified before, or None when the
         signature must be checked (then call `verify`). Raises the same problems."""
-        return _user(self.verify_cached_any(token))
+        principal = self.verify_cached_any(token)
+        # Inline rather than `_user`: this is every authenticated request's path.
+        if principal is None or type(principal) is Principal:
+            return principal
+        raise client_token_refused()
 
     async def verify(self, token: str | None) -> Principal:
         """The user `token` was issued to, or a 401 Problem saying why it is not acceptable
@@ -242,7 +246,12 @@ class TokenVerifier:
         if principal.expires_at > self._clock() - self._leeway and self.jwks.has_kid(hit.kid):
             self._cache.move_to_end(digest)
             self.cache_hits += 1
-            if self._revoked(principal):
+            revocations = self.revocations
+            if (
+                revocations.is_revoked(principal)
+                if type(principal) is Principal
+                else revocations.is_client_revoked(principal)  # type: ignore[arg-type]
+            ):
                 raise token_revoked()
             return principal
         return None
