@@ -723,7 +723,7 @@ def print_rows(rows: list[Row], machine: str, backend: str) -> None:
             f" {r.errors:>6} {r.non_2xx:>7} {cpu:>10} {other:>6} {ratio:>6}  {goal}"
         )
     print(
-        "ratio: req/s over Traefik plain (the full gateway row: over Traefik with metrics + log);"
+        "ratio: req/s over Traefik plain (the full rows also over Traefik full in the JSON);"
         "\ncpu us/req: CPU of the proxy's processes per request (the backend's is in the JSON);"
         "\nother%: the machine's CPU spent on anything but wrk, proxy and backend during the run"
     )
