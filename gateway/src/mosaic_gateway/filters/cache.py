@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from mosaic_gateway.http.server import Exchange
+from mosaic_gateway.http.server import Exchange, StateKey
 from mosaic_gateway.http.wire import CRLF, HOP_BY_HOP, connection_tokens, status_line
 from mosaic_gateway.routing.chain import Step
 from mosaic_kit.logging import get_logger
@@ -45,9 +45,13 @@ from mosaic_kit.logging import get_logger
 if TYPE_CHECKING:
     from mosaic_gateway.config import CacheBoundsSpec, RouteCacheSpec
 
-__all__ = ["CacheStore", "Capture", "Entry", "RouteCache"]
+__all__ = ["CACHE_STATUS", "CacheStore", "Capture", "Entry", "RouteCache"]
 
 _log = get_logger("mosaic_gateway.filters.cache")
+
+# The cache's verdict on the request, for the access log, metrics and the span: "HIT", "MISS"
+# or "BYPASS"; unset on a route without a cache.
+CACHE_STATUS: StateKey[str] = StateKey("cache_status")
 
 _HIT_TAIL = b"age: %d\r\nx-cache: HIT\r\nx-request-id: "
 _MISS_LINE = b"x-cache: MISS\r\n"
@@ -286,16 +290,16 @@ class RouteCache:
             now = self.store.clock()
             entry = self.store.get(key, now)
             if entry is not None:
-                exchange.cache_status = "HIT"
+                exchange.put(CACHE_STATUS, "HIT")
                 answer(exchange, entry, now)
                 return False
             leader = self.inflight.get(key)
             if leader is not None:
-                exchange.cache_status = "MISS"
+                exchange.put(CACHE_STATUS, "MISS")
                 waiting = exchange.conn.server.loop.create_future()
                 leader.waiters.append((exchange, waiting))
                 return waiting
-        exchange.cache_status = "MISS"
+        exchange.put(CACHE_STATUS, "MISS")
         if method == b"HEAD":
             exchange.hook = _MISS_ONLY  # a HEAD's answer has no body to keep
         else:
@@ -303,7 +307,7 @@ class RouteCache:
         return True
 
     def _bypass(self, exchange: Exchange) -> bool:
-        exchange.cache_status = "BYPASS"
+        exchange.put(CACHE_STATUS, "BYPASS")
         exchange.hook = self._bypass_label
         return True
 
@@ -469,7 +473,7 @@ class Capture:
         self.waiters = []
         for exchange, waiting in waiters:
             if not exchange.finished:
-                exchange.cache_status = "HIT"
+                exchange.put(CACHE_STATUS, "HIT")
                 answer(exchange, entry, now)
             if not waiting.done():
                 waiting.set_result(False)

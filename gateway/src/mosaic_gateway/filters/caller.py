@@ -9,7 +9,9 @@ token. `api_key` is the calling application's key, when one was sent and verifie
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
+
+from mosaic_gateway.http.server import StateKey
 
 if TYPE_CHECKING:
     from mosaic_gateway.filters.apikeys import ApiKeyIdentity
@@ -25,16 +27,27 @@ class Caller:
         self.principal: Principal | None = None
         self.client: ClientPrincipal | None = None
 
+    @property
+    def user_id(self) -> str | None:
+        return self.principal.user_id if self.principal is not None else None
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client.client_id if self.client is not None else None
+
+
+CALLER: StateKey[Caller] = StateKey("caller")
+
 
 def caller_of(exchange: Exchange) -> Caller | None:
     """The exchange's caller, if a credential filter made one."""
-    return cast("Caller | None", exchange.caller)
+    return exchange.get(CALLER)
 
 
 def caller_for(exchange: Exchange) -> Caller:
     """The exchange's caller, made on first use (only requests with a credential pay for it)."""
-    found = cast("Caller | None", exchange.caller)
+    found = exchange.get(CALLER)
     if found is None:
         found = Caller()
-        exchange.caller = found
+        exchange.put(CALLER, found)
     return found

@@ -32,7 +32,7 @@ bearer token must be a valid client token (a user's token does not replace the k
 filter then answers 401). Where the route takes user tokens too, every token sent is checked.
 
 A verified client leaves `Caller.client` (identity headers `x-client-id` / `x-client-scopes`,
-`rate_limit.by: client`) and `Exchange.client_id` (access log, metrics); its `Authorization`
+`rate_limit.by: client`, the access log and metrics); its `Authorization`
 header is never forwarded (upstream_headers.py): services verify bearer tokens as users' tokens.
 """
 
@@ -160,7 +160,6 @@ class JwtFilter:
                 exchange.send_problem(scopes.problem, self.scope_challenge)
                 return False
             caller_for(exchange).client = principal
-            exchange.client_id = principal.client_id
             return True
         if not self.users:
             return True
@@ -168,7 +167,6 @@ class JwtFilter:
             exchange.send_problem(self.forbidden)
             return False
         caller_for(exchange).principal = principal
-        exchange.user_id = principal.user_id
         return True
 
 

@@ -29,7 +29,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from mosaic_gateway.http import problems
-from mosaic_gateway.http.server import Exchange
+from mosaic_gateway.http.server import Exchange, StateKey
 from mosaic_gateway.http.wire import (
     CRLF,
     HOP_BY_HOP,
@@ -75,6 +75,9 @@ _TICK = 0.1
 _REPLAYABLE_BODY = 64 * 1024
 
 _log = get_logger("mosaic_gateway.handlers.forward")
+
+# The URL of the instance last tried for the request (the access log's `upstream`, the span's).
+UPSTREAM_INSTANCE: StateKey[str] = StateKey("upstream_instance")
 
 
 class Forwarder:
@@ -230,7 +233,7 @@ class Forward(Attempt):
         self.forwarder = forwarder
         self.exchange = exchange
         self.route = route
-        exchange.instance = instance.url
+        exchange.put(UPSTREAM_INSTANCE, instance.url)
         self.body: bytes | None = None
         self.buffered: list[bytes] | None = None
         self.head_only = exchange.method == b"HEAD"
@@ -461,7 +464,7 @@ class Forward(Attempt):
             next_instance=following.url,
             request_id=self.exchange.request_id.decode("latin-1"),
         )
-        self.exchange.instance = following.url
+        self.exchange.put(UPSTREAM_INSTANCE, following.url)
         self.failure_status = False
         if self.timer is not None:
             # Armed for the failed try; the ticker arms the next one's.

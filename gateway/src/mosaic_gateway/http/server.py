@@ -21,7 +21,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 import httptools
 
@@ -64,6 +64,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RETRY_AFTER = (b"retry-after", b"1")
 
 _log = get_logger("mosaic_gateway.http.server")
+
+T = TypeVar("T")
 
 
 class BodySink(Protocol):
@@ -123,6 +125,20 @@ class ServerLimits:
         self.header_timeout = header_timeout
 
 
+class StateKey(Generic[T]):
+    """A key of `Exchange.state`, typed with what it holds: made once, at import, by the module
+    that owns the state (as Envoy's filters name theirs in a stream's filter state). Keys compare
+    by identity, so two modules cannot collide on a name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StateKey({self.name!r})"
+
+
 class Exchange:
     """One request and the state of its response."""
 
@@ -131,10 +147,7 @@ class Exchange:
         "body_chunks",
         "body_done",
         "bytes_out",
-        "cache_status",
-        "caller",
         "chunked",
-        "client_id",
         "close_after",
         "conn",
         "content_length",
@@ -146,7 +159,6 @@ class Exchange:
         "hook",
         "host",
         "http11",
-        "instance",
         "keep_alive",
         "max_body_bytes",
         "method",
@@ -159,11 +171,10 @@ class Exchange:
         "route",
         "sink",
         "started",
+        "state",
         "status",
-        "trace",
         "traceparent",
         "upstream_headers",
-        "user_id",
     )
 
     def __init__(
@@ -202,28 +213,39 @@ class Exchange:
         # A problem found while the exchange waited behind another (pipelined): it is answered
         # when its turn comes, never ahead of the responses before it.
         self.rejected: GatewayProblem | None = None
-        # Set by the dispatcher: the matched route (a `routing.route.CompiledRoute`). Set by
-        # its filters: who the caller is once a credential was verified (a
-        # `filters.caller.Caller`), rendered header lines for the upstream (identity claims),
-        # and the hook told about the upstream response (routing/chain.py).
+        # Set by the dispatcher: the matched route (a `routing.route.CompiledRoute`).
         self.route: object | None = None
-        self.caller: object | None = None
+        # Rendered header lines added to the forwarded request (the caller's identity claims:
+        # filters/upstream_headers.py) and to every response (CORS), a problem included.
         self.upstream_headers = b""
-        self.hook: ResponseHook | None = None
-        # Rendered header lines added to the response (CORS), and the caller's user id or
-        # client application id once a token was verified (for the access log and metrics).
         self.response_extra = b""
-        # "HIT", "MISS" or "BYPASS" on a route with a cache (cache.py); else None.
-        self.cache_status: str | None = None
-        self.user_id: str | None = None
-        self.client_id: str | None = None
+        # Told about the upstream response relayed for the exchange (routing/chain.py).
+        self.hook: ResponseHook | None = None
+        # The per-request state of the modules above the server, under keys each of them owns
+        # (`StateKey`): who the caller is (filters/caller.py), the cache's verdict, the upstream
+        # instance tried, the span. None until one of them stores something.
+        self.state: dict[object, object] | None = None
         # What the access log, metrics and tracing report (lifecycle/observer.py)
         self.started = time.perf_counter()
         self.status = 0  # of the response head sent, once sent
         self.bytes_out = 0  # written to the client, head included
-        self.instance: str | None = None  # URL of the instance last tried (handlers/forward.py)
         self.traceparent: bytes | None = None  # as the client sent it
-        self.trace: object | None = None  # the gateway's span (tracing.py), when tracing
+
+    # --- per-request state of other modules ------------------------------------------------
+
+    def get(self, key: StateKey[T]) -> T | None:
+        """What the owner of `key` stored for this request, if anything."""
+        state = self.state
+        if state is None:
+            return None
+        return cast("T | None", state.get(key))
+
+    def put(self, key: StateKey[T], value: T) -> None:
+        state = self.state
+        if state is None:
+            self.state = {key: value}
+        else:
+            state[key] = value
 
     # --- request body -----------------------------------------------------------------------
 

@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from mosaic_gateway.filters.cache import CACHE_STATUS
+from mosaic_gateway.filters.caller import CALLER
+from mosaic_gateway.handlers.forward import UPSTREAM_INSTANCE
 from mosaic_gateway.observe.accesslog import UNROUTED, AccessLog
 from mosaic_gateway.observe.metrics import METHOD_LABELS, UNMATCHED, Gauge, Metrics
-from mosaic_gateway.observe.tracing import RequestTracer, Span, SpanExporter, incoming_trace_id
+from mosaic_gateway.observe.tracing import SPAN, RequestTracer, SpanExporter, incoming_trace_id
 from mosaic_gateway.upstream.breaker import STATE_CODES
 from mosaic_kit.logging import get_logger
 
@@ -74,6 +77,17 @@ class Observer:
             template, backend, fields = UNMATCHED, "", UNROUTED
         else:
             template, backend, fields = route.template, route.backend.name, route.log_fields
+        # What the route's filters and handler found out, under their keys (each module owns
+        # its own): one look when nothing was stored.
+        cache = instance = span = None
+        user_id = client_id = None
+        if exchange.state is not None:
+            cache = exchange.get(CACHE_STATUS)
+            instance = exchange.get(UPSTREAM_INSTANCE)
+            span = exchange.get(SPAN)
+            caller = exchange.get(CALLER)
+            if caller is not None:
+                user_id, client_id = caller.user_id, caller.client_id
         method = METHOD_LABELS.get(exchange.method, "OTHER")
         metrics = self.metrics
         if metrics is not None:
@@ -84,10 +98,9 @@ class Observer:
                 status,
                 duration,
                 exchange.bytes_out,
-                exchange.cache_status,
-                exchange.client_id,
+                cache,
+                client_id,
             )
-        span = cast("Span | None", exchange.trace)
         exporter = self.exporter
         if span is not None and span.sampled and exporter is not None:
             end_ns = time.time_ns()
@@ -103,21 +116,34 @@ class Observer:
                     exchange.path.decode("latin-1"),
                     status,
                     backend,
-                    exchange.instance,
+                    instance,
                     exchange.request_id.decode("latin-1"),
                     aborted,
-                    exchange.cache_status,
+                    cache,
                 )
             )
         access_log = self.access_log
         if access_log is not None:
+            trace_id: bytes | None
+            span_id: bytes | None
             if span is not None:
-                access_log.record(
-                    exchange, status, duration, fields, aborted, span.trace_id, span.span_id
-                )
+                trace_id, span_id = span.trace_id, span.span_id
             else:
                 trace_id = incoming_trace_id(exchange) if exchange.traceparent else None
-                access_log.record(exchange, status, duration, fields, aborted, trace_id, None)
+                span_id = None
+            access_log.record(
+                exchange,
+                status,
+                duration,
+                fields,
+                aborted,
+                trace_id,
+                span_id,
+                instance=instance,
+                cache=cache,
+                user_id=user_id,
+                client_id=client_id,
+            )
 
     # --- life -------------------------------------------------------------------------------
 

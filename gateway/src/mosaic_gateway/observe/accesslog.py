@@ -97,16 +97,18 @@ class AccessLog:
         aborted: bool,
         trace_id: bytes | None,
         span_id: bytes | None,
+        *,
+        instance: str | None,
+        cache: str | None,
+        user_id: str | None,
+        client_id: str | None,
     ) -> None:
-        """Log one request; `route` comes from `route_fields`, the ids are hex digits."""
-        instance = exchange.instance
+        """Log one request; `route` comes from `route_fields`, the ids are hex digits; the rest
+        is what the route's filters and handler found out (lifecycle/observer.py reads it)."""
         if instance is None:
             instance_json = _NULL
         else:
             instance_json = self._quoted.get(instance) or self._quote(instance)
-        cache = exchange.cache_status
-        user_id = exchange.user_id
-        client_id = exchange.client_id
         self.write(
             _LINE
             % (

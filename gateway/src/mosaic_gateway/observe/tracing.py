@@ -27,6 +27,7 @@ from collections import deque
 from random import getrandbits
 from typing import TYPE_CHECKING
 
+from mosaic_gateway.http.server import StateKey
 from mosaic_kit.logging import get_logger
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ class Span:
         self.sampled = sampled
 
 
+# The request's span, once `RequestTracer.start` made it.
+SPAN: StateKey[Span] = StateKey("span")
+
+
 class RequestTracer:
     """Starts each request's span and rewrites the `traceparent` sent upstream."""
 
@@ -114,7 +119,7 @@ class RequestTracer:
             headers = [item for item in exchange.headers if item[0] not in drop]
             headers.append((_TRACEPARENT, value))
             exchange.headers = headers
-        exchange.trace = Span(trace_id, span_id, parent_id, sampled)
+        exchange.put(SPAN, Span(trace_id, span_id, parent_id, sampled))
 
 
 def incoming_trace_id(exchange: Exchange) -> bytes | None:
