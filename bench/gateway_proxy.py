@@ -37,14 +37,12 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +50,7 @@ import httpx
 import psutil
 import yaml
 from backend_static import StaticBackend
-from loadgen import LoadResult, ensure_wrk, run_wrk
+from loadgen import LoadResult, ensure_wrk, run_main, run_wrk, write_results
 
 from mosaic_devstack.embedded import free_port, stop_process
 
@@ -736,10 +734,6 @@ def print_rows(rows: list[Row], machine: str, backend: str) -> None:
         )
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="each measured run (10)")
@@ -773,9 +767,6 @@ def main() -> int:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     settings = Settings(args.seconds, args.warmup, args.connections, args.threads)
     ensure_wrk()
-
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every process started here is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
 
     work = Path(tempfile.mkdtemp(prefix="mosaic-bench-gateway-"))
     cpus = os.cpu_count() or 0
@@ -856,7 +847,7 @@ def main() -> int:
         print(f"configs and logs kept in {work}")
     output = args.output or (None if args.only else RESULTS)
     if output is not None:
-        write_results(output, ordered, settings, machine, backend, args)
+        write_results(output, "gateway_proxy", report(ordered, settings, machine, backend, args))
     return 1 if any(r.status == "failed" for r in ordered) else 0
 
 
@@ -902,47 +893,29 @@ def run_full_gateway_row(
         row.status, row.note = "failed", f"the auth service for the full row: {exc}"[-1500:]
 
 
-def write_results(
-    output: Path,
-    rows: list[Row],
-    settings: Settings,
-    machine: str,
-    backend: StaticBackend,
-    args: Any,
-) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        json.dumps(
-            {
-                "benchmark": "gateway_proxy",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "note": machine},
-                "load": {
-                    "tool": "wrk",
-                    "threads": settings.threads,
-                    "connections": settings.connections,
-                    "seconds": settings.seconds,
-                    "warmup_seconds": settings.warmup,
-                },
-                "route": {"path": REQUEST_PATH, "gateway_template": ROUTE_TEMPLATE},
-                "backend": backend.describe(),
-                "goals": {
-                    "gateway_plain_vs_traefik": f">= {PLAIN_GOAL}x req/s, p99 no worse",
-                    "gateway_full_vs_traefik_full": f">= {FULL_GOAL}x req/s",
-                },
-                "gateway_workers": args.gateway_workers,
-                "results": [row.to_json() for row in rows],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {output}")
+def report(
+    rows: list[Row], settings: Settings, machine: str, backend: StaticBackend, args: Any
+) -> dict[str, Any]:
+    """What bench/results/gateway_proxy.json holds (after its name and time)."""
+    return {
+        "machine": {"cpus": os.cpu_count(), "note": machine},
+        "load": {
+            "tool": "wrk",
+            "threads": settings.threads,
+            "connections": settings.connections,
+            "seconds": settings.seconds,
+            "warmup_seconds": settings.warmup,
+        },
+        "route": {"path": REQUEST_PATH, "gateway_template": ROUTE_TEMPLATE},
+        "backend": backend.describe(),
+        "goals": {
+            "gateway_plain_vs_traefik": f">= {PLAIN_GOAL}x req/s, p99 no worse",
+            "gateway_full_vs_traefik_full": f">= {FULL_GOAL}x req/s",
+        },
+        "gateway_workers": args.gateway_workers,
+        "results": [row.to_json() for row in rows],
+    }
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process started here was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
