@@ -98,11 +98,20 @@ class UnavailableError(Exception):
 
 
 @dataclass
-class Row:
+class Case:
+    """What a row of the tables and the JSON is named by, and whether it was measured."""
+
     key: str
     name: str
     status: str = "measured"  # measured | skipped | not available | failed
     note: str = ""
+
+    def case_json(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "status": self.status, "note": self.note}
+
+
+@dataclass
+class Row(Case):
     result: LoadResult | None = None
     proxy_cpu_us_per_request: float | None = None
     backend_cpu_us_per_request: float | None = None
@@ -115,10 +124,7 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key": self.key,
-            "name": self.name,
-            "status": self.status,
-            "note": self.note,
+            **self.case_json(),
             **(self.result.to_json() if self.result else {}),
             "proxy_cpu_us_per_request": self.proxy_cpu_us_per_request,
             "backend_cpu_us_per_request": self.backend_cpu_us_per_request,
@@ -132,22 +138,16 @@ class Row:
 
 
 @dataclass
-class ABRow:
-    """An interleaved A/B of HEAD's gateway and the baseline's on one route (`--rounds`)."""
+class ABRow(Case):
+    """An interleaved A/B of HEAD's gateway and the baseline's on one route (`--rounds`); its key
+    is the baseline case it stands for (gateway-baseline, gateway-full-baseline)."""
 
-    key: str  # the baseline case it stands for: gateway-baseline | gateway-full-baseline
-    name: str
-    status: str = "measured"  # measured | not available | failed
-    note: str = ""
     runs: list[ABRun] = field(default_factory=list)
     comparison: ABComparison | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key": self.key,
-            "name": self.name,
-            "status": self.status,
-            "note": self.note,
+            **self.case_json(),
             **(self.comparison.to_json() if self.comparison else {}),
             "runs": [run.to_json() for run in self.runs],
         }
@@ -613,6 +613,19 @@ class Settings:
     connections: int
     threads: int
 
+    def wrk(
+        self, name: str, url: str, seconds: int, headers: dict[str, str] | None = None
+    ) -> LoadResult:
+        """One wrk run of `seconds` with these connections and threads."""
+        return run_wrk(
+            name,
+            url,
+            headers=headers,
+            seconds=seconds,
+            connections=self.connections,
+            threads=self.threads,
+        )
+
 
 def measure(
     row: Row,
@@ -624,24 +637,10 @@ def measure(
     headers: dict[str, str] | None = None,
 ) -> None:
     if settings.warmup > 0:
-        run_wrk(
-            row.name,
-            url,
-            headers=headers,
-            seconds=settings.warmup,
-            connections=settings.connections,
-            threads=settings.threads,
-        )
+        settings.wrk(row.name, url, settings.warmup, headers)
     proxy0, backend0 = cpu_seconds(proxy_pids), cpu_seconds(backend_pids)
     busy0, wrk0, others0 = busy_seconds(), children_seconds(), process_seconds()
-    result = run_wrk(
-        row.name,
-        url,
-        headers=headers,
-        seconds=settings.seconds,
-        connections=settings.connections,
-        threads=settings.threads,
-    )
+    result = settings.wrk(row.name, url, settings.seconds, headers)
     proxy1, backend1 = cpu_seconds(proxy_pids), cpu_seconds(backend_pids)
     busy1, wrk1, others1 = busy_seconds(), children_seconds(), process_seconds()
     row.result = result
@@ -664,6 +663,19 @@ def measure(
         row.backend_cpu_us_per_request = round((backend1 - backend0) / result.requests * 1e6, 2)
 
 
+def measure_proxy(
+    row: Row,
+    handle: ProxyHandle,
+    settings: Settings,
+    backend: StaticBackend,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """`measure` through a proxy started here, in front of the static backend."""
+    url, proc, _ = handle
+    pids = [p.pid for p in backend.procs]
+    measure(row, url, settings, proxy_pids=[proc.pid], backend_pids=pids, headers=headers)
+
+
 ProxyFactory = Callable[[], contextlib.AbstractContextManager[ProxyHandle]]
 
 
@@ -676,16 +688,9 @@ def run_proxy_row(
 ) -> None:
     print(f"-- {row.name}", flush=True)
     try:
-        with factory() as (url, proc, details):
-            row.details.update(details)
-            measure(
-                row,
-                url,
-                settings,
-                proxy_pids=[proc.pid],
-                backend_pids=[p.pid for p in backend.procs],
-                headers=headers,
-            )
+        with factory() as handle:
+            row.details.update(handle[2])
+            measure_proxy(row, handle, settings, backend, headers)
     except UnavailableError as exc:
         row.status = "skipped" if row.key == "nginx" else "not available"
         row.note = str(exc)
@@ -707,27 +712,12 @@ def interleave(
     """Both sides (already running) warmed up once, then measured in ABBA order, `seconds` each."""
     for side, (url, _, _) in handles.items():
         if settings.warmup > 0:
-            run_wrk(
-                side,
-                url,
-                headers=headers,
-                seconds=settings.warmup,
-                connections=settings.connections,
-                threads=settings.threads,
-            )
+            settings.wrk(side, url, settings.warmup, headers)
     each = Settings(seconds, 0, settings.connections, settings.threads)
     runs: list[ABRun] = []
     for n, side in enumerate(abba_order(rounds)):
-        url, proc, _ = handles[side]
         scratch = Row(side, side)
-        measure(
-            scratch,
-            url,
-            each,
-            proxy_pids=[proc.pid],
-            backend_pids=[p.pid for p in backend.procs],
-            headers=headers,
-        )
+        measure_proxy(scratch, handles[side], each, backend, headers)
         r = scratch.result
         if r is None:
             raise RuntimeError(f"no result for {side} in round {n // 2 + 1}")
