@@ -8,13 +8,11 @@ Run: .venv/bin/python bench/auth_users_me.py [--seconds 10] [--connections 64]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
-from loadgen import auth_with_user, print_table, run_wrk
+from loadgen import auth_with_user, print_table, run_wrk, write_results
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres
 
@@ -53,20 +51,15 @@ def main() -> None:
         nats.stop()
         pg.stop()
     print_table("auth service", [result])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "auth_users_me",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count()},
-                "load": {"tool": "wrk", "connections": args.connections, "seconds": args.seconds},
-                "results": [result.to_json()],
-            },
-            indent=2,
-        )
+    write_results(
+        RESULTS,
+        "auth_users_me",
+        {
+            "machine": {"cpus": os.cpu_count()},
+            "load": {"tool": "wrk", "connections": args.connections, "seconds": args.seconds},
+            "results": [result.to_json()],
+        },
     )
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,15 @@ Writes bench/results/blog_reads.json. Run: .venv/bin/python bench/blog_reads.py 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
-from loadgen import print_table, run_wrk, wait_ready
+from loadgen import print_table, run_wrk, wait_ready, write_results
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
 
@@ -179,21 +177,16 @@ def main() -> None:
         nats.stop()
         pg.stop()
     print_table(f"blog service, one instance, {BLOGS} published blogs", results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "blog_reads",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count()},
-                "published_blogs": BLOGS,
-                "load": {"tool": "wrk", "connections": args.connections, "seconds": args.seconds},
-                "results": [r.to_json() for r in results],
-            },
-            indent=2,
-        )
+    write_results(
+        RESULTS,
+        "blog_reads",
+        {
+            "machine": {"cpus": os.cpu_count()},
+            "published_blogs": BLOGS,
+            "load": {"tool": "wrk", "connections": args.connections, "seconds": args.seconds},
+            "results": [r.to_json() for r in results],
+        },
     )
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

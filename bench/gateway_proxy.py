@@ -23,8 +23,23 @@ gateway rows are measured again with that checkout's gateway code (its `gateway/
 PYTHONPATH; the rest of the environment is this one), in the same run: "before/after" on one
 machine at one time.
 
+Rows measured one after the other vary by ±30 % from run to run on a 2-core machine, so such a
+"before/after" proves little. With `--rounds N` as well, the two baseline rows are an interleaved
+A/B instead (bench/ab.py): for the plain and for the full route, this checkout's gateway (HEAD) and
+the baseline's are both started and kept running, warmed up once each, then loaded in turn for
+`--round-seconds` (6) at a time, in ABBA order (HEAD, baseline, baseline, HEAD, ...) over N rounds.
+Printed, per route: the medians over the runs, with their lowest and highest, of req/s, of the CPU
+per request of the gateway's processes (master and workers, user + system, psutil) and of the
+p99; HEAD/baseline as the ratio of the req/s medians and the change of the CPU and p99 medians in
+percent, and the same ratios taken round by round (median, lowest, highest). They replace the
+sequential baseline rows rather than add to them: those compare runs minutes apart, the very
+comparison that is not to be trusted, and would take as long as two more rounds each. The main
+table (HEAD against Traefik) is as without `--rounds`; `--only gateway-baseline` runs the plain
+A/B alone. The JSON gains an "ab" section with every run.
+
 Run: .venv/bin/python bench/gateway_proxy.py [--seconds 10] [--warmup 3] [--only traefik,gateway]
-     [--baseline DIR]
+     [--baseline DIR [--rounds N [--round-seconds 6]]]
+  or make bench ARGS="gateway_proxy.py --baseline DIR --rounds 4"
 """
 
 from __future__ import annotations
@@ -37,22 +52,24 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import yaml
+from ab import BASELINE, HEAD, abba_order, compare
+from ab import Comparison as ABComparison
+from ab import Run as ABRun
+from ab import table as ab_table
 from backend_static import StaticBackend
-from loadgen import LoadResult, ensure_wrk, run_wrk
+from loadgen import LoadResult, ensure_wrk, run_main, run_wrk, write_results
 
 from mosaic_devstack.embedded import free_port, stop_process
 
@@ -81,11 +98,20 @@ class UnavailableError(Exception):
 
 
 @dataclass
-class Row:
+class Case:
+    """What a row of the tables and the JSON is named by, and whether it was measured."""
+
     key: str
     name: str
     status: str = "measured"  # measured | skipped | not available | failed
     note: str = ""
+
+    def case_json(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "status": self.status, "note": self.note}
+
+
+@dataclass
+class Row(Case):
     result: LoadResult | None = None
     proxy_cpu_us_per_request: float | None = None
     backend_cpu_us_per_request: float | None = None
@@ -98,10 +124,7 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key": self.key,
-            "name": self.name,
-            "status": self.status,
-            "note": self.note,
+            **self.case_json(),
             **(self.result.to_json() if self.result else {}),
             "proxy_cpu_us_per_request": self.proxy_cpu_us_per_request,
             "backend_cpu_us_per_request": self.backend_cpu_us_per_request,
@@ -111,6 +134,22 @@ class Row:
             "goal": self.goal,
             "goal_met": self.goal_met,
             **({"details": self.details} if self.details else {}),
+        }
+
+
+@dataclass
+class ABRow(Case):
+    """An interleaved A/B of HEAD's gateway and the baseline's on one route (`--rounds`); its key
+    is the baseline case it stands for (gateway-baseline, gateway-full-baseline)."""
+
+    runs: list[ABRun] = field(default_factory=list)
+    comparison: ABComparison | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.case_json(),
+            **(self.comparison.to_json() if self.comparison else {}),
+            "runs": [run.to_json() for run in self.runs],
         }
 
 
@@ -574,6 +613,19 @@ class Settings:
     connections: int
     threads: int
 
+    def wrk(
+        self, name: str, url: str, seconds: int, headers: dict[str, str] | None = None
+    ) -> LoadResult:
+        """One wrk run of `seconds` with these connections and threads."""
+        return run_wrk(
+            name,
+            url,
+            headers=headers,
+            seconds=seconds,
+            connections=self.connections,
+            threads=self.threads,
+        )
+
 
 def measure(
     row: Row,
@@ -585,24 +637,10 @@ def measure(
     headers: dict[str, str] | None = None,
 ) -> None:
     if settings.warmup > 0:
-        run_wrk(
-            row.name,
-            url,
-            headers=headers,
-            seconds=settings.warmup,
-            connections=settings.connections,
-            threads=settings.threads,
-        )
+        settings.wrk(row.name, url, settings.warmup, headers)
     proxy0, backend0 = cpu_seconds(proxy_pids), cpu_seconds(backend_pids)
     busy0, wrk0, others0 = busy_seconds(), children_seconds(), process_seconds()
-    result = run_wrk(
-        row.name,
-        url,
-        headers=headers,
-        seconds=settings.seconds,
-        connections=settings.connections,
-        threads=settings.threads,
-    )
+    result = settings.wrk(row.name, url, settings.seconds, headers)
     proxy1, backend1 = cpu_seconds(proxy_pids), cpu_seconds(backend_pids)
     busy1, wrk1, others1 = busy_seconds(), children_seconds(), process_seconds()
     row.result = result
@@ -625,6 +663,19 @@ def measure(
         row.backend_cpu_us_per_request = round((backend1 - backend0) / result.requests * 1e6, 2)
 
 
+def measure_proxy(
+    row: Row,
+    handle: ProxyHandle,
+    settings: Settings,
+    backend: StaticBackend,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """`measure` through a proxy started here, in front of the static backend."""
+    url, proc, _ = handle
+    pids = [p.pid for p in backend.procs]
+    measure(row, url, settings, proxy_pids=[proc.pid], backend_pids=pids, headers=headers)
+
+
 ProxyFactory = Callable[[], contextlib.AbstractContextManager[ProxyHandle]]
 
 
@@ -637,16 +688,9 @@ def run_proxy_row(
 ) -> None:
     print(f"-- {row.name}", flush=True)
     try:
-        with factory() as (url, proc, details):
-            row.details.update(details)
-            measure(
-                row,
-                url,
-                settings,
-                proxy_pids=[proc.pid],
-                backend_pids=[p.pid for p in backend.procs],
-                headers=headers,
-            )
+        with factory() as handle:
+            row.details.update(handle[2])
+            measure_proxy(row, handle, settings, backend, headers)
     except UnavailableError as exc:
         row.status = "skipped" if row.key == "nginx" else "not available"
         row.note = str(exc)
@@ -655,6 +699,76 @@ def run_proxy_row(
         row.note = str(exc)[-1500:]
     if row.result is not None and row.result.errors + row.result.non_2xx > 0:
         row.note = (row.note + " " if row.note else "") + "errors or non-2xx during the run"
+
+
+def interleave(
+    handles: dict[str, ProxyHandle],
+    headers: dict[str, str],
+    settings: Settings,
+    rounds: int,
+    seconds: int,
+    backend: StaticBackend,
+) -> list[ABRun]:
+    """Both sides (already running) warmed up once, then measured in ABBA order, `seconds` each."""
+    for side, (url, _, _) in handles.items():
+        if settings.warmup > 0:
+            settings.wrk(side, url, settings.warmup, headers)
+    each = Settings(seconds, 0, settings.connections, settings.threads)
+    runs: list[ABRun] = []
+    for n, side in enumerate(abba_order(rounds)):
+        scratch = Row(side, side)
+        measure_proxy(scratch, handles[side], each, backend, headers)
+        r = scratch.result
+        if r is None:
+            raise RuntimeError(f"no result for {side} in round {n // 2 + 1}")
+        cpu, failures = scratch.proxy_cpu_us_per_request, r.errors + r.non_2xx
+        other = scratch.other_cpu_percent
+        runs.append(ABRun(side, n // 2, r.requests_per_second, r.p99_ms, cpu, other, failures))
+        shown = f"{cpu:.1f}" if cpu is not None else "-"
+        print(
+            f"   round {n // 2 + 1}/{rounds} {side:<8} {r.requests_per_second:>8.0f} req/s"
+            f" {shown:>7} cpu us/req  p99 {r.p99_ms:.2f} ms",
+            flush=True,
+        )
+    return runs
+
+
+def run_ab_row(
+    row: ABRow,
+    work: Path,
+    backend: StaticBackend,
+    settings: Settings,
+    rounds: int,
+    seconds: int,
+    workers: int,
+    baseline_src: Path,
+) -> None:
+    """The A/B of one route: the plain one, or (gateway-full-baseline) the full one with a real
+    auth service behind both gateways."""
+    rounds_of = f"{plural(rounds, 'round')} of {seconds} s"
+    print(f"-- A/B {row.name}: HEAD and baseline, {rounds_of}", flush=True)
+    try:
+        with contextlib.ExitStack() as stack:
+            auth = None
+            if row.key == "gateway-full-baseline":
+                auth = stack.enter_context(auth_stack(work / "auth"))
+            handles: dict[str, ProxyHandle] = {}
+            headers: dict[str, str] = {}
+            for side, src in ((HEAD, None), (BASELINE, baseline_src)):
+                port, side_work = free_port(), work / f"gateway-{side}"
+                if auth is None:
+                    config = gateway_plain_config(port, backend.url)
+                else:
+                    config, headers = gateway_full_config(port, backend.url, auth, side_work)
+                handles[side] = stack.enter_context(
+                    gateway(side_work, config, port, workers, headers, src)
+                )
+            row.runs = interleave(handles, headers, settings, rounds, seconds, backend)
+        row.comparison = compare(row.runs)
+    except UnavailableError as exc:
+        row.status, row.note = "not available", str(exc)
+    except (RuntimeError, subprocess.CalledProcessError, httpx.HTTPError, KeyError) as exc:
+        row.status, row.note = "failed", str(exc)[-1500:]
 
 
 def apply_ratios(rows: dict[str, Row]) -> None:
@@ -736,8 +850,38 @@ def print_rows(rows: list[Row], machine: str, backend: str) -> None:
         )
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def print_ab(rows: list[ABRow], baseline: Path, rounds: int, seconds: int) -> None:
+    for row in rows:
+        print(
+            f"\nA/B, {row.name}: HEAD (this checkout) against baseline {baseline};"
+            f"\ninterleaved (ABBA), {plural(rounds, 'round')} of {seconds} s, both gateways"
+            " running throughout"
+        )
+        c = row.comparison
+        if c is None:
+            print(f"{row.status.upper()}: {(row.note.splitlines() or [''])[0][:160]}")
+            continue
+        for line in ab_table(c):
+            print(line)
+        for label, side in (("HEAD", c.head), ("baseline", c.baseline)):
+            if side.failures:
+                print(f"WARNING: {side.failures} errors or non-2xx answers in {label}'s runs")
+            if (side.other_cpu_percent_max or 0) > OTHER_CPU_WARN:
+                print(
+                    f"WARNING: other work used up to {side.other_cpu_percent_max:.0f}% of the"
+                    f" machine during {label}'s runs"
+                )
+    if rows:
+        print(
+            "medians over the runs [min, max]; cpu us/req: CPU of the gateway's processes per"
+            " request;\nHEAD/baseline: ratio of the req/s medians, change of the CPU and p99"
+            " medians (negative: HEAD\nneeds less); by round: the same of each round's two runs,"
+            " median [min, max]"
+        )
 
 
 def main() -> int:
@@ -750,13 +894,25 @@ def main() -> int:
     parser.add_argument("--nginx-workers", type=int, default=2)
     parser.add_argument("--backend-processes", type=int, default=1)
     parser.add_argument("--backend-impl", choices=["auto", "c", "python"], default="auto")
-    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated subset of {','.join(CASES)} (with --baseline, also of"
+        f" {','.join(BASELINE_CASES)}: with --rounds, the A/Bs)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
         default=None,
         help="a checkout of an earlier commit: its gateway is measured too, in the same run",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="with --baseline: an interleaved A/B of N rounds instead of the baseline rows",
+    )
+    parser.add_argument("--round-seconds", type=int, default=None, help="each run of the A/B (6)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     parser.add_argument(
         "--output",
@@ -771,11 +927,13 @@ def main() -> int:
         parser.error(f"--baseline {args.baseline}: no gateway/src there")
     if unknown := set(only) - set(cases):
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    if args.rounds is not None and (args.baseline is None or args.rounds < 1):
+        parser.error("--rounds N (N >= 1) goes with --baseline DIR")
+    if args.round_seconds is not None and (args.rounds is None or args.round_seconds < 1):
+        parser.error("--round-seconds S (S >= 1) goes with --rounds N")
+    round_seconds = args.round_seconds or 6
     settings = Settings(args.seconds, args.warmup, args.connections, args.threads)
     ensure_wrk()
-
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every process started here is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
 
     work = Path(tempfile.mkdtemp(prefix="mosaic-bench-gateway-"))
     cpus = os.cpu_count() or 0
@@ -794,7 +952,13 @@ def main() -> int:
         "gateway-full-baseline": f"baseline {args.baseline}: key + JWT + metrics + log",
     }
     baseline_src = args.baseline / "gateway" / "src" if args.baseline is not None else None
-    rows = {key: Row(key, names[key]) for key in cases if key in only}
+    ab_keys = [key for key in BASELINE_CASES if key in only] if args.rounds else []
+    ab_names = {
+        "gateway-baseline": names["gateway"],
+        "gateway-full-baseline": names["gateway-full"],
+    }
+    ab_rows = {key: ABRow(key, ab_names[key]) for key in ab_keys}
+    rows = {key: Row(key, names[key]) for key in cases if key in only and key not in ab_rows}
     backend = StaticBackend(free_port(), processes=args.backend_processes, impl=args.backend_impl)
     try:
         backend.start()
@@ -844,6 +1008,18 @@ def main() -> int:
             elif key in {"gateway-full", "gateway-full-baseline"}:
                 src = baseline_src if key == "gateway-full-baseline" else None
                 run_full_gateway_row(row, work / key, backend, settings, args.gateway_workers, src)
+        for key, ab_row in ab_rows.items():
+            assert baseline_src is not None  # --rounds goes with --baseline
+            run_ab_row(
+                ab_row,
+                work / f"ab-{key}",
+                backend,
+                settings,
+                args.rounds,
+                round_seconds,
+                args.gateway_workers,
+                baseline_src,
+            )
     finally:
         backend.stop()
         if not args.keep:
@@ -851,13 +1027,25 @@ def main() -> int:
 
     apply_ratios(rows)
     ordered = list(rows.values())
-    print_rows(ordered, machine, backend.describe())
+    if ordered:  # none with `--only` naming A/B cases alone
+        print_rows(ordered, machine, backend.describe())
+    print_ab(list(ab_rows.values()), args.baseline, args.rounds, round_seconds)
     if args.keep:
         print(f"configs and logs kept in {work}")
     output = args.output or (None if args.only else RESULTS)
     if output is not None:
-        write_results(output, ordered, settings, machine, backend, args)
-    return 1 if any(r.status == "failed" for r in ordered) else 0
+        results = report(ordered, settings, machine, backend, args)
+        if ab_rows:
+            results["ab"] = {
+                "baseline": str(args.baseline),
+                "rounds": args.rounds,
+                "round_seconds": round_seconds,
+                "order": abba_order(args.rounds),
+                "rows": [row.to_json() for row in ab_rows.values()],
+            }
+        write_results(output, "gateway_proxy", results)
+    statuses = [r.status for r in ordered] + [r.status for r in ab_rows.values()]
+    return 1 if "failed" in statuses else 0
 
 
 def run_full_gateway_row(
@@ -902,47 +1090,29 @@ def run_full_gateway_row(
         row.status, row.note = "failed", f"the auth service for the full row: {exc}"[-1500:]
 
 
-def write_results(
-    output: Path,
-    rows: list[Row],
-    settings: Settings,
-    machine: str,
-    backend: StaticBackend,
-    args: Any,
-) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        json.dumps(
-            {
-                "benchmark": "gateway_proxy",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "note": machine},
-                "load": {
-                    "tool": "wrk",
-                    "threads": settings.threads,
-                    "connections": settings.connections,
-                    "seconds": settings.seconds,
-                    "warmup_seconds": settings.warmup,
-                },
-                "route": {"path": REQUEST_PATH, "gateway_template": ROUTE_TEMPLATE},
-                "backend": backend.describe(),
-                "goals": {
-                    "gateway_plain_vs_traefik": f">= {PLAIN_GOAL}x req/s, p99 no worse",
-                    "gateway_full_vs_traefik_full": f">= {FULL_GOAL}x req/s",
-                },
-                "gateway_workers": args.gateway_workers,
-                "results": [row.to_json() for row in rows],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {output}")
+def report(
+    rows: list[Row], settings: Settings, machine: str, backend: StaticBackend, args: Any
+) -> dict[str, Any]:
+    """What bench/results/gateway_proxy.json holds (after its name and time)."""
+    return {
+        "machine": {"cpus": os.cpu_count(), "note": machine},
+        "load": {
+            "tool": "wrk",
+            "threads": settings.threads,
+            "connections": settings.connections,
+            "seconds": settings.seconds,
+            "warmup_seconds": settings.warmup,
+        },
+        "route": {"path": REQUEST_PATH, "gateway_template": ROUTE_TEMPLATE},
+        "backend": backend.describe(),
+        "goals": {
+            "gateway_plain_vs_traefik": f">= {PLAIN_GOAL}x req/s, p99 no worse",
+            "gateway_full_vs_traefik_full": f">= {FULL_GOAL}x req/s",
+        },
+        "gateway_workers": args.gateway_workers,
+        "results": [row.to_json() for row in rows],
+    }
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process started here was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

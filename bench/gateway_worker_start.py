@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import httpx
 import psutil
 import yaml
 from backend_static import StaticBackend
+from loadgen import write_results
 
 from mosaic_devstack.embedded import free_port, stop_process
 
@@ -227,33 +227,30 @@ def main() -> int:
             f"ratio after/before: ready {after.median('ready_seconds') / before.median('ready_seconds'):.2f}, "
             f"worker RSS {after.median('worker_rss_mb') / before.median('worker_rss_mb'):.2f}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                "cores": os.cpu_count(),
-                "runs": args.runs,
-                "rows": [
-                    {
-                        "name": r.name,
-                        "source": r.source,
-                        "median": {
-                            k: r.median(k)
-                            for k in (
-                                "ready_seconds",
-                                "worker_rss_mb",
-                                "import_seconds",
-                                "modules",
-                            )
-                        },
-                        "samples": [asdict(s) for s in r.samples],
-                    }
-                    for r in rows
-                ],
-            },
-            indent=2,
-        )
+    write_results(
+        RESULTS,
+        "gateway_worker_start",
+        {
+            "cores": os.cpu_count(),
+            "runs": args.runs,
+            "rows": [
+                {
+                    "name": r.name,
+                    "source": r.source,
+                    "median": {
+                        k: r.median(k)
+                        for k in (
+                            "ready_seconds",
+                            "worker_rss_mb",
+                            "import_seconds",
+                            "modules",
+                        )
+                    },
+                    "samples": [asdict(s) for s in r.samples],
+                }
+                for r in rows
+            ],
+        },
     )
     return 0
 

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import nats
+from loadgen import write_results
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
@@ -154,20 +153,15 @@ def main() -> None:
     print(f"{'case':<28} {'per second':>11} {'p50 ms':>8} {'p99 ms':>8}")
     for name, row in rows.items():
         print(f"{name:<28} {row['per_second']:>11,} {row['p50_ms']:>8} {row['p99_ms']:>8}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "infra_capacity",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
-                "seconds": args.seconds,
-                "results": rows,
-            },
-            indent=2,
-        )
+    write_results(
+        RESULTS,
+        "infra_capacity",
+        {
+            "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
+            "seconds": args.seconds,
+            "results": rows,
+        },
     )
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

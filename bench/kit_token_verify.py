@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import platform
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from loadgen import write_results
 
 from mosaic_kit.jwks import JwksCache, StaticKeySource
 from mosaic_kit.revocation import RevocationSet
@@ -119,10 +118,7 @@ def main() -> None:
     for row in results:
         print(f"{row['case']:<28} {row['ops_per_s']:>16,.0f} {1e6 / row['ops_per_s']:>9.2f}")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "benchmark": "kit_token_verify",
-        "at": datetime.now(UTC).isoformat(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "seconds_per_case": args.seconds,
@@ -131,8 +127,7 @@ def main() -> None:
             for row in results
         ],
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, "kit_token_verify", report)
 
 
 if __name__ == "__main__":

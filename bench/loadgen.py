@@ -1,4 +1,5 @@
-"""A real HTTP load generator (wrk) and the parsing of what it reports.
+"""A real HTTP load generator (wrk) and the parsing of what it reports; what every benchmark
+script shares (its results file, its entry point).
 
 wrk comes from Debian's package; on a machine without it, `ensure_wrk` installs it through apt
 when it can (root), so `make bench` needs nothing installed by hand.
@@ -6,17 +7,20 @@ when it can (root), so `make bench` needs nothing installed by hand.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -148,3 +152,28 @@ def auth_with_user(env: Mapping[str, str]) -> Iterator[tuple[subprocess.Popen[by
         yield server, url, signup.json()["tokens"]["accessToken"]
     finally:
         stop_process(server.pid)
+
+
+def write_results(path: Path, benchmark: str, report: Mapping[str, Any]) -> None:
+    """A benchmark's JSON results (bench/results/NAME.json): its name, when, then `report`."""
+    body = {"benchmark": benchmark, "measured_at": datetime.now(UTC).isoformat(), **report}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """A benchmark's entry point for scripts that start processes: SIGTERM (a CI timeout, `kill`)
+    unwinds like Ctrl-C, so every `finally` runs and every process started is stopped; either
+    exits 130."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted: every process started here was stopped", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -31,24 +31,20 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from backend_static import StaticBackend
 from gateway_proxy import REQUEST_PATH, AuthStack, auth_stack, gateway, gateway_plain_config
-from loadgen import LoadResult, ensure_wrk, run_wrk
+from loadgen import LoadResult, ensure_wrk, run_main, run_wrk, write_results
 
 from mosaic_devstack.embedded import free_port
 
@@ -243,10 +239,6 @@ def print_rows(rows: list[Row], ratio: float | None, machine: str) -> None:
     print("req/s, p50, p99: means over the runs (alternated for the two routes)")
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="each measured run (10)")
@@ -264,7 +256,6 @@ def main() -> int:
             "--token-connections above --clients would put two requests of a client in flight"
         )
     ensure_wrk()
-    signal.signal(signal.SIGTERM, _interrupt)  # unwind, so every process started here stops
 
     work = Path(tempfile.mkdtemp(prefix="mosaic-bench-oauth-"))
     work.chmod(0o700)  # the wrk script holds the bench clients' secrets
@@ -342,45 +333,35 @@ def main() -> int:
             f"WARNING: load average {load_average} over {os.cpu_count()} CPUs during the run:"
             " other work shared the machine, the figures (and the ratio) are not reliable"
         )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(
-        json.dumps(
-            {
-                "benchmark": "oauth",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "note": machine,
-                    "load_average_5m": load_average,
-                },
-                "load": {
-                    "tool": "wrk",
-                    "threads": args.threads,
-                    "connections": args.connections,
-                    "token_connections": args.token_connections,
-                    "seconds": args.seconds,
-                    "warmup_seconds": args.warmup,
-                    "rounds": args.rounds,
-                },
-                "clients": args.clients,
-                "backend": backend.describe(),
-                "gateway_workers": workers,
-                "ratio_client_token_to_api_key": ratio,
-                "goal": f">= {RATIO_GOAL}x",
-                "goal_met": ratio >= RATIO_GOAL if ratio is not None else None,
-                "results": [row.to_json() for row in ordered],
+    write_results(
+        args.output,
+        "oauth",
+        {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "note": machine,
+                "load_average_5m": load_average,
             },
-            indent=2,
-        )
-        + "\n"
+            "load": {
+                "tool": "wrk",
+                "threads": args.threads,
+                "connections": args.connections,
+                "token_connections": args.token_connections,
+                "seconds": args.seconds,
+                "warmup_seconds": args.warmup,
+                "rounds": args.rounds,
+            },
+            "clients": args.clients,
+            "backend": backend.describe(),
+            "gateway_workers": workers,
+            "ratio_client_token_to_api_key": ratio,
+            "goal": f">= {RATIO_GOAL}x",
+            "goal_met": ratio >= RATIO_GOAL if ratio is not None else None,
+            "results": [row.to_json() for row in ordered],
+        },
     )
-    print(f"wrote {args.output}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process started here was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

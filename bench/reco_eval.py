@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import random
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from loadgen import write_results
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from mosaic_devstack.issuer import TokenIssuer
@@ -345,11 +345,8 @@ def main() -> None:
     )
     report["ratio_ndcg_blend_over_trending"] = ratio
     report["goal"] = GOAL
-    report["measured_at"] = datetime.now(UTC).isoformat()
     report["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, "reco_eval", report)
 
 
 if __name__ == "__main__":

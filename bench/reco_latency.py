@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import subprocess
@@ -31,7 +30,7 @@ from typing import Any
 
 import httpx
 import yaml
-from loadgen import LoadResult, print_table, run_wrk, wait_ready
+from loadgen import LoadResult, print_table, run_wrk, wait_ready, write_results
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
@@ -301,22 +300,17 @@ def main() -> None:
     )
     reasons = sorted({item["reason"] for item in sample["items"]})
     print(f"a sample answer: {len(sample['items'])} items, reasons {reasons}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "reco_latency",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
-                "dataset": {"readers": args.readers, "blogs": args.blogs, "signals": args.signals},
-                "loading": loading,
-                "load": {"tool": "wrk", "connections": args.connections, "seconds": args.seconds},
-                "results": [r.to_json() for r in results],
-            },
-            indent=2,
-        )
+    write_results(
+        RESULTS,
+        "reco_latency",
+        {
+            "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
+            "dataset": {"readers": args.readers, "blogs": args.blogs, "signals": args.signals},
+            "loading": loading,
+            "load": {"tool": "wrk", "connections": args.connections, "seconds": args.seconds},
+            "results": [r.to_json() for r in results],
+        },
     )
-    print(f"wrote {RESULTS}")
 
 
 def start_loop_thread(loop: asyncio.AbstractEventLoop) -> Any:

@@ -34,12 +34,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from loadgen import LoadResult, auth_with_user, print_table, run_wrk, wait_ready
+from loadgen import LoadResult, auth_with_user, print_table, run_wrk, wait_ready, write_results
 
 from mosaic_devstack.embedded import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
 
@@ -471,29 +470,24 @@ def main() -> None:
         verdict = "meets" if ratio >= GOALS[case] else "MISSES"
         print(f"{case:<10} {ratio:5.2f}x bare  ({verdict} the goal of {GOALS[case]}x)")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "service_chassis",
-                "measured_at": datetime.now(UTC).isoformat(),
-                "machine": {"cpus": os.cpu_count(), "load_average_before": load_before[0]},
-                "load": {
-                    "tool": "wrk",
-                    "threads": 2,
-                    "connections": args.connections,
-                    "seconds": args.seconds,
-                    "warmup_seconds": args.warmup,
-                },
-                "results": [r.to_json() for r in results],
-                "servers": [r.to_json() for r in servers],
-                "ratios": ratios,
-                "goals": GOALS,
+    write_results(
+        RESULTS,
+        "service_chassis",
+        {
+            "machine": {"cpus": os.cpu_count(), "load_average_before": load_before[0]},
+            "load": {
+                "tool": "wrk",
+                "threads": 2,
+                "connections": args.connections,
+                "seconds": args.seconds,
+                "warmup_seconds": args.warmup,
             },
-            indent=2,
-        )
+            "results": [r.to_json() for r in results],
+            "servers": [r.to_json() for r in servers],
+            "ratios": ratios,
+            "goals": GOALS,
+        },
     )
-    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
