@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Iterator
 import pytest
 from wire_support import FakeTransport, problem_code
 
-from mosaic_gateway.http.server import ClientConnection, Exchange, Server, ServerLimits
+from mosaic_gateway.http.server import ClientConnection, Exchange, Server, ServerLimits, StateKey
 from mosaic_gateway.routing.chain import Chain, Step
 
 REQUEST = b"GET /x HTTP/1.1\r\nhost: h\r\n\r\n"
@@ -184,3 +184,53 @@ def test_a_filter_that_fails_while_waiting_is_a_500_problem(
     settle(loop)
     assert log == ["a"]
     assert problem_code(bytes(transport.written)) == (500, "gateway.internal")
+
+
+class Noting:
+    """A filter that keeps per-request state under its own key, and reads a neighbour's."""
+
+    def __init__(self, key: StateKey[str], value: str, seen: dict[str, str | None]) -> None:
+        self.key, self.value, self.seen = key, value, seen
+
+    def on_request(self, exchange: Exchange) -> bool:
+        self.seen[self.value] = exchange.get(self.key)  # nothing stored yet under this key
+        exchange.put(self.key, self.value)
+        return True
+
+
+def test_filter_state_is_kept_per_request_under_each_owners_key(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Two modules naming their keys alike cannot read or overwrite each other's state.
+    first, second = StateKey[str]("verdict"), StateKey[str]("verdict")
+    seen: dict[str, str | None] = {}
+    states: list[dict[object, object] | None] = []
+
+    class Reading:
+        def start(self, exchange: Exchange) -> None:
+            states.append(exchange.state)
+            assert exchange.get(first) == "one"
+            assert exchange.get(second) == "two"
+            exchange.respond(200, b"ok", b"text/plain")
+
+    chain = Chain(loop, [Noting(first, "one", seen), Noting(second, "two", seen)], Reading())
+    serve(loop, chain)
+    serve(loop, chain)  # a second request starts with nothing stored
+    assert seen == {"one": None, "two": None}
+    assert len(states) == 2
+    assert states[0] is not states[1]
+
+
+def test_a_request_no_module_takes_notes_on_allocates_no_state(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    states: list[dict[object, object] | None] = []
+
+    class Reading:
+        def start(self, exchange: Exchange) -> None:
+            states.append(exchange.state)
+            assert exchange.get(StateKey[str]("anything")) is None
+            exchange.respond(200, b"ok", b"text/plain")
+
+    serve(loop, Chain(loop, [], Reading()))
+    assert states == [None]
