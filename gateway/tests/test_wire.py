@@ -298,6 +298,34 @@ def test_one_of_each_credential_goes_through(loop: asyncio.AbstractEventLoop) ->
     (call,) = wire.calls
     assert (b"authorization", b"Bearer a") in call.exchange.headers
     assert (b"x-api-key", b"k") in call.exchange.headers
+    # The values the credential filters read, found while parsing (no filter scans for them).
+    assert call.exchange.authorization == b"Bearer a"
+    assert call.exchange.api_key == b"k"
+
+
+@pytest.mark.parametrize("named", [b"x-api-key", b"authorization", b"X-Api-Key, Authorization"])
+def test_a_credential_the_client_made_hop_by_hop_is_gone_for_the_filters_too(
+    loop: asyncio.AbstractEventLoop, named: bytes
+) -> None:
+    # What `Connection` names is dropped before any filter looks, so the credential filters
+    # must not see it either: a key that reaches no backend cannot be the one that was checked.
+    wire = Wire(loop, auto=True).feed(
+        b"GET /r HTTP/1.1\r\nhost: x\r\nauthorization: Bearer a\r\nx-api-key: k\r\n"
+        b"connection: " + named + b"\r\n\r\n"
+    )
+    (call,) = wire.calls
+    exchange = call.exchange
+    names = {name for name, _ in exchange.headers}
+    for header, seen in (
+        (b"x-api-key", exchange.api_key),
+        (b"authorization", exchange.authorization),
+    ):
+        if header in named.lower():
+            assert header not in names
+            assert seen is None
+        else:
+            assert header in names
+            assert seen is not None
 
 
 def test_a_refused_request_with_a_body_closes_the_connection(

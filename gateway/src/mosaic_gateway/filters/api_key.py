@@ -14,7 +14,6 @@ accepted here") rather than asked for a key it may not have.
 from __future__ import annotations
 
 from mosaic_gateway.filters.apikeys import (
-    API_KEY_HEADER,
     ApiKeyError,
     ApiKeyIdentity,
     ApiKeyMissing,
@@ -42,7 +41,7 @@ class ApiKeyFilter:
         self.clients = clients  # open to client applications: a client token replaces the key
 
     def on_request(self, exchange: Exchange) -> Step:
-        key = _header(exchange, API_KEY_HEADER)
+        key = exchange.api_key  # found by the server while parsing (http/server.py)
         if key is None:
             if not self.required:
                 return True
@@ -52,8 +51,8 @@ class ApiKeyFilter:
                     return True
                 exchange.send_problem(KEY_OR_CLIENT_TOKEN_MISSING)
                 return False
-            # Only to word the refusal: the header is looked for on this (rare) path alone.
-            authorization = _header(exchange, b"authorization")
+            # Only to word the refusal.
+            authorization = exchange.authorization
             if authorization is not None and is_client_token(authorization):
                 exchange.send_problem(CLIENT_TOKEN_NOT_HERE, ((b"www-authenticate", b"Bearer"),))
                 return False
@@ -82,10 +81,3 @@ def _admit(exchange: Exchange, identity: ApiKeyIdentity) -> bool:
     caller_for(exchange).api_key = identity
     return True
 
-
-def _header(exchange: Exchange, wanted: bytes) -> bytes | None:
-    found: bytes | None = None
-    for name, value in exchange.headers:
-        if name == wanted:
-            found = value  # the last one (the server refuses two x-api-key headers anyway)
-    return found

@@ -112,17 +112,9 @@ class JwtFilter:
             )
 
     def on_request(self, exchange: Exchange) -> Step:
-        authorization: bytes | None = None
-        keyed = False
-        users = self.users
-        for name, value in exchange.headers:
-            if name == b"authorization":
-                authorization = value
-            elif not users and name == b"x-api-key":
-                keyed = True
-        if keyed:
+        if not self.users and exchange.api_key is not None:
             return True  # an API-key request to a public read: the token is not looked at
-        token = _bearer(exchange, authorization, required=self.required)
+        token = _bearer(exchange, exchange.authorization, required=self.required)
         if token is None:
             return self._admit(exchange, None)
         if not token:

@@ -143,6 +143,8 @@ class Exchange:
     """One request and the state of its response."""
 
     __slots__ = (
+        "api_key",
+        "authorization",
         "body_bytes",
         "body_chunks",
         "body_done",
@@ -197,6 +199,10 @@ class Exchange:
         self.keep_alive = keep_alive
         self.request_id = b""
         self.host: bytes | None = None
+        # The credentials, as the client sent them (each at most once: a second is refused),
+        # found while the server reads the head anyway, so no filter scans the headers for them.
+        self.authorization: bytes | None = None
+        self.api_key: bytes | None = None
         self.content_length: int | None = None
         self.chunked = False
         self.has_body = False  # set once the headers are known
@@ -625,7 +631,6 @@ class ClientConnection(asyncio.Protocol):
         # a second Content-Length, Content-Length with Transfer-Encoding, and non-digits), and as
         # the backend will read what is forwarded. Headers used once (Host, credentials) must be
         # there once, or the gateway and a backend could each read a different one.
-        authorization = api_key = False
         hop: set[bytes] | None = None
         for name, value in self._headers:
             if name in _SPECIAL_HEADERS:
@@ -636,13 +641,13 @@ class ClientConnection(asyncio.Protocol):
                 elif name == b"content-length":
                     exchange.content_length = int(value)
                 elif name == b"authorization":
-                    if authorization:
+                    if exchange.authorization is not None:
                         exchange.rejected = problems.DUPLICATE_CREDENTIALS
-                    authorization = True
+                    exchange.authorization = value
                 elif name == b"x-api-key":
-                    if api_key:
+                    if exchange.api_key is not None:
                         exchange.rejected = problems.DUPLICATE_CREDENTIALS
-                    api_key = True
+                    exchange.api_key = value
                 elif name == b"transfer-encoding":
                     # llhttp also takes `gzip, chunked` or two headers ending in chunked as
                     # chunked; the codings before it would be lost when the body is re-chunked.
@@ -672,6 +677,10 @@ class ClientConnection(asyncio.Protocol):
             # Headers the client made hop-by-hop go here, once, so that the filters, the cache
             # key and the forwarded request all see the same ones.
             exchange.headers = [item for item in self._headers if item[0] not in hop]
+            if b"authorization" in hop:
+                exchange.authorization = None
+            if b"x-api-key" in hop:
+                exchange.api_key = None
         exchange.request_id = self.server.request_ids.accept_or_new(exchange.request_id or None)
         exchange.has_body = exchange.chunked or bool(exchange.content_length)
         if exchange.has_body:

@@ -20,7 +20,13 @@ from mosaic_gateway.filters.caller import CALLER
 from mosaic_gateway.handlers.forward import UPSTREAM_INSTANCE
 from mosaic_gateway.observe.accesslog import UNROUTED, AccessLog
 from mosaic_gateway.observe.metrics import METHOD_LABELS, UNMATCHED, Gauge, Metrics
-from mosaic_gateway.observe.tracing import SPAN, RequestTracer, SpanExporter, incoming_trace_id
+from mosaic_gateway.observe.tracing import (
+    SPAN,
+    RequestTracer,
+    Span,
+    SpanExporter,
+    incoming_trace_id,
+)
 from mosaic_gateway.upstream.breaker import STATE_CODES
 from mosaic_kit.logging import get_logger
 
@@ -28,6 +34,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from mosaic_gateway.config import ObservabilitySpec
+    from mosaic_gateway.filters.caller import Caller
     from mosaic_gateway.http.server import Exchange, Server
     from mosaic_gateway.lifecycle.runtime import Runtime
     from mosaic_gateway.routing.route import CompiledRoute
@@ -79,13 +86,13 @@ class Observer:
             template, backend, fields = route.template, route.backend.name, route.log_fields
         # What the route's filters and handler found out, under their keys (each module owns
         # its own): one look when nothing was stored.
-        cache = instance = span = None
-        user_id = client_id = None
-        if exchange.state is not None:
-            cache = exchange.get(CACHE_STATUS)
-            instance = exchange.get(UPSTREAM_INSTANCE)
-            span = exchange.get(SPAN)
-            caller = exchange.get(CALLER)
+        cache = instance = span = user_id = client_id = None
+        state = exchange.state
+        if state is not None:  # read here directly: this runs once per request
+            cache = cast("str | None", state.get(CACHE_STATUS))
+            instance = cast("str | None", state.get(UPSTREAM_INSTANCE))
+            span = cast("Span | None", state.get(SPAN))
+            caller = cast("Caller | None", state.get(CALLER))
             if caller is not None:
                 user_id, client_id = caller.user_id, caller.client_id
         method = METHOD_LABELS.get(exchange.method, "OTHER")
