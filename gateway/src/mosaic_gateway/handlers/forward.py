@@ -233,7 +233,11 @@ class Forward(Attempt):
         self.forwarder = forwarder
         self.exchange = exchange
         self.route = route
-        exchange.put(UPSTREAM_INSTANCE, instance.url)
+        state = exchange.state  # `exchange.put`, inlined: every forwarded request does it
+        if state is None:
+            exchange.state = {UPSTREAM_INSTANCE: instance.url}
+        else:
+            state[UPSTREAM_INSTANCE] = instance.url
         self.body: bytes | None = None
         self.buffered: list[bytes] | None = None
         self.head_only = exchange.method == b"HEAD"
@@ -334,7 +338,9 @@ class Forward(Attempt):
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         exchange = self.exchange
         self.failure_status = status in self.backend.failure_statuses
-        if self.retries_status(status):
+        retry = self.retry
+        # The status is looked up here first: the usual answer costs no call.
+        if retry is not None and status in retry.statuses and self.retries_status(status):
             # Read and drop this answer, then retry (in response_end). Returning False for a
             # close-delimited body makes its end arrive as upstream_failed: also a retry.
             self.failure_status = True
