@@ -224,7 +224,8 @@ class Forward(Attempt):
         instance: Instance,
     ) -> None:
         retry = route.retry
-        super().__init__(
+        Attempt.__init__(  # not super(): no proxy object to make, once per request
+            self,
             route.backend,
             retry,
             retry.attempts if retry is not None and exchange.method in IDEMPOTENT_METHODS else 0,
