@@ -9,7 +9,7 @@ token. `api_key` is the calling application's key, when one was sent and verifie
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from mosaic_gateway.http.server import StateKey
 
@@ -27,14 +27,6 @@ class Caller:
         self.principal: Principal | None = None
         self.client: ClientPrincipal | None = None
 
-    @property
-    def user_id(self) -> str | None:
-        return self.principal.user_id if self.principal is not None else None
-
-    @property
-    def client_id(self) -> str | None:
-        return self.client.client_id if self.client is not None else None
-
 
 CALLER: StateKey[Caller] = StateKey("caller")
 
@@ -46,7 +38,10 @@ CALLER: StateKey[Caller] = StateKey("caller")
 def caller_of(exchange: Exchange) -> Caller | None:
     """The exchange's caller, if a credential filter made one."""
     state = exchange.state
-    return None if state is None else cast("Caller | None", state.get(CALLER))
+    if state is None:
+        return None
+    found: Caller | None = state.get(CALLER)
+    return found
 
 
 def caller_for(exchange: Exchange) -> Caller:
@@ -56,8 +51,7 @@ def caller_for(exchange: Exchange) -> Caller:
         found = Caller()
         exchange.state = {CALLER: found}
         return found
-    known = state.get(CALLER)
+    known: Caller | None = state.get(CALLER)
     if known is None:
-        found = state[CALLER] = Caller()
-        return found
-    return cast("Caller", known)
+        known = state[CALLER] = Caller()
+    return known

@@ -86,15 +86,22 @@ class Observer:
             template, backend, fields = route.template, route.backend.name, route.log_fields
         # What the route's filters and handler found out, under their keys (each module owns
         # its own): one look when nothing was stored.
-        cache = instance = span = user_id = client_id = None
+        cache: str | None = None
+        instance: str | None = None
+        span: Span | None = None
+        user_id: str | None = None
+        client_id: str | None = None
         state = exchange.state
-        if state is not None:  # read here directly: this runs once per request
-            cache = cast("str | None", state.get(CACHE_STATUS))
-            instance = cast("str | None", state.get(UPSTREAM_INSTANCE))
-            span = cast("Span | None", state.get(SPAN))
-            caller = cast("Caller | None", state.get(CALLER))
+        if state is not None:  # read here directly (no call per key): once per request
+            cache = state.get(CACHE_STATUS)
+            instance = state.get(UPSTREAM_INSTANCE)
+            span = state.get(SPAN)
+            caller: Caller | None = state.get(CALLER)
             if caller is not None:
-                user_id, client_id = caller.user_id, caller.client_id
+                if caller.principal is not None:
+                    user_id = caller.principal.user_id
+                if caller.client is not None:
+                    client_id = caller.client.client_id
         method = METHOD_LABELS.get(exchange.method, "OTHER")
         metrics = self.metrics
         if metrics is not None:
