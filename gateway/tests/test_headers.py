@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from wire_support import Wire
 
 from mosaic_gateway.filters.apikeys import ApiKeyIdentity
+from mosaic_gateway.filters.caller import caller_for
 from mosaic_gateway.filters.headers import (
     CorsPolicy,
     HeaderPolicy,
@@ -12,6 +16,7 @@ from mosaic_gateway.filters.headers import (
     cors_request,
     strip_hop_by_hop,
 )
+from mosaic_gateway.filters.upstream_headers import HeaderFilter
 from mosaic_kit.tokens import Principal
 
 Headers = list[tuple[bytes, bytes]]
@@ -230,3 +235,38 @@ def test_cors_configuration_errors() -> None:
         CorsPolicy(origins=["https://app.example.com/"])
     with pytest.raises(ValueError, match="at least one origin"):
         CorsPolicy(origins=[])
+
+
+def test_the_header_filter_renders_each_callers_identity_and_never_another_ones() -> None:
+    # HeaderFilter keeps rendered lines by the caller objects' ids: a new caller (even one made
+    # where an earlier one was freed) must get its own lines, the same caller the same bytes.
+    loop = asyncio.new_event_loop()
+    try:
+        wire = Wire(loop).feed(b"GET /r HTTP/1.1\r\nhost: x\r\n\r\n")
+        (call,) = wire.calls
+        exchange = call.exchange
+        header_filter = HeaderFilter(HeaderPolicy(allow=["*"]))
+
+        def rendered_for(user: Principal | None, key: ApiKeyIdentity | None) -> bytes:
+            exchange.state = None
+            exchange.upstream_headers = b""
+            caller = caller_for(exchange)
+            caller.principal, caller.api_key = user, key
+            assert header_filter.on_request(exchange) is True
+            return exchange.upstream_headers
+
+        first = rendered_for(principal(user_id="user-1"), None)
+        assert first == b"x-user-id: user-1\r\nx-user-roles: AUTHOR,LEARNER\r\n"
+        for number in range(2, 50):  # freed principals, their ids likely reused
+            user = f"user-{number}"
+            assert rendered_for(principal(user_id=user), None).startswith(
+                b"x-user-id: " + user.encode() + b"\r\n"
+            )
+        same = principal(user_id="kept")
+        assert rendered_for(same, None) is rendered_for(same, None)
+        key = ApiKeyIdentity("k-9", "app")
+        assert b"x-user-id: kept" in rendered_for(same, key)
+        assert rendered_for(None, key) == rendered_for(None, key)
+        assert b"x-user-id" not in rendered_for(None, key)
+    finally:
+        loop.close()

@@ -22,7 +22,8 @@ from mosaic_gateway.filters.headers import HeaderPolicy, QueryPolicy, render_lin
 from mosaic_gateway.http.server import Exchange
 from mosaic_kit.tokens import ClientPrincipal, Principal
 
-_Owner = tuple[Principal | None, ApiKeyIdentity | None, ClientPrincipal | None]
+# The caller's three parts and their rendered identity header lines.
+_Rendered = tuple[Principal | None, ApiKeyIdentity | None, ClientPrincipal | None, bytes]
 
 _RENDERED_MAX = 10_000
 
@@ -32,7 +33,7 @@ class HeaderFilter:
 
     def __init__(self, policy: HeaderPolicy) -> None:
         self.policy = policy
-        self._rendered: dict[_Owner, bytes] = {}
+        self._rendered: dict[tuple[int, int, int], _Rendered] = {}
         # Whether a client's `Authorization` can survive the allow-list (then it is taken out).
         self._strip_authorization = policy.allowed is None or b"authorization" in policy.allowed
 
@@ -40,18 +41,34 @@ class HeaderFilter:
         policy = self.policy
         headers = policy.filter_request(exchange.headers)
         caller = caller_of(exchange)
-        if caller is not None and caller.client is not None and self._strip_authorization:
+        if caller is None:
+            exchange.headers = headers
+            return True
+        principal, api_key, client = caller.principal, caller.api_key, caller.client
+        if client is not None and self._strip_authorization:
             headers = [item for item in headers if item[0] != b"authorization"]
         exchange.headers = headers
-        if caller is not None:
-            owner = (caller.principal, caller.api_key, caller.client)
-            rendered = self._rendered.get(owner)
-            if rendered is None:
-                rendered = render_lines(policy.identity_headers(*owner))
-                if len(self._rendered) >= _RENDERED_MAX:
-                    self._rendered.clear()  # rebuilt from scratch: cheaper than an LRU
-                self._rendered[owner] = rendered
-            exchange.upstream_headers = rendered
+        # Keyed by the objects' ids, not their (dataclass) hashes, which Python would compute
+        # field by field on every request. Safe: the entry holds the three objects, so no other
+        # live object can have their ids while it exists; the identity checks say so again.
+        key = (id(principal), id(api_key), id(client))
+        entry = self._rendered.get(key)
+        if (
+            entry is None
+            or entry[0] is not principal
+            or entry[1] is not api_key
+            or entry[2] is not client
+        ):
+            entry = (
+                principal,
+                api_key,
+                client,
+                render_lines(policy.identity_headers(principal, api_key, client)),
+            )
+            if len(self._rendered) >= _RENDERED_MAX:
+                self._rendered.clear()  # rebuilt from scratch: cheaper than an LRU
+            self._rendered[key] = entry
+        exchange.upstream_headers = entry[3]
         return True
 
 
