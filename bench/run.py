@@ -16,6 +16,7 @@ BENCHMARKS = [
     "auth_users_me.py",
     "blog_reads.py",
     "gateway_proxy.py",
+    "gateway_path.py",
     "oauth.py",
     "service_chassis.py",
     "gateway_worker_start.py",
