@@ -221,7 +221,17 @@ class Router(Generic[T]):
 def _search(
     node: _Node[T], segments: list[bytes], index: int, values: list[bytes], path: bytes
 ) -> PathEntry[T] | None:
-    if index == len(segments):
+    # Through nodes that offer nothing to fall back on (no parameter, no wildcard) a failed
+    # literal cannot be retried another way: walk them in a loop, not a call per segment (most
+    # templates begin with literals, `/v1/blogs/...`).
+    count = len(segments)
+    while index < count and node.param is None and node.wildcard is None:
+        child = node.literals.get(segments[index])
+        if child is None:
+            return None
+        node = child
+        index += 1
+    if index == count:
         if node.entry is not None:
             return node.entry
         if node.wildcard is not None:
