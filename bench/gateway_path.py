@@ -208,7 +208,9 @@ def measure_here(route: str, requests: int, repeats: int) -> dict[str, Any]:
         max_body_bytes=1 << 20, max_header_bytes=8192, keep_alive=5.0, header_timeout=5.0
     )
     server = m["server"].Server(loop, limits)
-    observer = m["observer"].build_observer(config.observability, loop, admin=True)
+    # Metrics only where an admin listener could serve them, as in a worker.
+    admin = config.server.admin is not None
+    observer = m["observer"].build_observer(config.observability, loop, admin=admin)
     server.on_end = observer.on_end
     client = m["server"].ClientConnection(server, handler)
     client_transport = FakeTransport()
