@@ -94,6 +94,17 @@ class Backend:
     def set_healthy(self, ok: bool) -> None:
         httpx.get(f"{self.url}/__health", params={"ok": "1" if ok else "0"})
 
+    def held(self, gate: str) -> int:
+        """How many requests wait at `gate` (sent with `x-test-hold: GATE`)."""
+        return int(httpx.get(f"{self.url}/__held").json().get(gate, 0))
+
+    def release(self, gate: str) -> None:
+        """The requests waiting at `gate` go on (and later ones pass it at once)."""
+        httpx.get(f"{self.url}/__release", params={"gate": gate})
+
+    def alive(self) -> bool:
+        return self.process.proc.poll() is None
+
     def kill(self) -> None:
         self.process.kill()
 
@@ -103,25 +114,68 @@ class Backend:
         wait_for_port(self.port, self.process.proc, self.process.log)
 
 
-class BackendFactory:
-    """Starts backend processes. With `reuse`, asking again for a name and mode already running
-    gives that backend (for tests that only read from it), not a new process."""
+class BackendPool:
+    """Backend processes kept from one test to the next (in one test process): a backend still
+    running when its test ends is handed to the next test that asks for its name and mode,
+    restored first (`/__restore`: counts, failures, health and gates as at its start), instead
+    of a new process. Restored when taken, not when given back: by then the gateways of the test
+    that used it are stopped, so nothing of theirs can still reach it."""
 
-    def __init__(self, directory: Path, *, reuse: bool = False) -> None:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.idle: list[Backend] = []
+
+    def take(self, name: str, mode: str) -> Backend | None:
+        for backend in list(self.idle):
+            if (backend.name, backend.mode) != (name, mode):
+                continue
+            self.idle.remove(backend)
+            if not backend.alive():
+                continue
+            try:
+                httpx.get(f"{backend.url}/__restore", timeout=5).raise_for_status()
+            except httpx.HTTPError:
+                backend.kill()
+                continue
+            return backend
+        return None
+
+    def give(self, backend: Backend) -> None:
+        if backend.alive():
+            self.idle.append(backend)
+
+    def close(self) -> None:
+        for backend in self.idle:
+            backend.kill()
+        self.idle.clear()
+
+
+class BackendFactory:
+    """Starts backend processes (or takes them from `pool`, which gets them back at `close`).
+    With `reuse`, asking again for a name and mode already running gives that backend (for
+    tests that only read from it), not another one."""
+
+    def __init__(
+        self, directory: Path, *, reuse: bool = False, pool: BackendPool | None = None
+    ) -> None:
         self.directory = directory
         self.started: list[Backend] = []
         self.reuse = reuse
+        self.pool = pool
 
     def __call__(self, name: str, mode: str = "echo", port: int | None = None) -> Backend:
         if self.reuse and port is None:
             for backend in self.started:
-                if (backend.name, backend.mode) == (
-                    name,
-                    mode,
-                ) and backend.process.proc.poll() is None:
+                if (backend.name, backend.mode) == (name, mode) and backend.alive():
                     return backend
+        pooled = self.pool.take(name, mode) if self.pool is not None and port is None else None
+        if pooled is not None:
+            self.started.append(pooled)
+            return pooled
         port = port or free_port()
-        log = self.directory / f"backend-{name}-{port}.log"
+        # A pooled process outlives the test (and its tmp_path): its log is the pool's.
+        directory = self.pool.directory if self.pool is not None else self.directory
+        log = directory / f"backend-{name}-{port}.log"
         process = _spawn(
             [sys.executable, str(BACKEND_APP), "--port", str(port), "--name", name, "--mode", mode],
             log,
@@ -133,7 +187,11 @@ class BackendFactory:
 
     def close(self) -> None:
         for backend in self.started:
-            backend.kill()
+            if self.pool is not None:
+                self.pool.give(backend)
+            else:
+                backend.kill()
+        self.started.clear()
 
 
 @dataclass
