@@ -39,12 +39,16 @@ def gws(tmp_path: Path) -> Iterator[Gateways]:
         gateway.process.stop()
 
 
+# The file is looked at five times a second (default: once), so a change is seen soon.
+WATCH = "200ms"
+
+
 def routing(to: str, a: Backend, b: Backend, **server: Any) -> dict[str, Any]:
     """`/r/*` goes to backend `to` (a or b)."""
     return gateway_config(
         {"a": {"instances": [a.url]}, "b": {"instances": [b.url]}},
         [{"path": "/r/*", "methods": ["GET"], "backend": to}],
-        **server,
+        **{"watch_interval": WATCH, **server},
     )
 
 
@@ -62,8 +66,8 @@ async def test_a_changed_file_reroutes_new_requests_while_a_slow_one_finishes_on
     client = gateway.client()
     assert (await client.get("/r/1")).json()["instance"] == "a"
 
-    slow = asyncio.create_task(gateway.client().get("/r/slow", headers={"x-test-sleep": "5"}))
-    await until(lambda: a.stats()["requests"] == 2)
+    slow = asyncio.create_task(gateway.client().get("/r/slow", headers={"x-test-hold": "slow"}))
+    await until(lambda: a.held("slow") == 1)
     rewrite(gateway, routing("b", a, b))
     reloaded = (await wait_for_event(gateway, "config_reloaded"))[0]
     assert reloaded["reason"] == "file changed"
@@ -75,6 +79,7 @@ async def test_a_changed_file_reroutes_new_requests_while_a_slow_one_finishes_on
     # The slow request still holds the old runtime: not closed under it.
     assert not slow.done()
     assert events(gateway, "runtime_retired") == []
+    a.release("slow")
     response = await slow
     assert response.status_code == 200
     assert response.json()["instance"] == "a"
@@ -133,7 +138,7 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     gateway = gws(routing("a", a, b), workers=2, args=["--no-watch"])
     # Slow requests on their own connections, so on both workers.
     slow = [asyncio.create_task(fresh_get_slow(gateway, f"/r/slow{index}")) for index in range(8)]
-    await until(lambda: a.stats()["requests"] == 8)
+    await until(lambda: a.held("slow") == 8)
 
     # A bad file: the supervisor rejects it, the workers are left alone.
     rewrite(gateway, "routes: [}\n")
@@ -143,7 +148,8 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     assert rejected["errors"][0].startswith(f"{gateway.config_path}:1:")
 
     rewrite(gateway, routing("b", a, b))
-    await asyncio.sleep(2.5)  # --no-watch: a changed file alone changes nothing
+    # --no-watch: a changed file alone changes nothing (watched, it would within 200 ms)
+    await asyncio.sleep(1)
     assert events(gateway, "config_reloaded") == []
     assert events(gateway, "config_forwarded") == []
     assert (await fresh_get(gateway, "/r/0")).json()["instance"] == "a"
@@ -158,6 +164,8 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     for index in range(20):
         assert (await fresh_get(gateway, f"/r/new{index}")).json()["instance"] == "b"
 
+    assert not any(task.done() for task in slow)
+    a.release("slow")
     answers = await asyncio.gather(*slow)
     assert [r.status_code for r in answers] == [200] * 8
     assert {r.json()["instance"] for r in answers} == {"a"}
@@ -166,7 +174,7 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     # A worker that dies is replaced with the configuration as reloaded, not the first one.
     os.kill(next(iter(workers)), signal.SIGKILL)
     await wait_for_event(gateway, "worker_spawned", count=3)
-    await asyncio.sleep(1)
+    await wait_for_event(gateway, "worker_started", count=3)
     for index in range(20):
         response = await fresh_get(gateway, f"/r/after{index}")
         assert response.json()["instance"] == "b"
@@ -174,7 +182,7 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
 
 async def fresh_get_slow(gateway: Gateway, path: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        return await client.get(path, headers={"x-test-sleep": "4"})
+        return await client.get(path, headers={"x-test-hold": "slow"})
 
 
 async def test_with_two_workers_a_changed_file_reaches_both(
@@ -254,6 +262,7 @@ async def test_a_reload_keeps_the_discovered_instances_when_discovery_does_not_a
         document = gateway_config(
             {"blog": {"discovery": discovery}},
             [{"path": path, "methods": ["GET"], "backend": "blog"}],
+            watch_interval=WATCH,
         )
         document["nats"] = {"url": nats_url}
         return document
@@ -283,6 +292,7 @@ async def test_a_reload_keeps_nats_connected_and_discovered_instances_serve_with
         document = gateway_config(
             {"blog": {"discovery": discovery}},
             [{"path": path, "methods": ["GET"], "backend": "blog"}],
+            watch_interval=WATCH,
         )
         document["nats"] = {"url": nats_url}
         return document
