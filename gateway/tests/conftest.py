@@ -6,7 +6,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import BackendFactory, BackendPool, GatewayFactory
+from gateway_support import BackendFactory, BackendPool, GatewayFactory, close_fork_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server() -> Iterator[None]:
+    """The test process's gateway fork server (forkserver_support.py) stops with the session."""
+    yield
+    close_fork_server()
 
 
 @pytest.fixture(scope="session")

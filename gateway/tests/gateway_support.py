@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import yaml
+from forkserver_support import ForkedProcess, ForkServer
 
 BACKEND_APP = Path(__file__).parent / "backend_app.py"
 
@@ -41,7 +42,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: 
 
 @dataclass
 class Process:
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | ForkedProcess
     log: Path
 
     def signal(self, signum: int) -> None:
@@ -63,6 +64,26 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+# Gateways are forked from a server that has imported the gateway (forkserver_support.py), one
+# per test process; GATEWAY_TESTS_EXEC=1 starts each with `python -m mosaic_gateway` instead.
+_fork_servers: list[ForkServer] = []  # the one of this test process, once started
+GATEWAY_ENV = {"LOG_FORMAT": "json"}
+
+
+def _spawn_gateway(argv: list[str], log: Path, *, exec_cli: bool = False) -> Process:
+    env = {**os.environ, **GATEWAY_ENV}
+    if exec_cli or os.environ.get("GATEWAY_TESTS_EXEC") == "1":
+        return _spawn([sys.executable, "-m", "mosaic_gateway", *argv], log, GATEWAY_ENV)
+    if not _fork_servers:
+        _fork_servers.append(ForkServer(env))
+    return Process(_fork_servers[0].spawn(argv, log, env), log)
+
+
+def close_fork_server() -> None:
+    while _fork_servers:
+        _fork_servers.pop().close()
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
@@ -231,10 +252,14 @@ def gateway_config(
 
 
 class GatewayFactory:
-    def __init__(self, directory: Path) -> None:
+    """Starts gateway processes: forked from the fork server, or with `exec_cli` each started
+    as `python -m mosaic_gateway serve` from scratch (the tests of the process itself)."""
+
+    def __init__(self, directory: Path, *, exec_cli: bool = False) -> None:
         self.directory = directory
         self.started: list[Gateway] = []
         self._count = 0
+        self.exec_cli = exec_cli
 
     def __call__(
         self, config: dict[str, Any], workers: int = 1, args: Sequence[str] = ()
@@ -250,10 +275,8 @@ class GatewayFactory:
         path = self.directory / f"gateway-{self._count}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         log = self.directory / f"gateway-{self._count}.log"
-        process = _spawn(
-            [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path), *args],
-            log,
-            env={"LOG_FORMAT": "json"},
+        process = _spawn_gateway(
+            ["serve", "--config", str(path), *args], log, exec_cli=self.exec_cli
         )
         gateway = Gateway(server["port"], server["admin"]["port"], process, path)
         self.started.append(gateway)

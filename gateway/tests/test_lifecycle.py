@@ -7,6 +7,8 @@ import json
 import os
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +21,15 @@ from gateway_support import (
 )
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def gateways(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """Gateways started as `python -m mosaic_gateway serve` (not forked from the tests' fork
+    server, forkserver_support.py): these tests are of the process itself."""
+    factory = GatewayFactory(tmp_path, exec_cli=True)
+    yield factory
+    await factory.close()
 
 
 def echo_config(url: str, **server: object) -> dict[str, object]:
