@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +22,20 @@ import yaml
 from forkserver_support import ForkedProcess, ForkServer
 
 BACKEND_APP = Path(__file__).parent / "backend_app.py"
+
+# The tests speak plain HTTP: one TLS context for all their clients, not one each (loading the
+# certificate store costs a new client about 25 ms of CPU, and a test may make dozens).
+TLS = ssl.create_default_context()
+
+
+def plain_get(url: str, **kwargs: Any) -> httpx.Response:
+    """`httpx.get` with the shared TLS context."""
+    return httpx.get(url, verify=TLS, **kwargs)
+
+
+def plain_client(**kwargs: Any) -> httpx.AsyncClient:
+    """`httpx.AsyncClient` with the shared TLS context."""
+    return httpx.AsyncClient(verify=TLS, **kwargs)
 
 
 def free_port() -> int:
@@ -107,21 +122,21 @@ class Backend:
         return f"http://127.0.0.1:{self.port}"
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/__stats").json()  # type: ignore[no-any-return]
+        return plain_get(f"{self.url}/__stats").json()  # type: ignore[no-any-return]
 
     def reset(self) -> None:
-        httpx.get(f"{self.url}/__reset")
+        plain_get(f"{self.url}/__reset")
 
     def set_healthy(self, ok: bool) -> None:
-        httpx.get(f"{self.url}/__health", params={"ok": "1" if ok else "0"})
+        plain_get(f"{self.url}/__health", params={"ok": "1" if ok else "0"})
 
     def held(self, gate: str) -> int:
         """How many requests wait at `gate` (sent with `x-test-hold: GATE`)."""
-        return int(httpx.get(f"{self.url}/__held").json().get(gate, 0))
+        return int(plain_get(f"{self.url}/__held").json().get(gate, 0))
 
     def release(self, gate: str) -> None:
         """The requests waiting at `gate` go on (and later ones pass it at once)."""
-        httpx.get(f"{self.url}/__release", params={"gate": gate})
+        plain_get(f"{self.url}/__release", params={"gate": gate})
 
     def alive(self) -> bool:
         return self.process.proc.poll() is None
@@ -154,7 +169,7 @@ class BackendPool:
             if not backend.alive():
                 continue
             try:
-                httpx.get(f"{backend.url}/__restore", timeout=5).raise_for_status()
+                plain_get(f"{backend.url}/__restore", timeout=5).raise_for_status()
             except httpx.HTTPError:
                 backend.kill()
                 continue
@@ -228,12 +243,12 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(base_url=self.url, timeout=kwargs.pop("timeout", 15), **kwargs)
+        client = plain_client(base_url=self.url, timeout=kwargs.pop("timeout", 15), **kwargs)
         self.clients.append(client)
         return client
 
     def admin(self, path: str) -> Any:
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}").json()
+        return plain_get(f"http://127.0.0.1:{self.admin_port}{path}").json()
 
     async def close_clients(self) -> None:
         for client in self.clients:

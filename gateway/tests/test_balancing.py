@@ -9,7 +9,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from gateway_support import BackendFactory, GatewayFactory, eventually, gateway_config
+from gateway_support import BackendFactory, GatewayFactory, eventually, gateway_config, plain_get
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -111,7 +111,7 @@ async def test_failing_instance_is_ejected_then_used_again(
         )
     )
     client = gateway.client()
-    httpx.get(f"{b.url}/__fail", params={"status": "503"})
+    plain_get(f"{b.url}/__fail", params={"status": "503"})
     statuses = Counter()
     for _ in range(20):
         response = await client.get("/x")
@@ -125,7 +125,7 @@ async def test_failing_instance_is_ejected_then_used_again(
     ]
     assert b_state["ejected"] is True
 
-    httpx.get(f"{b.url}/__fail", params={"status": "0"})
+    plain_get(f"{b.url}/__fail", params={"status": "0"})
     await asyncio.sleep(1.7)
     names = await served_by(client, 6)
     assert Counter(names) == {"a": 3, "b": 3}
@@ -260,7 +260,7 @@ async def test_with_every_instance_benched_requests_still_reach_them(
         )
     )
     client = gateway.client()
-    httpx.get(f"{only.url}/__fail", params={"status": "503"})
+    plain_get(f"{only.url}/__fail", params={"status": "503"})
     for _ in range(3):
         response = await client.get("/x")
         # The instance's own answer, not a gateway refusal.
@@ -270,7 +270,7 @@ async def test_with_every_instance_benched_requests_still_reach_them(
     assert state["panic"] is True
     assert state["instances"][0]["ejected"] is True
     # Recovered long before the ejection ends: served at once, not refused for 60 s.
-    httpx.get(f"{only.url}/__fail", params={"status": "0"})
+    plain_get(f"{only.url}/__fail", params={"status": "0"})
     response = await client.get("/x")
     assert response.status_code == 200
     assert response.json()["instance"] == "only"

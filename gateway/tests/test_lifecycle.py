@@ -18,6 +18,8 @@ from gateway_support import (
     RawConnection,
     eventually,
     gateway_config,
+    plain_client,
+    plain_get,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -74,7 +76,7 @@ async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
     assert "worker_stopped" in events
     # New connections are refused after the drain.
     with pytest.raises(httpx.ConnectError):
-        await httpx.AsyncClient().get(gateway.url)
+        await plain_client().get(gateway.url)
     await idle.close()
 
 
@@ -108,14 +110,14 @@ async def test_several_workers_share_the_port_and_a_dead_one_is_replaced(
     # Each admin answer names the worker that gave it; fresh connections land on both.
     seen = Counter()
     for _ in range(40):
-        seen[httpx.get(f"http://127.0.0.1:{gateway.admin_port}/readyz").json()["worker"]] += 1
+        seen[plain_get(f"http://127.0.0.1:{gateway.admin_port}/readyz").json()["worker"]] += 1
     assert set(seen) == worker_pids()
 
     victim = sorted(worker_pids())[0]
     os.kill(victim, signal.SIGKILL)
     await eventually(lambda: len(worker_pids()) == 3, timeout=10)
     for _ in range(20):
-        async with httpx.AsyncClient() as client:
+        async with plain_client() as client:
             assert (await client.get(f"{gateway.url}/after")).status_code == 200
     gateway.process.signal(signal.SIGTERM)
     assert await asyncio.to_thread(gateway.process.proc.wait, 15) == 0

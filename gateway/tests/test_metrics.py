@@ -15,6 +15,8 @@ from gateway_support import (
     eventually,
     free_port,
     gateway_config,
+    plain_client,
+    plain_get,
 )
 from obs_support import Scrape, access_lines, scrape
 
@@ -34,7 +36,7 @@ async def send_each_on_a_new_connection(
 ) -> list[int]:
     """`count` requests, each on its own connection (so the kernel spreads them over workers)."""
     statuses = []
-    async with httpx.AsyncClient(
+    async with plain_client(
         base_url=url, limits=httpx.Limits(max_keepalive_connections=0), timeout=15
     ) as client:
         for _ in range(count):
@@ -266,6 +268,6 @@ async def test_metrics_can_be_turned_off(
             metrics={"enabled": False},
         )
     )
-    response = httpx.get(f"http://127.0.0.1:{gateway.admin_port}/metrics")
+    response = plain_get(f"http://127.0.0.1:{gateway.admin_port}/metrics")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"

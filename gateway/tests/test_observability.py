@@ -17,6 +17,7 @@ from gateway_support import (
     RawConnection,
     eventually,
     gateway_config,
+    plain_client,
 )
 from obs_support import OtlpCollector, access_lines, upstream_headers
 from security_support import StandInAuth, start_nats
@@ -153,7 +154,7 @@ async def test_access_log_to_a_file_from_every_worker_and_off_by_default(
     ids = [f"req-file-{n}" for n in range(30)]
     for target in (gateway, quiet):
         # A new connection per request, so both workers serve some of them.
-        async with httpx.AsyncClient(
+        async with plain_client(
             base_url=target.url, limits=httpx.Limits(max_keepalive_connections=0)
         ) as client:
             for request_id in ids:

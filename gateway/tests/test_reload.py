@@ -24,7 +24,14 @@ from disco_support import (
     until,
     wait_for_event,
 )
-from gateway_support import Backend, BackendFactory, Gateway, free_port, gateway_config
+from gateway_support import (
+    Backend,
+    BackendFactory,
+    Gateway,
+    free_port,
+    gateway_config,
+    plain_client,
+)
 
 from mosaic_kit.nats.connection import Client, connect
 
@@ -54,7 +61,7 @@ def routing(to: str, a: Backend, b: Backend, **server: Any) -> dict[str, Any]:
 
 async def fresh_get(gateway: Gateway, path: str) -> httpx.Response:
     """A request on a new connection (so the kernel may give it to any worker)."""
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=15) as client:
+    async with plain_client(base_url=gateway.url, timeout=15) as client:
         return await client.get(path)
 
 
@@ -181,7 +188,7 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
 
 
 async def fresh_get_slow(gateway: Gateway, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
+    async with plain_client(base_url=gateway.url, timeout=20) as client:
         return await client.get(path, headers={"x-test-hold": "slow"})
 
 
@@ -226,7 +233,7 @@ async def test_settings_that_need_a_restart_keep_their_values_and_the_rest_appli
     client = gateway.client()
     assert (await client.get("/r/1")).json()["instance"] == "b"
     # The new default body limit applies (a server setting that can change live).
-    async with httpx.AsyncClient(base_url=gateway.url) as fresh:
+    async with plain_client(base_url=gateway.url) as fresh:
         response = await fresh.request("GET", "/r/2", content=b"x" * 11)
     assert response.status_code == 413
     with pytest.raises(httpx.ConnectError):
@@ -234,7 +241,7 @@ async def test_settings_that_need_a_restart_keep_their_values_and_the_rest_appli
 
 
 async def fresh_get_at(port: int) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=2) as client:
+    async with plain_client(timeout=2) as client:
         return await client.get(f"http://127.0.0.1:{port}/r/x")
 
 
