@@ -59,13 +59,15 @@ async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
     await idle.send(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n")
     assert (await idle.read_response()).status == 200
 
-    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-sleep": "1.5"}))
-    await asyncio.sleep(0.3)
+    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-hold": "drain"}))
+    await eventually(lambda: echo.held("drain") == 1)
     gateway.process.signal(signal.SIGTERM)
 
     # The idle keep-alive connection is closed at once, not left to time out.
     assert await idle.closed_by_peer(timeout=1)
     # The request in flight completes normally, told that the connection will close.
+    assert not slow.done()
+    echo.release("drain")
     response = await slow
     assert response.status_code == 200
     assert response.json()["path"] == "/slow"
@@ -85,8 +87,9 @@ async def test_shutdown_grace_bounds_the_wait(
 ) -> None:
     echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url, timeouts={"shutdown_grace": "500ms"}))
-    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-sleep": "5"}))
-    await asyncio.sleep(0.3)
+    # Held by the backend past the grace (released when the backend is next restored).
+    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-hold": "forever"}))
+    await eventually(lambda: echo.held("forever") == 1)
     gateway.process.signal(signal.SIGTERM)
     assert await asyncio.to_thread(gateway.process.proc.wait, 4) == 0
     with pytest.raises(httpx.HTTPError):
