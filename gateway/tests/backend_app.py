@@ -8,6 +8,9 @@ request it received: instance name, method, path, query, headers, body and the c
 address. Request headers steer it:
 
   x-test-sleep: S            wait S seconds before answering
+  x-test-hold: GATE          wait until `/__release?gate=GATE` (at most a minute) before
+                             answering (before x-test-sleep): a request kept in flight for as
+                             long as the test needs, not for a guessed time
   x-test-status: N           answer with status N...
   x-test-body: TEXT          ...and this body (content-type from x-test-content-type)
   x-test-size: N             answer N bytes of body (content-length)
@@ -20,7 +23,10 @@ address. Request headers steer it:
 
 and a few paths control it: `/__stats` (connections seen, requests served), `/__reset`,
 `/__health?ok=0|1` (what `/readyz` answers), `/readyz`, `/__fail?status=N` (answer every other
-request with N until `/__fail?status=0`).
+request with N until `/__fail?status=0`), `/__held` (how many requests wait at each gate),
+`/__release?gate=GATE` (they go on, and later ones pass that gate at once), `/__restore` (every
+setting and count back to how the process started, every gate opened: for reusing the process
+in another test).
 
 `/__json/...` serves fixed JSON documents for aggregation (see `_json_fixture`): `blog/ID`,
 `user/ID`, `similar/ID` (a list), `slow/SECONDS`, `status/N` (a problem body), `text` (not JSON),
@@ -52,6 +58,26 @@ state: dict[str, Any] = {
     "fail": 0,
     "openapi_variant": 1,
 }
+# Gates of x-test-hold: name -> (opened, requests waiting there)
+gates: dict[str, tuple[asyncio.Event, list[int]]] = {}
+HOLD_AT_MOST = 60.0
+
+
+def _gate(name: str) -> tuple[asyncio.Event, list[int]]:
+    if name not in gates:
+        gates[name] = (asyncio.Event(), [0])
+    return gates[name]
+
+
+async def _hold(name: str) -> None:
+    opened, waiting = _gate(name)
+    waiting[0] += 1
+    try:
+        await asyncio.wait_for(opened.wait(), HOLD_AT_MOST)
+    except TimeoutError:
+        pass
+    finally:
+        waiting[0] -= 1
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -245,6 +271,20 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         state["requests"] = 0
         await _send_json(send, 200, {"ok": True})
         return
+    if path == "/__restore":
+        state.update(clients=set(), requests=0, healthy=True, fail=0, openapi_variant=1)
+        for opened, _ in gates.values():
+            opened.set()
+        gates.clear()
+        await _send_json(send, 200, {"ok": True})
+        return
+    if path == "/__held":
+        await _send_json(send, 200, {name: waiting[0] for name, (_, waiting) in gates.items()})
+        return
+    if path == "/__release":
+        _gate(query.partition("=")[2])[0].set()
+        await _send_json(send, 200, {"released": query.partition("=")[2]})
+        return
     if path == "/__health":
         state["healthy"] = query != "ok=0"
         await _send_json(send, 200, {"healthy": state["healthy"]})
@@ -291,6 +331,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             send, 200, {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}
         )
         return
+    if "x-test-hold" in control:
+        await _hold(control["x-test-hold"])
     if "x-test-sleep" in control:
         await asyncio.sleep(float(control["x-test-sleep"]))
     if "x-test-status" in control:

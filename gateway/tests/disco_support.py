@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import yaml
-from gateway_support import Gateway, GatewayFactory
+from gateway_support import Gateway, GatewayFactory, plain_client
 
 from mosaic_kit.nats.connection import Client
 from mosaic_kit.nats.rpc import RpcService, serve
@@ -74,7 +74,7 @@ async def wait_for_event(
 
 
 async def admin(gateway: Gateway, path: str) -> Any:
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with plain_client(timeout=5) as client:
         return (await client.get(f"http://127.0.0.1:{gateway.admin_port}{path}")).json()
 
 

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,8 +19,23 @@ from typing import Any
 
 import httpx
 import yaml
+from forkserver_support import ForkedProcess, ForkServer
 
 BACKEND_APP = Path(__file__).parent / "backend_app.py"
+
+# The tests speak plain HTTP: one TLS context for all their clients, not one each (loading the
+# certificate store costs a new client about 25 ms of CPU, and a test may make dozens).
+TLS = ssl.create_default_context()
+
+
+def plain_get(url: str, **kwargs: Any) -> httpx.Response:
+    """`httpx.get` with the shared TLS context."""
+    return httpx.get(url, verify=TLS, **kwargs)
+
+
+def plain_client(**kwargs: Any) -> httpx.AsyncClient:
+    """`httpx.AsyncClient` with the shared TLS context."""
+    return httpx.AsyncClient(verify=TLS, **kwargs)
 
 
 def free_port() -> int:
@@ -41,7 +57,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: 
 
 @dataclass
 class Process:
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | ForkedProcess
     log: Path
 
     def signal(self, signum: int) -> None:
@@ -65,6 +81,26 @@ class Process:
         return self.log.read_text()
 
 
+# Gateways are forked from a server that has imported the gateway (forkserver_support.py), one
+# per test process; GATEWAY_TESTS_EXEC=1 starts each with `python -m mosaic_gateway` instead.
+_fork_servers: list[ForkServer] = []  # the one of this test process, once started
+GATEWAY_ENV = {"LOG_FORMAT": "json"}
+
+
+def _spawn_gateway(argv: list[str], log: Path, *, exec_cli: bool = False) -> Process:
+    env = {**os.environ, **GATEWAY_ENV}
+    if exec_cli or os.environ.get("GATEWAY_TESTS_EXEC") == "1":
+        return _spawn([sys.executable, "-m", "mosaic_gateway", *argv], log, GATEWAY_ENV)
+    if not _fork_servers:
+        _fork_servers.append(ForkServer(env))
+    return Process(_fork_servers[0].spawn(argv, log, env), log)
+
+
+def close_fork_server() -> None:
+    while _fork_servers:
+        _fork_servers.pop().close()
+
+
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
     handle = log.open("wb")
     proc = subprocess.Popen(
@@ -86,13 +122,24 @@ class Backend:
         return f"http://127.0.0.1:{self.port}"
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/__stats").json()  # type: ignore[no-any-return]
+        return plain_get(f"{self.url}/__stats").json()  # type: ignore[no-any-return]
 
     def reset(self) -> None:
-        httpx.get(f"{self.url}/__reset")
+        plain_get(f"{self.url}/__reset")
 
     def set_healthy(self, ok: bool) -> None:
-        httpx.get(f"{self.url}/__health", params={"ok": "1" if ok else "0"})
+        plain_get(f"{self.url}/__health", params={"ok": "1" if ok else "0"})
+
+    def held(self, gate: str) -> int:
+        """How many requests wait at `gate` (sent with `x-test-hold: GATE`)."""
+        return int(plain_get(f"{self.url}/__held").json().get(gate, 0))
+
+    def release(self, gate: str) -> None:
+        """The requests waiting at `gate` go on (and later ones pass it at once)."""
+        plain_get(f"{self.url}/__release", params={"gate": gate})
+
+    def alive(self) -> bool:
+        return self.process.proc.poll() is None
 
     def kill(self) -> None:
         self.process.kill()
@@ -103,25 +150,68 @@ class Backend:
         wait_for_port(self.port, self.process.proc, self.process.log)
 
 
-class BackendFactory:
-    """Starts backend processes. With `reuse`, asking again for a name and mode already running
-    gives that backend (for tests that only read from it), not a new process."""
+class BackendPool:
+    """Backend processes kept from one test to the next (in one test process): a backend still
+    running when its test ends is handed to the next test that asks for its name and mode,
+    restored first (`/__restore`: counts, failures, health and gates as at its start), instead
+    of a new process. Restored when taken, not when given back: by then the gateways of the test
+    that used it are stopped, so nothing of theirs can still reach it."""
 
-    def __init__(self, directory: Path, *, reuse: bool = False) -> None:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.idle: list[Backend] = []
+
+    def take(self, name: str, mode: str) -> Backend | None:
+        for backend in list(self.idle):
+            if (backend.name, backend.mode) != (name, mode):
+                continue
+            self.idle.remove(backend)
+            if not backend.alive():
+                continue
+            try:
+                plain_get(f"{backend.url}/__restore", timeout=5).raise_for_status()
+            except httpx.HTTPError:
+                backend.kill()
+                continue
+            return backend
+        return None
+
+    def give(self, backend: Backend) -> None:
+        if backend.alive():
+            self.idle.append(backend)
+
+    def close(self) -> None:
+        for backend in self.idle:
+            backend.kill()
+        self.idle.clear()
+
+
+class BackendFactory:
+    """Starts backend processes (or takes them from `pool`, which gets them back at `close`).
+    With `reuse`, asking again for a name and mode already running gives that backend (for
+    tests that only read from it), not another one."""
+
+    def __init__(
+        self, directory: Path, *, reuse: bool = False, pool: BackendPool | None = None
+    ) -> None:
         self.directory = directory
         self.started: list[Backend] = []
         self.reuse = reuse
+        self.pool = pool
 
     def __call__(self, name: str, mode: str = "echo", port: int | None = None) -> Backend:
         if self.reuse and port is None:
             for backend in self.started:
-                if (backend.name, backend.mode) == (
-                    name,
-                    mode,
-                ) and backend.process.proc.poll() is None:
+                if (backend.name, backend.mode) == (name, mode) and backend.alive():
                     return backend
+        pooled = self.pool.take(name, mode) if self.pool is not None and port is None else None
+        if pooled is not None:
+            self.started.append(pooled)
+            return pooled
         port = port or free_port()
-        log = self.directory / f"backend-{name}-{port}.log"
+        # A pooled process outlives the test (and its tmp_path): its log is the pool's.
+        directory = self.pool.directory if self.pool is not None else self.directory
+        log = directory / f"backend-{name}-{port}.log"
         process = _spawn(
             [sys.executable, str(BACKEND_APP), "--port", str(port), "--name", name, "--mode", mode],
             log,
@@ -133,7 +223,11 @@ class BackendFactory:
 
     def close(self) -> None:
         for backend in self.started:
-            backend.kill()
+            if self.pool is not None:
+                self.pool.give(backend)
+            else:
+                backend.kill()
+        self.started.clear()
 
 
 @dataclass
@@ -149,12 +243,12 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(base_url=self.url, timeout=kwargs.pop("timeout", 15), **kwargs)
+        client = plain_client(base_url=self.url, timeout=kwargs.pop("timeout", 15), **kwargs)
         self.clients.append(client)
         return client
 
     def admin(self, path: str) -> Any:
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}").json()
+        return plain_get(f"http://127.0.0.1:{self.admin_port}{path}").json()
 
     async def close_clients(self) -> None:
         for client in self.clients:
@@ -173,10 +267,14 @@ def gateway_config(
 
 
 class GatewayFactory:
-    def __init__(self, directory: Path) -> None:
+    """Starts gateway processes: forked from the fork server, or with `exec_cli` each started
+    as `python -m mosaic_gateway serve` from scratch (the tests of the process itself)."""
+
+    def __init__(self, directory: Path, *, exec_cli: bool = False) -> None:
         self.directory = directory
         self.started: list[Gateway] = []
         self._count = 0
+        self.exec_cli = exec_cli
 
     def __call__(
         self, config: dict[str, Any], workers: int = 1, args: Sequence[str] = ()
@@ -192,10 +290,8 @@ class GatewayFactory:
         path = self.directory / f"gateway-{self._count}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         log = self.directory / f"gateway-{self._count}.log"
-        process = _spawn(
-            [sys.executable, "-m", "mosaic_gateway", "serve", "--config", str(path), *args],
-            log,
-            env={"LOG_FORMAT": "json"},
+        process = _spawn_gateway(
+            ["serve", "--config", str(path), *args], log, exec_cli=self.exec_cli
         )
         gateway = Gateway(server["port"], server["admin"]["port"], process, path)
         self.started.append(gateway)

@@ -9,8 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
-from gateway_support import Gateway
+from gateway_support import Gateway, plain_get
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 
@@ -75,7 +74,7 @@ class Scrape:
 
 def scrape(gateway: Gateway) -> Scrape:
     """`/metrics` on a new connection (so successive scrapes may reach other workers)."""
-    response = httpx.get(
+    response = plain_get(
         f"http://127.0.0.1:{gateway.admin_port}/metrics",
         headers={"connection": "close"},
         timeout=10,

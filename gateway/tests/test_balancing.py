@@ -9,7 +9,15 @@ from collections import Counter
 
 import httpx
 import pytest
-from gateway_support import BackendFactory, GatewayFactory, eventually, gateway_config
+from gateway_support import (
+    Backend,
+    BackendFactory,
+    Gateway,
+    GatewayFactory,
+    eventually,
+    gateway_config,
+    plain_get,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -25,6 +33,11 @@ async def served_by(client: httpx.AsyncClient, count: int, path: str = "/x") -> 
         assert response.status_code == 200, response.text
         names.append(response.json()["instance"])
     return names
+
+
+def ejected(gateway: Gateway, backend: Backend) -> bool:
+    instances = gateway.admin("/admin/backends")["backends"]["svc"]["instances"]
+    return next(i["ejected"] for i in instances if i["url"] == backend.url)  # type: ignore[no-any-return]
 
 
 async def test_weighted_round_robin_is_exact_and_interleaved(
@@ -69,9 +82,12 @@ async def test_least_outstanding_prefers_the_idle_instance(
         )
     )
     slow_client = gateway.client()
-    slow = asyncio.create_task(slow_client.get("/slow", headers={"x-test-sleep": "2"}))
-    await asyncio.sleep(0.3)  # the slow request is in flight on one instance
+    slow = asyncio.create_task(slow_client.get("/slow", headers={"x-test-hold": "slow"}))
+    # The slow request is in flight on one instance (held there until released).
+    await eventually(lambda: a.held("slow") + b.held("slow") == 1)
     names = await served_by(gateway.client(), 12)
+    a.release("slow")
+    b.release("slow")
     slow_instance = (await slow).json()["instance"]
     # Every quick request went to the instance that had nothing outstanding.
     assert set(names) == {"b" if slow_instance == "a" else "a"}
@@ -86,9 +102,12 @@ async def test_round_robin_ignores_outstanding_requests(
     # The contrast to the previous test: the same situation under round robin keeps alternating.
     a, b = backends("a"), backends("b")
     gateway = gateways(gateway_config({"svc": {"instances": [a.url, b.url]}}, route()))
-    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-sleep": "1"}))
-    await asyncio.sleep(0.3)
+    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-hold": "slow"}))
+    await eventually(lambda: a.held("slow") + b.held("slow") == 1)
     names = await served_by(gateway.client(), 6)
+    assert not slow.done()
+    a.release("slow")
+    b.release("slow")
     await slow
     assert set(names) == {"a", "b"}
 
@@ -111,7 +130,7 @@ async def test_failing_instance_is_ejected_then_used_again(
         )
     )
     client = gateway.client()
-    httpx.get(f"{b.url}/__fail", params={"status": "503"})
+    plain_get(f"{b.url}/__fail", params={"status": "503"})
     statuses = Counter()
     for _ in range(20):
         response = await client.get("/x")
@@ -125,8 +144,8 @@ async def test_failing_instance_is_ejected_then_used_again(
     ]
     assert b_state["ejected"] is True
 
-    httpx.get(f"{b.url}/__fail", params={"status": "0"})
-    await asyncio.sleep(1.7)
+    plain_get(f"{b.url}/__fail", params={"status": "0"})
+    await eventually(lambda: not ejected(gateway, b), timeout=5)  # after its 1.5 s
     names = await served_by(client, 6)
     assert Counter(names) == {"a": 3, "b": 3}
 
@@ -156,7 +175,7 @@ async def test_connect_failures_eject_and_a_restarted_instance_returns(
         results[response.status_code] += 1
     assert results == {200: 27, 503: 3}
     b.restart()
-    await asyncio.sleep(1.2)
+    await eventually(lambda: not ejected(gateway, b), timeout=5)  # after its 1 s
     assert Counter(await served_by(client, 8)) == {"a": 4, "b": 4}
 
 
@@ -260,7 +279,7 @@ async def test_with_every_instance_benched_requests_still_reach_them(
         )
     )
     client = gateway.client()
-    httpx.get(f"{only.url}/__fail", params={"status": "503"})
+    plain_get(f"{only.url}/__fail", params={"status": "503"})
     for _ in range(3):
         response = await client.get("/x")
         # The instance's own answer, not a gateway refusal.
@@ -270,7 +289,7 @@ async def test_with_every_instance_benched_requests_still_reach_them(
     assert state["panic"] is True
     assert state["instances"][0]["ejected"] is True
     # Recovered long before the ejection ends: served at once, not refused for 60 s.
-    httpx.get(f"{only.url}/__fail", params={"status": "0"})
+    plain_get(f"{only.url}/__fail", params={"status": "0"})
     response = await client.get("/x")
     assert response.status_code == 200
     assert response.json()["instance"] == "only"

@@ -22,6 +22,7 @@ from gateway_support import (
     GatewayFactory,
     RawConnection,
     RawResponse,
+    eventually,
     gateway_config,
 )
 
@@ -504,11 +505,20 @@ async def test_events_drop_only_the_routes_that_listed_a_matching_pattern(
 
 
 async def test_a_fetch_that_raced_an_event_is_not_stored(setup: Setup, nc: Client) -> None:
-    client = setup.client()
+    client, other = setup.client(), setup.client()
+    marker = "/cached/race-marker"  # an entry the event drops too: shows it was handled
+    assert (await other.get(marker)).headers["x-cache"] == "MISS"
     # Fetched before the event, answered after it: its content may predate the write.
-    slow = asyncio.create_task(client.get("/cached/race", headers={"x-test-sleep": "1.5"}))
-    await asyncio.sleep(0.4)
+    slow = asyncio.create_task(client.get("/cached/race", headers={"x-test-hold": "race"}))
+    await eventually(lambda: setup.backend.held("race") == 1)
     await publish_event(nc, "blog.blog.updated")
+
+    async def handled() -> bool:
+        return (await other.get(marker)).headers["x-cache"] == "MISS"
+
+    await eventually_async(handled)
+    assert not slow.done()
+    setup.backend.release("race")
     raced = await slow
     assert raced.headers["x-cache"] == "MISS"
     after = await client.get("/cached/race")

@@ -54,6 +54,7 @@ def test_a_good_file_loads_with_units_and_shorthands() -> None:
     assert config.server.timeouts.request == 5.0
     assert config.server.timeouts.connect == 0.25
     assert config.server.timeouts.keep_alive == 60.0  # default
+    assert config.server.watch_interval == 1.0  # default
     assert config.server.limits.max_body_bytes == 64 * 1024
     blog = config.backends["blog"]
     assert [(i.url, i.weight) for i in blog.instances] == [
@@ -69,6 +70,14 @@ def test_a_good_file_loads_with_units_and_shorthands() -> None:
     assert config.routes[0].timeout == 1.5
     assert config.routes[1].max_body_bytes == 0
     assert config.worker_count() == 2
+
+
+def test_the_file_watch_interval_is_a_duration_of_at_least_100ms() -> None:
+    text = GOOD.replace("  workers: 2\n", "  workers: 2\n  watch_interval: 250ms\n")
+    assert parse_config(text, "gw.yaml").server.watch_interval == 0.25
+    assert errors_of(text.replace("250ms", "10ms")) == [
+        "gw.yaml:4:3: server.watch_interval: Input should be greater than or equal to 0.1"
+    ]
 
 
 def test_unknown_backend_is_reported_at_its_line() -> None:

@@ -89,12 +89,13 @@ async def test_nats_discovery_adds_and_removes_instances_under_traffic_without_f
     seen = {(await client.get("/d/x")).json()["instance"] for _ in range(8)}
     assert seen == {"a", "b"}
 
-    # Slow requests, alternating between a and b; those on `a` are in flight when it leaves
-    # and must finish on it: its pool drains, it is not cut.
+    # Slow requests (held by the backends until released), alternating between a and b; those
+    # on `a` are in flight when it leaves and must finish on it: its pool drains, it is not cut.
     slow = [
-        asyncio.create_task(client.get("/d/slow", headers={"x-test-sleep": "6"})) for _ in range(4)
+        asyncio.create_task(client.get("/d/slow", headers={"x-test-hold": "slow"}))
+        for _ in range(4)
     ]
-    await until(lambda: a.stats()["requests"] > 4 and b.stats()["requests"] > 4)
+    await until(lambda: a.held("slow") == 2 and b.held("slow") == 2)
     async with Traffic(gateway.client(), "/d/steady") as traffic:
         await until(lambda: traffic.total > 20)
         await announced_a.stop()
@@ -106,6 +107,9 @@ async def test_nats_discovery_adds_and_removes_instances_under_traffic_without_f
         await until(lambda: traffic.by_instance.get("b", 0) > served_before.get("b", 0) + 20)
         assert traffic.by_instance.get("a", 0) == served_before.get("a", 0)
 
+        assert not any(task.done() for task in slow)
+        a.release("slow")
+        b.release("slow")
         answers = await asyncio.gather(*slow)
         assert [r.status_code for r in answers] == [200] * 4
         assert sorted(r.json()["instance"] for r in answers) == ["a", "a", "b", "b"]
@@ -124,6 +128,14 @@ async def test_nats_discovery_adds_and_removes_instances_under_traffic_without_f
     assert any(e["removed"] == [a.url] for e in changes)
     assert any(e["added"] == [c.url] for e in changes)
     assert events(gateway, "instance_drained")[0]["instance"] == a.url
+
+
+async def _rounds(gateway: Gateway) -> int:
+    return int((await admin(gateway, "/admin/backends"))["backends"]["blog"]["source"]["rounds"])
+
+
+async def _rounds_after(gateway: Gateway, count: int) -> bool:
+    return await _rounds(gateway) >= count
 
 
 async def _equals(urls: Any, expected: set[str]) -> bool:
@@ -149,7 +161,8 @@ async def test_when_no_instance_answers_the_last_known_set_keeps_serving(
     warning = (await wait_for_event(gateway, "discovery_empty"))[0]
     assert warning["kept"] == [a.url]
     assert warning["level"] == "warning"
-    await asyncio.sleep(1)  # a few more empty rounds
+    rounds = await _rounds(gateway)
+    await until(lambda: _rounds_after(gateway, rounds + 2))  # a few more empty rounds
     assert await instance_urls(gateway, "blog") == {a.url}
     assert (await client.get("/d/2")).json()["instance"] == "a"
     source = (await admin(gateway, "/admin/backends"))["backends"]["blog"]["source"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import pytest
-from gateway_support import BackendFactory, GatewayFactory, free_port, gateway_config
+from gateway_support import BackendFactory, GatewayFactory, free_port, gateway_config, plain_get
 
 from mosaic_gateway.config import ConfigError, parse_config
 
@@ -208,7 +207,7 @@ async def test_docs_follow_a_source_that_comes_up_late_and_changes(
     await wait_for(lambda: ("/b/items", "get") in operations(latest))
     assert latest["x-gateway-sources"]["beta"] == "ok"
 
-    httpx.get(f"{beta.url}/__openapi", params={"variant": "2"})
+    plain_get(f"{beta.url}/__openapi", params={"variant": "2"})
     await wait_for(lambda: ("/b/items/{item_id}/history", "get") in operations(latest))
 
 

@@ -27,7 +27,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from framing_support import (
     BackendRequest,
@@ -37,7 +36,7 @@ from framing_support import (
     send_and_read,
     wait_for,
 )
-from gateway_support import Gateway, GatewayFactory, gateway_config
+from gateway_support import Gateway, GatewayFactory, gateway_config, plain_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -298,7 +297,7 @@ async def test_an_aggregated_call_after_a_stale_pooled_connection_keeps_whole_tr
     factory = GatewayFactory(tmp_path)
     gw = factory(gateway_config({"svc": backend}, [route]))
     try:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+        async with plain_client(base_url=gw.url, timeout=10) as client:
             # Round robin: a call to the first instance leaves a pooled connection to it; once
             # the last call went to the other one, the next meets the stale connection.
             seen = [
@@ -369,7 +368,7 @@ async def test_a_head_response_saying_connection_close_is_not_pooled(tmp_path: P
         )
     )
     try:
-        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+        async with plain_client(base_url=gw.url, timeout=10) as client:
             head = await client.head("/x/y")
             posted = await client.post("/x/y", content=b"{}")
     finally:

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,9 +18,20 @@ from gateway_support import (
     RawConnection,
     eventually,
     gateway_config,
+    plain_client,
+    plain_get,
 )
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def gateways(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """Gateways started as `python -m mosaic_gateway serve` (not forked from the tests' fork
+    server, forkserver_support.py): these tests are of the process itself."""
+    factory = GatewayFactory(tmp_path, exec_cli=True)
+    yield factory
+    await factory.close()
 
 
 def echo_config(url: str, **server: object) -> dict[str, object]:
@@ -46,13 +59,15 @@ async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
     await idle.send(b"GET /warm HTTP/1.1\r\nhost: x\r\n\r\n")
     assert (await idle.read_response()).status == 200
 
-    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-sleep": "1.5"}))
-    await asyncio.sleep(0.3)
+    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-hold": "drain"}))
+    await eventually(lambda: echo.held("drain") == 1)
     gateway.process.signal(signal.SIGTERM)
 
     # The idle keep-alive connection is closed at once, not left to time out.
     assert await idle.closed_by_peer(timeout=1)
     # The request in flight completes normally, told that the connection will close.
+    assert not slow.done()
+    echo.release("drain")
     response = await slow
     assert response.status_code == 200
     assert response.json()["path"] == "/slow"
@@ -63,7 +78,7 @@ async def test_sigterm_finishes_in_flight_requests_and_closes_idle_connections(
     assert "worker_stopped" in events
     # New connections are refused after the drain.
     with pytest.raises(httpx.ConnectError):
-        await httpx.AsyncClient().get(gateway.url)
+        await plain_client().get(gateway.url)
     await idle.close()
 
 
@@ -72,8 +87,9 @@ async def test_shutdown_grace_bounds_the_wait(
 ) -> None:
     echo = shared_backends("echo")
     gateway = gateways(echo_config(echo.url, timeouts={"shutdown_grace": "500ms"}))
-    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-sleep": "5"}))
-    await asyncio.sleep(0.3)
+    # Held by the backend past the grace (released when the backend is next restored).
+    slow = asyncio.create_task(gateway.client().get("/slow", headers={"x-test-hold": "forever"}))
+    await eventually(lambda: echo.held("forever") == 1)
     gateway.process.signal(signal.SIGTERM)
     assert await asyncio.to_thread(gateway.process.proc.wait, 4) == 0
     with pytest.raises(httpx.HTTPError):
@@ -97,14 +113,14 @@ async def test_several_workers_share_the_port_and_a_dead_one_is_replaced(
     # Each admin answer names the worker that gave it; fresh connections land on both.
     seen = Counter()
     for _ in range(40):
-        seen[httpx.get(f"http://127.0.0.1:{gateway.admin_port}/readyz").json()["worker"]] += 1
+        seen[plain_get(f"http://127.0.0.1:{gateway.admin_port}/readyz").json()["worker"]] += 1
     assert set(seen) == worker_pids()
 
     victim = sorted(worker_pids())[0]
     os.kill(victim, signal.SIGKILL)
     await eventually(lambda: len(worker_pids()) == 3, timeout=10)
     for _ in range(20):
-        async with httpx.AsyncClient() as client:
+        async with plain_client() as client:
             assert (await client.get(f"{gateway.url}/after")).status_code == 200
     gateway.process.signal(signal.SIGTERM)
     assert await asyncio.to_thread(gateway.process.proc.wait, 15) == 0

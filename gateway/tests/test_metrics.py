@@ -15,6 +15,8 @@ from gateway_support import (
     eventually,
     free_port,
     gateway_config,
+    plain_client,
+    plain_get,
 )
 from obs_support import Scrape, access_lines, scrape
 
@@ -34,7 +36,7 @@ async def send_each_on_a_new_connection(
 ) -> list[int]:
     """`count` requests, each on its own connection (so the kernel spreads them over workers)."""
     statuses = []
-    async with httpx.AsyncClient(
+    async with plain_client(
         base_url=url, limits=httpx.Limits(max_keepalive_connections=0), timeout=15
     ) as client:
         for _ in range(count):
@@ -124,7 +126,13 @@ async def test_a_respawned_worker_continues_the_counts_of_the_one_it_replaces(
     await eventually(lambda: len(access_lines(gateway.process.output())) == 30)
     victim = access_lines(gateway.process.output())[0]["worker_pid"]
     await eventually(lambda: requests_total(scrape(gateway), route=ITEMS) == 30, timeout=15)
-    await asyncio.sleep(1.5)  # the victim's last file holds everything it counted
+
+    def the_victims_file_holds_everything_it_counted() -> bool:
+        # The other worker's answer: its own counts plus the victim's last file.
+        result = scrape(gateway)
+        return result.worker != str(victim) and requests_total(result, route=ITEMS) == 30
+
+    await eventually(the_victims_file_holds_everything_it_counted, timeout=15, interval=0.05)
     os.kill(victim, signal.SIGKILL)
     await eventually(lambda: "metrics_inherited" in gateway.process.output(), timeout=20)
     await eventually(lambda: scrape(gateway).value("gateway_workers_reporting") == 2, timeout=15)
@@ -216,10 +224,11 @@ async def test_requests_in_flight(backends: BackendFactory, gateways: GatewayFac
         )
     )
     client = gateway.client()
-    slow = asyncio.create_task(client.get("/items/slow", headers={"x-test-sleep": "1.5"}))
+    slow = asyncio.create_task(client.get("/items/slow", headers={"x-test-hold": "slow"}))
     await eventually(
         lambda: scrape(gateway).value("gateway_requests_in_flight", worker="0") == 1, timeout=5
     )
+    echo.release("slow")
     assert (await slow).status_code == 200
     assert scrape(gateway).value("gateway_requests_in_flight", worker="0") == 0
 
@@ -266,6 +275,6 @@ async def test_metrics_can_be_turned_off(
             metrics={"enabled": False},
         )
     )
-    response = httpx.get(f"http://127.0.0.1:{gateway.admin_port}/metrics")
+    response = plain_get(f"http://127.0.0.1:{gateway.admin_port}/metrics")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"

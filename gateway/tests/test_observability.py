@@ -17,6 +17,7 @@ from gateway_support import (
     RawConnection,
     eventually,
     gateway_config,
+    plain_client,
 )
 from obs_support import OtlpCollector, access_lines, upstream_headers
 from security_support import StandInAuth, start_nats
@@ -132,11 +133,12 @@ async def test_access_log_reports_a_client_that_left_before_the_answer(
     gateway = gateways(config(echo.url, access_log={"enabled": True}))
     raw = await RawConnection.open(gateway.port)
     await raw.send(
-        b"GET /items/slow HTTP/1.1\r\nhost: x\r\nx-test-sleep: 2\r\nx-request-id: req-gone\r\n\r\n"
+        b"GET /items/slow HTTP/1.1\r\nhost: x\r\nx-test-hold: gone\r\nx-request-id: req-gone\r\n\r\n"
     )
-    await asyncio.sleep(0.4)
+    await eventually(lambda: echo.held("gone") == 1)  # forwarded, its answer to come
     await raw.close()
     line = (await wait_lines(gateway.process.output, "req-gone"))["req-gone"]
+    echo.release("gone")
     assert line["aborted"] is True
     assert line["status"] == 499
     assert line["route"] == "/items/{id}"
@@ -153,7 +155,7 @@ async def test_access_log_to_a_file_from_every_worker_and_off_by_default(
     ids = [f"req-file-{n}" for n in range(30)]
     for target in (gateway, quiet):
         # A new connection per request, so both workers serve some of them.
-        async with httpx.AsyncClient(
+        async with plain_client(
             base_url=target.url, limits=httpx.Limits(max_keepalive_connections=0)
         ) as client:
             for request_id in ids:
@@ -163,7 +165,7 @@ async def test_access_log_to_a_file_from_every_worker_and_off_by_default(
     assert len(access_lines(path.read_text())) == len(ids)  # one line each, every line whole
     assert len({line["worker_pid"] for line in lines.values()}) == 2
     assert "req-file-" not in gateway.process.output()  # the file, not standard error
-    await asyncio.sleep(0.3)  # longer than the log's flush delay
+    await asyncio.to_thread(quiet.process.stop)  # a stopping worker writes what it holds
     assert access_lines(quiet.process.output()) == []
 
 
@@ -358,8 +360,9 @@ async def test_sample_ratio_applies_to_new_traces_and_the_caller_decides_for_its
             response = await client.get("/items/1")
             assert traceparent_sent(response.json())[2] == "00"  # not sampled, said upstream
         await client.get("/items/1", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
-        await eventually(lambda: len(collector.spans) >= 1)
-        await asyncio.sleep(1.5)  # more than an export round
+        # A stopping worker exports every span it still holds (not waiting for its next round,
+        # test_spans_are_exported_over_otlp does): all there is, is there.
+        await asyncio.to_thread(gateway.process.stop)
         assert [span["trace_id"] for span in collector.spans] == [TRACE]
     finally:
         collector.close()

@@ -10,10 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-from gateway_support import BackendFactory, GatewayFactory, free_port
+from gateway_support import BackendFactory, GatewayFactory, free_port, plain_get
 from test_docs import docs_config, operations
 
 from mosaic_gateway.cli import main
@@ -70,7 +69,7 @@ def test_from_files_no_instance_needed(
     # The documents saved from real backends, then the backends gone: files are enough.
     alpha, beta = backends("alpha"), backends("beta")
     for backend in (alpha, beta):
-        document = httpx.get(backend.url + "/openapi.json").content
+        document = plain_get(backend.url + "/openapi.json").content
         (tmp_path / f"{backend.name}.json").write_bytes(document)
     backends.close()
     config = write_config(tmp_path, docs_config(nobody(), nobody()))

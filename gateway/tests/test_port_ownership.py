@@ -14,10 +14,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
-from gateway_support import BackendFactory, GatewayFactory, free_port, gateway_config
+from gateway_support import BackendFactory, GatewayFactory, free_port, gateway_config, plain_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,7 +73,7 @@ async def test_a_second_gateway_on_the_port_exits_at_once_and_the_first_keeps_ev
     # Every client still reaches the first gateway's backend (new connections each time).
     seen: Counter[str] = Counter()
     for _ in range(50):
-        async with httpx.AsyncClient(base_url=first.url, timeout=5) as client:
+        async with plain_client(base_url=first.url, timeout=5) as client:
             seen[(await client.get("/x")).json()["instance"]] += 1
     assert seen == {"first": 50}
     assert second_backend.stats()["requests"] == 0

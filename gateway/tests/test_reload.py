@@ -24,7 +24,14 @@ from disco_support import (
     until,
     wait_for_event,
 )
-from gateway_support import Backend, BackendFactory, Gateway, free_port, gateway_config
+from gateway_support import (
+    Backend,
+    BackendFactory,
+    Gateway,
+    free_port,
+    gateway_config,
+    plain_client,
+)
 
 from mosaic_kit.nats.connection import Client, connect
 
@@ -39,18 +46,22 @@ def gws(tmp_path: Path) -> Iterator[Gateways]:
         gateway.process.stop()
 
 
+# The file is looked at five times a second (default: once), so a change is seen soon.
+WATCH = "200ms"
+
+
 def routing(to: str, a: Backend, b: Backend, **server: Any) -> dict[str, Any]:
     """`/r/*` goes to backend `to` (a or b)."""
     return gateway_config(
         {"a": {"instances": [a.url]}, "b": {"instances": [b.url]}},
         [{"path": "/r/*", "methods": ["GET"], "backend": to}],
-        **server,
+        **{"watch_interval": WATCH, **server},
     )
 
 
 async def fresh_get(gateway: Gateway, path: str) -> httpx.Response:
     """A request on a new connection (so the kernel may give it to any worker)."""
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=15) as client:
+    async with plain_client(base_url=gateway.url, timeout=15) as client:
         return await client.get(path)
 
 
@@ -62,8 +73,8 @@ async def test_a_changed_file_reroutes_new_requests_while_a_slow_one_finishes_on
     client = gateway.client()
     assert (await client.get("/r/1")).json()["instance"] == "a"
 
-    slow = asyncio.create_task(gateway.client().get("/r/slow", headers={"x-test-sleep": "5"}))
-    await until(lambda: a.stats()["requests"] == 2)
+    slow = asyncio.create_task(gateway.client().get("/r/slow", headers={"x-test-hold": "slow"}))
+    await until(lambda: a.held("slow") == 1)
     rewrite(gateway, routing("b", a, b))
     reloaded = (await wait_for_event(gateway, "config_reloaded"))[0]
     assert reloaded["reason"] == "file changed"
@@ -75,6 +86,7 @@ async def test_a_changed_file_reroutes_new_requests_while_a_slow_one_finishes_on
     # The slow request still holds the old runtime: not closed under it.
     assert not slow.done()
     assert events(gateway, "runtime_retired") == []
+    a.release("slow")
     response = await slow
     assert response.status_code == 200
     assert response.json()["instance"] == "a"
@@ -133,7 +145,7 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     gateway = gws(routing("a", a, b), workers=2, args=["--no-watch"])
     # Slow requests on their own connections, so on both workers.
     slow = [asyncio.create_task(fresh_get_slow(gateway, f"/r/slow{index}")) for index in range(8)]
-    await until(lambda: a.stats()["requests"] == 8)
+    await until(lambda: a.held("slow") == 8)
 
     # A bad file: the supervisor rejects it, the workers are left alone.
     rewrite(gateway, "routes: [}\n")
@@ -143,7 +155,8 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     assert rejected["errors"][0].startswith(f"{gateway.config_path}:1:")
 
     rewrite(gateway, routing("b", a, b))
-    await asyncio.sleep(2.5)  # --no-watch: a changed file alone changes nothing
+    # --no-watch: a changed file alone changes nothing (watched, it would within 200 ms)
+    await asyncio.sleep(1)
     assert events(gateway, "config_reloaded") == []
     assert events(gateway, "config_forwarded") == []
     assert (await fresh_get(gateway, "/r/0")).json()["instance"] == "a"
@@ -158,6 +171,8 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     for index in range(20):
         assert (await fresh_get(gateway, f"/r/new{index}")).json()["instance"] == "b"
 
+    assert not any(task.done() for task in slow)
+    a.release("slow")
     answers = await asyncio.gather(*slow)
     assert [r.status_code for r in answers] == [200] * 8
     assert {r.json()["instance"] for r in answers} == {"a"}
@@ -166,15 +181,15 @@ async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
     # A worker that dies is replaced with the configuration as reloaded, not the first one.
     os.kill(next(iter(workers)), signal.SIGKILL)
     await wait_for_event(gateway, "worker_spawned", count=3)
-    await asyncio.sleep(1)
+    await wait_for_event(gateway, "worker_started", count=3)
     for index in range(20):
         response = await fresh_get(gateway, f"/r/after{index}")
         assert response.json()["instance"] == "b"
 
 
 async def fresh_get_slow(gateway: Gateway, path: str) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        return await client.get(path, headers={"x-test-sleep": "4"})
+    async with plain_client(base_url=gateway.url, timeout=20) as client:
+        return await client.get(path, headers={"x-test-hold": "slow"})
 
 
 async def test_with_two_workers_a_changed_file_reaches_both(
@@ -218,7 +233,7 @@ async def test_settings_that_need_a_restart_keep_their_values_and_the_rest_appli
     client = gateway.client()
     assert (await client.get("/r/1")).json()["instance"] == "b"
     # The new default body limit applies (a server setting that can change live).
-    async with httpx.AsyncClient(base_url=gateway.url) as fresh:
+    async with plain_client(base_url=gateway.url) as fresh:
         response = await fresh.request("GET", "/r/2", content=b"x" * 11)
     assert response.status_code == 413
     with pytest.raises(httpx.ConnectError):
@@ -226,7 +241,7 @@ async def test_settings_that_need_a_restart_keep_their_values_and_the_rest_appli
 
 
 async def fresh_get_at(port: int) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=2) as client:
+    async with plain_client(timeout=2) as client:
         return await client.get(f"http://127.0.0.1:{port}/r/x")
 
 
@@ -254,6 +269,7 @@ async def test_a_reload_keeps_the_discovered_instances_when_discovery_does_not_a
         document = gateway_config(
             {"blog": {"discovery": discovery}},
             [{"path": path, "methods": ["GET"], "backend": "blog"}],
+            watch_interval=WATCH,
         )
         document["nats"] = {"url": nats_url}
         return document
@@ -283,6 +299,7 @@ async def test_a_reload_keeps_nats_connected_and_discovered_instances_serve_with
         document = gateway_config(
             {"blog": {"discovery": discovery}},
             [{"path": path, "methods": ["GET"], "backend": "blog"}],
+            watch_interval=WATCH,
         )
         document["nats"] = {"url": nats_url}
         return document

@@ -7,9 +7,15 @@ import time
 from collections import Counter
 from typing import Any
 
-import httpx
 import pytest
-from gateway_support import BackendFactory, Gateway, GatewayFactory, free_port, gateway_config
+from gateway_support import (
+    BackendFactory,
+    Gateway,
+    GatewayFactory,
+    free_port,
+    gateway_config,
+    plain_get,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +55,7 @@ async def test_a_503_is_retried_on_another_instance(
 ) -> None:
     a, b = backends("a"), backends("b")
     gateway = gateways(gateway_config(svc([a.url, b.url]), ROUTE))
-    httpx.get(f"{b.url}/__fail", params={"status": "503"})
+    plain_get(f"{b.url}/__fail", params={"status": "503"})
     client = gateway.client()
     for _ in range(10):
         response = await client.get("/x")
@@ -62,7 +68,7 @@ async def test_a_503_is_retried_on_another_instance(
         assert response.status_code == 200
         assert response.json()["body_length"] == 5
     # A status not in the list is passed through.
-    httpx.get(f"{b.url}/__fail", params={"status": "500"})
+    plain_get(f"{b.url}/__fail", params={"status": "500"})
     assert Counter([(await client.get("/x")).status_code for _ in range(4)]) == {200: 2, 500: 2}
 
 
@@ -70,7 +76,7 @@ async def test_a_post_is_not_retried(backends: BackendFactory, gateways: Gateway
     a, b = backends("a"), backends("b")
     dead = f"http://127.0.0.1:{free_port()}"
     gateway = gateways(gateway_config(svc([a.url, b.url, dead]), ROUTE))
-    httpx.get(f"{b.url}/__fail", params={"status": "503"})
+    plain_get(f"{b.url}/__fail", params={"status": "503"})
     client = gateway.client()
     seen: Counter[tuple[int, str | None]] = Counter()
     for _ in range(9):
@@ -88,7 +94,7 @@ async def test_the_budget_stops_retries_when_everything_fails(
     retries = {"attempts": 1, "budget": 0.1, "min_per_second": 2}
     gateway = gateways(gateway_config(svc([a.url, b.url], retries=retries), ROUTE))
     for backend in (a, b):
-        httpx.get(f"{backend.url}/__fail", params={"status": "503"})
+        plain_get(f"{backend.url}/__fail", params={"status": "503"})
     client = gateway.client()
     started = time.monotonic()
     for _ in range(200):
@@ -120,7 +126,7 @@ async def test_the_breaker_opens_rejects_fast_half_opens_and_closes(
         )
     )
     client = gateway.client()
-    httpx.get(f"{only.url}/__fail", params={"status": "503"})
+    plain_get(f"{only.url}/__fail", params={"status": "503"})
     for _ in range(3):
         response = await client.get("/x")
         assert response.status_code == 503
@@ -146,7 +152,7 @@ async def test_the_breaker_opens_rejects_fast_half_opens_and_closes(
     assert state["state"] == "open"
     assert state["open_for"] == pytest.approx(1.0)
     # Recovered: after the (longer) open time the probe succeeds and the breaker closes.
-    httpx.get(f"{only.url}/__fail", params={"status": "0"})
+    plain_get(f"{only.url}/__fail", params={"status": "0"})
     await asyncio.sleep(0.6)
     # Still open while the admin says so (a loaded machine may have slept past the open time).
     if breaker_of(gateway, only.url)["retry_in"] > 0.1:

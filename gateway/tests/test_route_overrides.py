@@ -12,7 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import BackendFactory, Gateway, GatewayFactory, free_port, gateway_config
+from gateway_support import (
+    BackendFactory,
+    Gateway,
+    GatewayFactory,
+    free_port,
+    gateway_config,
+    plain_get,
+)
 
 from mosaic_gateway.config import (
     BreakerSpec,
@@ -314,7 +321,7 @@ async def test_a_routes_breaker_opens_on_its_own_failures_only(
     assert response.json()["code"] == "gateway.circuit_open"
     assert only.stats()["requests"] == before
 
-    metrics = httpx.get(f"http://127.0.0.1:{gateway.admin_port}/metrics").text
+    metrics = plain_get(f"http://127.0.0.1:{gateway.admin_port}/metrics").text
     line = next(line for line in metrics.splitlines() if line.startswith("gateway_route_breaker"))
     assert f'route="/own/*",methods="GET",backend="svc",upstream_instance="{only.url}"' in line
     assert line.endswith(" 2")

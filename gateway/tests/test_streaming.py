@@ -242,7 +242,9 @@ async def test_a_slow_reader_holds_back_the_upstream_and_the_connection_is_reuse
     size = 32 * 1024 * 1024
     conn = await RawConnection.open(gateway.port)
     await conn.send(b"GET /big HTTP/1.1\r\nhost: x\r\nx-test-size: %d\r\n\r\n" % size)
-    await asyncio.sleep(1.5)  # not reading: the gateway must stop reading the instance too
+    # Not reading: the gateway must stop reading the instance too (32 MiB fill every buffer
+    # between them within milliseconds).
+    await asyncio.sleep(0.5)
     response = await conn.read_response(timeout=30)
     assert len(response.body) == size
     # The single pooled connection was handed back usable (not left paused): these pass

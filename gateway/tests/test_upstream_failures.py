@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from gateway_support import (
@@ -39,7 +37,7 @@ async def test_slow_upstream_is_a_504_problem_and_the_gateway_stays_usable(
     assert response.headers["x-request-id"] == "slow-1"
     assert response.json()["code"] == "gateway.timeout"
     # The route's own timeout applies, not the default: this one waits long enough.
-    response = await client.get("/patient/x", headers={"x-test-sleep": "1"})
+    response = await client.get("/patient/x", headers={"x-test-sleep": "0.7"})
     assert response.status_code == 200
     # The client connection that got the 504 keeps working.
     response = await client.get("/fast/x")
@@ -53,14 +51,14 @@ async def test_streaming_body_that_stalls_is_cut_off(
     gateway = gateways(
         gateway_config(
             {"echo": {"instances": [echo.url]}},
-            [{"path": "/*", "methods": ["GET"], "backend": "echo", "timeout": "1s"}],
+            [{"path": "/*", "methods": ["GET"], "backend": "echo", "timeout": "800ms"}],
         )
     )
     conn = await RawConnection.open(gateway.port)
-    # Chunks keep coming every 0.4 s for 2.4 s: longer than the timeout, but never silent
+    # Chunks keep coming every 0.25 s for 1.25 s: longer than the timeout, but never silent
     # for as long as it, so the response completes.
     await conn.send(
-        b"GET /drip HTTP/1.1\r\nhost: x\r\nx-test-chunks: 6\r\nx-test-chunk-delay: 0.4\r\n\r\n"
+        b"GET /drip HTTP/1.1\r\nhost: x\r\nx-test-chunks: 5\r\nx-test-chunk-delay: 0.25\r\n\r\n"
     )
     response = await conn.read_response(timeout=10)
     assert response.status == 200
@@ -153,10 +151,10 @@ async def test_client_leaving_mid_request_releases_the_instance(
             [{"path": "/*", "methods": ["GET"], "backend": "echo"}],
         )
     )
-    for _ in range(3):
+    for count in range(1, 4):
         conn = await RawConnection.open(gateway.port)
-        await conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\nx-test-sleep: 5\r\n\r\n")
-        await asyncio.sleep(0.2)
+        await conn.send(b"GET /slow HTTP/1.1\r\nhost: x\r\nx-test-hold: left\r\n\r\n")
+        await eventually(lambda count=count: echo.held("left") == count)  # forwarded
         await conn.close()
 
     def instance() -> dict[str, object]:
@@ -171,3 +169,4 @@ async def test_client_leaving_mid_request_releases_the_instance(
     )
     assert instance()["ejected"] is False
     assert (await gateway.client().get("/next")).status_code == 200
+    echo.release("left")

@@ -47,6 +47,13 @@ class ServerSpec(Spec):
         description="Append to a client's X-Forwarded-For (behind a trusted proxy) "
         "instead of replacing it.",
     )
+    watch_interval: Duration = Field(
+        1.0,
+        ge=0.1,
+        le=3600,
+        description="How often the configuration file is checked for a change "
+        "(serve without --no-watch).",
+    )
     admin: AdminSpec | None = None
     timeouts: TimeoutsSpec = TimeoutsSpec()
     limits: LimitsSpec = LimitsSpec()

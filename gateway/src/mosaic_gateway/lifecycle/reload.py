@@ -1,7 +1,8 @@
 """Applying a changed configuration file while serving, without dropping a request.
 
 A reload is asked for by SIGHUP or by the file changing on disk (`FileWatch`, polled every
-second: its bytes' digest, so an editor's rename-over or a touch without change are handled).
+`server.watch_interval`, a second by default: its bytes' digest, so an editor's rename-over or
+a touch without change are handled).
 The new file is validated whole first (`load_config`); a bad one is logged with its
 `file:line:col` errors (`config_rejected`) and changes nothing.
 
@@ -40,7 +41,6 @@ _log = get_logger("mosaic_gateway.lifecycle.reload")
 
 # `server` fields bound at start: the sockets are made before the workers, the count is theirs.
 RESTART_ONLY = ("listen", "port", "workers", "admin")
-POLL_INTERVAL = 1.0
 _RETIRE_POLL = 0.1
 
 
@@ -176,7 +176,8 @@ class Reloader:
 
     async def _watch(self, watch: FileWatch) -> None:
         while True:
-            await asyncio.sleep(POLL_INTERVAL)
+            # The running configuration's: a reload that changes it applies from the next look.
+            await asyncio.sleep(self.worker.config.server.watch_interval)
             if watch.changed():
                 self.request("file changed")
 

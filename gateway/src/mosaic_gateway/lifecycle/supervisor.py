@@ -16,9 +16,9 @@ With an admin listener, the supervisor also makes a private temporary directory 
 workers share their metrics (metrics.py: each writes its counters there, a scrape sums them)
 and removes it when the gateway stops.
 
-Reloads: on SIGHUP, or when the configuration file's content changes (polled every second), the
-supervisor validates the file; a bad one is logged (`config_rejected`) and the workers are not
-disturbed. A good one becomes the configuration later workers are forked with (minus what needs
+Reloads: on SIGHUP, or when the configuration file's content changes (polled every
+`server.watch_interval`), the supervisor validates the file; a bad one is logged
+(`config_rejected`) and the workers are not disturbed. A good one becomes the configuration later workers are forked with (minus what needs
 a restart, see reload.py), and every worker is sent SIGHUP to load it (each one swaps its
 runtime between requests and drains the old one).
 """
@@ -38,7 +38,7 @@ from types import FrameType
 
 from mosaic_gateway.config import ConfigError, GatewayConfig, load_config
 from mosaic_gateway.http.listener import adopt_socket, bind_socket
-from mosaic_gateway.lifecycle.reload import POLL_INTERVAL, FileWatch, live_config, rejected
+from mosaic_gateway.lifecycle.reload import FileWatch, live_config, rejected
 from mosaic_gateway.lifecycle.worker import run_worker
 from mosaic_kit.logging import get_logger
 
@@ -146,7 +146,7 @@ class _Supervisor:
         self.config = config
         self.config_path = config_path
         self.file_watch = FileWatch(config_path) if watch and config_path else None
-        self.next_poll = time.monotonic() + POLL_INTERVAL
+        self.next_poll = time.monotonic() + config.server.watch_interval
         self.reload_wanted: str | None = None  # why (SIGHUP, the file changed); see _watch
         self.workers = workers
         self.sock = sock
@@ -190,7 +190,7 @@ class _Supervisor:
     def _poll_reload(self) -> None:
         now = time.monotonic()
         if self.file_watch is not None and now >= self.next_poll:
-            self.next_poll = now + POLL_INTERVAL
+            self.next_poll = now + self.config.server.watch_interval
             if self.file_watch.changed():
                 self.reload_wanted = "file changed"
         if self.reload_wanted is not None and not self.stopping:
