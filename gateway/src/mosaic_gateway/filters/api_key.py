@@ -81,4 +81,3 @@ class ApiKeyFilter:
 def _admit(exchange: Exchange, identity: ApiKeyIdentity) -> bool:
     caller_for(exchange).api_key = identity
     return True
-

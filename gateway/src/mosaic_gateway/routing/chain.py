@@ -58,9 +58,7 @@ class Chain:
         self.terminal = terminal
         # Each filter's bound `on_request` with the index to resume after it: made once, so a
         # request's walk is one tuple iteration (no attribute lookups, no indexing).
-        self._steps = tuple(
-            (index + 1, each.on_request) for index, each in enumerate(self.filters)
-        )
+        self._steps = tuple((index + 1, each.on_request) for index, each in enumerate(self.filters))
 
     def run(self, exchange: Exchange, start: int = 0) -> None:
         for following, on_request in self._steps[start:] if start else self._steps:
