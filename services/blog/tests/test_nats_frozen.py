@@ -69,7 +69,11 @@ async def test_writes_do_not_wait_for_a_frozen_nats_and_replicas_see_them_after_
                 )
                 took.append(time.perf_counter() - started)
                 assert edit.status_code == 200, edit.text
-            assert max(took) < 0.5, took
+            # A write that waited for the frozen NATS took ~2 s, each of the three; on a busy
+            # machine one call can take most of a second for other reasons, so the middle one is
+            # what must be quick, and none may come near the wait.
+            assert sorted(took)[1] < 0.5, took
+            assert max(took) < 1.5, took
         finally:
             os.kill(own_nats.pid, signal.SIGCONT)
 
