@@ -1,5 +1,7 @@
-"""Helpers for the gateway's tests: real backend processes (backend_app.py), real gateway processes
-(the CLI), and a raw HTTP/1.1 connection for what httpx hides (pipelining, framing, reuse)."""
+"""Helpers for the gateway's tests: real backend processes (backend_app.py, handed from test to
+test by a BackendPool), real gateway processes (the CLI's `serve`, forked from a fork server that
+has imported the gateway: forkserver_support.py), and a raw HTTP/1.1 connection for what httpx
+hides (pipelining, framing, reuse)."""
 
 from __future__ import annotations
 
@@ -44,14 +46,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes] | ForkedProcess, log: Path, timeout: float = 15
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited ({proc.returncode}):\n{log.read_text()}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
-        time.sleep(0.05)
+        time.sleep(0.01)  # a forked gateway is up in about 50 ms
     raise RuntimeError(f"port {port} never opened:\n{log.read_text()}")
 
 

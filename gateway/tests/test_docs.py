@@ -176,7 +176,7 @@ async def test_docs_follow_a_source_that_comes_up_late_and_changes(
     alpha = backends("alpha")
     beta_port = free_port()
     gateway = gateways(
-        docs_config(alpha.url, f"http://127.0.0.1:{beta_port}", refresh="1s", timeout="1s")
+        docs_config(alpha.url, f"http://127.0.0.1:{beta_port}", refresh="400ms", timeout="1s")
     )
     client = gateway.client()
 
