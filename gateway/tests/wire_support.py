@@ -22,7 +22,7 @@ import orjson
 from mosaic_gateway.http import problems
 from mosaic_gateway.http.problems import GatewayProblem
 from mosaic_gateway.http.server import ClientConnection, Exchange, Server, ServerLimits
-from mosaic_gateway.http.wire import STATUS_LINES
+from mosaic_gateway.http.wire import STATUS_LINES, DateHeader
 
 
 class FakeTransport(asyncio.Transport):
@@ -102,6 +102,20 @@ class RecordingHandler:
         exchange.accept_body(call)
 
 
+class FixedDate(DateHeader):
+    """The `date:` line of the moment it was made: the bytes a test expects, built after the
+    gateway wrote its own, cannot fall into the next second."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._line = super().line()
+
+    def line(self) -> bytes:
+        return self._line
+
+
 class Wire:
     """One client connection of a `Server`, fed by hand."""
 
@@ -122,6 +136,7 @@ class Wire:
             header_timeout=header_timeout,
         )
         self.server = Server(loop, limits)
+        self.server.date = FixedDate()
         self.handler = RecordingHandler(auto=auto)
         self.conn = ClientConnection(self.server, self.handler)
         self.transport = FakeTransport()
