@@ -31,27 +31,15 @@ class Caller:
 CALLER: StateKey[Caller] = StateKey("caller")
 
 
-# Both read `exchange.state` directly (`Exchange.get`/`put` inlined): they run several times on
-# every authenticated request.
-
-
 def caller_of(exchange: Exchange) -> Caller | None:
     """The exchange's caller, if a credential filter made one."""
-    state = exchange.state
-    if state is None:
-        return None
-    found: Caller | None = state.get(CALLER)
-    return found
+    return exchange.get(CALLER)
 
 
 def caller_for(exchange: Exchange) -> Caller:
     """The exchange's caller, made on first use (only requests with a credential pay for it)."""
-    state = exchange.state
-    if state is None:
+    found = exchange.get(CALLER)
+    if found is None:
         found = Caller()
-        exchange.state = {CALLER: found}
-        return found
-    known: Caller | None = state.get(CALLER)
-    if known is None:
-        known = state[CALLER] = Caller()
-    return known
+        exchange.put(CALLER, found)
+    return found

@@ -234,11 +234,7 @@ class Forward(Attempt):
         self.forwarder = forwarder
         self.exchange = exchange
         self.route = route
-        state = exchange.state  # `exchange.put`, inlined: every forwarded request does it
-        if state is None:
-            exchange.state = {UPSTREAM_INSTANCE: instance.url}
-        else:
-            state[UPSTREAM_INSTANCE] = instance.url
+        exchange.put(UPSTREAM_INSTANCE, instance.url)
         self.body: bytes | None = None
         self.buffered: list[bytes] | None = None
         self.head_only = exchange.method == b"HEAD"

@@ -18,9 +18,9 @@ and removes it when the gateway stops.
 
 Reloads: on SIGHUP, or when the configuration file's content changes (polled every
 `server.watch_interval`), the supervisor validates the file; a bad one is logged
-(`config_rejected`) and the workers are not disturbed. A good one becomes the configuration later workers are forked with (minus what needs
-a restart, see reload.py), and every worker is sent SIGHUP to load it (each one swaps its
-runtime between requests and drains the old one).
+(`config_rejected`) and the workers are not disturbed. A good one becomes the configuration
+later workers are forked with (minus what needs a restart, see reload.py), and every worker is
+sent SIGHUP to load it (each one swaps its runtime between requests and drains the old one).
 """
 
 from __future__ import annotations
