@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import importlib
 import importlib.util
@@ -37,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +79,8 @@ def route_config(route: str) -> dict[str, Any]:
 
 
 class FakeTransport(asyncio.Transport):
-    """Keeps what is written; never pauses."""
+    """Keeps what is written; never pauses. (Not gateway/tests/wire_support.py's: that one
+    imports today's package layout, and this runs against older checkouts too.)"""
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,30 +137,9 @@ def _modules() -> dict[str, Any]:
     return {key: importlib.import_module(name) for key, name in names.items()}
 
 
-def _token() -> tuple[str, dict[str, Any]]:
-    import jwt
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    private = Ed25519PrivateKey.generate()
-    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-    jwk = {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "bench", "alg": "EdDSA", "use": "sig"}
-    now = int(time.time())
-    claims = {
-        "sub": str(uuid.uuid4()),
-        "sid": str(uuid.uuid4()),
-        "roles": ["USER"],
-        "iat": now,
-        "exp": now + 3600,
-        "iss": "mosaic-auth",
-        "aud": "mosaic",
-    }
-    return jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": "bench"}), jwk
-
-
 def measure_here(route: str, requests: int, repeats: int) -> dict[str, Any]:
     """Microseconds per request of this process's gateway on `route` (the best of `repeats`)."""
+    from mosaic_devstack.issuer import TokenIssuer
     from mosaic_kit.jwks import JwksCache, StaticKeySource
 
     m = _modules()
@@ -177,13 +155,14 @@ def measure_here(route: str, requests: int, repeats: int) -> dict[str, Any]:
         handler = m["proxy"].Proxy(loop, runtime.router, trust_forwarded=False)
     request = REQUEST
     if route == "full":
-        token, jwk = _token()
+        issuer = TokenIssuer()
+        token = issuer.token(ttl=3600)
         services = context.security
         keys = services.api_keys
         identity = m["apikeys"].ApiKeyIdentity(id="key-bench", name="bench")
         keys._accepted[hashlib.sha256(API_KEY).digest()] = (identity, keys._clock() + 3600)
         tokens = services.tokens
-        tokens.jwks = JwksCache(StaticKeySource({"keys": [jwk]}))
+        tokens.jwks = JwksCache(StaticKeySource(issuer.jwks()))
         loop.run_until_complete(tokens.jwks.refresh())
         loop.run_until_complete(tokens.verify(token))
         request += (
