@@ -59,6 +59,21 @@ def routing(to: str, a: Backend, b: Backend, **server: Any) -> dict[str, Any]:
     )
 
 
+def discovered(service: str, nats_url: str, path: str) -> dict[str, Any]:
+    """`path` goes to backend `blog`, whose instances are those `service` announces on NATS."""
+    document = gateway_config(
+        {
+            "blog": {
+                "discovery": {"nats": {"service": service, "interval": "500ms", "timeout": "200ms"}}
+            }
+        },
+        [{"path": path, "methods": ["GET"], "backend": "blog"}],
+        watch_interval=WATCH,
+    )
+    document["nats"] = {"url": nats_url}
+    return document
+
+
 async def fresh_get(gateway: Gateway, path: str) -> httpx.Response:
     """A request on a new connection (so the kernel may give it to any worker)."""
     async with plain_client(base_url=gateway.url, timeout=15) as client:
@@ -136,6 +151,25 @@ async def test_a_bad_file_is_rejected_and_the_old_configuration_keeps_serving(
 def _position_of(gateway: Gateway, text: str) -> str:
     lines = gateway.config_path.read_text().splitlines()
     return next(f"{n}:{line.index(text) + 1}" for n, line in enumerate(lines, 1) if text in line)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_file_is_looked_at_only_as_often_as_watch_interval_says(
+    backends: BackendFactory, gws: Gateways, workers: int
+) -> None:
+    # An hour between looks: a changed file goes unnoticed for now (at the default second, or
+    # if the setting were ignored, it would be applied well within the wait), and SIGHUP still
+    # applies it. One worker watches in the worker, two in the supervisor.
+    a, b = backends("a"), backends("b")
+    gateway = gws(routing("a", a, b, watch_interval="1h"), workers=workers)
+    assert (await fresh_get(gateway, "/r/0")).json()["instance"] == "a"
+    rewrite(gateway, routing("b", a, b, watch_interval="1h"))
+    await asyncio.sleep(2.5)
+    assert events(gateway, "config_reloaded") == []
+    assert (await fresh_get(gateway, "/r/1")).json()["instance"] == "a"
+    gateway.process.signal(signal.SIGHUP)
+    await wait_for_event(gateway, "config_reloaded", count=workers)
+    assert (await fresh_get(gateway, "/r/2")).json()["instance"] == "b"
 
 
 async def test_sighup_reloads_every_worker_while_requests_in_flight_finish(
@@ -263,16 +297,9 @@ async def test_a_reload_keeps_the_discovered_instances_when_discovery_does_not_a
     service = "blog-" + uuid.uuid4().hex[:8]
     a = backends("a")
     announced = await announce(nc, service, a.url)
-    discovery = {"nats": {"service": service, "interval": "500ms", "timeout": "200ms"}}
 
     def config(path: str) -> dict[str, Any]:
-        document = gateway_config(
-            {"blog": {"discovery": discovery}},
-            [{"path": path, "methods": ["GET"], "backend": "blog"}],
-            watch_interval=WATCH,
-        )
-        document["nats"] = {"url": nats_url}
-        return document
+        return discovered(service, nats_url, path)
 
     gateway = await asyncio.to_thread(gws, config("/v1/*"))
     client = gateway.client()
@@ -293,16 +320,9 @@ async def test_a_reload_keeps_nats_connected_and_discovered_instances_serve_with
     service = "blog-" + uuid.uuid4().hex[:8]
     a, b = backends("a"), backends("b")
     announced = [await announce(nc, service, a.url), await announce(nc, service, b.url)]
-    discovery = {"nats": {"service": service, "interval": "500ms", "timeout": "200ms"}}
 
     def config(path: str) -> dict[str, Any]:
-        document = gateway_config(
-            {"blog": {"discovery": discovery}},
-            [{"path": path, "methods": ["GET"], "backend": "blog"}],
-            watch_interval=WATCH,
-        )
-        document["nats"] = {"url": nats_url}
-        return document
+        return discovered(service, nats_url, path)
 
     # Started in a thread: this loop answers the gateway's discovery requests meanwhile.
     gateway = await asyncio.to_thread(gws, config("/v1/*"))
