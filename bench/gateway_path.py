@@ -20,6 +20,17 @@ Both the package layout of today and the flat one before the filter chain (a9cef
 
     make bench ARGS="gateway_path.py --baseline /work/wt-base --rounds 6"
 
+Time still moves by a few per cent from process to process on a shared VM (where its memory
+lands, what the other core does). With `--instructions`, each side is instead counted in machine
+instructions per request, under valgrind's cachegrind (no cache simulation): the child runs twice,
+with 500 and with 1500 requests, and the difference is divided by 1000, so the start-up, the
+configuration and the first requests cancel out. With PYTHONHASHSEED fixed the count repeats to
+about 0.05 %: a change of 1 % is a change. It is the CPU's work, not its time (cache misses and
+branch mispredictions are not in it), so it answers "does the path do more?", and the timed
+modes answer "is it slower?". About 12 s per child; skipped with a message if valgrind is absent.
+
+    make bench ARGS="gateway_path.py --baseline /work/wt-base --instructions"
+
 Prints a table, writes bench/results/gateway_path.json. No assertions on speed.
 """
 
@@ -32,10 +43,13 @@ import importlib
 import importlib.util
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -245,12 +259,79 @@ def child(src: Path | None, route: str, requests: int, repeats: int) -> dict[str
     return result
 
 
+# The two counted runs' sizes: their difference is what is divided out (see the docstring).
+COUNTED_REQUESTS = (500, 1500)
+_IREFS = re.compile(rb"I\s+refs:\s+([\d,]+)")
+
+
+def count_instructions(src: Path | None, route: str, requests: int) -> int:
+    """Instructions one child executes, start to end, serving `requests` requests."""
+    env = dict(os.environ, LOG_LEVEL="WARNING", PYTHONHASHSEED="0")
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [
+            *("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"),
+            *(sys.executable, __file__, "--child", route),
+            *("--requests", str(requests), "--repeats", "1"),
+        ],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    found = _IREFS.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"{route} ({src or 'HEAD'}) under valgrind: {done.stderr[-2000:]!r}")
+    return int(found.group(1).replace(b",", b""))
+
+
+def main_instructions(sides: dict[str, Path | None], output: Path) -> int:
+    if shutil.which("valgrind") is None:
+        print("-- gateway_path.py --instructions: valgrind is not installed; nothing counted")
+        return 0
+    print("-- gateway request path over fake sockets: instructions per request (cachegrind)")
+    # Counts do not depend on what else runs: the children run side by side, one per core.
+    jobs = [(route, side, n) for route in ROUTES for side in sides for n in COUNTED_REQUESTS]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counted = dict(
+            zip(
+                jobs,
+                pool.map(lambda job: count_instructions(sides[job[1]], job[0], job[2]), jobs),
+                strict=True,
+            )
+        )
+    small, large = COUNTED_REQUESTS
+    report: dict[str, Any] = {"unit": "instructions per request", "routes": {}}
+    for route in ROUTES:
+        counts = {}
+        for side in sides:
+            total = counted[route, side, large] - counted[route, side, small]
+            counts[side] = total / (large - small)
+            print(f"   {route:<6} {side:<9} {counts[side]:>10,.0f}")
+        report["routes"][route] = counts
+    print(f"\n{'route':<8}" + "".join(f"{side + ' instr/req':>20}" for side in sides), end="")
+    print(f"{'HEAD/baseline':>15}" if BASELINE in sides else "")
+    for route in ROUTES:
+        counts = report["routes"][route]
+        line = f"{route:<8}" + "".join(f"{counts[side]:>20,.0f}" for side in sides)
+        if BASELINE in sides:
+            counts["head_over_baseline"] = round(counts[HEAD] / counts[BASELINE], 4)
+            line += f"{counts['head_over_baseline']:>14.4f}x"
+        print(line)
+    print("counted by valgrind (deterministic to ~0.05 %); HEAD/baseline < 1: HEAD does less")
+    write_results(output, "gateway_path_instructions", report)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, help="another checkout, measured alternately")
     parser.add_argument("--rounds", type=int, default=6, help="ABBA rounds with --baseline")
     parser.add_argument("--requests", type=int, default=20_000, help="per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per process (best)")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under valgrind instead"
+    )
     parser.add_argument("--child", choices=ROUTES, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -263,6 +344,13 @@ def main() -> int:
         if not baseline_src.is_dir():
             parser.error(f"--baseline {args.baseline}: no gateway/src there")
     sides: dict[str, Path | None] = {HEAD: None}
+    if args.instructions:
+        if baseline_src is not None:
+            sides[BASELINE] = baseline_src
+        output = args.output
+        if output == RESULTS:
+            output = RESULTS.with_name("gateway_path_instructions.json")
+        return main_instructions(sides, output)
     rounds = 1
     order = [HEAD]
     if baseline_src is not None:
