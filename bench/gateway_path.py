@@ -53,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import uvloop
 import yaml
 from ab import BASELINE, HEAD, abba_order
 from loadgen import write_results
@@ -157,7 +158,7 @@ def measure_here(route: str, requests: int, repeats: int) -> dict[str, Any]:
     from mosaic_kit.jwks import JwksCache, StaticKeySource
 
     m = _modules()
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # a worker's loop (lifecycle/worker.py): its time() is C
     config = m["config"].parse_config(yaml.safe_dump(route_config(route)), "<bench>")
     context = m["context"].WorkerContext(loop, nc=object())  # a placeholder: never used
     if "dispatch" in m:
@@ -205,6 +206,8 @@ def measure_here(route: str, requests: int, repeats: int) -> dict[str, Any]:
     admin = config.server.admin is not None
     observer = m["observer"].build_observer(config.observability, loop, admin=admin)
     server.on_end = observer.on_end
+    if hasattr(observer, "reads_upstream_instance"):  # as lifecycle/worker.py wires it
+        forwarder.note_instance = observer.reads_upstream_instance
     client = m["server"].ClientConnection(server, handler)
     client_transport = FakeTransport()
     client.connection_made(client_transport)

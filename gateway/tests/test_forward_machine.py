@@ -13,7 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from proxy_support import Proxy, head_of
+
+from mosaic_gateway.config import parse_config
+from mosaic_gateway.handlers.forward import UPSTREAM_INSTANCE
+from mosaic_gateway.lifecycle.observer import build_observer
 
 A, B = "http://10.0.0.1:8001", "http://10.0.0.2:8002"
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
@@ -181,3 +186,77 @@ def test_a_response_cut_after_its_head_aborts_the_client_connection(
     # Already relayed: no retry could replace it, so the client's connection closes.
     assert proxy.transport.closed
     assert sum(len(fake.connections) for fake in proxy.instances.values()) == 1
+
+
+def test_a_route_without_a_rewrite_sends_the_clients_path_as_it_came(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    plain = config()
+    del plain["routes"][0]["rewrite"]
+    proxy = Proxy(loop, plain)
+    proxy.send(request(path=b"/api/items/%41b?x=1"))
+    (tried,) = [fake for fake in proxy.instances.values() if fake.connections]
+    assert head_of(tried.last.take())[0] == b"GET /api/items/%41b?x=1 HTTP/1.1"
+
+
+def instances_noted(proxy: Proxy) -> list[tuple[str | None, bool]]:
+    """Per ended exchange: the instance stored for the observer, and whether any state was."""
+    noted: list[tuple[str | None, bool]] = []
+    proxy.server.on_end = lambda exchange, _aborted: noted.append(
+        (exchange.get(UPSTREAM_INSTANCE), exchange.state is not None)
+    )
+    return noted
+
+
+def test_the_instance_tried_is_noted_for_the_observer_the_retried_one_last(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy = Proxy(loop, config(retries={"attempts": 1, "on": [503]}))
+    noted = instances_noted(proxy)
+    proxy.send(request())
+    (first,) = [fake for fake in proxy.instances.values() if fake.connections]
+    first.last.take()
+    first.last.answer(UNAVAILABLE)
+    other = next(fake for fake in proxy.instances.values() if fake is not first)
+    other.last.take()
+    other.last.answer(OK)
+    assert head_of(proxy.received())[2] == b"ok"
+    assert noted == [(other.url, True)]
+
+
+def test_with_nothing_reading_the_instance_a_request_stores_no_state(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # The worker turns it off when neither the access log nor spans report it (observer.py):
+    # then a forwarded request with no credential, cache or span makes no state at all.
+    proxy = Proxy(loop, config(retries={"attempts": 1, "on": [503]}))
+    proxy.forwarder.note_instance = False
+    noted = instances_noted(proxy)
+    proxy.send(request())
+    (first,) = [fake for fake in proxy.instances.values() if fake.connections]
+    first.last.take()
+    first.last.answer(UNAVAILABLE)  # a retry does not store it either
+    other = next(fake for fake in proxy.instances.values() if fake is not first)
+    other.last.take()
+    other.last.answer(OK)
+    assert head_of(proxy.received())[2] == b"ok"
+    assert noted == [(None, False)]
+
+
+@pytest.mark.parametrize(
+    ("observability", "reads"),
+    [
+        ({}, False),
+        ({"metrics": {"enabled": True}}, False),  # metrics have no instance label per request
+        ({"access_log": {"enabled": True}}, True),
+        ({"tracing": {"enabled": True, "otlp_endpoint": "http://127.0.0.1:1/v1/traces"}}, True),
+    ],
+)
+def test_the_observer_says_whether_it_reads_the_instance(
+    loop: asyncio.AbstractEventLoop, observability: dict[str, Any], reads: bool
+) -> None:
+    settings = parse_config(
+        yaml.safe_dump({**config(), "observability": observability}), "<test>"
+    ).observability
+    observer = build_observer(settings, loop, admin=True)
+    assert observer.reads_upstream_instance is reads

@@ -8,7 +8,7 @@ import pytest
 from wire_support import Wire
 
 from mosaic_gateway.filters.apikeys import ApiKeyIdentity
-from mosaic_gateway.filters.caller import caller_for
+from mosaic_gateway.filters.caller import CALLER, Caller
 from mosaic_gateway.filters.headers import (
     CorsPolicy,
     HeaderPolicy,
@@ -250,8 +250,7 @@ def test_the_header_filter_renders_each_callers_identity_and_never_another_ones(
         def rendered_for(user: Principal | None, key: ApiKeyIdentity | None) -> bytes:
             exchange.state = None
             exchange.upstream_headers = b""
-            caller = caller_for(exchange)
-            caller.principal, caller.api_key = user, key
+            exchange.put(CALLER, Caller(api_key=key, principal=user))
             assert header_filter.on_request(exchange) is True
             return exchange.upstream_headers
 

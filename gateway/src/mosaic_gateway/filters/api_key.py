@@ -19,7 +19,7 @@ from mosaic_gateway.filters.apikeys import (
     ApiKeyMissing,
     ApiKeyVerifier,
 )
-from mosaic_gateway.filters.caller import caller_for, caller_of
+from mosaic_gateway.filters.caller import CALLER, Caller
 from mosaic_gateway.filters.jwt import CLIENT_TOKEN_NOT_HERE, is_client_token
 from mosaic_gateway.http.problems import GatewayProblem
 from mosaic_gateway.http.server import Exchange
@@ -46,7 +46,7 @@ class ApiKeyFilter:
             if not self.required:
                 return True
             if self.clients:
-                caller = caller_of(exchange)
+                caller = exchange.get(CALLER)
                 if caller is not None and caller.client is not None:
                     return True
                 exchange.send_problem(KEY_OR_CLIENT_TOKEN_MISSING)
@@ -65,8 +65,7 @@ class ApiKeyFilter:
             return False
         if identity is None:
             return self._verify(exchange, key)
-        caller_for(exchange).api_key = identity  # `_admit`, inlined: every keyed request
-        return True
+        return _admit(exchange, identity)
 
     async def _verify(self, exchange: Exchange, key: bytes) -> bool:
         try:
@@ -79,5 +78,9 @@ class ApiKeyFilter:
 
 
 def _admit(exchange: Exchange, identity: ApiKeyIdentity) -> bool:
-    caller_for(exchange).api_key = identity
+    caller = exchange.get(CALLER)  # made already where the JWT filter runs first (clients)
+    if caller is None:
+        exchange.put(CALLER, Caller(identity, None, None))
+    else:
+        caller.api_key = identity
     return True

@@ -15,31 +15,24 @@ from mosaic_gateway.http.server import StateKey
 
 if TYPE_CHECKING:
     from mosaic_gateway.filters.apikeys import ApiKeyIdentity
-    from mosaic_gateway.http.server import Exchange
     from mosaic_kit.tokens import ClientPrincipal, Principal
 
 
 class Caller:
+    """Made by the first credential filter that admits the request (with what it found), then
+    completed by the next: `exchange.get(CALLER)` is None for a request without credentials."""
+
     __slots__ = ("api_key", "client", "principal")
 
-    def __init__(self) -> None:
-        self.api_key: ApiKeyIdentity | None = None
-        self.principal: Principal | None = None
-        self.client: ClientPrincipal | None = None
+    def __init__(
+        self,
+        api_key: ApiKeyIdentity | None = None,
+        principal: Principal | None = None,
+        client: ClientPrincipal | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.principal = principal
+        self.client = client
 
 
 CALLER: StateKey[Caller] = StateKey("caller")
-
-
-def caller_of(exchange: Exchange) -> Caller | None:
-    """The exchange's caller, if a credential filter made one."""
-    return exchange.get(CALLER)
-
-
-def caller_for(exchange: Exchange) -> Caller:
-    """The exchange's caller, made on first use (only requests with a credential pay for it)."""
-    found = exchange.get(CALLER)
-    if found is None:
-        found = Caller()
-        exchange.put(CALLER, found)
-    return found

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from mosaic_gateway.filters.caller import caller_for
+from mosaic_gateway.filters.caller import CALLER, Caller
 from mosaic_gateway.filters.scopes import ScopeRule
 from mosaic_gateway.http.problems import GatewayProblem
 from mosaic_gateway.http.server import Exchange
@@ -114,7 +114,7 @@ class JwtFilter:
     def on_request(self, exchange: Exchange) -> Step:
         if not self.users and exchange.api_key is not None:
             return True  # an API-key request to a public read: the token is not looked at
-        token = _bearer(exchange, exchange.authorization, required=self.required)
+        token = _bearer(exchange, exchange.authorization, self.required)
         if token is None:
             return self._admit(exchange, None)
         if not token:
@@ -151,14 +151,22 @@ class JwtFilter:
             if not scopes.admits(principal.scopes):
                 exchange.send_problem(scopes.problem, self.scope_challenge)
                 return False
-            caller_for(exchange).client = principal
+            caller = exchange.get(CALLER)
+            if caller is None:
+                exchange.put(CALLER, Caller(None, None, principal))
+            else:
+                caller.client = principal
             return True
         if not self.users:
             return True
         if self.roles and principal.roles.isdisjoint(self.roles):
             exchange.send_problem(self.forbidden)
             return False
-        caller_for(exchange).principal = principal
+        caller = exchange.get(CALLER)  # the API key filter's, when it ran first
+        if caller is None:
+            exchange.put(CALLER, Caller(None, principal, None))
+        else:
+            caller.principal = principal
         return True
 
 
@@ -179,7 +187,7 @@ def is_client_token(authorization: bytes) -> bool:
     return isinstance(typ, str) and typ.lower() in _CLIENT_TYPES
 
 
-def _bearer(exchange: Exchange, authorization: bytes | None, *, required: bool) -> str | None:
+def _bearer(exchange: Exchange, authorization: bytes | None, required: bool) -> str | None:
     """The bearer token; None when there is none and none is required; "" when refused."""
     if authorization is None:
         if required:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from mosaic_gateway.filters.caller import caller_of
+from mosaic_gateway.filters.caller import CALLER
 from mosaic_gateway.filters.ratelimit import (
     RATE_LIMITED,
     LocalRateLimiter,
@@ -39,7 +39,7 @@ class RateLimitFilter:
     def on_request(self, exchange: Exchange) -> Step:
         client: str | bytes = exchange.conn.peer
         if self.by != "address":
-            caller = caller_of(exchange)
+            caller = exchange.get(CALLER)
             if caller is not None:
                 if self.by == "api_key" and caller.api_key is not None:
                     client = caller.api_key.id

@@ -17,7 +17,7 @@ as a user's and would refuse it; they get `x-client-id` and `x-client-scopes` in
 from __future__ import annotations
 
 from mosaic_gateway.filters.apikeys import ApiKeyIdentity
-from mosaic_gateway.filters.caller import caller_of
+from mosaic_gateway.filters.caller import CALLER
 from mosaic_gateway.filters.headers import HeaderPolicy, QueryPolicy, render_lines, strip_identity
 from mosaic_gateway.http.server import Exchange
 from mosaic_kit.tokens import ClientPrincipal, Principal
@@ -40,7 +40,7 @@ class HeaderFilter:
     def on_request(self, exchange: Exchange) -> bool:
         policy = self.policy
         headers = policy.filter_request(exchange.headers)
-        caller = caller_of(exchange)
+        caller = exchange.get(CALLER)
         if caller is None:
             exchange.headers = headers
             return True

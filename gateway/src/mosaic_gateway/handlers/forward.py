@@ -89,6 +89,9 @@ class Forwarder:
         self.active: set[Forward] = set()
         self._ticker: asyncio.TimerHandle | None = None
         self.metrics: Metrics | None = None  # upstream failures and retries
+        # Whether anything reads UPSTREAM_INSTANCE (the access log, spans: the worker says, from
+        # its observer); if not, a request stores no state for it (no dict made per request).
+        self.note_instance = True
 
     def start(self) -> None:
         self._ticker = self.loop.call_later(_TICK, self._tick)
@@ -112,7 +115,9 @@ class Forwarder:
         self, exchange: Exchange, route: CompiledRoute, instance: Instance
     ) -> tuple[bytes, bool]:
         """The request line and headers for the upstream; and whether the body is chunked."""
-        parts = [exchange.method, b" ", route.upstream_path(exchange.path)]
+        # (The server never makes an empty path: `upstream_path` only for a route that rewrites.)
+        path = route.upstream_path(exchange.path) if route.rewrites else exchange.path
+        parts = [exchange.method, b" ", path]
         if exchange.query is not None:
             parts += (b"?", exchange.query)
         parts.append(b" HTTP/1.1\r\n")
@@ -234,7 +239,8 @@ class Forward(Attempt):
         self.forwarder = forwarder
         self.exchange = exchange
         self.route = route
-        exchange.put(UPSTREAM_INSTANCE, instance.url)
+        if forwarder.note_instance:
+            exchange.put(UPSTREAM_INSTANCE, instance.url)
         self.body: bytes | None = None
         self.buffered: list[bytes] | None = None
         self.head_only = exchange.method == b"HEAD"
@@ -467,7 +473,8 @@ class Forward(Attempt):
             next_instance=following.url,
             request_id=self.exchange.request_id.decode("latin-1"),
         )
-        self.exchange.put(UPSTREAM_INSTANCE, following.url)
+        if self.forwarder.note_instance:
+            self.exchange.put(UPSTREAM_INSTANCE, following.url)
         self.failure_status = False
         if self.timer is not None:
             # Armed for the failed try; the ticker arms the next one's.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from mosaic_gateway.filters.cache import CACHE_STATUS
 from mosaic_gateway.filters.caller import CALLER
@@ -64,6 +64,11 @@ class Observer:
         return self.tracer.start if self.tracer is not None else None
 
     @property
+    def reads_upstream_instance(self) -> bool:
+        """Whether `ended` reports the instance tried (handlers/forward.UPSTREAM_INSTANCE)."""
+        return self.access_log is not None or self.exporter is not None
+
+    @property
     def on_end(self) -> Callable[[Exchange, bool], None] | None:
         if self.metrics is None and self.access_log is None and self.exporter is None:
             return None
@@ -79,7 +84,9 @@ class Observer:
         duration = time.perf_counter() - exchange.started
         # Nothing answered and aborted: the client went away first (nginx's 499).
         status = exchange.status or (499 if aborted else 0)
-        route = cast("CompiledRoute | None", exchange.route)
+        # (The server types the route `object`: it cannot know routing's class. No `cast`: a
+        # call per request.)
+        route: CompiledRoute | None = exchange.route  # type: ignore[assignment]
         if route is None:
             template, backend, fields = UNMATCHED, "", UNROUTED
         else:
@@ -153,10 +160,10 @@ class Observer:
                 aborted,
                 trace_id,
                 span_id,
-                instance=instance,
-                cache=cache,
-                user_id=user_id,
-                client_id=client_id,
+                instance,
+                cache,
+                user_id,
+                client_id,
             )
 
     # --- life -------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class Worker:
         self.runtime = build_runtime(self.config, self.context, self.forwarder)
         self.dispatcher = Dispatcher(self.runtime.router)
         self.forwarder.metrics = self.observer.metrics
+        self.forwarder.note_instance = self.observer.reads_upstream_instance
         self.observer.start()
         await self.runtime.start()
         self.forwarder.start()

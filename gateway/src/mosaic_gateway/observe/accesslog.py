@@ -97,14 +97,14 @@ class AccessLog:
         aborted: bool,
         trace_id: bytes | None,
         span_id: bytes | None,
-        *,
         instance: str | None,
         cache: str | None,
         user_id: str | None,
         client_id: str | None,
     ) -> None:
         """Log one request; `route` comes from `route_fields`, the ids are hex digits; the rest
-        is what the route's filters and handler found out (lifecycle/observer.py reads it)."""
+        is what the route's filters and handler found out (lifecycle/observer.py reads it).
+        Positional: keyword arguments cost the one caller ~150 instructions a request."""
         if instance is None:
             instance_json = _NULL
         else:

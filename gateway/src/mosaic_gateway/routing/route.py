@@ -32,9 +32,12 @@ class CompiledRoute:
     preflight: Callable[[Exchange], bool] | None = None
     # The access log's `route` and `backend` fields, rendered once (observe/accesslog.py).
     log_fields: bytes = field(init=False)
+    # Whether the path sent upstream differs from the client's (`upstream_path`).
+    rewrites: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.log_fields = route_fields(self.template, self.backend.name)
+        self.rewrites = bool(self.strip_prefix or self.add_prefix)
 
     def upstream_path(self, path: bytes) -> bytes:
         if self.strip_prefix:
