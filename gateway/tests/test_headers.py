@@ -8,7 +8,7 @@ import pytest
 from wire_support import Wire
 
 from mosaic_gateway.filters.apikeys import ApiKeyIdentity
-from mosaic_gateway.filters.caller import CALLER, Caller
+from mosaic_gateway.filters.caller import API_KEY, USER
 from mosaic_gateway.filters.headers import (
     CorsPolicy,
     HeaderPolicy,
@@ -250,7 +250,10 @@ def test_the_header_filter_renders_each_callers_identity_and_never_another_ones(
         def rendered_for(user: Principal | None, key: ApiKeyIdentity | None) -> bytes:
             exchange.state = None
             exchange.upstream_headers = b""
-            exchange.put(CALLER, Caller(api_key=key, principal=user))
+            if user is not None:
+                exchange.put(USER, user)
+            if key is not None:
+                exchange.put(API_KEY, key)
             assert header_filter.on_request(exchange) is True
             return exchange.upstream_headers
 

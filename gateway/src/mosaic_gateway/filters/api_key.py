@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from mosaic_gateway.filters.apikeys import (
     ApiKeyError,
-    ApiKeyIdentity,
     ApiKeyMissing,
     ApiKeyVerifier,
 )
-from mosaic_gateway.filters.caller import CALLER, Caller
+from mosaic_gateway.filters.caller import API_KEY, CLIENT
 from mosaic_gateway.filters.jwt import CLIENT_TOKEN_NOT_HERE, is_client_token
 from mosaic_gateway.http.problems import GatewayProblem
 from mosaic_gateway.http.server import Exchange
@@ -46,8 +45,7 @@ class ApiKeyFilter:
             if not self.required:
                 return True
             if self.clients:
-                caller = exchange.get(CALLER)
-                if caller is not None and caller.client is not None:
+                if exchange.get(CLIENT) is not None:
                     return True
                 exchange.send_problem(KEY_OR_CLIENT_TOKEN_MISSING)
                 return False
@@ -65,7 +63,8 @@ class ApiKeyFilter:
             return False
         if identity is None:
             return self._verify(exchange, key)
-        return _admit(exchange, identity)
+        exchange.put(API_KEY, identity)
+        return True
 
     async def _verify(self, exchange: Exchange, key: bytes) -> bool:
         try:
@@ -74,13 +73,5 @@ class ApiKeyFilter:
             if not exchange.finished:
                 exchange.send_problem(exc.problem)
             return False
-        return _admit(exchange, identity)
-
-
-def _admit(exchange: Exchange, identity: ApiKeyIdentity) -> bool:
-    caller = exchange.get(CALLER)  # made already where the JWT filter runs first (clients)
-    if caller is None:
-        exchange.put(CALLER, Caller(identity, None, None))
-    else:
-        caller.api_key = identity
-    return True
+        exchange.put(API_KEY, identity)
+        return True

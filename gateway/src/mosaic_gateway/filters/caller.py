@@ -1,10 +1,14 @@
 """Who the caller is, as the route's credential filters found out: the facts later filters of
 the same request read (a rate limit by API key, user or client, the identity headers for the
-upstream).
+upstream), each under its own key of the exchange's state (`exchange.get(API_KEY)`...).
 
-`principal` is a user (a user's token), `client` a third-party application (a client-credentials
+`USER` is a user (a user's token), `CLIENT` a third-party application (a client-credentials
 token, on a route open to client applications); never both, since a request carries one bearer
-token. `api_key` is the calling application's key, when one was sent and verified.
+token. `API_KEY` is the calling application's key, when one was sent and verified. A request
+with no credential stores none of them (its `exchange.state` stays None).
+
+Three keys rather than one object holding the three: a credential filter's note is then one
+entry in the state dict, not an object made per request (~100 ns on the full route).
 """
 
 from __future__ import annotations
@@ -17,22 +21,6 @@ if TYPE_CHECKING:
     from mosaic_gateway.filters.apikeys import ApiKeyIdentity
     from mosaic_kit.tokens import ClientPrincipal, Principal
 
-
-class Caller:
-    """Made by the first credential filter that admits the request (with what it found), then
-    completed by the next: `exchange.get(CALLER)` is None for a request without credentials."""
-
-    __slots__ = ("api_key", "client", "principal")
-
-    def __init__(
-        self,
-        api_key: ApiKeyIdentity | None = None,
-        principal: Principal | None = None,
-        client: ClientPrincipal | None = None,
-    ) -> None:
-        self.api_key = api_key
-        self.principal = principal
-        self.client = client
-
-
-CALLER: StateKey[Caller] = StateKey("caller")
+API_KEY: StateKey[ApiKeyIdentity] = StateKey("api_key")
+USER: StateKey[Principal] = StateKey("user")
+CLIENT: StateKey[ClientPrincipal] = StateKey("client")

@@ -31,7 +31,7 @@ the API key's business alone: its `Authorization` is not looked at, as on any ro
 bearer token must be a valid client token (a user's token does not replace the key: the API key
 filter then answers 401). Where the route takes user tokens too, every token sent is checked.
 
-A verified client leaves `Caller.client` (identity headers `x-client-id` / `x-client-scopes`,
+A verified client is noted as `caller.CLIENT` (identity headers `x-client-id` / `x-client-scopes`,
 `rate_limit.by: client`, the access log and metrics); its `Authorization`
 header is never forwarded (upstream_headers.py): services verify bearer tokens as users' tokens.
 """
@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from mosaic_gateway.filters.caller import CALLER, Caller
+from mosaic_gateway.filters.caller import CLIENT, USER
 from mosaic_gateway.filters.scopes import ScopeRule
 from mosaic_gateway.http.problems import GatewayProblem
 from mosaic_gateway.http.server import Exchange
@@ -151,22 +151,14 @@ class JwtFilter:
             if not scopes.admits(principal.scopes):
                 exchange.send_problem(scopes.problem, self.scope_challenge)
                 return False
-            caller = exchange.get(CALLER)
-            if caller is None:
-                exchange.put(CALLER, Caller(None, None, principal))
-            else:
-                caller.client = principal
+            exchange.put(CLIENT, principal)
             return True
         if not self.users:
             return True
         if self.roles and principal.roles.isdisjoint(self.roles):
             exchange.send_problem(self.forbidden)
             return False
-        caller = exchange.get(CALLER)  # the API key filter's, when it ran first
-        if caller is None:
-            exchange.put(CALLER, Caller(None, principal, None))
-        else:
-            caller.principal = principal
+        exchange.put(USER, principal)
         return True
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from mosaic_gateway.filters.caller import CALLER
+from mosaic_gateway.filters.caller import API_KEY, CLIENT, USER
 from mosaic_gateway.filters.ratelimit import (
     RATE_LIMITED,
     LocalRateLimiter,
@@ -39,17 +39,23 @@ class RateLimitFilter:
     def on_request(self, exchange: Exchange) -> Step:
         client: str | bytes = exchange.conn.peer
         if self.by != "address":
-            caller = exchange.get(CALLER)
-            if caller is not None:
-                if self.by == "api_key" and caller.api_key is not None:
-                    client = caller.api_key.id
-                elif self.by == "user" and caller.principal is not None:
-                    client = caller.principal.user_id
-                elif self.by == "client":
-                    if caller.client is not None:
-                        client = "client:" + caller.client.client_id
-                    elif caller.api_key is not None:
-                        client = "key:" + caller.api_key.id
+            by = self.by
+            if by == "api_key":
+                api_key = exchange.get(API_KEY)
+                if api_key is not None:
+                    client = api_key.id
+            elif by == "user":
+                user = exchange.get(USER)
+                if user is not None:
+                    client = user.user_id
+            elif by == "client":
+                application = exchange.get(CLIENT)
+                if application is not None:
+                    client = "client:" + application.client_id
+                else:
+                    api_key = exchange.get(API_KEY)
+                    if api_key is not None:
+                        client = "key:" + api_key.id
         if self.local is not None:
             wait = self.local.hit(client)
         else:

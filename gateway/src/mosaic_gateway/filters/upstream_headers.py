@@ -17,7 +17,7 @@ as a user's and would refuse it; they get `x-client-id` and `x-client-scopes` in
 from __future__ import annotations
 
 from mosaic_gateway.filters.apikeys import ApiKeyIdentity
-from mosaic_gateway.filters.caller import CALLER
+from mosaic_gateway.filters.caller import API_KEY, CLIENT, USER
 from mosaic_gateway.filters.headers import HeaderPolicy, QueryPolicy, render_lines, strip_identity
 from mosaic_gateway.http.server import Exchange
 from mosaic_kit.tokens import ClientPrincipal, Principal
@@ -40,11 +40,14 @@ class HeaderFilter:
     def on_request(self, exchange: Exchange) -> bool:
         policy = self.policy
         headers = policy.filter_request(exchange.headers)
-        caller = exchange.get(CALLER)
-        if caller is None:
+        # (No state at all: no credential was noted, nothing to look up.)
+        if exchange.state is None:
             exchange.headers = headers
             return True
-        principal, api_key, client = caller.principal, caller.api_key, caller.client
+        principal, api_key, client = exchange.get(USER), exchange.get(API_KEY), exchange.get(CLIENT)
+        if principal is None and api_key is None and client is None:
+            exchange.headers = headers
+            return True
         if client is not None and self._strip_authorization:
             headers = [item for item in headers if item[0] != b"authorization"]
         exchange.headers = headers

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mosaic_gateway.filters.cache import CACHE_STATUS
-from mosaic_gateway.filters.caller import CALLER
+from mosaic_gateway.filters.caller import CLIENT, USER
 from mosaic_gateway.handlers.forward import UPSTREAM_INSTANCE
 from mosaic_gateway.observe.accesslog import UNROUTED, AccessLog
 from mosaic_gateway.observe.metrics import METHOD_LABELS, UNMATCHED, Gauge, Metrics
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     import asyncio
 
     from mosaic_gateway.config import ObservabilitySpec
-    from mosaic_gateway.filters.caller import Caller
     from mosaic_gateway.http.server import Exchange, Server
     from mosaic_gateway.lifecycle.runtime import Runtime
     from mosaic_gateway.routing.route import CompiledRoute
@@ -103,12 +102,12 @@ class Observer:
             cache = state.get(CACHE_STATUS)
             instance = state.get(UPSTREAM_INSTANCE)
             span = state.get(SPAN)
-            caller: Caller | None = state.get(CALLER)
-            if caller is not None:
-                if caller.principal is not None:
-                    user_id = caller.principal.user_id
-                if caller.client is not None:
-                    client_id = caller.client.client_id
+            user = state.get(USER)
+            if user is not None:
+                user_id = user.user_id
+            application = state.get(CLIENT)
+            if application is not None:
+                client_id = application.client_id
         method = METHOD_LABELS.get(exchange.method, "OTHER")
         metrics = self.metrics
         if metrics is not None:
