@@ -74,96 +74,94 @@ class Observer:
         return self.ended
 
     def ended(self, exchange: Exchange, aborted: bool) -> None:
+        # One frame, the whole report inside the `try` (free in 3.11 until something raises).
         try:
-            self._ended(exchange, aborted)
+            duration = time.perf_counter() - exchange.started
+            # Nothing answered and aborted: the client went away first (nginx's 499).
+            status = exchange.status or (499 if aborted else 0)
+            # (The server types the route `object`: it cannot know routing's class. No `cast`: a
+            # call per request.)
+            route: CompiledRoute | None = exchange.route  # type: ignore[assignment]
+            if route is None:
+                template, backend, fields = UNMATCHED, "", UNROUTED
+            else:
+                template, backend, fields = route.template, route.backend.name, route.log_fields
+            # What the route's filters and handler found out, under their keys (each module owns
+            # its own): one look when nothing was stored.
+            cache: str | None = None
+            instance: str | None = None
+            span: Span | None = None
+            user_id: str | None = None
+            client_id: str | None = None
+            state = exchange.state
+            if state is not None:  # read here directly (no call per key): once per request
+                cache = state.get(CACHE_STATUS)
+                instance = state.get(UPSTREAM_INSTANCE)
+                span = state.get(SPAN)
+                user = state.get(USER)
+                if user is not None:
+                    user_id = user.user_id
+                application = state.get(CLIENT)
+                if application is not None:
+                    client_id = application.client_id
+            method = METHOD_LABELS.get(exchange.method, "OTHER")
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.record(
+                    template,
+                    backend,
+                    method,
+                    status,
+                    duration,
+                    exchange.bytes_out,
+                    cache,
+                    client_id,
+                )
+            exporter = self.exporter
+            if span is not None and span.sampled and exporter is not None:
+                end_ns = time.time_ns()
+                exporter.add(
+                    (
+                        span.trace_id,
+                        span.span_id,
+                        span.parent_id,
+                        end_ns - int(duration * 1e9),
+                        end_ns,
+                        method,
+                        template,
+                        exchange.path.decode("latin-1"),
+                        status,
+                        backend,
+                        instance,
+                        exchange.request_id.decode("latin-1"),
+                        aborted,
+                        cache,
+                    )
+                )
+            access_log = self.access_log
+            if access_log is not None:
+                trace_id: bytes | None
+                span_id: bytes | None
+                if span is not None:
+                    trace_id, span_id = span.trace_id, span.span_id
+                else:
+                    trace_id = incoming_trace_id(exchange) if exchange.traceparent else None
+                    span_id = None
+                access_log.record(
+                    exchange,
+                    status,
+                    duration,
+                    fields,
+                    aborted,
+                    trace_id,
+                    span_id,
+                    instance,
+                    cache,
+                    user_id,
+                    client_id,
+                )
         except Exception:  # reporting must never break the connection's flow
             _log.exception("observe_failed", request_id=exchange.request_id.decode("latin-1"))
-
-    def _ended(self, exchange: Exchange, aborted: bool) -> None:
-        duration = time.perf_counter() - exchange.started
-        # Nothing answered and aborted: the client went away first (nginx's 499).
-        status = exchange.status or (499 if aborted else 0)
-        # (The server types the route `object`: it cannot know routing's class. No `cast`: a
-        # call per request.)
-        route: CompiledRoute | None = exchange.route  # type: ignore[assignment]
-        if route is None:
-            template, backend, fields = UNMATCHED, "", UNROUTED
-        else:
-            template, backend, fields = route.template, route.backend.name, route.log_fields
-        # What the route's filters and handler found out, under their keys (each module owns
-        # its own): one look when nothing was stored.
-        cache: str | None = None
-        instance: str | None = None
-        span: Span | None = None
-        user_id: str | None = None
-        client_id: str | None = None
-        state = exchange.state
-        if state is not None:  # read here directly (no call per key): once per request
-            cache = state.get(CACHE_STATUS)
-            instance = state.get(UPSTREAM_INSTANCE)
-            span = state.get(SPAN)
-            user = state.get(USER)
-            if user is not None:
-                user_id = user.user_id
-            application = state.get(CLIENT)
-            if application is not None:
-                client_id = application.client_id
-        method = METHOD_LABELS.get(exchange.method, "OTHER")
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.record(
-                template,
-                backend,
-                method,
-                status,
-                duration,
-                exchange.bytes_out,
-                cache,
-                client_id,
-            )
-        exporter = self.exporter
-        if span is not None and span.sampled and exporter is not None:
-            end_ns = time.time_ns()
-            exporter.add(
-                (
-                    span.trace_id,
-                    span.span_id,
-                    span.parent_id,
-                    end_ns - int(duration * 1e9),
-                    end_ns,
-                    method,
-                    template,
-                    exchange.path.decode("latin-1"),
-                    status,
-                    backend,
-                    instance,
-                    exchange.request_id.decode("latin-1"),
-                    aborted,
-                    cache,
-                )
-            )
-        access_log = self.access_log
-        if access_log is not None:
-            trace_id: bytes | None
-            span_id: bytes | None
-            if span is not None:
-                trace_id, span_id = span.trace_id, span.span_id
-            else:
-                trace_id = incoming_trace_id(exchange) if exchange.traceparent else None
-                span_id = None
-            access_log.record(
-                exchange,
-                status,
-                duration,
-                fields,
-                aborted,
-                trace_id,
-                span_id,
-                instance,
-                cache,
-                user_id,
-                client_id,
-            )
 
     # --- life -------------------------------------------------------------------------------
 

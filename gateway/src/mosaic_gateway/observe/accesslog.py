@@ -109,7 +109,7 @@ class AccessLog:
             instance_json = _NULL
         else:
             instance_json = self._quoted.get(instance) or self._quote(instance)
-        self.write(
+        line = (
             _LINE
             % (
                 self.timestamp(time.time()),
@@ -131,21 +131,19 @@ class AccessLog:
                 b"true" if aborted else b"false",
             )
         )
-
-    def _quote(self, text: str) -> bytes:
-        if len(self._quoted) >= _QUOTED_MAX:
-            self._quoted.clear()
-        quoted = self._quoted[text] = orjson.dumps(text)
-        return quoted
-
-    def write(self, line: bytes) -> None:
-        """Queue one line (ending with a newline)."""
+        # Queued, written with others (a write per line would be a syscall per request).
         self._pending.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:
             self.flush()
         elif self._timer is None:
             self._timer = self.loop.call_later(FLUSH_DELAY, self.flush)
+
+    def _quote(self, text: str) -> bytes:
+        if len(self._quoted) >= _QUOTED_MAX:
+            self._quoted.clear()
+        quoted = self._quoted[text] = orjson.dumps(text)
+        return quoted
 
     def flush(self) -> None:
         if self._timer is not None:
