@@ -109,27 +109,24 @@ class AccessLog:
             instance_json = _NULL
         else:
             instance_json = self._quoted.get(instance) or self._quote(instance)
-        line = (
-            _LINE
-            % (
-                self.timestamp(time.time()),
-                self._pid,
-                exchange.method,  # a known method (the parser takes no other)
-                orjson.dumps(exchange.path.decode("latin-1")),
-                status,
-                duration * 1000,
-                exchange.bytes_out,
-                route,
-                instance_json,
-                _CACHE.get(cache) or orjson.dumps(cache),
-                exchange.request_id,  # checked by RequestIds: [A-Za-z0-9._:+/=-]
-                _NULL if trace_id is None else b'"%b"' % trace_id,
-                _NULL if span_id is None else b'"%b"' % span_id,
-                _NULL if user_id is None else orjson.dumps(user_id),
-                _NULL if client_id is None else orjson.dumps(client_id),
-                exchange.conn.peer,  # an IP address
-                b"true" if aborted else b"false",
-            )
+        line = _LINE % (
+            self.timestamp(time.time()),
+            self._pid,
+            exchange.method,  # a known method (the parser takes no other)
+            orjson.dumps(exchange.path.decode("latin-1")),
+            status,
+            duration * 1000,
+            exchange.bytes_out,
+            route,
+            instance_json,
+            _CACHE.get(cache) or orjson.dumps(cache),
+            exchange.request_id,  # checked by RequestIds: [A-Za-z0-9._:+/=-]
+            _NULL if trace_id is None else b'"%b"' % trace_id,
+            _NULL if span_id is None else b'"%b"' % span_id,
+            _NULL if user_id is None else orjson.dumps(user_id),
+            _NULL if client_id is None else orjson.dumps(client_id),
+            exchange.conn.peer,  # an IP address
+            b"true" if aborted else b"false",
         )
         # Queued, written with others (a write per line would be a syscall per request).
         self._pending.append(line)
