@@ -40,11 +40,15 @@ class HeaderFilter:
     def on_request(self, exchange: Exchange) -> bool:
         policy = self.policy
         headers = policy.filter_request(exchange.headers)
-        # (No state at all: no credential was noted, nothing to look up.)
-        if exchange.state is None:
+        # Three keys read: the state dict is looked at once, as the observer does (None: nothing
+        # was noted, so no credential).
+        state = exchange.state
+        if state is None:
             exchange.headers = headers
             return True
-        principal, api_key, client = exchange.get(USER), exchange.get(API_KEY), exchange.get(CLIENT)
+        principal: Principal | None = state.get(USER)
+        api_key: ApiKeyIdentity | None = state.get(API_KEY)
+        client: ClientPrincipal | None = state.get(CLIENT)
         if principal is None and api_key is None and client is None:
             exchange.headers = headers
             return True

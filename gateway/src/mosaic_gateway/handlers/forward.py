@@ -251,7 +251,9 @@ class Forward(Attempt):
         self.deadline = forwarder.loop.time() + route.timeout
         # When this try is given up for another instance (0.0: never, it may take until
         # `deadline`); the ticker arms the timer, as for `deadline`.
-        self.try_deadline = self._next_try_deadline()
+        self.try_deadline = (
+            0.0 if retry is None or retry.per_try_timeout is None else self._next_try_deadline()
+        )
         self.timer: asyncio.TimerHandle | None = None
         # Told about the response (a filter's: the cache labels and tees it); chain.py.
         self.hook = exchange.hook
