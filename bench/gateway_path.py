@@ -242,12 +242,16 @@ def measure_here(route: str, requests: int, repeats: int) -> dict[str, Any]:
 # -- the parent: alternate the checkouts -----------------------------------------------------------
 
 
-def child(src: Path | None, route: str, requests: int, repeats: int) -> dict[str, Any]:
-    env = dict(os.environ, LOG_LEVEL="WARNING")
+def run_child(
+    src: Path | None, route: str, requests: int, repeats: int, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """One measuring child on `src`'s gateway (None: this checkout's), under `prefix` if any."""
+    env = dict(os.environ, LOG_LEVEL="WARNING", PYTHONHASHSEED="0")
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     done = subprocess.run(
         [
+            *prefix,
             *(sys.executable, __file__, "--child", route),
             *("--requests", str(requests), "--repeats", str(repeats)),
         ],
@@ -258,34 +262,30 @@ def child(src: Path | None, route: str, requests: int, repeats: int) -> dict[str
     )
     if done.returncode != 0:
         raise SystemExit(f"{route} ({src or 'HEAD'}): {done.stderr.strip()[-2000:]}")
+    return done
+
+
+def child(src: Path | None, route: str, requests: int, repeats: int) -> dict[str, Any]:
+    done = run_child(src, route, requests, repeats)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 # The two counted runs' sizes: their difference is what is divided out (see the docstring).
 COUNTED_REQUESTS = (500, 1500)
-_IREFS = re.compile(rb"I\s+refs:\s+([\d,]+)")
+_VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
+_IREFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
 def count_instructions(src: Path | None, route: str, requests: int) -> int:
     """Instructions one child executes, start to end, serving `requests` requests."""
-    env = dict(os.environ, LOG_LEVEL="WARNING", PYTHONHASHSEED="0")
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [
-            *("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"),
-            *(sys.executable, __file__, "--child", route),
-            *("--requests", str(requests), "--repeats", "1"),
-        ],
-        env=env,
-        capture_output=True,
-        check=False,
-    )
+    done = run_child(src, route, requests, 1, _VALGRIND)
     found = _IREFS.search(done.stderr)
-    if done.returncode != 0 or found is None:
-        raise SystemExit(f"{route} ({src or 'HEAD'}) under valgrind: {done.stderr[-2000:]!r}")
-    return int(found.group(1).replace(b",", b""))
+    if found is None:
+        raise SystemExit(
+            f"{route} ({src or 'HEAD'}): no count from valgrind: {done.stderr[-2000:]}"
+        )
+    return int(found.group(1).replace(",", ""))
 
 
 def main_instructions(sides: dict[str, Path | None], output: Path) -> int:
