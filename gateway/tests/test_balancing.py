@@ -219,7 +219,9 @@ async def test_killing_an_instance_under_steady_traffic_loses_no_request(
     backends: BackendFactory, gateways: GatewayFactory
 ) -> None:
     """The requests in flight on the killed instance and those that meet its refused port are
-    retried on the other one, then ejection takes it out: the clients see no failure at all."""
+    retried on the other one, then ejection takes it out. The only request a client may lose is
+    one whose response head had already been relayed when the instance died (no proxy can finish
+    or replay half a response): its connection is cut, and the gateway logs it as such."""
     a, b = backends("a"), backends("b")
     gateway = gateways(
         gateway_config(
@@ -255,7 +257,18 @@ async def test_killing_an_instance_under_steady_traffic_loses_no_request(
     failures = [(t - killed[0], s) for t, s in outcomes if s != 200]
     rate = len(outcomes) / 3.0
     print(f"killed one of two instances: {len(failures)} failed of {len(outcomes)} ({rate:.0f}/s)")
-    assert failures == []
+    if failures:
+        # Seen about once in ten loaded runs: SIGKILL between the head and the body of an answer.
+        await asyncio.sleep(1.5)  # the gateway's log lines are written by then
+        cut = [
+            line
+            for line in gateway.process.output().splitlines()
+            if '"upstream_failed"' in line and '"response_started":true' in line
+        ]
+        # Never an error status (what met the dead port was retried), only cut connections, and
+        # no more of them than the gateway logged as cut mid-response.
+        assert {status for _, status in failures} == {0}, failures
+        assert len(failures) <= len(cut) <= 16, (failures, cut)
     assert rate > 150
     assert any(t > killed[0] for t, _ in outcomes)
 
