@@ -38,24 +38,23 @@ class RateLimitFilter:
 
     def on_request(self, exchange: Exchange) -> Step:
         client: str | bytes = exchange.conn.peer
-        if self.by != "address":
-            by = self.by
-            if by == "api_key":
+        by = self.by  # "address" keeps the peer
+        if by == "api_key":
+            api_key = exchange.get(API_KEY)
+            if api_key is not None:
+                client = api_key.id
+        elif by == "user":
+            user = exchange.get(USER)
+            if user is not None:
+                client = user.user_id
+        elif by == "client":
+            application = exchange.get(CLIENT)
+            if application is not None:
+                client = "client:" + application.client_id
+            else:
                 api_key = exchange.get(API_KEY)
                 if api_key is not None:
-                    client = api_key.id
-            elif by == "user":
-                user = exchange.get(USER)
-                if user is not None:
-                    client = user.user_id
-            elif by == "client":
-                application = exchange.get(CLIENT)
-                if application is not None:
-                    client = "client:" + application.client_id
-                else:
-                    api_key = exchange.get(API_KEY)
-                    if api_key is not None:
-                        client = "key:" + api_key.id
+                    client = "key:" + api_key.id
         if self.local is not None:
             wait = self.local.hit(client)
         else:

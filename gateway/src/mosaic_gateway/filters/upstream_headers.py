@@ -42,13 +42,12 @@ class HeaderFilter:
         headers = policy.filter_request(exchange.headers)
         # Three keys read: the state dict is looked at once, as the observer does (None: nothing
         # was noted, so no credential).
+        principal: Principal | None = None
+        api_key: ApiKeyIdentity | None = None
+        client: ClientPrincipal | None = None
         state = exchange.state
-        if state is None:
-            exchange.headers = headers
-            return True
-        principal: Principal | None = state.get(USER)
-        api_key: ApiKeyIdentity | None = state.get(API_KEY)
-        client: ClientPrincipal | None = state.get(CLIENT)
+        if state is not None:
+            principal, api_key, client = state.get(USER), state.get(API_KEY), state.get(CLIENT)
         if principal is None and api_key is None and client is None:
             exchange.headers = headers
             return True
